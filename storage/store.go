@@ -1,0 +1,180 @@
+// Package storage is the persistent state of caddy-gatewayz: users, API keys
+// (hashed and encrypted, never in plaintext), plans, the credit ledger, usage
+// records and the audit log. It knows nothing about HTTP or Caddy.
+//
+// Store is the interface the handlers use; the embedded bbolt implementation
+// (Open) is the default, and a networked backend can implement the same
+// interface and run the same conformance tests (storetest_test.go).
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// Errors returned by Store implementations. Callers test them with errors.Is.
+var (
+	ErrNotFound            = errors.New("not found")
+	ErrDuplicate           = errors.New("already exists")
+	ErrInsufficientCredits = errors.New("insufficient credits")
+	ErrRequestLimit        = errors.New("key request limit reached")
+	ErrAlreadySettled      = errors.New("reservation already settled or refunded")
+	ErrInvalid             = errors.New("invalid argument")
+	ErrClosed              = errors.New("store closed")
+	ErrAuditChainBroken    = errors.New("audit chain broken")
+)
+
+// ChangeKind says what kind of record a Change is about.
+type ChangeKind string
+
+// Change kinds.
+const (
+	ChangeKey    ChangeKind = "key"    // a key was created, updated, rotated or deleted
+	ChangeUser   ChangeKind = "user"   // a user was updated or deleted (with all their keys)
+	ChangePlan   ChangeKind = "plan"   // a plan's definition changed
+	ChangeLimits ChangeKind = "limits" // a user's admin rate limits or plan assignment changed
+)
+
+// Change tells subscribers (the gateway's in-memory key index) that a record
+// changed, after the change is committed. Subscribers re-read what they need.
+// OldHashes lists key hashes that must stop resolving (rotation, deletion).
+type Change struct {
+	Kind      ChangeKind
+	UserID    int64
+	KeyID     int64
+	PlanID    int64
+	OldHashes [][]byte
+}
+
+// ReserveRequest asks to hold credit (and, for keys with max_requests, one
+// request slot) for one in-flight request.
+type ReserveRequest struct {
+	UserID int64
+	KeyID  int64
+	// Credits is the worst-case cost of the request.
+	Credits int64
+	// MaxRequests, when positive, is the key's request cap: the reservation
+	// fails with ErrRequestLimit when requests used plus in flight reach it.
+	MaxRequests int64
+}
+
+// Store is the persistence interface. All methods are safe for concurrent
+// use. Mutating methods are atomic: on error nothing was changed.
+type Store interface {
+	// Users
+
+	// Register creates a user with their primary key and grants credits in
+	// one transaction. It sets the IDs and timestamps of u and key.
+	// A duplicate email gives ErrDuplicate.
+	Register(ctx context.Context, u *User, key *APIKey, credits int64) error
+	GetUser(ctx context.Context, id int64) (*User, error)
+	UserByEmail(ctx context.Context, email string) (*User, error)
+	// UpdateUser applies fn to a copy of the user and stores the result; fn
+	// returning an error aborts with that error.
+	UpdateUser(ctx context.Context, id int64, fn func(*User) error) (*User, error)
+	// DeleteUser removes a user and every key of theirs. Ledger, usage and
+	// audit history are kept.
+	DeleteUser(ctx context.Context, id int64) error
+	// ListUsers returns users ordered by id, and the total count.
+	ListUsers(ctx context.Context, offset, limit int) ([]*User, int, error)
+
+	// Keys
+
+	// CreateKey stores a new key and sets its ID and timestamps. A key name
+	// already used by the same user, or a hash already indexed, gives
+	// ErrDuplicate.
+	CreateKey(ctx context.Context, k *APIKey) error
+	GetKey(ctx context.Context, id int64) (*APIKey, error)
+	// KeyByHash finds a key by its current hash, or by its previous hash while
+	// the rotation grace lasts.
+	KeyByHash(ctx context.Context, hash []byte) (*APIKey, error)
+	// ListKeys returns a user's keys, newest first.
+	ListKeys(ctx context.Context, userID int64) ([]*APIKey, error)
+	// AllKeys returns every key (to build the in-memory index at start-up).
+	AllKeys(ctx context.Context) ([]*APIKey, error)
+	// UpdateKey applies fn to a copy of the key and stores the result,
+	// re-indexing a changed Hash/PrevHash. fn returning an error aborts.
+	UpdateKey(ctx context.Context, id int64, fn func(*APIKey) error) (*APIKey, error)
+	DeleteKey(ctx context.Context, id int64) error
+
+	// Plans
+
+	CreatePlan(ctx context.Context, p *Plan) error
+	GetPlan(ctx context.Context, id int64) (*Plan, error)
+	// ListPlans returns every plan ordered by id, inactive ones included.
+	ListPlans(ctx context.Context) ([]*Plan, error)
+	UpdatePlan(ctx context.Context, id int64, fn func(*Plan) error) (*Plan, error)
+	// AssignPlan deactivates the user's other subscriptions and adds this
+	// one. Unknown user or plan: ErrNotFound.
+	AssignPlan(ctx context.Context, userID, planID int64, start, end time.Time) (*UserPlan, error)
+	// ActiveUserPlan returns the user's active subscription row (which may
+	// be past its end date: callers check UserPlan.ActiveAt), or ErrNotFound.
+	ActiveUserPlan(ctx context.Context, userID int64) (*UserPlan, error)
+
+	// Admin rate limits per user (POST /admin/limit).
+
+	SetUserLimits(ctx context.Context, userID int64, l RateLimits) error
+	// UserLimits returns the limits an admin set, or ErrNotFound.
+	UserLimits(ctx context.Context, userID int64) (RateLimits, error)
+
+	// Credit ledger
+
+	// Reserve atomically holds req.Credits when the user's available
+	// balance covers it, else ErrInsufficientCredits (or ErrRequestLimit).
+	// Reservations live in memory: a restart releases them.
+	Reserve(ctx context.Context, req ReserveRequest) (*Reservation, error)
+	// Settle replaces the reservation with a charge of cost credits and
+	// records the usage, exactly once (a second Settle or Refund of the same
+	// reservation gives ErrAlreadySettled). The charge never takes the
+	// balance below zero: a cost above what the user has is capped, and the
+	// amount actually charged is returned with the balance after it. It also
+	// counts one request toward the key's requests_used. The durable write
+	// is group-committed: see Flush.
+	Settle(ctx context.Context, res *Reservation, cost int64, rec UsageRecord) (charged, balanceAfter int64, err error)
+	// Refund releases a reservation without charging, exactly once.
+	Refund(ctx context.Context, res *Reservation) error
+	// AddCredits appends a positive or negative (admin adjustment) ledger
+	// entry durably. With a non-empty idempotency key, a repeated call
+	// returns the first call's balance and replayed=true, changing nothing.
+	AddCredits(ctx context.Context, userID, amount int64, kind LedgerKind, idempotencyKey, note string) (balance int64, replayed bool, err error)
+	Balance(ctx context.Context, userID int64) (Balance, error)
+	// Ledger returns a user's ledger entries, oldest first.
+	Ledger(ctx context.Context, userID int64) ([]LedgerEntry, error)
+	// OpenReservations counts reservations not yet settled or refunded.
+	OpenReservations() int64
+
+	// Usage
+
+	// ListUsage returns usage records matching f, newest first.
+	ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord, error)
+	// PruneUsage deletes the day buckets of usage records before day.
+	PruneUsage(ctx context.Context, before time.Time) (int, error)
+
+	// Audit log (hash-chained)
+
+	// AppendAudit sets the entry's ID, time (if zero) and chain hashes and
+	// stores it durably.
+	AppendAudit(ctx context.Context, e *AuditEntry) error
+	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+	// VerifyAudit walks the chain; a broken link gives ErrAuditChainBroken
+	// (wrapped with the entry id) and the count verified before it.
+	VerifyAudit(ctx context.Context) (int, error)
+	// ExportAudit writes the whole chain as JSON lines, oldest first.
+	ExportAudit(ctx context.Context, w io.Writer) error
+
+	// Operations
+
+	// Subscribe registers fn to be called after each committed change; the
+	// returned function unregisters it. fn must not block.
+	Subscribe(fn func(Change)) (unsubscribe func())
+	// Flush blocks until every settlement accepted so far is durable.
+	Flush(ctx context.Context) error
+	// Backup writes a consistent hot copy of the database to w.
+	Backup(ctx context.Context, w io.Writer) (int64, error)
+	// Ping reports whether the store can serve.
+	Ping(ctx context.Context) error
+	// Close flushes pending writes and closes the store.
+	Close() error
+}
