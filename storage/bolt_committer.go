@@ -1,0 +1,334 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+type opKind uint8
+
+const (
+	opSettle opKind = iota + 1 // charge entry (if any), usage record, key counters
+	opCredit                   // credit entry and idempotency record
+	opMarker                   // nothing: Flush waits for it
+)
+
+// pendingOp is one queued durable write. Its in-memory effect was already
+// applied; entryID and balance were fixed under the account lock, so the
+// queue holds each user's writes in ledger order.
+type pendingOp struct {
+	kind       opKind
+	userID     int64
+	keyID      int64
+	amount     int64 // signed ledger amount; 0 writes no entry
+	balance    int64 // balance after this op
+	entryID    uint64
+	ledgerKind LedgerKind
+	idem, note string
+	time       time.Time
+	rec        UsageRecord
+	done       chan error // nil for settlements
+}
+
+// committer writes queued ops in group commits: one bbolt transaction (and
+// fsync) for everything queued within CommitWindow, or MaxBatch ops.
+type committer struct {
+	s        *BoltStore
+	window   time.Duration
+	maxBatch int
+
+	mu       sync.Mutex
+	queue    []pendingOp
+	spare    []pendingOp
+	urgent   bool
+	stopping bool
+	err      error // sticky: a failed commit stops all later writes
+
+	wake    chan struct{}
+	stopped chan struct{}
+}
+
+func newCommitter(s *BoltStore) *committer {
+	c := &committer{
+		s:        s,
+		window:   s.opts.CommitWindow,
+		maxBatch: s.opts.MaxBatch,
+		wake:     make(chan struct{}, 1),
+		stopped:  make(chan struct{}),
+	}
+	go c.run()
+	return c
+}
+
+func (c *committer) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *committer) enqueue(op *pendingOp) error {
+	c.mu.Lock()
+	if c.stopping {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.queue = append(c.queue, *op)
+	n := len(c.queue)
+	if op.done != nil {
+		c.urgent = true
+	}
+	urgent := c.urgent
+	c.mu.Unlock()
+	if n == 1 || urgent || n >= c.maxBatch {
+		c.signal()
+	}
+	return nil
+}
+
+func (c *committer) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// flush waits until every op queued before the call is committed.
+func (c *committer) flush(ctx context.Context) error {
+	op := pendingOp{kind: opMarker, done: make(chan error, 1)}
+	if err := c.enqueue(&op); err != nil {
+		return err
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	select {
+	case err := <-op.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stop commits what is queued and ends the committer.
+func (c *committer) stop() error {
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
+	c.signal()
+	<-c.stopped
+	return c.failure()
+}
+
+func (c *committer) run() {
+	defer close(c.stopped)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		<-c.wake
+		c.mu.Lock()
+		if len(c.queue) > 0 && !c.urgent && !c.stopping && len(c.queue) < c.maxBatch {
+			c.mu.Unlock()
+			timer.Reset(c.window)
+			select {
+			case <-timer.C:
+			case <-c.wake: // urgent, full or stopping
+				timer.Stop()
+			}
+			c.mu.Lock()
+		}
+		batch := c.queue
+		c.queue = c.spare[:0]
+		c.urgent = false
+		stopping := c.stopping
+		c.mu.Unlock()
+
+		if len(batch) > 0 {
+			err := c.commit(batch)
+			if err != nil {
+				err = fmt.Errorf("storage: committing %d writes to %s: %w", len(batch), c.s.path, err)
+				c.mu.Lock()
+				if c.err == nil {
+					c.err = err
+				}
+				c.mu.Unlock()
+			}
+			for i := range batch {
+				if batch[i].done != nil {
+					batch[i].done <- err
+				}
+			}
+			clear(batch)
+			c.mu.Lock()
+			c.spare = batch[:0]
+			c.mu.Unlock()
+		}
+		if stopping {
+			c.mu.Lock()
+			rest := c.queue
+			c.queue = nil
+			c.mu.Unlock()
+			if len(rest) > 0 { // enqueued between our swap and stopping
+				err := c.commit(rest)
+				for i := range rest {
+					if rest[i].done != nil {
+						rest[i].done <- err
+					}
+				}
+			}
+			return
+		}
+		c.mu.Lock()
+		more := len(c.queue) > 0
+		c.mu.Unlock()
+		if more {
+			c.signal()
+		}
+	}
+}
+
+type keyDelta struct {
+	count int64
+	last  time.Time
+}
+
+func (c *committer) commit(batch []pendingOp) error {
+	return c.s.db.Update(func(tx *bbolt.Tx) error {
+		ledger := tx.Bucket(bLedger)
+		usage := tx.Bucket(bUsage)
+		userLedgers := map[int64]*bbolt.Bucket{}
+		days := map[int64]*bbolt.Bucket{}
+		balances := map[int64]int64{}
+		keys := map[int64]*keyDelta{}
+		var maxEntry uint64
+		buf := make([]byte, 0, 512)
+
+		ledgerBucket := func(uid int64) (*bbolt.Bucket, error) {
+			if b := userLedgers[uid]; b != nil {
+				return b, nil
+			}
+			b, err := ledger.CreateBucketIfNotExists(id8(uid))
+			if err != nil {
+				return nil, err
+			}
+			b.FillPercent = 0.95
+			userLedgers[uid] = b
+			return b, nil
+		}
+		putEntry := func(op *pendingOp, kind LedgerKind, requestID string) error {
+			b, err := ledgerBucket(op.userID)
+			if err != nil {
+				return err
+			}
+			e := LedgerEntry{ID: int64(op.entryID), UserID: op.userID, Kind: kind, Amount: op.amount,
+				BalanceAfter: op.balance, KeyID: op.keyID, RequestID: requestID,
+				IdempotencyKey: op.idem, Note: op.note, Time: op.time}
+			data, err := json.Marshal(&e)
+			if err != nil {
+				return err
+			}
+			maxEntry = max(maxEntry, op.entryID)
+			balances[op.userID] = op.balance
+			return b.Put(id8(int64(op.entryID)), data)
+		}
+
+		for i := range batch {
+			op := &batch[i]
+			switch op.kind {
+			case opSettle:
+				if op.amount != 0 {
+					if err := putEntry(op, LedgerCharge, op.rec.RequestID); err != nil {
+						return err
+					}
+				}
+				day := dayNumber(op.rec.Time)
+				db := days[day]
+				if db == nil {
+					var err error
+					if db, err = usage.CreateBucketIfNotExists(dayKey(op.rec.Time)); err != nil {
+						return err
+					}
+					db.FillPercent = 0.95
+					days[day] = db
+				}
+				seq, err := usage.NextSequence()
+				if err != nil {
+					return err
+				}
+				buf = buf[:0]
+				data, err := json.Marshal(&op.rec)
+				if err != nil {
+					return err
+				}
+				if err := db.Put(u64(seq), data); err != nil {
+					return err
+				}
+				if op.keyID != 0 {
+					d := keys[op.keyID]
+					if d == nil {
+						d = &keyDelta{}
+						keys[op.keyID] = d
+					}
+					d.count++
+					if op.time.After(d.last) {
+						d.last = op.time
+					}
+				}
+			case opCredit:
+				if err := putEntry(op, op.ledgerKind, ""); err != nil {
+					return err
+				}
+				if op.idem != "" {
+					rec := idemRecord{UserID: op.userID, Amount: op.amount, Balance: op.balance, EntryID: int64(op.entryID), Time: op.time}
+					if err := putJSON(tx.Bucket(bIdempotency), idemKey(op.userID, op.idem), &rec); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		accounts := tx.Bucket(bAccounts)
+		for uid, bal := range balances {
+			if err := accounts.Put(id8(uid), encodeBalance(bal)); err != nil {
+				return err
+			}
+		}
+		if maxEntry > 0 {
+			if err := bumpSequence(ledger, maxEntry); err != nil {
+				return err
+			}
+		}
+		kb := tx.Bucket(bKeys)
+		for kid, d := range keys {
+			var k APIKey
+			if err := getJSON(kb, id8(kid), &k); err != nil {
+				if err == ErrNotFound {
+					continue // deleted meanwhile
+				}
+				return err
+			}
+			k.RequestsUsed += d.count
+			last := d.last
+			k.LastUsedAt = &last
+			if err := putJSON(kb, id8(kid), &k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func dayNumber(t time.Time) int64 {
+	y, m, d := t.Date()
+	return int64(y)*10000 + int64(m)*100 + int64(d)
+}
+
+func dayKey(t time.Time) []byte { return []byte(t.UTC().Format("20060102")) }

@@ -1,0 +1,472 @@
+package storage
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// account is a user's credit position in memory. credits equals the sum of
+// the user's ledger entries, including entries still queued in the
+// committer; reserved is held by open reservations (memory only).
+type account struct {
+	mu       sync.Mutex
+	credits  int64
+	reserved int64
+}
+
+// keyCounter tracks a key's requests: used (committed or queued) and in
+// flight (reservations holding a request slot).
+type keyCounter struct {
+	mu       sync.Mutex
+	used     int64
+	inflight int64
+}
+
+// openRes is the store's own copy of an open reservation.
+type openRes struct {
+	userID int64
+	keyID  int64
+	amount int64
+	slot   bool
+	acct   *account
+	kc     *keyCounter
+}
+
+// account returns the in-memory account of a user, loading it from the
+// accounts bucket on first use. Unknown users give ErrNotFound.
+func (s *BoltStore) account(userID int64) (*account, error) {
+	if a, ok := s.accounts.Load(userID); ok {
+		return a.(*account), nil
+	}
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	if a, ok := s.accounts.Load(userID); ok {
+		return a.(*account), nil
+	}
+	var bal int64
+	err := s.view(func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bAccounts).Get(id8(userID))
+		if v == nil {
+			if tx.Bucket(bUsers).Get(id8(userID)) == nil {
+				return fmt.Errorf("storage: unknown user %d: %w", userID, ErrNotFound)
+			}
+			return nil
+		}
+		var err error
+		bal, err = decodeBalance(v)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	a := &account{credits: bal}
+	s.accounts.Store(userID, a)
+	return a, nil
+}
+
+// keyCounter returns the in-memory request counter of a key, loading it
+// from the key record on first use. Unknown keys give ErrNotFound.
+func (s *BoltStore) keyCounter(keyID int64) (*keyCounter, error) {
+	if kc, ok := s.keyState.Load(keyID); ok {
+		return kc.(*keyCounter), nil
+	}
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	if kc, ok := s.keyState.Load(keyID); ok {
+		return kc.(*keyCounter), nil
+	}
+	var k APIKey
+	err := s.view(func(tx *bbolt.Tx) error { return getJSON(tx.Bucket(bKeys), id8(keyID), &k) })
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			err = fmt.Errorf("storage: unknown key %d: %w", keyID, ErrNotFound)
+		}
+		return nil, err
+	}
+	kc := &keyCounter{used: k.RequestsUsed}
+	s.keyState.Store(keyID, kc)
+	return kc, nil
+}
+
+// overlayKey replaces a key record's requests_used with the in-memory count,
+// which includes settlements not yet committed.
+func (s *BoltStore) overlayKey(k *APIKey) {
+	if v, ok := s.keyState.Load(k.ID); ok {
+		kc := v.(*keyCounter)
+		kc.mu.Lock()
+		k.RequestsUsed = kc.used
+		kc.mu.Unlock()
+	}
+}
+
+// Reserve holds credit (and a request slot) in memory.
+func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservation, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	if req.Credits < 0 || req.MaxRequests < 0 {
+		return nil, fmt.Errorf("storage: negative reservation: %w", ErrInvalid)
+	}
+	a, err := s.account(req.UserID)
+	if err != nil {
+		return nil, err
+	}
+	var kc *keyCounter
+	if req.KeyID != 0 {
+		if kc, err = s.keyCounter(req.KeyID); err != nil {
+			return nil, err
+		}
+	}
+	slot := false
+	if req.MaxRequests > 0 && kc != nil {
+		kc.mu.Lock()
+		if kc.used+kc.inflight >= req.MaxRequests {
+			kc.mu.Unlock()
+			return nil, ErrRequestLimit
+		}
+		kc.inflight++
+		kc.mu.Unlock()
+		slot = true
+	}
+	a.mu.Lock()
+	if a.credits-a.reserved < req.Credits {
+		a.mu.Unlock()
+		if slot {
+			kc.mu.Lock()
+			kc.inflight--
+			kc.mu.Unlock()
+		}
+		return nil, ErrInsufficientCredits
+	}
+	a.reserved += req.Credits
+	a.mu.Unlock()
+	r := &openRes{userID: req.UserID, keyID: req.KeyID, amount: req.Credits, slot: slot, acct: a, kc: kc}
+	id := s.resSeq.Add(1)
+	s.open.Store(id, r)
+	s.openN.Add(1)
+	return &Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: req.Credits}, nil
+}
+
+// OpenReservations counts reservations not yet settled or refunded.
+func (s *BoltStore) OpenReservations() int64 { return s.openN.Load() }
+
+func (s *BoltStore) take(res *Reservation) (*openRes, error) {
+	if res == nil {
+		return nil, fmt.Errorf("storage: nil reservation: %w", ErrInvalid)
+	}
+	v, ok := s.open.LoadAndDelete(res.ID)
+	if !ok {
+		return nil, ErrAlreadySettled
+	}
+	s.openN.Add(-1)
+	return v.(*openRes), nil
+}
+
+// Settle charges min(cost, what the user has beyond other reservations),
+// exactly once, and queues the durable write.
+func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, rec UsageRecord) (charged, balanceAfter int64, err error) {
+	if s.closed.Load() {
+		return 0, 0, ErrClosed
+	}
+	if cost < 0 {
+		return 0, 0, fmt.Errorf("storage: negative cost: %w", ErrInvalid)
+	}
+	r, err := s.take(res)
+	if err != nil {
+		return 0, 0, err
+	}
+	now := s.now().UTC()
+	if rec.Time.IsZero() {
+		rec.Time = now
+	} else {
+		rec.Time = rec.Time.UTC()
+	}
+	rec.UserID, rec.KeyID = r.userID, r.keyID
+	if r.kc != nil {
+		r.kc.mu.Lock()
+		if r.slot {
+			r.kc.inflight--
+		}
+		r.kc.used++
+		r.kc.mu.Unlock()
+	}
+	a := r.acct
+	a.mu.Lock()
+	a.reserved -= r.amount
+	charged = min(cost, a.credits-a.reserved)
+	if charged < 0 {
+		charged = 0
+	}
+	a.credits -= charged
+	balanceAfter = a.credits
+	rec.Credits = charged
+	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, rec: rec}
+	if charged > 0 {
+		op.entryID = s.ledgerID.Add(1)
+	}
+	err = s.c.enqueue(&op) // under a.mu: the queue keeps this user's order
+	a.mu.Unlock()
+	if err != nil {
+		return 0, 0, err
+	}
+	return charged, balanceAfter, nil
+}
+
+// Refund releases a reservation without charging.
+func (s *BoltStore) Refund(ctx context.Context, res *Reservation) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	r, err := s.take(res)
+	if err != nil {
+		return err
+	}
+	if r.slot {
+		r.kc.mu.Lock()
+		r.kc.inflight--
+		r.kc.mu.Unlock()
+	}
+	r.acct.mu.Lock()
+	r.acct.reserved -= r.amount
+	r.acct.mu.Unlock()
+	return nil
+}
+
+// AddCredits appends a ledger entry durably (through the committer, which
+// keeps it ordered with this user's settlements).
+func (s *BoltStore) AddCredits(ctx context.Context, userID, amount int64, kind LedgerKind, idempotencyKey, note string) (int64, bool, error) {
+	if s.closed.Load() {
+		return 0, false, ErrClosed
+	}
+	switch {
+	case kind != LedgerGrant && kind != LedgerTopUp && kind != LedgerAdjust:
+		return 0, false, fmt.Errorf("storage: ledger kind %q cannot be added directly: %w", kind, ErrInvalid)
+	case amount == 0:
+		return 0, false, fmt.Errorf("storage: zero credit amount: %w", ErrInvalid)
+	case amount < 0 && kind != LedgerAdjust:
+		return 0, false, fmt.Errorf("storage: negative amount needs kind %s: %w", LedgerAdjust, ErrInvalid)
+	}
+	s.creditMu.Lock()
+	defer s.creditMu.Unlock()
+	if idempotencyKey != "" {
+		var prev idemRecord
+		err := s.view(func(tx *bbolt.Tx) error {
+			return getJSON(tx.Bucket(bIdempotency), idemKey(userID, idempotencyKey), &prev)
+		})
+		if err == nil {
+			return prev.Balance, true, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return 0, false, err
+		}
+	}
+	a, err := s.account(userID)
+	if err != nil {
+		return 0, false, err
+	}
+	a.mu.Lock()
+	if a.credits+amount < 0 {
+		a.mu.Unlock()
+		return 0, false, ErrInsufficientCredits
+	}
+	a.credits += amount
+	bal := a.credits
+	op := pendingOp{kind: opCredit, userID: userID, amount: amount, balance: bal, ledgerKind: kind,
+		idem: idempotencyKey, note: note, time: s.now().UTC(), entryID: s.ledgerID.Add(1), done: make(chan error, 1)}
+	err = s.c.enqueue(&op)
+	a.mu.Unlock()
+	if err != nil {
+		return 0, false, err
+	}
+	// Wait without honouring ctx: the entry is queued and will be
+	// committed; returning early would misreport it as not done.
+	if err := <-op.done; err != nil {
+		return 0, false, err
+	}
+	return bal, false, nil
+}
+
+type idemRecord struct {
+	UserID  int64     `json:"user_id"`
+	Amount  int64     `json:"amount"`
+	Balance int64     `json:"balance"`
+	EntryID int64     `json:"entry_id"`
+	Time    time.Time `json:"time"`
+}
+
+func idemKey(userID int64, key string) []byte {
+	b := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint64(b, uint64(userID))
+	return append(b, key...)
+}
+
+// Balance returns the user's credits and reserved amount.
+func (s *BoltStore) Balance(ctx context.Context, userID int64) (Balance, error) {
+	if s.closed.Load() {
+		return Balance{}, ErrClosed
+	}
+	a, err := s.account(userID)
+	if err != nil {
+		return Balance{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return Balance{Credits: a.credits, Reserved: a.reserved}, nil
+}
+
+// Ledger returns the user's entries, oldest first, after flushing queued
+// settlements so the entries add up to Balance.
+func (s *BoltStore) Ledger(ctx context.Context, userID int64) ([]LedgerEntry, error) {
+	if err := s.Flush(ctx); err != nil {
+		return nil, err
+	}
+	var out []LedgerEntry
+	err := s.view(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bLedger).Bucket(id8(userID))
+		if b == nil {
+			if tx.Bucket(bUsers).Get(id8(userID)) == nil && tx.Bucket(bAccounts).Get(id8(userID)) == nil {
+				return ErrNotFound
+			}
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var e LedgerEntry
+			if err := jsonUnmarshal(v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// VerifyLedger flushes, then checks for every user that the stored balance
+// snapshot equals the sum of their ledger entries, that each entry's
+// balance_after is the running sum, and that the in-memory balance agrees.
+func (s *BoltStore) VerifyLedger(ctx context.Context) error {
+	if err := s.Flush(ctx); err != nil {
+		return err
+	}
+	var errs []error
+	err := s.view(func(tx *bbolt.Tx) error {
+		sums := map[int64]int64{}
+		lb := tx.Bucket(bLedger)
+		err := lb.ForEachBucket(func(uk []byte) error {
+			uid := int64(binary.BigEndian.Uint64(uk))
+			var sum int64
+			err := lb.Bucket(uk).ForEach(func(k, v []byte) error {
+				var e LedgerEntry
+				if err := jsonUnmarshal(v, &e); err != nil {
+					return err
+				}
+				sum += e.Amount
+				if e.BalanceAfter != sum {
+					errs = append(errs, fmt.Errorf("user %d entry %d: balance_after %d, running sum %d", uid, e.ID, e.BalanceAfter, sum))
+				}
+				if sum < 0 {
+					errs = append(errs, fmt.Errorf("user %d entry %d: balance below zero (%d)", uid, e.ID, sum))
+				}
+				return nil
+			})
+			sums[uid] = sum
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		err = tx.Bucket(bAccounts).ForEach(func(k, v []byte) error {
+			uid := int64(binary.BigEndian.Uint64(k))
+			bal, err := decodeBalance(v)
+			if err != nil {
+				return err
+			}
+			if bal != sums[uid] {
+				errs = append(errs, fmt.Errorf("user %d: stored balance %d, ledger sum %d", uid, bal, sums[uid]))
+			}
+			delete(sums, uid)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for uid, sum := range sums {
+			if sum != 0 {
+				errs = append(errs, fmt.Errorf("user %d: ledger sum %d without a stored balance", uid, sum))
+			}
+		}
+		s.accounts.Range(func(k, v any) bool {
+			uid := k.(int64)
+			a := v.(*account)
+			a.mu.Lock()
+			mem := a.credits
+			a.mu.Unlock()
+			var disk int64
+			if raw := tx.Bucket(bAccounts).Get(id8(uid)); raw != nil {
+				disk, _ = decodeBalance(raw)
+			}
+			if mem != disk {
+				errs = append(errs, fmt.Errorf("user %d: in-memory balance %d, stored %d", uid, mem, disk))
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("storage: ledger verification failed: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Flush blocks until every settlement accepted so far is durable.
+func (s *BoltStore) Flush(ctx context.Context) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.c.flush(ctx)
+}
+
+func encodeBalance(v int64) []byte { return u64(uint64(v)) }
+
+func decodeBalance(b []byte) (int64, error) {
+	if len(b) != 8 {
+		return 0, fmt.Errorf("storage: corrupt balance record")
+	}
+	return int64(binary.BigEndian.Uint64(b)), nil
+}
+
+func putLedger(tx *bbolt.Tx, e *LedgerEntry) error {
+	b, err := tx.Bucket(bLedger).CreateBucketIfNotExists(id8(e.UserID))
+	if err != nil {
+		return err
+	}
+	b.FillPercent = 0.95
+	if err := putJSON(b, id8(e.ID), e); err != nil {
+		return err
+	}
+	return bumpSequence(tx.Bucket(bLedger), uint64(e.ID))
+}
+
+func bumpSequence(b *bbolt.Bucket, v uint64) error {
+	if b.Sequence() < v {
+		return b.SetSequence(v)
+	}
+	return nil
+}
+
+func jsonUnmarshal(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("storage: corrupt record: %w", err)
+	}
+	return nil
+}
