@@ -1,0 +1,171 @@
+package caddymodule
+
+import (
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Access control of a known, usable key: request cap, IP allowlist,
+// referrer domains and scope, in that order.
+
+// Refusals of the access checks.
+var (
+	errKeyRequestLimit = errRateLimited("request_limit_reached", "API key request limit reached", 0)
+	errIPNotAllowed    = errForbidden("ip_not_allowed", "IP address not allowed for this API key")
+	errDomainNotAllow  = errForbidden("domain_not_allowed", "Domain not allowed for this API key")
+	errNoInference     = errForbidden("insufficient_permissions",
+		"This API key is not allowed to call inference endpoints (it needs write permission on chat)")
+)
+
+// checkAccess applies the key's restrictions to the request. It returns the
+// refusal and, for security refusals, the audit action to record.
+func checkAccess(e *keyEntry, r *http.Request, clientIP string, inference bool) (*gatewayError, string) {
+	k := e.id.Key
+	if k.MaxRequests != nil && k.RequestsUsed >= *k.MaxRequests {
+		return errKeyRequestLimit, ""
+	}
+	if e.ipRestricted && !ipAllowed(e.allow, clientIP) {
+		return errIPNotAllowed, auditIPDenied
+	}
+	if e.referrers != nil && !referrerAllowed(e.referrers, requestOriginHost(r)) {
+		return errDomainNotAllow, auditReferrerDenied
+	}
+	if inference && !k.Scopes.Allows("write", "chat") {
+		return errNoInference, ""
+	}
+	return nil, ""
+}
+
+// parseAllowlist parses IP allowlist entries (exact IPv4/IPv6 addresses and
+// CIDRs). Blank entries are ignored; restricted is false when nothing else
+// is left. Unparsable entries (refused at key creation) match nothing.
+func parseAllowlist(entries []string) (allow []netip.Prefix, restricted bool) {
+	for _, s := range entries {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		restricted = true
+		if strings.Contains(s, "/") {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				continue
+			}
+			if p.Addr().Is4In6() && p.Bits() >= 96 {
+				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+			}
+			allow = append(allow, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			continue
+		}
+		a = a.Unmap().WithZone("")
+		allow = append(allow, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return allow, restricted
+}
+
+// ipAllowed reports whether the client IP (Caddy's client IP, which honours
+// trusted_proxies) is in the allowlist. An unparsable IP is not allowed.
+func ipAllowed(allow []netip.Prefix, clientIP string) bool {
+	a, err := netip.ParseAddr(clientIP)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap().WithZone("")
+	for _, p := range allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// normalizeReferrerRules turns domain_referrers entries into lower-case
+// hosts ("example.com") or wildcards ("*.example.com"), tolerating a scheme,
+// port or path around them. nil when there are none.
+func normalizeReferrerRules(entries []string) []string {
+	var rules []string
+	for _, s := range entries {
+		s = strings.ToLower(strings.TrimSpace(s))
+		if s == "" {
+			continue
+		}
+		if i := strings.Index(s, "://"); i >= 0 {
+			s = s[i+3:]
+		}
+		if i := strings.IndexAny(s, "/?#"); i >= 0 {
+			s = s[:i]
+		}
+		if i := strings.LastIndexByte(s, ':'); i >= 0 && !strings.Contains(s[i:], "]") {
+			s = s[:i]
+		}
+		s = strings.TrimSuffix(s, ".")
+		if s == "" || s == "*." {
+			s = "\x00" // matches nothing, keeps the key restricted
+		}
+		rules = append(rules, s)
+	}
+	return rules
+}
+
+// requestOriginHost returns the host of the Origin header, else of the
+// Referer header, lower-cased; "" when neither gives one.
+func requestOriginHost(r *http.Request) string {
+	if o := r.Header.Get("Origin"); o != "" && o != "null" {
+		return hostOf(o)
+	}
+	if ref := r.Header.Get("Referer"); ref != "" {
+		return hostOf(ref)
+	}
+	return ""
+}
+
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	return strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+}
+
+// referrerAllowed matches a host against the rules: exactly, or as a
+// subdomain of a "*.example.com" rule (which does not match example.com
+// itself). Never by substring. An empty host matches nothing.
+func referrerAllowed(rules []string, host string) bool {
+	if host == "" {
+		return false
+	}
+	for _, rule := range rules {
+		if strings.HasPrefix(rule, "*.") {
+			suffix := rule[1:] // ".example.com"
+			if len(host) > len(suffix) && strings.HasSuffix(host, suffix) {
+				return true
+			}
+			continue
+		}
+		if host == rule {
+			return true
+		}
+	}
+	return false
+}
+
+// clockNow is the clock of the access side (a variable so tests can fake
+// it).
+var clockNow = time.Now
+
+// checkAccess applies the key's restrictions and records security refusals
+// (denied IP or referrer) as audit events.
+func (g *Gateway) checkAccess(r *http.Request, e *keyEntry, clientIP string, rt route, now time.Time) *gatewayError {
+	gerr, action := checkAccess(e, r, clientIP, rt.metered())
+	if action != "" {
+		g.recordSecurity(action, e, r, clientIP, now)
+	}
+	return gerr
+}

@@ -1,0 +1,338 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+func init() {
+	caddy.RegisterModule(new(App))
+}
+
+// App is the `gatewayz` app. It owns the store and the settings shared by the
+// gateway handler (`http.handlers.gatewayz`) and the management API
+// (`http.handlers.gatewayz_api`): the database, the server secret, the admin
+// key, signup credits, default rate limits and model prices.
+//
+// The store, the in-memory key index, the plan cache and the rate-limiter
+// state live in a value shared through a package-level caddy.UsagePool keyed
+// by the database's absolute path, so a config reload keeps the file open,
+// never waits on bbolt's file lock, and keeps every counter.
+//
+// Secrets (secret, admin_key) are resolved with placeholders at run time, for
+// example "{env.GATEWAYZ_SECRET}"; the resolved values are never written
+// into the config (and so never into Caddy's autosave.json).
+type App struct {
+	// DBPath is the bbolt database file. Default: gatewayz.db in Caddy's
+	// data directory. Placeholders are resolved (e.g. "{env.GATEWAYZ_DB}");
+	// an empty result means the default.
+	DBPath string `json:"db_path,omitempty"`
+
+	// Secret is the server secret from which the key-lookup hash and the
+	// key encryption are derived (at least 16 characters), usually
+	// "{env.GATEWAYZ_SECRET}". When it resolves to empty, a random secret
+	// is kept in a 0600 file beside the database (<db_path>.secret), so it
+	// survives restarts.
+	Secret string `json:"secret,omitempty"`
+
+	// AdminKeyValue is the bearer token of /admin/*, usually
+	// "{env.GATEWAYZ_ADMIN_KEY}". Resolved at run time; when it resolves to
+	// empty the admin API is disabled.
+	AdminKeyValue string `json:"admin_key,omitempty"`
+
+	// SignupCreditsValue is the credit grant of a new user: an integer or a
+	// placeholder resolving to one (e.g. "{env.GATEWAYZ_SIGNUP_CREDITS}").
+	// Default 1000 (also when the placeholder resolves to empty).
+	SignupCreditsValue string `json:"signup_credits,omitempty"`
+
+	// DefaultLimits are the global per-minute/hour/day request and token
+	// limits, applied per user and per key where nothing more specific is
+	// set (admin limits, the key's own limits, the site's limits). Zero
+	// fields are unlimited.
+	DefaultLimits storage.RateLimits `json:"default_limits,omitempty"`
+
+	// Prices sets per-model prices in credits per 1,000 tokens; the first
+	// entry whose model glob matches wins. Default: 1 credit per token.
+	Prices []ModelPrice `json:"prices,omitempty"`
+
+	// TrialModels are the model globs callable without an active plan.
+	// Empty means every model.
+	TrialModels []string `json:"trial_models,omitempty"`
+
+	// RotationGracePeriod is how long a rotated key's previous secret
+	// keeps authenticating. Default 0 (it stops at once).
+	RotationGracePeriod caddy.Duration `json:"rotation_grace,omitempty"`
+
+	// UsageRetention, when positive, prunes usage records older than this
+	// (checked hourly). Default 0: keep everything.
+	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
+
+	// CommitWindow is how long settlements are grouped before one durable
+	// write. Default 2ms.
+	CommitWindow caddy.Duration `json:"commit_window,omitempty"`
+
+	// LockTimeout bounds the wait for the database file lock (another
+	// process holding it). Default 1s.
+	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
+
+	// NoSync skips fsync on commits. For tests only: a crash may lose data.
+	NoSync bool `json:"no_sync,omitempty"`
+
+	// NegativeCacheSize bounds the cache of unknown key hashes that keeps
+	// floods of made-up keys off the store. Default 10000.
+	NegativeCacheSize int `json:"negative_cache_size,omitempty"`
+
+	// SecurityAuditPerMinute is the most security audit events (denied IP,
+	// denied referrer, inactive/expired/unknown key) recorded per kind and
+	// per key or client IP each minute. Default 5.
+	SecurityAuditPerMinute int `json:"security_audit_per_minute,omitempty"`
+
+	dbPath        string
+	poolKey       string
+	state         *sharedState
+	keyring       *storage.Keyring
+	adminKey      string
+	signupCredits int64
+	ctx           caddy.Context
+	logger        *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "gatewayz",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// GetApp returns the gatewayz app of the config being provisioned (a
+// default one when the config has none). Handlers call it in Provision.
+func GetApp(ctx caddy.Context) (*App, error) {
+	v, err := ctx.App("gatewayz")
+	if err != nil {
+		return nil, err
+	}
+	app, ok := v.(*App)
+	if !ok {
+		return nil, fmt.Errorf("gatewayz: app has unexpected type %T", v)
+	}
+	return app, nil
+}
+
+// Default settings.
+const (
+	defaultSignupCredits     = 1000
+	defaultNegativeCacheSize = 10000
+	defaultAuditPerMinute    = 5
+	defaultDBName            = "gatewayz.db"
+)
+
+// Provision resolves the settings and opens (or shares) the store.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+
+	dbPath := strings.TrimSpace(repl.ReplaceAll(a.DBPath, ""))
+	if dbPath == "" {
+		dbPath = filepath.Join(caddy.AppDataDir(), defaultDBName)
+	}
+	abs, err := filepath.Abs(dbPath)
+	if err != nil {
+		return fmt.Errorf("gatewayz: db_path %q: %v", dbPath, err)
+	}
+	a.dbPath = abs
+
+	a.adminKey = strings.TrimSpace(repl.ReplaceAll(a.AdminKeyValue, ""))
+
+	a.signupCredits = defaultSignupCredits
+	if s := strings.TrimSpace(repl.ReplaceAll(a.SignupCreditsValue, "")); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("gatewayz: signup_credits must be a non-negative integer, got %q", s)
+		}
+		a.signupCredits = n
+	}
+	if a.NegativeCacheSize <= 0 {
+		a.NegativeCacheSize = defaultNegativeCacheSize
+	}
+	if a.SecurityAuditPerMinute <= 0 {
+		a.SecurityAuditPerMinute = defaultAuditPerMinute
+	}
+	if err := validateLimits(a.DefaultLimits); err != nil {
+		return fmt.Errorf("gatewayz: default_limits: %v", err)
+	}
+	for _, p := range a.Prices {
+		if err := validateGlob(p.Model); err != nil {
+			return fmt.Errorf("gatewayz: price: %v", err)
+		}
+		if p.PromptPer1K < 0 || p.CompletionPer1K < 0 {
+			return fmt.Errorf("gatewayz: price for %q must not be negative", p.Model)
+		}
+	}
+	for _, m := range a.TrialModels {
+		if err := validateGlob(m); err != nil {
+			return fmt.Errorf("gatewayz: trial_models: %v", err)
+		}
+	}
+
+	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
+		return fmt.Errorf("gatewayz: creating database directory: %v", err)
+	}
+	var secret []byte
+	if s := repl.ReplaceAll(a.Secret, ""); s != "" {
+		secret = storage.SecretFromString(s)
+		if secret == nil {
+			return fmt.Errorf("gatewayz: secret must be at least %d characters", storage.MinSecretStringLen)
+		}
+	} else {
+		secret, err = storage.LoadOrCreateSecret(abs + ".secret")
+		if err != nil {
+			return fmt.Errorf("gatewayz: %v", err)
+		}
+	}
+	a.keyring, err = storage.NewKeyring(secret)
+	if err != nil {
+		return fmt.Errorf("gatewayz: %v", err)
+	}
+
+	opts := storage.Options{
+		LockTimeout:  time.Duration(a.LockTimeout),
+		CommitWindow: time.Duration(a.CommitWindow),
+		NoSync:       a.NoSync,
+	}
+	cfg := sharedConfig{negativeCacheSize: a.NegativeCacheSize, auditPerMinute: a.SecurityAuditPerMinute}
+	logger := a.logger
+	v, _, err := statePool.LoadOrNew(abs, func() (caddy.Destructor, error) {
+		st, err := storage.Open(abs, opts)
+		if err != nil {
+			return nil, err
+		}
+		return newSharedState(st, cfg, logger), nil
+	})
+	if err != nil {
+		return fmt.Errorf("gatewayz: opening %s: %v", abs, err)
+	}
+	a.poolKey = abs
+	a.state = v.(*sharedState)
+	return nil
+}
+
+// Start starts the usage pruner when usage_retention is set. It stops when
+// this config is unloaded.
+func (a *App) Start() error {
+	if a.UsageRetention > 0 && a.state != nil {
+		go a.pruneUsage(a.ctx, time.Duration(a.UsageRetention))
+	}
+	return nil
+}
+
+// Stop does nothing: the store is closed by the pool's destructor once no
+// config uses it (never here, since handlers may still be draining).
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's reference to the shared store.
+func (a *App) Cleanup() error {
+	if a.poolKey == "" {
+		return nil
+	}
+	key := a.poolKey
+	a.poolKey = ""
+	_, err := statePool.Delete(key)
+	return err
+}
+
+func (a *App) pruneUsage(ctx context.Context, retention time.Duration) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		n, err := a.state.store.PruneUsage(ctx, time.Now().Add(-retention))
+		if err != nil && ctx.Err() == nil {
+			a.logger.Error("pruning usage records", zap.Error(err))
+		} else if n > 0 {
+			a.logger.Info("pruned usage records", zap.Int("count", n))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Store returns the shared store.
+func (a *App) Store() storage.Store { return a.state.store }
+
+// Keyring returns the keyring derived from the server secret.
+func (a *App) Keyring() *storage.Keyring { return a.keyring }
+
+// AdminKey returns the resolved admin bearer token, "" when unset.
+func (a *App) AdminKey() string { return a.adminKey }
+
+// SignupCredits returns the credit grant of a new user.
+func (a *App) SignupCredits() int64 { return a.signupCredits }
+
+// RotationGrace returns how long a rotated key's previous secret keeps
+// working.
+func (a *App) RotationGrace() time.Duration { return time.Duration(a.RotationGracePeriod) }
+
+// Pricing returns the configured model prices.
+func (a *App) Pricing() pricing { return pricing(a.Prices) }
+
+// DatabasePath returns the absolute path of the database file.
+func (a *App) DatabasePath() string { return a.dbPath }
+
+// Identity is an authenticated API key and its owner. Both are snapshots
+// shared between requests: read them, never modify them.
+type Identity struct {
+	Key  *storage.APIKey
+	User *storage.User
+}
+
+// Errors of Authenticate (test with errors.Is). All of them are 401s.
+var (
+	ErrUnknownKey  = errors.New("Invalid API key")
+	ErrInactiveKey = errors.New("API key is inactive")
+	ErrExpiredKey  = errors.New("API key has expired")
+)
+
+// Authenticate resolves a plaintext API key through the in-memory index: no
+// store read when the key is known, and none for a string that is not
+// shaped like a key. It checks that the key is active and not expired. A
+// store failure while loading an uncached key is returned as is.
+func (a *App) Authenticate(plaintext string) (*Identity, error) {
+	e, err := a.lookup(context.Background(), plaintext)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.usable(time.Now()); err != nil {
+		return nil, err
+	}
+	return &e.id, nil
+}
+
+// lookup finds the index entry of a plaintext key.
+func (a *App) lookup(ctx context.Context, plaintext string) (*keyEntry, error) {
+	if _, ok := storage.ParseKey(plaintext); !ok {
+		return nil, ErrUnknownKey
+	}
+	return a.state.index.lookup(ctx, a.keyring.Hash(plaintext), time.Now())
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -1,0 +1,159 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("gatewayz", parseGlobalOption)
+}
+
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "gatewayz", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from the `gatewayz` global option:
+//
+//	gatewayz {
+//	    db_path        <path>          # e.g. {env.GATEWAYZ_DB}
+//	    secret         <secret>        # e.g. {env.GATEWAYZ_SECRET}
+//	    admin_key      <token>         # e.g. {env.GATEWAYZ_ADMIN_KEY}
+//	    signup_credits <n>             # or a placeholder
+//	    rotation_grace <duration>
+//	    usage_retention <duration>
+//	    commit_window  <duration>
+//	    lock_timeout   <duration>
+//	    no_sync
+//	    negative_cache_size <n>
+//	    security_audit_per_minute <n>
+//	    trial_models   <glob...>
+//	    default_limits {
+//	        requests_per_minute <n>    # and _hour, _day, tokens_per_*
+//	    }
+//	    price <model-glob> <prompt_per_1k> <completion_per_1k>
+//	}
+//
+// Use runtime placeholders ({env.VAR}) for secrets, not {$VAR}: the latter
+// is substituted when the Caddyfile is adapted and would be saved in the
+// autosaved config.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		name := d.Val()
+		switch name {
+		case "db_path", "secret", "admin_key", "signup_credits":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			switch name {
+			case "db_path":
+				a.DBPath = s
+			case "secret":
+				a.Secret = s
+			case "admin_key":
+				a.AdminKeyValue = s
+			case "signup_credits":
+				if !isPlaceholder(s) {
+					if n, err := strconv.ParseInt(s, 10, 64); err != nil || n < 0 {
+						return d.Errf("signup_credits must be a non-negative integer or a placeholder, got %q", s)
+					}
+				}
+				a.SignupCreditsValue = s
+			}
+		case "rotation_grace", "usage_retention", "commit_window", "lock_timeout":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur < 0 {
+				return d.Errf("bad %s %q", name, s)
+			}
+			switch name {
+			case "rotation_grace":
+				a.RotationGracePeriod = caddy.Duration(dur)
+			case "usage_retention":
+				a.UsageRetention = caddy.Duration(dur)
+			case "commit_window":
+				a.CommitWindow = caddy.Duration(dur)
+			case "lock_timeout":
+				a.LockTimeout = caddy.Duration(dur)
+			}
+		case "no_sync":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.NoSync = true
+		case "negative_cache_size", "security_audit_per_minute":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(s)
+			if err != nil || n <= 0 {
+				return d.Errf("%s must be a positive integer, got %q", name, s)
+			}
+			if name == "negative_cache_size" {
+				a.NegativeCacheSize = n
+			} else {
+				a.SecurityAuditPerMinute = n
+			}
+		case "trial_models":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, g := range args {
+				if err := validateGlob(g); err != nil {
+					return d.Errf("trial_models: %v", err)
+				}
+			}
+			a.TrialModels = append(a.TrialModels, args...)
+		case "default_limits":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := parseRateLimits(d, &a.DefaultLimits); err != nil {
+				return err
+			}
+		case "price":
+			var model, prompt, completion string
+			if !d.AllArgs(&model, &prompt, &completion) {
+				return d.ArgErr()
+			}
+			if err := validateGlob(model); err != nil {
+				return d.Errf("price: %v", err)
+			}
+			p, err1 := strconv.ParseInt(prompt, 10, 64)
+			c, err2 := strconv.ParseInt(completion, 10, 64)
+			if err1 != nil || err2 != nil || p < 0 || c < 0 {
+				return d.Errf("price %s: prices must be non-negative integers (credits per 1,000 tokens)", model)
+			}
+			a.Prices = append(a.Prices, ModelPrice{Model: model, PromptPer1K: p, CompletionPer1K: c})
+		default:
+			return d.Errf("unknown gatewayz option %q", name)
+		}
+	}
+	return nil
+}
+
+// isPlaceholder reports whether s is a single {placeholder}.
+func isPlaceholder(s string) bool {
+	return len(s) > 2 && s[0] == '{' && s[len(s)-1] == '}'
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*App)(nil)

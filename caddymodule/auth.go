@@ -1,0 +1,130 @@
+package caddymodule
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// Canonical names of the credential headers.
+const (
+	hdrAuthorization = "Authorization"
+	hdrAPIKey        = "X-Api-Key"
+)
+
+// credentials returns the API key the client presented: the Bearer token of
+// Authorization, else x-api-key (Anthropic-style clients). Both headers are
+// removed from the request in place, so the key reaches neither the
+// upstream nor the access log (which shares this request's header map and
+// would otherwise log x-api-key in clear).
+func credentials(r *http.Request) string {
+	var key string
+	if v := r.Header[hdrAuthorization]; len(v) > 0 {
+		if a := v[0]; len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
+			key = strings.TrimSpace(a[7:])
+		}
+		delete(r.Header, hdrAuthorization)
+	}
+	if v := r.Header[hdrAPIKey]; len(v) > 0 {
+		if key == "" {
+			key = strings.TrimSpace(v[0])
+		}
+		delete(r.Header, hdrAPIKey)
+	}
+	return key
+}
+
+// Refusals of authentication.
+var (
+	errMissingKey = errUnauthorized("missing_api_key",
+		"Missing API key: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header")
+	errInvalidKey  = errUnauthorized("invalid_api_key", "Invalid API key")
+	errInactiveKey = errUnauthorized("inactive_api_key", "API key is inactive")
+	errExpiredKey  = errUnauthorized("expired_api_key", "API key has expired")
+	errUnavailable = errorf(http.StatusServiceUnavailable, "server_error", "service_unavailable",
+		"The gateway cannot verify API keys right now; retry shortly")
+)
+
+// authenticate resolves the presented key to its index entry and checks
+// that it is usable (active, not expired). A string that is not shaped like
+// a gw_ key is refused without touching the store or the index. Unknown,
+// inactive and expired keys are recorded as (rate-limited) security events.
+func (g *Gateway) authenticate(r *http.Request, key, clientIP string, now time.Time) (*keyEntry, *gatewayError) {
+	if key == "" {
+		return nil, errMissingKey
+	}
+	if _, ok := storage.ParseKey(key); !ok {
+		return nil, errInvalidKey
+	}
+	e, err := g.state.index.lookup(r.Context(), g.app.keyring.Hash(key), now)
+	if err != nil {
+		if errors.Is(err, ErrUnknownKey) {
+			g.state.audit.record(auditUnknownKey, clientIP, &storage.AuditEntry{
+				IP:      clientIP,
+				Details: map[string]any{"key_prefix": storage.MaskKey(key), "path": r.URL.Path},
+			}, now)
+			return nil, errInvalidKey
+		}
+		if c := g.logger.Check(zap.ErrorLevel, "looking up API key"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		return nil, errUnavailable
+	}
+	if err := e.usable(now); err != nil {
+		action, refusal := auditKeyInactive, errInactiveKey
+		if errors.Is(err, ErrExpiredKey) {
+			action, refusal = auditKeyExpired, errExpiredKey
+		}
+		g.recordSecurity(action, e, r, clientIP, now)
+		return nil, refusal
+	}
+	return e, nil
+}
+
+// recordSecurity queues a security audit event about a known key (never
+// the key itself: its id and masked prefix).
+func (g *Gateway) recordSecurity(action string, e *keyEntry, r *http.Request, clientIP string, now time.Time) {
+	g.state.audit.record(action, e.keyID+"|"+clientIP, &storage.AuditEntry{
+		UserID: e.id.Key.UserID,
+		KeyID:  e.id.Key.ID,
+		IP:     clientIP,
+		Details: map[string]any{
+			"key_prefix": e.id.Key.Prefix + "…",
+			"path":       r.URL.Path,
+			"origin":     requestOriginHost(r),
+		},
+	}, now)
+}
+
+// annotate exposes who is calling, never the key: the {http.auth.user.id}
+// placeholder (the access log's user_id), the vars gatewayz_user_id,
+// gatewayz_key_id and gatewayz_env ({http.vars.*}, `vars` matcher), and the
+// same as extra access-log fields.
+func annotate(r *http.Request, e *keyEntry) {
+	ctx := r.Context()
+	if repl, ok := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.auth.user.id", e.userID)
+	}
+	caddyhttp.SetVar(ctx, "gatewayz_user_id", e.userID)
+	caddyhttp.SetVar(ctx, "gatewayz_key_id", e.keyID)
+	caddyhttp.SetVar(ctx, "gatewayz_env", e.env)
+	if extra, ok := ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Add(zap.String("gatewayz_user_id", e.userID))
+		extra.Add(zap.String("gatewayz_key_id", e.keyID))
+		extra.Add(zap.String("gatewayz_env", e.env))
+	}
+}
+
+// clientIP returns Caddy's client IP of the request (which honours the
+// server's trusted_proxies).
+func clientIP(r *http.Request) string {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	return ip
+}

@@ -1,0 +1,115 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("gatewayz", parseGatewayDirective)
+	// After encode, so that encode wraps outside the meter and the meter
+	// sees plaintext upstream bodies.
+	httpcaddyfile.RegisterDirectiveOrder("gatewayz", httpcaddyfile.After, "encode")
+}
+
+func parseGatewayDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	g := new(Gateway)
+	err := g.UnmarshalCaddyfile(h.Dispenser)
+	return g, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	gatewayz {
+//	    max_body_size <size>
+//	    free_paths <glob...>
+//	    limits {
+//	        requests_per_minute <n>
+//	        requests_per_hour   <n>
+//	        requests_per_day    <n>
+//	        tokens_per_minute   <n>
+//	        tokens_per_hour     <n>
+//	        tokens_per_day      <n>
+//	    }
+//	}
+//
+// Every subdirective is optional; `gatewayz` alone uses the app's settings.
+func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "max_body_size":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			n, err := humanize.ParseBytes(s)
+			if err != nil || n == 0 || n > 1<<40 {
+				return d.Errf("bad max_body_size %q", s)
+			}
+			g.MaxBodySize = int64(n)
+		case "free_paths":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			g.FreePaths = append(g.FreePaths, args...)
+		case "limits":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := parseRateLimits(d, &g.Limits); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unknown gatewayz subdirective %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// parseRateLimits parses a block of rate-limit fields into l.
+func parseRateLimits(d *caddyfile.Dispenser, l *storage.RateLimits) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		var field *int64
+		switch name {
+		case "requests_per_minute":
+			field = &l.RequestsPerMinute
+		case "requests_per_hour":
+			field = &l.RequestsPerHour
+		case "requests_per_day":
+			field = &l.RequestsPerDay
+		case "tokens_per_minute":
+			field = &l.TokensPerMinute
+		case "tokens_per_hour":
+			field = &l.TokensPerHour
+		case "tokens_per_day":
+			field = &l.TokensPerDay
+		default:
+			return d.Errf("unknown limit %q", name)
+		}
+		var s string
+		if !d.AllArgs(&s) {
+			return d.ArgErr()
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return d.Errf("%s must be a non-negative integer, got %q", name, s)
+		}
+		*field = n
+	}
+	return nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*Gateway)(nil)

@@ -1,0 +1,213 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// keyEntry is an API key as the hot path needs it: snapshots of the key and
+// its user, plus everything derived from them once per key version (parsed
+// allowlist, normalized referrer rules, formatted ids).
+type keyEntry struct {
+	id Identity
+
+	// ipRestricted is true when the key has an IP allowlist; allow holds
+	// its parsed entries (an unparsable entry matches nothing).
+	ipRestricted bool
+	allow        []netip.Prefix
+	// referrers are normalized referrer rules ("example.com",
+	// "*.example.com"); nil means unrestricted.
+	referrers []string
+
+	keyID  string
+	userID string
+	env    string
+}
+
+// newKeyEntry derives a keyEntry from a key and its user.
+func newKeyEntry(k *storage.APIKey, u *storage.User) *keyEntry {
+	e := &keyEntry{
+		id:     Identity{Key: k, User: u},
+		keyID:  strconv.FormatInt(k.ID, 10),
+		userID: strconv.FormatInt(k.UserID, 10),
+		env:    k.EnvironmentTag,
+	}
+	if e.env == "" {
+		e.env = "live"
+	}
+	e.allow, e.ipRestricted = parseAllowlist(k.IPAllowlist)
+	e.referrers = normalizeReferrerRules(k.DomainReferrers)
+	return e
+}
+
+// usable reports whether the key may be used at now: active and not
+// expired.
+func (e *keyEntry) usable(now time.Time) error {
+	if !e.id.Key.IsActive {
+		return ErrInactiveKey
+	}
+	if e.id.Key.Expired(now) {
+		return ErrExpiredKey
+	}
+	return nil
+}
+
+// hashRef points a hash at its entry; prev marks a rotated-away secret that
+// works only until the key's PrevHashExpiresAt.
+type hashRef struct {
+	e    *keyEntry
+	prev bool
+}
+
+// keyIndex maps key hashes to keys and their users, in memory. It fills
+// lazily (one store read the first time a key is seen) and is kept current
+// by the store's change feed: a change drops the affected entries, so the
+// next request re-reads them. Unknown hashes go to a bounded negative cache
+// so a flood of made-up keys reads the store once per distinct key at most.
+type keyIndex struct {
+	store storage.Store
+
+	mu      sync.RWMutex
+	gen     uint64 // bumped by every invalidation; loads started before it are discarded
+	byHash  map[string]hashRef
+	byKeyID map[int64]*keyEntry
+	neg     map[string]struct{}
+	negMax  int
+}
+
+func newKeyIndex(st storage.Store, negMax int) *keyIndex {
+	if negMax <= 0 {
+		negMax = defaultNegativeCacheSize
+	}
+	return &keyIndex{
+		store:   st,
+		byHash:  make(map[string]hashRef),
+		byKeyID: make(map[int64]*keyEntry),
+		neg:     make(map[string]struct{}),
+		negMax:  negMax,
+	}
+}
+
+// errStoreUnavailable wraps store failures met while loading a key.
+var errStoreUnavailable = errors.New("key store unavailable")
+
+// lookup returns the entry of a key hash at now, or ErrUnknownKey.
+func (ix *keyIndex) lookup(ctx context.Context, hash []byte, now time.Time) (*keyEntry, error) {
+	ix.mu.RLock()
+	ref, ok := ix.byHash[string(hash)]
+	_, negative := ix.neg[string(hash)]
+	gen := ix.gen
+	ix.mu.RUnlock()
+	if ok {
+		return ref.resolve(now)
+	}
+	if negative {
+		return nil, ErrUnknownKey
+	}
+	return ix.load(ctx, hash, gen, now)
+}
+
+func (r hashRef) resolve(now time.Time) (*keyEntry, error) {
+	if r.prev && !now.Before(r.e.id.Key.PrevHashExpiresAt) {
+		return nil, ErrUnknownKey
+	}
+	return r.e, nil
+}
+
+// load reads a key and its user from the store and indexes them, unless an
+// invalidation happened meanwhile (then the result is still returned, but
+// not cached).
+func (ix *keyIndex) load(ctx context.Context, hash []byte, gen uint64, now time.Time) (*keyEntry, error) {
+	k, err := ix.store.KeyByHash(ctx, hash)
+	if errors.Is(err, storage.ErrNotFound) {
+		ix.mu.Lock()
+		if gen == ix.gen {
+			if len(ix.neg) >= ix.negMax {
+				for h := range ix.neg { // evict an arbitrary entry
+					delete(ix.neg, h)
+					break
+				}
+			}
+			ix.neg[string(hash)] = struct{}{}
+		}
+		ix.mu.Unlock()
+		return nil, ErrUnknownKey
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errStoreUnavailable, err)
+	}
+	u, err := ix.store.GetUser(ctx, k.UserID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, ErrUnknownKey
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errStoreUnavailable, err)
+	}
+	e := newKeyEntry(k, u)
+	ix.mu.Lock()
+	if gen == ix.gen {
+		ix.removeLocked(k.ID)
+		ix.byKeyID[k.ID] = e
+		ix.byHash[string(k.Hash)] = hashRef{e: e}
+		if len(k.PrevHash) > 0 && now.Before(k.PrevHashExpiresAt) {
+			ix.byHash[string(k.PrevHash)] = hashRef{e: e, prev: true}
+		}
+	}
+	ix.mu.Unlock()
+	return hashRef{e: e, prev: len(k.Hash) != len(hash) || string(k.Hash) != string(hash)}.resolve(now)
+}
+
+// removeLocked drops a key's entry and its hashes. ix.mu must be held.
+func (ix *keyIndex) removeLocked(keyID int64) {
+	e, ok := ix.byKeyID[keyID]
+	if !ok {
+		return
+	}
+	delete(ix.byKeyID, keyID)
+	for _, h := range [][]byte{e.id.Key.Hash, e.id.Key.PrevHash} {
+		if ref, ok := ix.byHash[string(h)]; ok && ref.e == e {
+			delete(ix.byHash, string(h))
+		}
+	}
+}
+
+// invalidate applies a change from the store's feed: the entries of the
+// changed key (or of every key of the changed user) and the hashes that
+// must stop resolving are dropped, and the negative cache is cleared (a new
+// key may have been created). It never blocks on I/O.
+func (ix *keyIndex) invalidate(c storage.Change) {
+	if c.Kind != storage.ChangeKey && c.Kind != storage.ChangeUser {
+		return
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.gen++
+	switch c.Kind {
+	case storage.ChangeKey:
+		ix.removeLocked(c.KeyID)
+	case storage.ChangeUser:
+		for id, e := range ix.byKeyID {
+			if e.id.Key.UserID == c.UserID {
+				ix.removeLocked(id)
+			}
+		}
+	}
+	for _, h := range c.OldHashes {
+		delete(ix.byHash, string(h))
+	}
+	clear(ix.neg)
+}
+
+// size returns the number of cached keys and negative entries (for tests).
+func (ix *keyIndex) size() (keys, negative int) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return len(ix.byKeyID), len(ix.neg)
+}

@@ -1,0 +1,603 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// Rate limits and plan counters.
+//
+// Every limit is a fixed window aligned to UTC: minute, hour and day for the
+// rate limits (per user and per key), day and calendar month for the plan
+// limits (per user). A request is refused when counting it would cross a
+// limit: requests+1 > limit, or tokens+estimate > limit, so the request that
+// would cross a token limit is the one refused. Estimated tokens are
+// replaced by the real usage afterwards (admission.recordTokens).
+
+// period is the length of a window.
+type period uint8
+
+const (
+	perMinute period = iota
+	perHour
+	perDay
+	perMonth
+	numPeriods
+)
+
+var periodNames = [numPeriods]string{"Minute", "Hour", "Daily", "Monthly"}
+
+// end returns the end (unix nanoseconds) of the UTC window of p holding now.
+func (p period) end(now time.Time) int64 {
+	sec := now.Unix()
+	switch p {
+	case perMinute:
+		return (sec/60 + 1) * 60 * int64(time.Second)
+	case perHour:
+		return (sec/3600 + 1) * 3600 * int64(time.Second)
+	case perDay:
+		return (sec/86400 + 1) * 86400 * int64(time.Second)
+	default:
+		u := now.UTC()
+		return time.Date(u.Year(), u.Month()+1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	}
+}
+
+// start returns the start of the UTC window of p holding now.
+func (p period) start(now time.Time) time.Time {
+	u := now.UTC()
+	switch p {
+	case perMinute:
+		return u.Truncate(time.Minute)
+	case perHour:
+		return u.Truncate(time.Hour)
+	case perDay:
+		return time.Date(u.Year(), u.Month(), u.Day(), 0, 0, 0, 0, time.UTC)
+	default:
+		return time.Date(u.Year(), u.Month(), 1, 0, 0, 0, 0, time.UTC)
+	}
+}
+
+// window counts requests and tokens in one fixed window.
+type window struct {
+	end      int64 // unix nanoseconds; 0 before first use
+	requests int64
+	tokens   int64
+}
+
+// roll starts a new window when now is past the current one.
+func (w *window) roll(p period, now time.Time) {
+	if now.UnixNano() >= w.end {
+		*w = window{end: p.end(now)}
+	}
+}
+
+// windows holds one window per period (the rate limits use minute, hour and
+// day; the plan counters day and month).
+type windows [numPeriods]window
+
+func (ws *windows) roll(now time.Time) {
+	for p := range ws {
+		ws[p].roll(period(p), now)
+	}
+}
+
+// periodLimits are the limits of one level for each period; zero means
+// unlimited.
+type periodLimits struct {
+	requests [numPeriods]int64
+	tokens   [numPeriods]int64
+}
+
+// rateLimits converts storage.RateLimits (minute/hour/day).
+func rateLimits(l storage.RateLimits) periodLimits {
+	return periodLimits{
+		requests: [numPeriods]int64{l.RequestsPerMinute, l.RequestsPerHour, l.RequestsPerDay, 0},
+		tokens:   [numPeriods]int64{l.TokensPerMinute, l.TokensPerHour, l.TokensPerDay, 0},
+	}
+}
+
+// breach describes the first limit a request would cross.
+type breach struct {
+	period   period
+	tokens   bool // a token limit, else a request limit
+	limit    int64
+	end      int64
+	exceeded bool
+}
+
+// check reports the first limit of pl that counting one request of est
+// tokens in ws would cross.
+func (ws *windows) check(pl *periodLimits, est int64) breach {
+	for p := range numPeriods {
+		if l := pl.requests[p]; l > 0 && ws[p].requests+1 > l {
+			return breach{period: p, limit: l, end: ws[p].end, exceeded: true}
+		}
+		if l := pl.tokens[p]; l > 0 && ws[p].tokens+est > l {
+			return breach{period: p, tokens: true, limit: l, end: ws[p].end, exceeded: true}
+		}
+	}
+	return breach{}
+}
+
+// add counts one request of est tokens in every window.
+func (ws *windows) add(est int64) {
+	for p := range ws {
+		ws[p].requests++
+		ws[p].tokens += est
+	}
+}
+
+// correct replaces est by actual tokens in the windows that are still the
+// ones the request was counted in (ends[p] is that window's end).
+func (ws *windows) correct(ends *[numPeriods]int64, est, actual int64) {
+	for p := range ws {
+		if ws[p].end == ends[p] && ends[p] != 0 {
+			ws[p].tokens += actual - est
+			if ws[p].tokens < 0 {
+				ws[p].tokens = 0
+			}
+		}
+	}
+}
+
+// quota is one limit's state for the x-ratelimit-* headers.
+type quota struct {
+	limit, remaining int64
+	end              int64 // unix nanoseconds
+}
+
+// tighter reports whether q leaves less room than o (ties: sooner reset).
+func (q quota) tighter(o quota) bool {
+	if o.limit == 0 {
+		return true
+	}
+	if q.remaining != o.remaining {
+		return q.remaining < o.remaining
+	}
+	return q.end < o.end
+}
+
+// tightest folds the limits of ws into req and tok.
+func (ws *windows) tightest(pl *periodLimits, req, tok *quota) {
+	for p := range numPeriods {
+		if l := pl.requests[p]; l > 0 {
+			q := quota{limit: l, remaining: max(l-ws[p].requests, 0), end: ws[p].end}
+			if q.tighter(*req) {
+				*req = q
+			}
+		}
+		if l := pl.tokens[p]; l > 0 {
+			q := quota{limit: l, remaining: max(l-ws[p].tokens, 0), end: ws[p].end}
+			if q.tighter(*tok) {
+				*tok = q
+			}
+		}
+	}
+}
+
+// userCounters are a user's rate windows and plan windows.
+type userCounters struct {
+	rate     windows
+	plan     windows
+	seeded   bool  // plan windows loaded from the usage records
+	lastUsed int64 // unix nanoseconds
+}
+
+// keyCounters are a key's rate windows.
+type keyCounters struct {
+	rate     windows
+	lastUsed int64
+}
+
+// limiter holds every user's and key's counters. It is shared through the
+// state pool, so counters survive config reloads; idle entries are swept.
+type limiter struct {
+	mu    sync.Mutex
+	users map[int64]*userCounters
+	keys  map[int64]*keyCounters
+	now   func() time.Time
+}
+
+func newLimiter() *limiter {
+	return &limiter{
+		users: make(map[int64]*userCounters),
+		keys:  make(map[int64]*keyCounters),
+		now:   time.Now,
+	}
+}
+
+func (l *limiter) userLocked(id int64) *userCounters {
+	u, ok := l.users[id]
+	if !ok {
+		u = new(userCounters)
+		l.users[id] = u
+	}
+	return u
+}
+
+func (l *limiter) keyLocked(id int64) *keyCounters {
+	k, ok := l.keys[id]
+	if !ok {
+		k = new(keyCounters)
+		l.keys[id] = k
+	}
+	return k
+}
+
+// admitInput is one request to count.
+type admitInput struct {
+	userID, keyID int64
+	userLimits    periodLimits
+	keyLimits     periodLimits
+	// plan, when non-nil, are the plan limits (day and month); nil for
+	// free routes, which do not count toward the plan.
+	plan *periodLimits
+	est  int64 // estimated tokens
+}
+
+// admitResult is the outcome: the refusal (if any) and the header quotas.
+type admitResult struct {
+	refused    bool
+	planBreach bool   // the refusal is a plan limit
+	keyBreach  bool   // the refusal is the key's rate limit (else the user's)
+	breach     breach // the limit crossed
+	requests   quota  // tightest request limit (limit 0: none)
+	tokens     quota  // tightest token limit
+	ends       [numPeriods]int64
+}
+
+// admit checks every limit and, when none would be crossed, counts the
+// request everywhere (all or nothing).
+func (l *limiter) admit(in *admitInput, now time.Time) admitResult {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u := l.userLocked(in.userID)
+	k := l.keyLocked(in.keyID)
+	ns := now.UnixNano()
+	u.lastUsed, k.lastUsed = ns, ns
+	u.rate.roll(now)
+	u.plan.roll(now)
+	k.rate.roll(now)
+
+	var res admitResult
+	if in.plan != nil {
+		if b := u.plan.check(in.plan, in.est); b.exceeded {
+			res.refused, res.planBreach, res.breach = true, true, b
+		}
+	}
+	if !res.refused {
+		if b := u.rate.check(&in.userLimits, in.est); b.exceeded {
+			res.refused, res.breach = true, b
+		} else if b := k.rate.check(&in.keyLimits, in.est); b.exceeded {
+			res.refused, res.keyBreach, res.breach = true, true, b
+		}
+	}
+	if !res.refused {
+		u.rate.add(in.est)
+		k.rate.add(in.est)
+		if in.plan != nil {
+			u.plan.add(in.est)
+		}
+		for p := range numPeriods {
+			res.ends[p] = u.rate[p].end
+		}
+	}
+	u.rate.tightest(&in.userLimits, &res.requests, &res.tokens)
+	k.rate.tightest(&in.keyLimits, &res.requests, &res.tokens)
+	if in.plan != nil {
+		u.plan.tightest(in.plan, &res.requests, &res.tokens)
+	}
+	return res
+}
+
+// correct replaces a counted estimate by the actual tokens.
+func (l *limiter) correct(userID, keyID int64, plan bool, ends *[numPeriods]int64, est, actual int64) {
+	if est == actual {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if u, ok := l.users[userID]; ok {
+		u.rate.correct(ends, est, actual)
+		if plan {
+			u.plan.correct(ends, est, actual)
+		}
+	}
+	if k, ok := l.keys[keyID]; ok {
+		k.rate.correct(ends, est, actual)
+	}
+}
+
+// needsSeed reports whether a user's plan counters still need loading.
+func (l *limiter) needsSeed(userID int64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.userLocked(userID).seeded
+}
+
+// seed loads a user's plan counters (requests and tokens of the current UTC
+// day and month) from the usage records, once per user while it stays in
+// memory.
+func (l *limiter) seed(ctx context.Context, st storage.Store, userID int64, now time.Time) error {
+	if !l.needsSeed(userID) {
+		return nil
+	}
+	monthStart := perMonth.start(now)
+	recs, err := st.ListUsage(ctx, storage.UsageFilter{UserID: userID, Since: monthStart})
+	if err != nil {
+		return err
+	}
+	dayStart := perDay.start(now)
+	var dayReq, dayTok, monReq, monTok int64
+	for i := range recs {
+		r := &recs[i]
+		if r.Time.Before(monthStart) {
+			continue
+		}
+		monReq++
+		monTok += r.TotalTokens
+		if !r.Time.Before(dayStart) {
+			dayReq++
+			dayTok += r.TotalTokens
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u := l.userLocked(userID)
+	if u.seeded {
+		return nil
+	}
+	u.plan.roll(now)
+	u.plan[perDay].requests += dayReq
+	u.plan[perDay].tokens += dayTok
+	u.plan[perMonth].requests += monReq
+	u.plan[perMonth].tokens += monTok
+	u.seeded = true
+	return nil
+}
+
+// sweepInterval is how often idle counters are evicted.
+const sweepInterval = time.Minute
+
+// sweep evicts, every interval, the counters whose day window has ended
+// (all their rate windows are then empty, so nothing is lost; plan counters
+// are re-seeded from the store on next use).
+func (l *limiter) sweep(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			l.evictIdle(l.now())
+		}
+	}
+}
+
+// evictIdle drops the counters idle since before the current UTC day.
+func (l *limiter) evictIdle(now time.Time) (evicted int) {
+	ns := now.UnixNano()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, u := range l.users {
+		if ns >= u.rate[perDay].end && ns >= u.plan[perDay].end {
+			delete(l.users, id)
+			evicted++
+		}
+	}
+	for id, k := range l.keys {
+		if ns >= k.rate[perDay].end {
+			delete(l.keys, id)
+			evicted++
+		}
+	}
+	return evicted
+}
+
+// size returns the number of users and keys with counters (for tests).
+func (l *limiter) size() (users, keys int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.users), len(l.keys)
+}
+
+// mergeLimits resolves limits field by field: the first non-zero value of
+// the levels, in order, wins.
+func mergeLimits(a, b, c, d storage.RateLimits) storage.RateLimits {
+	pick := func(v ...int64) int64 {
+		for _, x := range v {
+			if x != 0 {
+				return x
+			}
+		}
+		return 0
+	}
+	return storage.RateLimits{
+		RequestsPerMinute: pick(a.RequestsPerMinute, b.RequestsPerMinute, c.RequestsPerMinute, d.RequestsPerMinute),
+		RequestsPerHour:   pick(a.RequestsPerHour, b.RequestsPerHour, c.RequestsPerHour, d.RequestsPerHour),
+		RequestsPerDay:    pick(a.RequestsPerDay, b.RequestsPerDay, c.RequestsPerDay, d.RequestsPerDay),
+		TokensPerMinute:   pick(a.TokensPerMinute, b.TokensPerMinute, c.TokensPerMinute, d.TokensPerMinute),
+		TokensPerHour:     pick(a.TokensPerHour, b.TokensPerHour, c.TokensPerHour, d.TokensPerHour),
+		TokensPerDay:      pick(a.TokensPerDay, b.TokensPerDay, c.TokensPerDay, d.TokensPerDay),
+	}
+}
+
+// validateLimits refuses negative limits.
+func validateLimits(l storage.RateLimits) error {
+	for _, v := range []int64{l.RequestsPerMinute, l.RequestsPerHour, l.RequestsPerDay, l.TokensPerMinute, l.TokensPerHour, l.TokensPerDay} {
+		if v < 0 {
+			return errors.New("limits must not be negative")
+		}
+	}
+	return nil
+}
+
+// refusal turns an admit refusal into the 429 the client sees.
+func (res *admitResult) refusal(env string, now time.Time) *gatewayError {
+	b := res.breach
+	kind := "request"
+	if b.tokens {
+		kind = "token"
+	}
+	retry := int((b.end - now.UnixNano() + int64(time.Second) - 1) / int64(time.Second))
+	if retry < 1 {
+		retry = 1
+	}
+	if res.planBreach {
+		return errRateLimited("plan_limit_exceeded",
+			fmt.Sprintf("Plan limit exceeded: %s %s limit exceeded (%d) for %s environment", periodNames[b.period], kind, b.limit, env),
+			retry)
+	}
+	who := "user"
+	if res.keyBreach {
+		who = "API key"
+	}
+	name := periodNames[b.period]
+	if b.period == perDay {
+		name = "Day"
+	}
+	return errRateLimited("rate_limit_exceeded",
+		fmt.Sprintf("Rate limit exceeded: %s %s limit exceeded (%d) for this %s", name, kind, b.limit, who),
+		retry)
+}
+
+// Canonical header names (set directly in the map: no canonicalization
+// allocation on the hot path).
+const (
+	hdrLimitRequests     = "X-Ratelimit-Limit-Requests"
+	hdrRemainingRequests = "X-Ratelimit-Remaining-Requests"
+	hdrResetRequests     = "X-Ratelimit-Reset-Requests"
+	hdrLimitTokens       = "X-Ratelimit-Limit-Tokens"
+	hdrRemainingTokens   = "X-Ratelimit-Remaining-Tokens"
+	hdrResetTokens       = "X-Ratelimit-Reset-Tokens"
+)
+
+// setRateLimitHeaders writes the x-ratelimit-* headers of the tightest
+// request and token limits (when there are any).
+func setRateLimitHeaders(h http.Header, req, tok quota, now time.Time) {
+	if req.limit > 0 {
+		h[hdrLimitRequests] = []string{strconv.FormatInt(req.limit, 10)}
+		h[hdrRemainingRequests] = []string{strconv.FormatInt(req.remaining, 10)}
+		h[hdrResetRequests] = []string{resetString(req.end, now)}
+	}
+	if tok.limit > 0 {
+		h[hdrLimitTokens] = []string{strconv.FormatInt(tok.limit, 10)}
+		h[hdrRemainingTokens] = []string{strconv.FormatInt(tok.remaining, 10)}
+		h[hdrResetTokens] = []string{resetString(tok.end, now)}
+	}
+}
+
+// resetString formats the time until end like OpenAI does ("1s", "6m0s"),
+// rounded up to whole seconds.
+func resetString(end int64, now time.Time) string {
+	d := time.Duration(end - now.UnixNano())
+	if d <= 0 {
+		return "0s"
+	}
+	return ((d + time.Second - 1) / time.Second * time.Second).String()
+}
+
+// newAdmission resolves what governs the caller: the user's policy (plan
+// and admin limits, cached), the merged rate limits and the plan limits.
+func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP string, now time.Time) (*admission, *gatewayError) {
+	pol, err := g.state.plans.get(r.Context(), e.id.Key.UserID)
+	if err != nil {
+		if c := g.logger.Check(zap.ErrorLevel, "loading plan and limits"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		return nil, errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
+	}
+	ent := pol.entitlementsAt(now, e.env, g.app.TrialModels)
+	a := &admission{
+		key:         e.id.Key,
+		user:        e.id.User,
+		limits:      mergeLimits(pol.adminLimits, e.id.Key.RateLimits, g.Limits, g.app.DefaultLimits),
+		userLimits:  mergeLimits(pol.adminLimits, storage.RateLimits{}, g.Limits, g.app.DefaultLimits),
+		clientIP:    clientIP,
+		planName:    ent.planName,
+		env:         e.env,
+		entry:       e,
+		models:      ent.models,
+		planLimits:  ent.limits,
+		lim:         g.state.limiter,
+		planCounted: rt.metered(),
+	}
+	a.in = admitInput{
+		userID:     e.id.Key.UserID,
+		keyID:      e.id.Key.ID,
+		userLimits: rateLimits(a.userLimits),
+		keyLimits:  rateLimits(a.limits),
+	}
+	if a.planCounted {
+		a.in.plan = &a.planLimits
+	}
+	return a, nil
+}
+
+// admit counts the request against the plan and rate limits (all or
+// nothing) and sets the x-ratelimit-* headers. Plan counters are seeded
+// from the usage records the first time a user is seen.
+func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Header) *gatewayError {
+	if a.planCounted {
+		if err := a.lim.seed(r.Context(), g.state.store, a.in.userID, now); err != nil {
+			if c := g.logger.Check(zap.ErrorLevel, "loading plan usage"); c != nil {
+				c.Write(zap.Error(err))
+			}
+			return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
+		}
+	}
+	if a.req != nil {
+		a.estTokens = a.req.PromptTokens + a.req.MaxTokens
+	}
+	a.in.est = a.estTokens
+	res := a.lim.admit(&a.in, now)
+	setRateLimitHeaders(h, res.requests, res.tokens, now)
+	if res.refused {
+		return res.refusal(a.env, now)
+	}
+	a.ends = res.ends
+	return nil
+}
+
+// peek sets the x-ratelimit-* headers of a caller without counting
+// anything (for refusals before admission).
+func (l *limiter) peek(a *admission, now time.Time, h http.Header) {
+	var req, tok quota
+	l.mu.Lock()
+	if u, ok := l.users[a.in.userID]; ok {
+		u.rate.roll(now)
+		u.rate.tightest(&a.in.userLimits, &req, &tok)
+		if a.in.plan != nil {
+			u.plan.roll(now)
+			u.plan.tightest(a.in.plan, &req, &tok)
+		}
+	} else {
+		var empty windows
+		empty.roll(now)
+		empty.tightest(&a.in.userLimits, &req, &tok)
+		if a.in.plan != nil {
+			empty.tightest(a.in.plan, &req, &tok)
+		}
+	}
+	if k, ok := l.keys[a.in.keyID]; ok {
+		k.rate.roll(now)
+		k.rate.tightest(&a.in.keyLimits, &req, &tok)
+	} else {
+		var empty windows
+		empty.roll(now)
+		empty.tightest(&a.in.keyLimits, &req, &tok)
+	}
+	l.mu.Unlock()
+	setRateLimitHeaders(h, req, tok, now)
+}
