@@ -7,5 +7,6 @@
 package caddygatewayz
 
 import (
+	_ "github.com/gatewayz/caddy-gatewayz/admin"
 	_ "github.com/gatewayz/caddy-gatewayz/caddymodule"
 )

@@ -1,0 +1,169 @@
+// Package admin is the `http.handlers.gatewayz_api` module: the user and
+// admin management API of caddy-gatewayz (registration, keys, plans,
+// credits, usage, audit log), served from the store of the `gatewayz` app.
+package admin
+
+import (
+	"bytes"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/gatewayz/caddy-gatewayz/caddymodule"
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+func init() {
+	caddy.RegisterModule(new(Handler))
+}
+
+// Handler serves the management API. It is a terminal handler: every
+// request it receives is answered (unknown paths with a JSON 404), so route
+// only the API paths to it, e.g. /auth/*, /user/*, /admin/*, /plans* and
+// /health.
+type Handler struct {
+	// MaxBodyBytes caps request bodies; larger bodies get 413.
+	// Default 64 KiB.
+	MaxBodyBytes int64 `json:"max_body_bytes,omitempty"`
+
+	app    backend
+	mux    *http.ServeMux
+	logger *zap.Logger
+	now    func() time.Time
+}
+
+// backend is what the handler needs from the gatewayz app. It is an
+// interface so that tests can hand the handler an App provisioned on a
+// temporary database without a whole Caddy config.
+type backend interface {
+	Store() storage.Store
+	Keyring() *storage.Keyring
+	AdminKey() string
+	SignupCredits() int64
+	RotationGrace() time.Duration
+	Authenticate(plaintext string) (*caddymodule.Identity, error)
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.gatewayz_api",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision gets the shared gatewayz app and builds the route mux.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	app, err := caddymodule.GetApp(ctx)
+	if err != nil {
+		return err
+	}
+	h.setup(app, ctx.Logger())
+	return nil
+}
+
+// setup wires the handler to its backend; Provision and tests call it.
+func (h *Handler) setup(app backend, logger *zap.Logger) {
+	h.app = app
+	h.logger = logger
+	if h.now == nil {
+		h.now = time.Now
+	}
+	h.mux = h.buildMux()
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.MaxBodyBytes < 0 {
+		return errValidation("max_body_bytes must not be negative")
+	}
+	return nil
+}
+
+// ServeHTTP answers the request from the route table; next is never called.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	h.serve(w, r)
+	return nil
+}
+
+// serve dispatches through the mux. Requests that match no route get the
+// mux's own status (404, or 405 with Allow) in the API's JSON error shape.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
+	handler, pattern := h.mux.Handler(r)
+	if pattern != "" {
+		handler.ServeHTTP(w, r)
+		return
+	}
+	rec := &statusRecorder{header: http.Header{}}
+	handler.ServeHTTP(rec, r)
+	switch rec.status {
+	case http.StatusMethodNotAllowed:
+		if allow := rec.header.Get("Allow"); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		writeErr(w, newError(http.StatusMethodNotAllowed, "method_not_allowed", "Method Not Allowed"))
+	case http.StatusMovedPermanently, http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.status)
+		w.Write(rec.body.Bytes())
+	default:
+		writeErr(w, newError(http.StatusNotFound, "not_found", "Not Found"))
+	}
+}
+
+// statusRecorder captures what the mux answers for unmatched requests.
+type statusRecorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (s *statusRecorder) Header() http.Header { return s.header }
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.body.Write(b)
+}
+
+// version is the module version from the build info ("devel" in a local
+// build).
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	const path = "github.com/gatewayz/caddy-gatewayz"
+	if bi.Main.Path == path {
+		return bi.Main.Version
+	}
+	for _, d := range bi.Deps {
+		if d.Path == path {
+			if d.Replace != nil && d.Replace.Version != "" {
+				return d.Replace.Version
+			}
+			return d.Version
+		}
+	}
+	return "unknown"
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ backend                     = (*caddymodule.App)(nil)
+)

@@ -1,0 +1,397 @@
+package admin
+
+import (
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// trialLimits are the limits without an active plan: 100 requests and
+// 10,000 tokens a day, 1,000 requests and 100,000 tokens a month.
+var trialLimits = storage.Plan{
+	Name:                "Trial",
+	DailyRequestLimit:   100,
+	MonthlyRequestLimit: 1000,
+	DailyTokenLimit:     10000,
+	MonthlyTokenLimit:   100000,
+	Features:            []string{"basic_models"},
+}
+
+// userPlan shows the caller's subscription (GET /user/plan). No plan, or a
+// plan past its end date: 404 "No active plan found" (an expired plan
+// counts as none; nothing is written).
+func (h *Handler) userPlan(w http.ResponseWriter, r *http.Request) {
+	id := identity(r)
+	up, p, err := h.activePlan(r.Context(), id.User.ID)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if up == nil || !up.ActiveAt(h.now()) {
+		h.fail(w, r, errNotFound("No active plan found"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"user_plan_id":          up.ID,
+		"user_id":               id.User.ID,
+		"plan_id":               p.ID,
+		"plan_name":             p.Name,
+		"plan_description":      p.Description,
+		"daily_request_limit":   p.DailyRequestLimit,
+		"monthly_request_limit": p.MonthlyRequestLimit,
+		"daily_token_limit":     p.DailyTokenLimit,
+		"monthly_token_limit":   p.MonthlyTokenLimit,
+		"price_per_month":       p.PricePerMonth,
+		"features":              nonNil(p.Features),
+		"start_date":            up.StartDate.UTC(),
+		"end_date":              up.EndDate.UTC(),
+		"is_active":             true,
+	})
+}
+
+// usageTotals are request and token counts over a period.
+type usageTotals struct {
+	Requests         int64 `json:"requests"`
+	Tokens           int64 `json:"tokens"`
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	Credits          int64 `json:"credits"`
+}
+
+func (t *usageTotals) add(rec *storage.UsageRecord) {
+	t.Requests++
+	t.Tokens += rec.TotalTokens
+	t.PromptTokens += rec.PromptTokens
+	t.CompletionTokens += rec.CompletionTokens
+	t.Credits += rec.Credits
+}
+
+// dayStart and monthStart are the UTC calendar boundaries of now.
+func dayStart(now time.Time) time.Time {
+	y, m, d := now.UTC().Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+}
+
+func monthStart(now time.Time) time.Time {
+	y, m, _ := now.UTC().Date()
+	return time.Date(y, m, 1, 0, 0, 0, 0, time.UTC)
+}
+
+// planUsage counts usage records since 00:00 UTC today and since the 1st
+// of the month (UTC).
+func planUsage(recs []storage.UsageRecord, now time.Time) (day, month usageTotals) {
+	ds, ms := dayStart(now), monthStart(now)
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Time.Before(ms) {
+			continue
+		}
+		month.add(rec)
+		if !rec.Time.Before(ds) {
+			day.add(rec)
+		}
+	}
+	return day, month
+}
+
+// userPlanUsage shows the caller's usage against their plan limits (GET
+// /user/plan/usage). Without an active plan the trial limits apply.
+func (h *Handler) userPlanUsage(w http.ResponseWriter, r *http.Request) {
+	id := identity(r)
+	ctx := r.Context()
+	now := h.now()
+	up, p, err := h.activePlan(ctx, id.User.ID)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	plan := &trialLimits
+	if up != nil && up.ActiveAt(now) {
+		plan = p
+	}
+	recs, err := h.app.Store().ListUsage(ctx, storage.UsageFilter{UserID: id.User.ID, Since: monthStart(now)})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	day, month := planUsage(recs, now)
+	used := map[string]int64{
+		"daily_requests": day.Requests, "daily_tokens": day.Tokens,
+		"monthly_requests": month.Requests, "monthly_tokens": month.Tokens,
+	}
+	limits := map[string]int64{
+		"daily_requests": plan.DailyRequestLimit, "daily_tokens": plan.DailyTokenLimit,
+		"monthly_requests": plan.MonthlyRequestLimit, "monthly_tokens": plan.MonthlyTokenLimit,
+	}
+	remaining, atLimit := map[string]int64{}, map[string]bool{}
+	for k, u := range used {
+		remaining[k] = max(limits[k]-u, 0)
+		atLimit[k] = u >= limits[k]
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"plan_name": plan.Name,
+		"usage":     used,
+		"limits": map[string]int64{
+			"daily_request_limit": plan.DailyRequestLimit, "daily_token_limit": plan.DailyTokenLimit,
+			"monthly_request_limit": plan.MonthlyRequestLimit, "monthly_token_limit": plan.MonthlyTokenLimit,
+		},
+		"remaining": remaining,
+		"at_limit":  atLimit,
+		"period": map[string]any{
+			"day_start": dayStart(now), "month_start": monthStart(now),
+		},
+	})
+}
+
+// userEntitlements shows what the caller's plan allows (GET
+// /user/plan/entitlements?feature=...). A lapsed plan is reported as
+// "Expired" with the trial limits, computed on read: nothing is written.
+func (h *Handler) userEntitlements(w http.ResponseWriter, r *http.Request) {
+	id := identity(r)
+	now := h.now()
+	feature := r.URL.Query().Get("feature")
+	up, p, err := h.activePlan(r.Context(), id.User.ID)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	plan := &trialLimits
+	resp := map[string]any{"has_plan": false}
+	switch {
+	case up != nil && up.ActiveAt(now):
+		plan = p
+		resp["has_plan"] = true
+		resp["plan_expires"] = up.EndDate.UTC()
+		resp["plan_expired"] = false
+	case up != nil:
+		resp["plan_expired"] = true
+		resp["plan_expires"] = up.EndDate.UTC()
+	}
+	features := nonNil(plan.Features)
+	name := plan.Name
+	if up != nil && !up.ActiveAt(now) {
+		name = "Expired"
+	}
+	resp["plan_name"] = name
+	resp["daily_request_limit"] = plan.DailyRequestLimit
+	resp["monthly_request_limit"] = plan.MonthlyRequestLimit
+	resp["daily_token_limit"] = plan.DailyTokenLimit
+	resp["monthly_token_limit"] = plan.MonthlyTokenLimit
+	resp["features"] = features
+	resp["can_access_feature"] = feature == "" || slices.Contains(features, feature)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// breakdown is usage grouped by a key (a day or a model).
+type breakdown struct {
+	order []string
+	by    map[string]*usageTotals
+}
+
+func (b *breakdown) at(k string) *usageTotals {
+	if b.by == nil {
+		b.by = map[string]*usageTotals{}
+	}
+	t, ok := b.by[k]
+	if !ok {
+		t = &usageTotals{}
+		b.by[k] = t
+		b.order = append(b.order, k)
+	}
+	return t
+}
+
+// rows returns the groups sorted by name (ascending) under label.
+func (b *breakdown) rows(label string) []map[string]any {
+	keys := slices.Clone(b.order)
+	slices.Sort(keys)
+	out := make([]map[string]any, 0, len(keys))
+	for _, k := range keys {
+		t := b.by[k]
+		out = append(out, map[string]any{
+			label: k, "requests": t.Requests, "tokens": t.Tokens, "prompt_tokens": t.PromptTokens,
+			"completion_tokens": t.CompletionTokens, "credits": t.Credits,
+		})
+	}
+	return out
+}
+
+// userMonitor shows the caller's usage by day and by model over the last
+// `days` days (default 30, at most 366) (GET /user/monitor).
+func (h *Handler) userMonitor(w http.ResponseWriter, r *http.Request) {
+	id := identity(r)
+	days, err := queryInt(r, "days", 30, 1, 366)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	now := h.now().UTC()
+	since := dayStart(now).AddDate(0, 0, -int(days-1))
+	recs, err := h.app.Store().ListUsage(r.Context(), storage.UsageFilter{UserID: id.User.ID, Since: since})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	var total, today usageTotals
+	var byDay, byModel breakdown
+	ds := dayStart(now)
+	var last any
+	for i := range recs {
+		rec := &recs[i]
+		total.add(rec)
+		if !rec.Time.Before(ds) {
+			today.add(rec)
+		}
+		byDay.at(rec.Time.UTC().Format("2006-01-02")).add(rec)
+		byModel.at(rec.Model).add(rec)
+		if i == 0 {
+			last = rec.Time.UTC()
+		}
+	}
+	var avg float64
+	if total.Requests > 0 {
+		avg = float64(total.Tokens) / float64(total.Requests)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"status":  "success",
+		"user_id": id.User.ID,
+		"api_key": maskedKey(id.Key),
+		"period":  map[string]any{"start": since, "end": now, "days": days},
+		"usage_metrics": map[string]any{
+			"total_requests": total.Requests, "total_tokens": total.Tokens, "total_credits": total.Credits,
+			"prompt_tokens": total.PromptTokens, "completion_tokens": total.CompletionTokens,
+			"requests_today": today.Requests, "tokens_today": today.Tokens, "credits_today": today.Credits,
+			"average_tokens_per_request": avg, "last_request_time": last,
+		},
+		"by_day":   byDay.rows("date"),
+		"by_model": byModel.rows("model"),
+	})
+}
+
+// adminMonitor shows system-wide usage (GET /admin/monitor), as the
+// reference: "today" is the last 24 hours, "this month" the last 30 days.
+// Costs are in credits; keys appear masked.
+func (h *Handler) adminMonitor(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	st := h.app.Store()
+	now := h.now().UTC()
+	_, totalUsers, err := st.ListUsers(ctx, 0, 1)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	recs, err := st.ListUsage(ctx, storage.UsageFilter{})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	dayAgo, monthAgo := now.Add(-24*time.Hour), now.Add(-30*24*time.Hour)
+	var all, today, month usageTotals
+	activeToday := map[int64]bool{}
+	perUser := map[int64]*usageTotals{}
+	var byModel breakdown
+	for i := range recs {
+		rec := &recs[i]
+		all.add(rec)
+		byModel.at(rec.Model).add(rec)
+		if !rec.Time.Before(monthAgo) {
+			month.add(rec)
+		}
+		if !rec.Time.Before(dayAgo) {
+			today.add(rec)
+			activeToday[rec.UserID] = true
+		}
+		t := perUser[rec.UserID]
+		if t == nil {
+			t = &usageTotals{}
+			perUser[rec.UserID] = t
+		}
+		t.add(rec)
+	}
+	mostUsed := ""
+	var mostTokens int64 = -1
+	for _, m := range byModel.order {
+		if t := byModel.by[m]; t.Tokens > mostTokens || (t.Tokens == mostTokens && m < mostUsed) {
+			mostUsed, mostTokens = m, t.Tokens
+		}
+	}
+	var avg float64
+	if all.Requests > 0 {
+		avg = float64(all.Tokens) / float64(all.Requests)
+	}
+	var last any
+	if len(recs) > 0 {
+		last = recs[0].Time.UTC()
+	}
+
+	uids := make([]int64, 0, len(perUser))
+	for uid := range perUser {
+		uids = append(uids, uid)
+	}
+	slices.SortFunc(uids, func(a, b int64) int {
+		ta, tb := perUser[a].Tokens, perUser[b].Tokens
+		switch {
+		case ta > tb:
+			return -1
+		case ta < tb:
+			return 1
+		case a < b:
+			return -1
+		case a > b:
+			return 1
+		}
+		return 0
+	})
+	top := []map[string]any{}
+	for _, uid := range uids[:min(10, len(uids))] {
+		t := perUser[uid]
+		key, err := h.primaryKey(ctx, uid)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		top = append(top, map[string]any{
+			"user_id": uid, "api_key": key, "tokens_used": t.Tokens, "cost": t.Credits, "requests": t.Requests,
+		})
+	}
+	prefixes := map[int64]any{}
+	recent := []map[string]any{}
+	for i := range recs[:min(20, len(recs))] {
+		rec := &recs[i]
+		p, ok := prefixes[rec.KeyID]
+		if !ok {
+			if k, err := st.GetKey(ctx, rec.KeyID); err == nil {
+				p = maskedKey(k)
+			}
+			prefixes[rec.KeyID] = p
+		}
+		recent = append(recent, map[string]any{
+			"api_key": p, "key_id": rec.KeyID, "user_id": rec.UserID, "model": rec.Model,
+			"tokens_used": rec.TotalTokens, "cost": rec.Credits, "timestamp": rec.Time.UTC(),
+		})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"status":    "success",
+		"timestamp": now,
+		"data": map[string]any{
+			"total_users":          totalUsers,
+			"active_users_today":   len(activeToday),
+			"total_requests_today": today.Requests,
+			"total_tokens_today":   today.Tokens,
+			"total_cost_today":     today.Credits,
+			"system_usage_metrics": map[string]any{
+				"total_requests": all.Requests, "total_tokens": all.Tokens, "total_cost": all.Credits,
+				"requests_today": today.Requests, "tokens_today": today.Tokens, "cost_today": today.Credits,
+				"requests_this_month": month.Requests, "tokens_this_month": month.Tokens,
+				"cost_this_month": month.Credits, "average_tokens_per_request": avg,
+				"most_used_model": strings.TrimSpace(mostUsed), "last_request_time": last,
+			},
+			"usage_by_model":     byModel.rows("model"),
+			"top_users_by_usage": top,
+			"recent_activity":    recent,
+		},
+	})
+}

@@ -1,0 +1,237 @@
+package admin
+
+import (
+	"encoding/json"
+	"net/mail"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// Pure validators shared by the handlers. Each returns a normalized value
+// or an *apiError (422 unless noted).
+
+// environmentTags are the accepted environment_tag values, in the order the
+// reference listed them in its error message.
+var environmentTags = []string{"test", "staging", "live", "development"}
+
+// validateEnvironment checks an environment_tag. An unknown tag is a 400, as
+// the reference's deliberate check.
+func validateEnvironment(tag string) error {
+	if _, ok := storage.EnvPrefix(tag); !ok {
+		return errBadRequest("Invalid environment tag. Must be one of: %s", strings.Join(environmentTags, ", "))
+	}
+	return nil
+}
+
+// validateEmail accepts a plain address "local@domain.tld" (no display
+// name, no comments) and returns it trimmed with the domain lower-cased.
+func validateEmail(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	bad := errValidation("Invalid email address")
+	if s == "" || len(s) > 254 {
+		return "", bad
+	}
+	addr, err := mail.ParseAddress(s)
+	if err != nil || addr.Address != s || addr.Name != "" {
+		return "", bad
+	}
+	at := strings.LastIndexByte(s, '@')
+	local, domain := s[:at], strings.ToLower(s[at+1:])
+	if local == "" || len(local) > 64 || strings.ContainsAny(local, " \"\\") {
+		return "", bad
+	}
+	if !isHostname(domain) || !strings.Contains(domain, ".") {
+		return "", bad
+	}
+	return local + "@" + domain, nil
+}
+
+// isHostname reports whether s is a DNS name: dot-separated labels of
+// letters, digits and inner hyphens, 1-63 characters each, no trailing dot.
+func isHostname(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validateIPAllowlist checks that every entry is an IP address or a CIDR
+// prefix (v4 or v6) and returns the canonical forms.
+func validateIPAllowlist(list []string) ([]string, error) {
+	out := make([]string, 0, len(list))
+	for _, raw := range list {
+		s := strings.TrimSpace(raw)
+		if strings.Contains(s, "/") {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, errValidation("ip_allowlist entry %q is not an IP address or CIDR", clip(raw))
+			}
+			out = append(out, p.Masked().String())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, errValidation("ip_allowlist entry %q is not an IP address or CIDR", clip(raw))
+		}
+		out = append(out, a.Unmap().String())
+	}
+	return out, nil
+}
+
+// validateDomains checks that every entry is a host name ("example.com"),
+// a wildcard ("*.example.com") or an IP literal, and returns them
+// lower-cased. Schemes, paths, ports and bare "*" are refused.
+func validateDomains(list []string) ([]string, error) {
+	out := make([]string, 0, len(list))
+	for _, raw := range list {
+		s := strings.ToLower(strings.TrimSpace(raw))
+		host := strings.TrimPrefix(s, "*.")
+		ok := isHostname(host) || (host == s && isIPLiteral(host))
+		if !ok || (host != s && !strings.Contains(host, ".")) {
+			return nil, errValidation("domain_referrers entry %q must be a host name or *.host", clip(raw))
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func isIPLiteral(s string) bool {
+	_, err := netip.ParseAddr(s)
+	return err == nil
+}
+
+// parseTime accepts RFC 3339 (with a zone, "Z" included) and, like the
+// reference's ISO parsing, a zone-less "2006-01-02T15:04:05[.frac]" or a bare
+// date, both read as UTC.
+func parseTime(s string) (time.Time, bool) {
+	s = strings.TrimSpace(s)
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t.UTC(), true
+	}
+	for _, layout := range []string{"2006-01-02T15:04:05.999999999", "2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.UTC); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// maxExpirationDays bounds expiration_days (about 100 years), so that the
+// date arithmetic cannot overflow.
+const maxExpirationDays = 36500
+
+// resolveExpiration turns expiration_days or expiration_date into a date.
+// days <= 0 is a 400 (the reference's check); a malformed or past date is a
+// 422; giving both is a 422.
+func resolveExpiration(days *int64, date *string, now time.Time) (*time.Time, error) {
+	if days != nil && date != nil {
+		return nil, errValidation("Give either expiration_days or expiration_date, not both")
+	}
+	if days != nil {
+		if *days <= 0 {
+			return nil, errBadRequest("Expiration days must be positive")
+		}
+		if *days > maxExpirationDays {
+			return nil, errValidation("expiration_days must be at most %d", maxExpirationDays)
+		}
+		t := now.Add(time.Duration(*days) * 24 * time.Hour).UTC()
+		return &t, nil
+	}
+	if date != nil {
+		t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(*date))
+		if err != nil {
+			return nil, errValidation("expiration_date must be an RFC 3339 date-time, e.g. 2030-01-02T15:04:05Z")
+		}
+		if !t.After(now) {
+			return nil, errValidation("expiration_date is in the past")
+		}
+		if t.After(now.Add(maxExpirationDays * 24 * time.Hour)) {
+			return nil, errValidation("expiration_date is too far in the future")
+		}
+		t = t.UTC()
+		return &t, nil
+	}
+	return nil, nil
+}
+
+// scopeInput is scope_permissions as clients send it: each permission maps
+// to a list of resources or a single resource string.
+type scopeInput storage.Scopes
+
+func (s *scopeInput) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil || raw == nil {
+		return errValidation("Field \"scope_permissions\" must be an object of permission to resource list")
+	}
+	out := make(scopeInput, len(raw))
+	for perm, v := range raw {
+		var list []string
+		if err := json.Unmarshal(v, &list); err != nil {
+			var one string
+			if err := json.Unmarshal(v, &one); err != nil {
+				return errValidation("scope_permissions.%s must be a list of strings", clip(perm))
+			}
+			list = []string{one}
+		}
+		out[perm] = list
+	}
+	*s = out
+	return nil
+}
+
+// validateScopes checks permission names (read, write, admin) and resource
+// names, and returns the scopes to store.
+func validateScopes(in scopeInput) (storage.Scopes, error) {
+	out := make(storage.Scopes, len(in))
+	for perm, resources := range in {
+		switch perm {
+		case "read", "write", "admin":
+		default:
+			return nil, errValidation("Unknown permission %q in scope_permissions (use read, write or admin)", clip(perm))
+		}
+		list := make([]string, 0, len(resources))
+		for _, r := range resources {
+			r = strings.TrimSpace(r)
+			if r == "" || len(r) > 64 {
+				return nil, errValidation("scope_permissions.%s has an empty or too long resource name", perm)
+			}
+			list = append(list, r)
+		}
+		out[perm] = list
+	}
+	return out, nil
+}
+
+// validateName checks a key or plan name: non-blank, at most 100 characters.
+func validateName(field, s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", errValidation("%s must not be empty", field)
+	}
+	if len([]rune(s)) > 100 {
+		return "", errValidation("%s must be at most 100 characters", field)
+	}
+	return s, nil
+}
+
+// clip bounds user input echoed in an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
