@@ -1,0 +1,452 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/bench/loadgen"
+)
+
+// target is one way to reach the mock.
+type target struct {
+	name  string // direct, plain or gateway
+	addr  string
+	proc  *proc  // the Caddy process, nil for direct
+	admin string // Caddy's admin address (pprof), "" for direct
+}
+
+type harness struct {
+	cfg      config
+	dir      string
+	caddyBin string
+	root     string
+	mock     *proc
+	mockAddr string
+	plain    *target
+	gateway  *target
+	apiKey   string
+	adminKey string
+	secret   string
+}
+
+func numCPU() int { return runtime.NumCPU() }
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// repoRoot finds the module root (the directory with go.mod) from the
+// working directory up.
+func repoRoot() (string, error) {
+	d, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		p := filepath.Dir(d)
+		if p == d {
+			return "", errors.New("run from inside the repository (no go.mod found)")
+		}
+		d = p
+	}
+}
+
+func hasGateway(caddyBin string) bool {
+	out, err := exec.Command(caddyBin, "list-modules").Output()
+	return err == nil && strings.Contains(string(out), "http.handlers.gatewayz\n") &&
+		strings.Contains(string(out), "http.handlers.gatewayz_api")
+}
+
+func newHarness(ctx context.Context, c config, dir, caddyBin string) (*harness, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return nil, err
+	}
+	h := &harness{cfg: c, dir: dir, caddyBin: caddyBin, root: root, adminKey: "bench-admin-" + randHex(16), secret: randHex(32)}
+	ok := false
+	defer func() {
+		if !ok {
+			h.close()
+		}
+	}()
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	h.mockAddr = "127.0.0.1:" + strconv.Itoa(port)
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	h.mock, err = startProc("mock", filepath.Join(dir, "mock.log"), cleanEnv(nil), self, "-serve-mock", h.mockAddr)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP(h.mock, h.mockAddr, 10*time.Second); err != nil {
+		return nil, err
+	}
+	if h.plain, err = h.startCaddy("plain"); err != nil {
+		return nil, err
+	}
+	if !c.skipGW {
+		if !hasGateway(caddyBin) {
+			log.Printf("%s has no gatewayz modules: measuring direct and plain only", c.caddyBin)
+		} else {
+			if h.gateway, err = h.startCaddy("gateway"); err != nil {
+				return nil, err
+			}
+			base := "http://" + h.gateway.addr
+			if h.apiKey, err = setupGateway(base, h.adminKey); err != nil {
+				return nil, fmt.Errorf("gateway setup: %w\n%s", err, h.gateway.proc.tail(20))
+			}
+		}
+	}
+	// Every target must answer the benchmark request with 200 and usage
+	// before anything is measured.
+	for _, t := range h.targets() {
+		for _, l := range []load{{stream: false}, {stream: true}} {
+			b, err := probe("http://"+t.addr+apiPath, h.headers(), l.body())
+			if err != nil {
+				return nil, fmt.Errorf("probe %s: %w", t.name, err)
+			}
+			if !l.stream && !strings.Contains(string(b), `"usage"`) {
+				return nil, fmt.Errorf("probe %s: no usage in %s", t.name, b)
+			}
+			if l.stream && !strings.Contains(string(b), "[DONE]") {
+				return nil, fmt.Errorf("probe %s: stream without [DONE]: %s", t.name, b)
+			}
+		}
+	}
+	ok = true
+	return h, nil
+}
+
+// cleanEnv is the environment for children: ours minus Go runtime tuning
+// (every process runs with the runtime defaults), plus extra.
+func cleanEnv(extra []string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "GOMAXPROCS", "GOGC", "GOMEMLIMIT", "GODEBUG":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+func (h *harness) startCaddy(kind string) (*target, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	adminPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	home := filepath.Join(h.dir, "home")
+	env := cleanEnv([]string{
+		"HOME=" + home,
+		"XDG_DATA_HOME=" + filepath.Join(home, "data"),
+		"XDG_CONFIG_HOME=" + filepath.Join(home, "config"),
+		"BENCH_PORT=" + strconv.Itoa(port),
+		"BENCH_ADMIN_PORT=" + strconv.Itoa(adminPort),
+		"BENCH_UPSTREAM=" + h.mockAddr,
+		"GATEWAYZ_API_KEY=upstream-" + randHex(8),
+		"GATEWAYZ_ADMIN_KEY=" + h.adminKey,
+		"GATEWAYZ_SECRET=" + h.secret,
+		"GATEWAYZ_DB=" + filepath.Join(h.dir, "gatewayz.db"),
+		"GATEWAYZ_SIGNUP_CREDITS=1000",
+	})
+	cfgPath := filepath.Join(h.root, "bench", "Caddyfile."+kind)
+	p, err := startProc("caddy-"+kind, filepath.Join(h.dir, "caddy-"+kind+".log"), env,
+		h.caddyBin, "run", "--config", cfgPath, "--adapter", "caddyfile")
+	if err != nil {
+		return nil, err
+	}
+	t := &target{name: kind, addr: "127.0.0.1:" + strconv.Itoa(port), proc: p, admin: "localhost:" + strconv.Itoa(adminPort)}
+	if err := waitTCP(p, t.addr, 30*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	if err := waitTCP(p, t.admin, 10*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (h *harness) headers() map[string]string {
+	key := h.apiKey
+	if key == "" {
+		key = "gw_live_benchmark-key-unused-by-plain-and-direct"
+	}
+	return map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + key}
+}
+
+func (h *harness) targets() []*target {
+	ts := []*target{{name: "direct", addr: h.mockAddr}, h.plain}
+	if h.gateway != nil {
+		ts = append(ts, h.gateway)
+	}
+	return ts
+}
+
+func (h *harness) stopCaddies() {
+	if h.plain != nil {
+		h.plain.proc.stop()
+	}
+	if h.gateway != nil {
+		h.gateway.proc.stop()
+	}
+}
+
+func (h *harness) close() {
+	h.stopCaddies()
+	if h.mock != nil {
+		h.mock.stop()
+	}
+}
+
+var loads = []load{
+	{name: "JSON 32 conns", conns: 32},
+	{name: "SSE 32 conns", conns: 32, stream: true},
+	{name: "JSON 1 conn", conns: 1},
+	{name: "SSE 1 conn", conns: 1, stream: true},
+}
+
+// measure runs every load against every target, interleaved: in each round
+// and load the targets run back to back, in an order rotated per round.
+func (h *harness) measure(ctx context.Context, rn runner, rep *report) error {
+	ts := h.targets()
+	for r := 0; r < h.cfg.rounds; r++ {
+		for _, l := range loads {
+			for i := range ts {
+				t := ts[(i+r)%len(ts)]
+				s, err := h.runOne(ctx, rn, t, l)
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", l.name, t.name, err)
+				}
+				log.Printf("round %d/%d %-13s %-7s %8.0f req/s  p50 %-9s p99 %-9s cpu %5.0f µs/req  non-2xx %d errors %d",
+					r+1, h.cfg.rounds, l.name, t.name, s.rps, fmtDur(s.p50), fmtDur(s.p99), s.cpuPerReq, s.non2xx, s.errors)
+				if s.non2xx > 0 || s.errors > 0 {
+					log.Printf("  warning: %s", s.firstErr)
+				}
+				rep.add(l.name, t.name, s)
+			}
+		}
+	}
+	return nil
+}
+
+// measured is one sample plus the process figures around it.
+type measured struct {
+	sample
+	cpuPerReq  float64 // µs of Caddy CPU per request (NaN for direct)
+	mockPerReq float64 // µs of mock CPU per request
+	peakRSS    int64   // VmHWM of Caddy during the case
+}
+
+func (h *harness) runOne(ctx context.Context, rn runner, t *target, l load) (measured, error) {
+	var m measured
+	if t.proc != nil {
+		resetPeakRSS(t.proc.pid())
+	}
+	type cpus struct{ proxy, mock time.Duration }
+	read := func() cpus {
+		var c cpus
+		if t.proc != nil {
+			c.proxy, _ = cpuTime(t.proc.pid())
+		}
+		c.mock, _ = cpuTime(h.mock.pid())
+		return c
+	}
+	c0 := make(chan cpus, 1)
+	timer := time.AfterFunc(h.cfg.warmup, func() { c0 <- read() })
+	s, err := rn.run(ctx, t.addr, h.headers(), l, h.cfg.warmup, h.cfg.duration)
+	c1 := read()
+	if err != nil {
+		timer.Stop()
+		return m, err
+	}
+	start := <-c0
+	m.sample = s
+	if s.requests > 0 {
+		m.cpuPerReq = float64(c1.proxy-start.proxy) / float64(time.Microsecond) / float64(s.requests)
+		m.mockPerReq = float64(c1.mock-start.mock) / float64(time.Microsecond) / float64(s.requests)
+	}
+	if t.proc != nil {
+		_, m.peakRSS, _ = memStatus(t.proc.pid())
+	}
+	return m, nil
+}
+
+// profileGateway takes CPU profiles of the gateway under JSON and SSE load
+// at 32 connections (extra runs, not part of the table) and returns the
+// top functions of each.
+func (h *harness) profileGateway(ctx context.Context, rn runner) (map[string]string, error) {
+	secs := max(5, int(h.cfg.duration/time.Second))
+	out := map[string]string{}
+	for _, l := range loads[:2] {
+		file := filepath.Join(h.dir, "gateway-"+strings.ReplaceAll(strings.ToLower(l.name), " ", "-")+".pprof")
+		errc := make(chan error, 1)
+		go func() {
+			errc <- fetch(ctx, "http://"+h.gateway.admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), file)
+		}()
+		if _, err := rn.run(ctx, h.gateway.addr, h.headers(), l, 500*time.Millisecond, time.Duration(secs+1)*time.Second); err != nil {
+			return out, err
+		}
+		if err := <-errc; err != nil {
+			return out, err
+		}
+		top, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=30", h.caddyBin, file).CombinedOutput()
+		if err != nil {
+			return out, fmt.Errorf("pprof: %v: %s", err, top)
+		}
+		out[l.name] = string(top)
+		cum, _ := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=60", h.caddyBin, file).CombinedOutput()
+		_ = os.WriteFile(file+".cum.txt", cum, 0o644)
+		_ = os.WriteFile(file+".top.txt", top, 0o644)
+		log.Printf("profile of the gateway under %s: %s", l.name, file)
+	}
+	return out, nil
+}
+
+func fetch(ctx context.Context, url, file string) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
+
+// streamResult is what holding many slow streams through one Caddy cost.
+type streamResult struct {
+	target                 string
+	streams, open, failed  int64
+	firstErr               string
+	idleRSS, rss, peakRSS  int64
+	idleGoroutines, gorout int
+	openTime               time.Duration
+}
+
+// slowStreams restarts each Caddy fresh, holds cfg.streams slow SSE streams
+// through it (the mock sends one chunk per second), and reads RSS and
+// goroutines while they are open.
+func (h *harness) slowStreams(ctx context.Context, rep *report) error {
+	h.stopCaddies()
+	kinds := []string{"plain"}
+	if h.gateway != nil {
+		kinds = append(kinds, "gateway")
+	}
+	hdr := h.headers()
+	hdr["X-Mock-Chunks"] = "100000"
+	hdr["X-Mock-Chunk-Delay"] = "1s"
+	for _, kind := range kinds {
+		t, err := h.startCaddy(kind)
+		if err != nil {
+			return err
+		}
+		if kind == "plain" {
+			h.plain = t
+		} else {
+			h.gateway = t
+		}
+		res := streamResult{target: kind, streams: int64(h.cfg.streams)}
+		time.Sleep(time.Second)
+		res.idleRSS, _, _ = memStatus(t.proc.pid())
+		res.idleGoroutines, _ = goroutines(t.admin)
+		resetPeakRSS(t.proc.pid())
+		hctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		began := time.Now()
+		hold, err := loadgen.Hold(hctx, t.addr, loadgen.BuildRequest("POST", t.addr, apiPath, hdr, []byte(streamBody)), h.cfg.streams, 64)
+		res.openTime = time.Since(began)
+		if err != nil {
+			cancel()
+			if hold != nil {
+				hold.Close()
+			}
+			return err
+		}
+		time.Sleep(2 * time.Second) // a couple of chunks through every stream
+		res.open = hold.Open()
+		var ferr error
+		res.failed, ferr = hold.Failed()
+		if ferr != nil {
+			res.firstErr = ferr.Error()
+		}
+		res.rss, res.peakRSS, _ = memStatus(t.proc.pid())
+		res.gorout, err = goroutines(t.admin)
+		if err != nil {
+			log.Printf("goroutines of %s: %v", kind, err)
+		}
+		hold.Close()
+		cancel()
+		log.Printf("%d slow streams through %s: open %d failed %d, RSS %s (idle %s, peak %s), goroutines %d (idle %d), opened in %s",
+			res.streams, kind, res.open, res.failed, mib(res.rss), mib(res.idleRSS), mib(res.peakRSS), res.gorout, res.idleGoroutines, res.openTime.Round(time.Millisecond))
+		if res.firstErr != "" {
+			log.Printf("  first stream error: %s", res.firstErr)
+		}
+		rep.streams = append(rep.streams, res)
+		t.proc.stop()
+	}
+	return nil
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= 10*time.Millisecond:
+		return fmt.Sprintf("%.1fms", float64(d)/1e6)
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/1e6)
+	default:
+		return fmt.Sprintf("%.0fµs", float64(d)/1e3)
+	}
+}
+
+// serve runs an HTTP server for the mock until killed.
+func serve(addr string, hd http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: hd, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
+	return srv.Serve(ln)
+}

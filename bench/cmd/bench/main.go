@@ -1,0 +1,233 @@
+// Command bench is the load benchmark of caddy-gatewayz (make bench).
+//
+// It starts the mock upstream (bench/mock), a Caddy with plain
+// reverse_proxy (bench/Caddyfile.plain) and a Caddy with the full gateway
+// (bench/Caddyfile.gateway), both from bin/caddy, registers a benchmark user
+// through the management API, and then measures, interleaved over several
+// rounds: direct to the mock, plain reverse_proxy and the gateway, with JSON
+// and SSE at 32 connections and at 1. It records requests/s, p50/p99,
+// CPU time per request of the Caddy process (utime+stime from /proc), peak
+// RSS (VmHWM, reset per case), holds thousands of slow streams open through
+// each Caddy to compare RSS and goroutines, optionally runs the Go
+// microbenchmarks of caddymodule and storage, prints a table and writes it
+// to docs/benchmarks.md.
+//
+//	go run ./bench/cmd/bench           # full run, a few minutes
+//	go run ./bench/cmd/bench -quick    # smoke run, about a minute
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/bench/mock"
+)
+
+type config struct {
+	quick      bool
+	rounds     int
+	duration   time.Duration
+	warmup     time.Duration
+	streams    int
+	caddyBin   string
+	loadgen    string
+	docs       string
+	micro      bool
+	microBench string
+	profile    bool
+	keep       bool
+	skipGW     bool
+}
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("bench: ")
+	mockListen := flag.String("serve-mock", "", "internal: serve the mock upstream on this address")
+	var c config
+	flag.BoolVar(&c.quick, "quick", false, "smoke run: 1 round of 1s per case, 500 streams, no microbenchmarks, docs not written")
+	flag.IntVar(&c.rounds, "rounds", 3, "interleaved A/B rounds")
+	flag.DurationVar(&c.duration, "duration", 5*time.Second, "measured time per case and round")
+	flag.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured warm-up before each case")
+	flag.IntVar(&c.streams, "streams", 5000, "concurrent slow streams to hold (0: skip)")
+	flag.StringVar(&c.caddyBin, "caddy", "bin/caddy", "Caddy binary with the gatewayz modules (make build)")
+	flag.StringVar(&c.loadgen, "loadgen", "auto", "load generator: auto (wrk if installed), wrk or go")
+	flag.StringVar(&c.docs, "docs", "docs/benchmarks.md", "markdown report to write (empty: none)")
+	flag.BoolVar(&c.micro, "micro", true, "also run go test -bench in ./caddymodule and ./storage")
+	flag.StringVar(&c.microBench, "micro-bench", ".", "-bench pattern for the microbenchmarks")
+	flag.BoolVar(&c.profile, "profile", true, "take a CPU profile of the gateway under JSON load (extra, unmeasured run)")
+	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, Caddyfiles, profiles)")
+	flag.BoolVar(&c.skipGW, "no-gateway", false, "measure only direct and plain")
+	flag.Parse()
+
+	if *mockListen != "" {
+		serveMock(*mockListen)
+		return
+	}
+	if c.quick {
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["rounds"] {
+			c.rounds = 1
+		}
+		if !set["duration"] {
+			c.duration = time.Second
+		}
+		if !set["warmup"] {
+			c.warmup = 300 * time.Millisecond
+		}
+		if !set["streams"] {
+			c.streams = 500
+		}
+		if !set["micro"] {
+			c.micro = false
+		}
+		if !set["profile"] {
+			c.profile = false
+		}
+		if !set["docs"] {
+			c.docs = ""
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// serveMock runs the mock upstream (the orchestrator re-executes itself
+// with -serve-mock, so no second build is needed).
+func serveMock(addr string) {
+	h := mock.NewHandler(mock.Options{StreamChunks: 16})
+	if err := serve(addr, h); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(ctx context.Context, c config) error {
+	start := time.Now()
+	caddyBin, err := filepath.Abs(c.caddyBin)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(caddyBin); err != nil {
+		return fmt.Errorf("%s not found: run `make build` first", c.caddyBin)
+	}
+	nofile, err := raiseNoFile()
+	if err != nil {
+		log.Printf("cannot raise the open-file limit: %v", err)
+	}
+	if c.streams > 0 && nofile < uint64(3*c.streams+1000) {
+		n := max(0, (int(nofile)-1000)/3)
+		log.Printf("open-file limit %d is too low for %d streams; holding %d", nofile, c.streams, n)
+		c.streams = n
+	}
+	dir, err := os.MkdirTemp("", "gatewayz-bench-")
+	if err != nil {
+		return err
+	}
+	if c.keep {
+		log.Printf("work dir %s", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	rn, err := pickRunner(c.loadgen, dir)
+	if err != nil {
+		return err
+	}
+	m := machineInfo(caddyBin)
+	m.loadgen = rn.name()
+	log.Printf("%s; %d cores; %s; load average %s", m.cpu, m.nproc, m.goVersion, m.loadStart)
+
+	h, err := newHarness(ctx, c, dir, caddyBin)
+	if err != nil {
+		return err
+	}
+	defer h.close()
+
+	rep := &report{cfg: c, machine: m}
+	if err := h.measure(ctx, rn, rep); err != nil {
+		return err
+	}
+	if c.profile && h.gateway != nil {
+		if top, err := h.profileGateway(ctx, rn); err != nil {
+			log.Printf("profile: %v", err)
+		} else {
+			rep.profileTop = top
+		}
+	}
+	if c.streams > 0 {
+		if err := h.slowStreams(ctx, rep); err != nil {
+			return fmt.Errorf("slow streams: %w", err)
+		}
+	}
+	h.close()
+	if c.micro {
+		rep.micro, rep.microErr = runMicro(ctx, c.microBench)
+	}
+	rep.machine.loadEnd = loadAvg()
+	rep.elapsed = time.Since(start).Round(time.Second)
+	out := rep.text()
+	fmt.Println(out)
+	if c.docs != "" {
+		if err := rep.writeDocs(c.docs); err != nil {
+			return err
+		}
+		log.Printf("wrote %s", c.docs)
+	}
+	return nil
+}
+
+type machine struct {
+	nproc              int
+	cpu                string
+	goVersion          string
+	caddyVersion       string
+	kernel             string
+	date               string
+	loadStart, loadEnd string
+	loadgen            string
+}
+
+func machineInfo(caddyBin string) machine {
+	m := machine{nproc: numCPU(), date: time.Now().UTC().Format("2006-01-02 15:04 MST"), loadStart: loadAvg()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if out, err := exec.Command("go", "version").Output(); err == nil {
+		m.goVersion = strings.TrimSpace(strings.TrimPrefix(string(out), "go version "))
+	}
+	if out, err := exec.Command(caddyBin, "version").Output(); err == nil {
+		m.caddyVersion = strings.Fields(string(out) + " ?")[0]
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}

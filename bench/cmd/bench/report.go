@@ -1,0 +1,345 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type report struct {
+	cfg        config
+	machine    machine
+	samples    map[string]map[string][]measured // load -> target -> rounds
+	streams    []streamResult
+	micro      []microResult
+	microErr   error
+	profileTop map[string]string
+	elapsed    time.Duration
+}
+
+func (r *report) add(load, target string, m measured) {
+	if r.samples == nil {
+		r.samples = map[string]map[string][]measured{}
+	}
+	if r.samples[load] == nil {
+		r.samples[load] = map[string][]measured{}
+	}
+	r.samples[load][target] = append(r.samples[load][target], m)
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func col(ms []measured, f func(measured) float64) float64 {
+	xs := make([]float64, len(ms))
+	for i, m := range ms {
+		xs[i] = f(m)
+	}
+	return median(xs)
+}
+
+// pairwise is the median over rounds of f(a[i], b[i]).
+func pairwise(a, b []measured, f func(a, b measured) float64) float64 {
+	n := min(len(a), len(b))
+	xs := make([]float64, n)
+	for i := 0; i < n; i++ {
+		xs[i] = f(a[i], b[i])
+	}
+	return median(xs)
+}
+
+var targetOrder = []string{"direct", "plain", "gateway"}
+
+// check is one target of issue #6.
+type check struct {
+	what, measured, target string
+	pass                   string // "yes", "NO" or "n/a"
+}
+
+func passFail(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "NO"
+}
+
+func (r *report) checks() []check {
+	var cs []check
+	ratio := func(load string) float64 {
+		s := r.samples[load]
+		if s == nil || s["gateway"] == nil || s["plain"] == nil {
+			return math.NaN()
+		}
+		return pairwise(s["gateway"], s["plain"], func(g, p measured) float64 { return g.rps / p.rps })
+	}
+	added := func(load, a, b string) float64 {
+		s := r.samples[load]
+		if s == nil || s[a] == nil || s[b] == nil {
+			return math.NaN()
+		}
+		return pairwise(s[a], s[b], func(x, y measured) float64 { return float64(x.p50-y.p50) / 1e3 })
+	}
+	for _, c := range []struct {
+		load string
+		min  float64
+	}{{"JSON 32 conns", 0.85}, {"SSE 32 conns", 0.90}} {
+		v := ratio(c.load)
+		cs = append(cs, check{c.load + ": gateway/plain req/s", fmtRatio(v), fmt.Sprintf("≥ %.2f", c.min), nanPass(v, v >= c.min)})
+	}
+	for _, load := range []string{"JSON 1 conn", "SSE 1 conn"} {
+		v := added(load, "gateway", "plain")
+		cs = append(cs, check{load + ": p50 added by the gateway over plain", fmtUs(v), "≤ 100 µs", nanPass(v, v <= 100)})
+	}
+	if len(r.streams) == 2 && r.streams[0].rss > 0 {
+		v := float64(r.streams[1].rss) / float64(r.streams[0].rss)
+		cs = append(cs, check{fmt.Sprintf("RSS with %d open streams: gateway/plain", r.streams[0].streams), fmtRatio(v), "≤ 1.30",
+			passFail(v <= 1.3 && r.streams[0].failed == 0 && r.streams[1].failed == 0)})
+	} else {
+		cs = append(cs, check{"RSS with open streams: gateway/plain", "not measured", "≤ 1.30", "n/a"})
+	}
+	adm := r.findMicro(`(?i)admi`)
+	if adm != nil {
+		cs = append(cs, check{"admission (" + adm.pkg + "." + adm.name + ")",
+			fmt.Sprintf("%.2f µs/op, %.0f allocs/op", adm.nsPerOp/1e3, adm.allocs), "≤ 2 µs/op, ≤ 5 allocs/op",
+			passFail(adm.nsPerOp <= 2000 && adm.allocs <= 5)})
+	} else {
+		cs = append(cs, check{"admission microbenchmark", "not run or not found", "≤ 2 µs/op, ≤ 5 allocs/op", "n/a"})
+	}
+	st := r.findMicro(`(?i)durable`)
+	if st == nil {
+		st = r.findMicro(`(?i)settle`)
+	}
+	if st != nil {
+		v := settlementsPerSec(st)
+		cs = append(cs, check{"durable settlements (" + st.pkg + "." + st.name + ")", fmt.Sprintf("%.0f/s", v), "≥ 20,000/s", passFail(v >= 20000)})
+	} else {
+		cs = append(cs, check{"durable settlements microbenchmark", "not run or not found", "≥ 20,000/s", "n/a"})
+	}
+	return cs
+}
+
+// settlementsPerSec prefers a custom "…/s" metric, else 1/ns_per_op.
+func settlementsPerSec(m *microResult) float64 {
+	for _, e := range m.extra {
+		v, unit, _ := strings.Cut(e, " ")
+		if strings.HasSuffix(unit, "/s") && !strings.HasPrefix(unit, "MB") {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	if m.nsPerOp == 0 {
+		return 0
+	}
+	return 1e9 / m.nsPerOp
+}
+
+func (r *report) findMicro(pattern string) *microResult {
+	re := regexp.MustCompile(pattern)
+	for i := range r.micro {
+		if re.MatchString(r.micro[i].name) {
+			return &r.micro[i]
+		}
+	}
+	return nil
+}
+
+func nanPass(v float64, ok bool) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return passFail(ok)
+}
+
+func fmtRatio(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func fmtUs(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%+.0f µs", v)
+}
+
+// markdown renders the results as Markdown tables.
+func (r *report) markdown() string {
+	var b strings.Builder
+	m := r.machine
+	fmt.Fprintf(&b, "Run: %s, %d rounds × %s (+%s warm-up) per case, load generator %s, %s total.\n\n",
+		m.date, r.cfg.rounds, r.cfg.duration, r.cfg.warmup, m.loadgen, r.elapsed)
+	fmt.Fprintf(&b, "Machine: %d cores, %s; Linux %s; %s; Caddy %s; load average %s at start, %s at end.\n\n",
+		m.nproc, m.cpu, m.kernel, m.goVersion, m.caddyVersion, m.loadStart, m.loadEnd)
+
+	b.WriteString("### Targets (issue #6)\n\n| check | measured | target | met |\n|---|---|---|---|\n")
+	for _, c := range r.checks() {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", c.what, c.measured, c.target, c.pass)
+	}
+
+	b.WriteString("\n### Throughput and latency\n\nMedians over the rounds. *vs plain* is the median of the per-round req/s ratios to plain reverse_proxy. " +
+		"*Caddy CPU* is utime+stime of the Caddy process per request; *mock CPU* the same for the mock upstream. " +
+		"*Peak RSS* is the Caddy process's VmHWM during the case.\n\n")
+	b.WriteString("| load | target | req/s | p50 | p99 | vs plain | Caddy CPU/req | mock CPU/req | peak RSS | non-2xx / errors |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, l := range loads {
+		s := r.samples[l.name]
+		if s == nil {
+			continue
+		}
+		for _, t := range targetOrder {
+			ms := s[t]
+			if ms == nil {
+				continue
+			}
+			vs := "n/a"
+			if p := s["plain"]; p != nil {
+				vs = fmtRatio(pairwise(ms, p, func(a, b measured) float64 { return a.rps / b.rps }))
+			}
+			cpu, rss := "–", "–"
+			if t != "direct" {
+				cpu = fmt.Sprintf("%.0f µs", col(ms, func(m measured) float64 { return m.cpuPerReq }))
+				var peak int64
+				for _, x := range ms {
+					peak = max(peak, x.peakRSS)
+				}
+				rss = mib(peak)
+			}
+			var bad, errs int64
+			for _, x := range ms {
+				bad += x.non2xx
+				errs += x.errors
+			}
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %.0f µs | %s | %d / %d |\n", l.name, t,
+				col(ms, func(m measured) float64 { return m.rps }),
+				fmtDur(time.Duration(col(ms, func(m measured) float64 { return float64(m.p50) }))),
+				fmtDur(time.Duration(col(ms, func(m measured) float64 { return float64(m.p99) }))),
+				vs, cpu, col(ms, func(m measured) float64 { return m.mockPerReq }), rss, bad, errs)
+		}
+	}
+
+	b.WriteString("\n### Added latency at one connection (p50, median of per-round differences)\n\n| load | plain − direct | gateway − plain |\n|---|---:|---:|\n")
+	for _, l := range loads {
+		if l.conns != 1 {
+			continue
+		}
+		s := r.samples[l.name]
+		if s == nil {
+			continue
+		}
+		d := func(a, c string) string {
+			if s[a] == nil || s[c] == nil {
+				return "n/a"
+			}
+			return fmtUs(pairwise(s[a], s[c], func(x, y measured) float64 { return float64(x.p50-y.p50) / 1e3 }))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", l.name, d("plain", "direct"), d("gateway", "plain"))
+	}
+
+	if len(r.streams) > 0 {
+		b.WriteString("\n### Slow streams held open (one SSE chunk per second each, fresh Caddy process per target)\n\n")
+		b.WriteString("| target | streams | open | failed | RSS idle | RSS with streams | peak RSS | RSS per stream | goroutines idle | goroutines with streams |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, s := range r.streams {
+			per := "n/a"
+			if s.open > 0 {
+				per = fmt.Sprintf("%.1f KiB", float64(s.rss-s.idleRSS)/1024/float64(s.open))
+			}
+			fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %s | %s | %s | %d | %d |\n", s.target, s.streams, s.open, s.failed,
+				mib(s.idleRSS), mib(s.rss), mib(s.peakRSS), per, s.idleGoroutines, s.gorout)
+		}
+		if len(r.streams) == 2 && r.streams[0].rss > 0 {
+			fmt.Fprintf(&b, "\nGateway/plain RSS with streams open: %.2f; goroutines: %.2f.\n",
+				float64(r.streams[1].rss)/float64(r.streams[0].rss), float64(r.streams[1].gorout)/float64(max(1, r.streams[0].gorout)))
+		}
+	}
+
+	if len(r.micro) > 0 || r.microErr != nil {
+		b.WriteString("\n### Microbenchmarks (go test -bench -benchmem, ./caddymodule and ./storage)\n\n")
+		if r.microErr != nil {
+			fmt.Fprintf(&b, "Some did not run cleanly:\n\n```\n%s\n```\n\n", r.microErr)
+		}
+		if len(r.micro) > 0 {
+			b.WriteString("| package | benchmark | ns/op | B/op | allocs/op | other |\n|---|---|---:|---:|---:|---|\n")
+			for _, m := range r.micro {
+				mem, al := "", ""
+				if m.hasMem {
+					mem, al = fmt.Sprintf("%.0f", m.bPerOp), fmt.Sprintf("%.0f", m.allocs)
+				}
+				fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s |\n", m.pkg, m.name, m.nsPerOp, mem, al, strings.Join(m.extra, ", "))
+			}
+		}
+	}
+
+	if len(r.profileTop) > 0 {
+		b.WriteString("\n### CPU profile of the gateway process (flat, top 30)\n")
+		for _, l := range loads[:2] {
+			if t, ok := r.profileTop[l.name]; ok {
+				fmt.Fprintf(&b, "\n%s:\n\n```\n%s```\n", l.name, trimPprofHeader(t))
+			}
+		}
+	}
+	return b.String()
+}
+
+// trimPprofHeader drops the file and build lines of pprof -top output.
+func trimPprofHeader(s string) string {
+	var keep []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.HasPrefix(line, "File:") || strings.HasPrefix(line, "Build ID:") || strings.HasPrefix(line, "Type:") ||
+			strings.HasPrefix(line, "Time:") {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	return strings.Join(keep, "\n")
+}
+
+func (r *report) text() string { return r.markdown() }
+
+const (
+	beginMarker = "<!-- BEGIN GENERATED by `make bench` (go run ./bench/cmd/bench); edits inside are overwritten -->"
+	endMarker   = "<!-- END GENERATED -->"
+)
+
+// writeDocs replaces the generated part of the report file, keeping the
+// hand-written analysis around it.
+func (r *report) writeDocs(path string) error {
+	gen := beginMarker + "\n\n" + r.markdown() + "\n" + endMarker + "\n"
+	old, err := os.ReadFile(path)
+	var doc string
+	switch {
+	case err == nil && strings.Contains(string(old), beginMarker) && strings.Contains(string(old), endMarker):
+		s := string(old)
+		i := strings.Index(s, beginMarker)
+		j := strings.Index(s, endMarker) + len(endMarker)
+		if j < len(s) && s[j] == '\n' {
+			j++
+		}
+		doc = s[:i] + gen + s[j:]
+	case err == nil:
+		doc = string(old) + "\n" + gen
+	default:
+		doc = "# Benchmarks\n\nGenerated by `make bench`; see bench/ for the harness.\n\n## Latest results\n\n" + gen
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(doc), 0o644)
+}

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/bench/loadgen"
+)
+
+// load is one traffic shape.
+type load struct {
+	name   string
+	conns  int
+	stream bool
+}
+
+func (l load) body() string {
+	if l.stream {
+		return streamBody
+	}
+	return jsonBody
+}
+
+const (
+	jsonBody   = `{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}`
+	streamBody = `{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64,"stream":true}`
+	apiPath    = "/v1/chat/completions"
+)
+
+// sample is one measured run of one load against one target.
+type sample struct {
+	requests int64
+	rps      float64
+	p50, p99 time.Duration
+	non2xx   int64
+	errors   int64
+	firstErr string
+}
+
+// runner applies a load for warmup+duration and measures the window.
+type runner interface {
+	name() string
+	run(ctx context.Context, addr string, hdr map[string]string, l load, warmup, d time.Duration) (sample, error)
+}
+
+type goRunner struct{}
+
+func (goRunner) name() string { return "bench/loadgen (Go, raw HTTP/1.1 keep-alive)" }
+
+func (goRunner) run(ctx context.Context, addr string, hdr map[string]string, l load, warmup, d time.Duration) (sample, error) {
+	res, err := loadgen.Run(ctx, loadgen.Config{
+		Addr: addr, Request: loadgen.BuildRequest("POST", addr, apiPath, hdr, []byte(l.body())),
+		Conns: l.conns, Warmup: warmup, Duration: d,
+	})
+	if err != nil {
+		return sample{}, err
+	}
+	return sample{
+		requests: res.Requests, rps: res.RPS, p50: res.P50(), p99: res.P99(),
+		non2xx: res.Non2xx, errors: res.Errors, firstErr: res.FirstError,
+	}, nil
+}
+
+// wrkRunner drives wrk (one thread, like the Go generator) with a Lua
+// script that sets the method, headers and body.
+type wrkRunner struct {
+	bin string
+	dir string
+}
+
+func (w wrkRunner) name() string { return "wrk (" + w.bin + ", 1 thread)" }
+
+func (w wrkRunner) script(hdr map[string]string, body string) (string, error) {
+	var b strings.Builder
+	b.WriteString("wrk.method = \"POST\"\n")
+	fmt.Fprintf(&b, "wrk.body = [==[%s]==]\n", body)
+	for k, v := range hdr {
+		fmt.Fprintf(&b, "wrk.headers[%q] = %q\n", k, v)
+	}
+	f, err := os.CreateTemp(w.dir, "wrk-*.lua")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	_, err = f.WriteString(b.String())
+	return f.Name(), err
+}
+
+func (w wrkRunner) run(ctx context.Context, addr string, hdr map[string]string, l load, warmup, d time.Duration) (sample, error) {
+	script, err := w.script(hdr, l.body())
+	if err != nil {
+		return sample{}, err
+	}
+	defer os.Remove(script)
+	url := "http://" + addr + apiPath
+	args := func(d time.Duration) []string {
+		return []string{"-t1", "-c" + strconv.Itoa(l.conns), "-d" + strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second))) + "s",
+			"--latency", "--timeout", "10s", "-s", script, url}
+	}
+	if warmup > 0 {
+		if out, err := exec.CommandContext(ctx, w.bin, args(warmup)...).CombinedOutput(); err != nil {
+			return sample{}, fmt.Errorf("wrk warmup: %v: %s", err, out)
+		}
+	}
+	out, err := exec.CommandContext(ctx, w.bin, args(d)...).CombinedOutput()
+	if err != nil {
+		return sample{}, fmt.Errorf("wrk: %v: %s", err, out)
+	}
+	return parseWrk(string(out))
+}
+
+var (
+	wrkTotal  = regexp.MustCompile(`(\d+) requests in ([0-9.]+\w+)`)
+	wrkRPS    = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkPct    = regexp.MustCompile(`^\s+(50|99)%\s+([0-9.]+\w+)`)
+	wrkNon2xx = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+	wrkSock   = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
+
+func parseWrk(out string) (sample, error) {
+	var s sample
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := sc.Text()
+		if m := wrkTotal.FindStringSubmatch(line); m != nil {
+			s.requests, _ = strconv.ParseInt(m[1], 10, 64)
+		}
+		if m := wrkRPS.FindStringSubmatch(line); m != nil {
+			s.rps, _ = strconv.ParseFloat(m[1], 64)
+		}
+		if m := wrkPct.FindStringSubmatch(line); m != nil {
+			d, err := time.ParseDuration(m[2])
+			if err != nil {
+				return s, fmt.Errorf("wrk latency %q: %v", m[2], err)
+			}
+			if m[1] == "50" {
+				s.p50 = d
+			} else {
+				s.p99 = d
+			}
+		}
+		if m := wrkNon2xx.FindStringSubmatch(line); m != nil {
+			s.non2xx, _ = strconv.ParseInt(m[1], 10, 64)
+		}
+		if m := wrkSock.FindStringSubmatch(line); m != nil {
+			for _, v := range m[1:] {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				s.errors += n
+			}
+			s.firstErr = strings.TrimSpace(line)
+		}
+	}
+	if s.requests == 0 || s.rps == 0 || s.p50 == 0 {
+		return s, fmt.Errorf("cannot parse wrk output:\n%s", out)
+	}
+	return s, nil
+}
+
+// pickRunner chooses wrk when asked or (auto) when installed.
+func pickRunner(kind, dir string) (runner, error) {
+	switch kind {
+	case "go":
+		return goRunner{}, nil
+	case "wrk", "auto":
+		bin, err := exec.LookPath("wrk")
+		if err != nil {
+			if kind == "wrk" {
+				return nil, fmt.Errorf("wrk not found (apt-get install -y wrk)")
+			}
+			return goRunner{}, nil
+		}
+		abs, _ := filepath.Abs(bin)
+		return wrkRunner{bin: abs, dir: dir}, nil
+	}
+	return nil, fmt.Errorf("unknown -loadgen %q (auto, go or wrk)", kind)
+}
