@@ -39,7 +39,7 @@ const (
 
 // adminActions are the actions listed as "recent admin actions" on the
 // security dashboard.
-var adminActions = []string{actAddCredits, actSetLimits, actAssignPlan, actPlanCreate, actPlanUpdate, actPlanDeactivate}
+var adminActions = []string{actBackup, actAddCredits, actSetLimits, actAssignPlan, actPlanCreate, actPlanUpdate, actPlanDeactivate}
 
 // audit records an action of the calling user.
 func (h *Handler) audit(r *http.Request, e *storage.AuditEntry) {
