@@ -40,8 +40,11 @@ fuzz:
 	done
 
 ## bench: the load benchmark (direct vs plain reverse_proxy vs gateway); writes docs/benchmarks.md
+## (BENCHFLAGS=-quick for a one-minute smoke run; wrk is installed when possible, else bench/loadgen is used)
 bench: build
-	$(GO) run ./bench/cmd/bench
+	@command -v wrk >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || apt-get install -y wrk >/dev/null 2>&1 || \
+		(apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1) || echo "wrk unavailable: using bench/loadgen"
+	$(GO) run ./bench/cmd/bench $(BENCHFLAGS)
 
 ## soak: mixed traffic for SOAK_DURATION against the mock upstream
 soak: build

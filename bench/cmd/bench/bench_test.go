@@ -1,0 +1,133 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const wrkOut = `Running 5s test @ http://127.0.0.1:8081/v1/chat/completions
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     4.22ms    1.01ms  20.00ms   90.00%
+    Req/Sec     7.61k   300.00    8.00k    70.00%
+  Latency Distribution
+     50%    4.10ms
+     75%    4.50ms
+     90%    5.00ms
+     99%  812.00us
+  37876 requests in 5.00s, 20.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 5
+Requests/sec:   7575.20
+Transfer/sec:      4.00MB
+`
+
+func TestParseWrk(t *testing.T) {
+	s, err := parseWrk(wrkOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.requests != 37876 || s.rps != 7575.20 || s.p50 != 4100*time.Microsecond || s.p99 != 812*time.Microsecond ||
+		s.non2xx != 5 || s.errors != 3 {
+		t.Fatalf("%+v", s)
+	}
+	if _, err := parseWrk("wrk: connection refused"); err == nil {
+		t.Fatal("garbage parsed")
+	}
+}
+
+func TestParseBench(t *testing.T) {
+	out := `goos: linux
+pkg: github.com/gatewayz/caddy-gatewayz/storage
+BenchmarkSettleDurable-2   	   50000	     21000 ns/op	   47619 settlements/s	     512 B/op	       9 allocs/op
+BenchmarkReserve   	 1000000	      1500 ns/op
+PASS
+pkg: github.com/gatewayz/caddy-gatewayz/caddymodule
+BenchmarkAdmission-2   	 1000000	      1200 ns/op	     200 B/op	       3 allocs/op
+ok`
+	res := parseBench(out)
+	if len(res) != 3 {
+		t.Fatalf("%d results: %+v", len(res), res)
+	}
+	if r := res[0]; r.pkg != "storage" || r.name != "BenchmarkSettleDurable" || r.nsPerOp != 21000 || r.allocs != 9 ||
+		len(r.extra) != 1 || settlementsPerSec(&r) != 47619 {
+		t.Fatalf("%+v", r)
+	}
+	if r := res[1]; r.hasMem || settlementsPerSec(&r) != 1e9/1500 {
+		t.Fatalf("%+v", r)
+	}
+	rep := &report{micro: res}
+	cs := rep.checks()
+	var adm, settle check
+	for _, c := range cs {
+		if strings.HasPrefix(c.what, "admission") {
+			adm = c
+		}
+		if strings.HasPrefix(c.what, "durable") {
+			settle = c
+		}
+	}
+	if adm.pass != "yes" || !strings.Contains(adm.what, "caddymodule.BenchmarkAdmission") || settle.pass != "yes" {
+		t.Fatalf("checks %+v", cs)
+	}
+}
+
+func TestChecksAndMedian(t *testing.T) {
+	if median([]float64{3, 1, 2}) != 2 || median([]float64{4, 1, 2, 3}) != 2.5 {
+		t.Fatal("median")
+	}
+	rep := &report{}
+	for _, r := range []struct{ plain, gw float64 }{{1000, 900}, {1000, 800}, {1000, 950}} {
+		rep.add("JSON 32 conns", "plain", measured{sample: sample{rps: r.plain}})
+		rep.add("JSON 32 conns", "gateway", measured{sample: sample{rps: r.gw}})
+	}
+	rep.add("JSON 1 conn", "plain", measured{sample: sample{rps: 1, p50: 300 * time.Microsecond}})
+	rep.add("JSON 1 conn", "gateway", measured{sample: sample{rps: 1, p50: 450 * time.Microsecond}})
+	cs := rep.checks()
+	if cs[0].measured != "0.90" || cs[0].pass != "yes" {
+		t.Fatalf("json ratio %+v", cs[0])
+	}
+	if cs[1].pass != "n/a" {
+		t.Fatalf("sse ratio without data %+v", cs[1])
+	}
+	if cs[2].measured != "+150 µs" || cs[2].pass != "NO" {
+		t.Fatalf("added latency %+v", cs[2])
+	}
+}
+
+func TestWriteDocsKeepsAnalysis(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "docs", "benchmarks.md")
+	rep := &report{cfg: config{rounds: 1, duration: time.Second}}
+	if err := rep.writeDocs(path); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	doc := strings.Replace(string(b), beginMarker, "Hand-written analysis.\n\n"+beginMarker, 1) + "\nMore analysis.\n"
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep.cfg.rounds = 7
+	if err := rep.writeDocs(path); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(path)
+	s := string(b)
+	if !strings.Contains(s, "Hand-written analysis.") || !strings.Contains(s, "More analysis.") ||
+		!strings.Contains(s, "7 rounds") || strings.Contains(s, "1 rounds") || strings.Count(s, beginMarker) != 1 {
+		t.Fatalf("doc:\n%s", s)
+	}
+}
+
+func TestProcReaders(t *testing.T) {
+	pid := os.Getpid()
+	if _, err := cpuTime(pid); err != nil {
+		t.Fatal(err)
+	}
+	rss, hwm, err := memStatus(pid)
+	if err != nil || rss <= 0 || hwm < rss {
+		t.Fatalf("rss %d hwm %d err %v", rss, hwm, err)
+	}
+}
