@@ -74,6 +74,25 @@ func setupGateway(base, adminKey string) (string, error) {
 	if err := postJSON(base+"/admin/limit", adminKey, map[string]any{"api_key": reg.APIKey, "rate_limits": limits}, nil); err != nil {
 		return "", err
 	}
+	// Without a plan the user has trial entitlements (100 requests a day):
+	// subscribe it to a plan whose limits are on but out of reach.
+	var plan struct {
+		Plan struct {
+			ID int64 `json:"id"`
+		} `json:"plan"`
+	}
+	if err := postJSON(base+"/admin/plans", adminKey, map[string]any{
+		"name": fmt.Sprintf("Benchmark %d", time.Now().UnixNano()), "description": "make bench",
+		"daily_request_limit": high, "monthly_request_limit": high,
+		"daily_token_limit": high * 100, "monthly_token_limit": high * 100,
+	}, &plan); err != nil {
+		return "", err
+	}
+	if err := postJSON(base+"/admin/assign-plan", adminKey, map[string]any{
+		"user_id": reg.UserID, "plan_id": plan.Plan.ID, "duration_months": 12,
+	}, nil); err != nil {
+		return "", err
+	}
 	return reg.APIKey, nil
 }
 
