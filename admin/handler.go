@@ -95,7 +95,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	handler, pattern := h.mux.Handler(r)
 	if pattern != "" {
-		handler.ServeHTTP(w, r)
+		// Through the mux, not handler: only ServeMux.ServeHTTP sets the
+		// request's path values ({key_id}, ...).
+		h.mux.ServeHTTP(w, r)
 		return
 	}
 	rec := &statusRecorder{header: http.Header{}}
