@@ -46,6 +46,7 @@ type config struct {
 	profile    bool
 	keep       bool
 	skipGW     bool
+	noLoads    bool
 }
 
 func main() {
@@ -66,6 +67,7 @@ func main() {
 	flag.BoolVar(&c.profile, "profile", true, "take a CPU profile of the gateway under JSON load (extra, unmeasured run)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, Caddyfiles, profiles)")
 	flag.BoolVar(&c.skipGW, "no-gateway", false, "measure only direct and plain")
+	flag.BoolVar(&c.noLoads, "no-loads", false, "skip the throughput and latency cases (streams and microbenchmarks only)")
 	flag.Parse()
 
 	if *mockListen != "" {
@@ -155,8 +157,10 @@ func run(ctx context.Context, c config) error {
 	defer h.close()
 
 	rep := &report{cfg: c, machine: m}
-	if err := h.measure(ctx, rn, rep); err != nil {
-		return err
+	if !c.noLoads {
+		if err := h.measure(ctx, rn, rep); err != nil {
+			return err
+		}
 	}
 	if c.profile && h.gateway != nil {
 		if top, err := h.profileGateway(ctx, rn); err != nil {
