@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strings"
 	"time"
 )
@@ -126,12 +125,40 @@ func requestOriginHost(r *http.Request) string {
 	return ""
 }
 
+// hostOf returns the lower-cased host of an absolute URL
+// ("scheme://[userinfo@]host[:port][/path...]"), without a trailing dot, or
+// "" when there is none. It does not allocate for lower-case input.
 func hostOf(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
+	i := strings.Index(raw, "://")
+	if i <= 0 {
 		return ""
 	}
-	return strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	rest := raw[i+3:]
+	if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+		rest = rest[:j]
+	}
+	if j := strings.LastIndexByte(rest, '@'); j >= 0 {
+		rest = rest[j+1:]
+	}
+	if strings.HasPrefix(rest, "[") {
+		j := strings.IndexByte(rest, ']')
+		if j < 0 {
+			return ""
+		}
+		rest = rest[1:j]
+	} else if j := strings.IndexByte(rest, ':'); j >= 0 {
+		rest = rest[:j]
+	}
+	rest = strings.TrimSuffix(rest, ".")
+	if rest == "" {
+		return ""
+	}
+	for k := 0; k < len(rest); k++ {
+		if c := rest[k]; c >= 'A' && c <= 'Z' {
+			return strings.ToLower(rest)
+		}
+	}
+	return rest
 }
 
 // referrerAllowed matches a host against the rules: exactly, or as a

@@ -110,15 +110,13 @@ func (g *Gateway) recordSecurity(action string, e *keyEntry, r *http.Request, cl
 func annotate(r *http.Request, e *keyEntry) {
 	ctx := r.Context()
 	if repl, ok := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.auth.user.id", e.userID)
+		repl.Set("http.auth.user.id", e.userIDVal)
 	}
-	caddyhttp.SetVar(ctx, "gatewayz_user_id", e.userID)
-	caddyhttp.SetVar(ctx, "gatewayz_key_id", e.keyID)
-	caddyhttp.SetVar(ctx, "gatewayz_env", e.env)
+	caddyhttp.SetVar(ctx, "gatewayz_user_id", e.userIDVal)
+	caddyhttp.SetVar(ctx, "gatewayz_key_id", e.keyIDVal)
+	caddyhttp.SetVar(ctx, "gatewayz_env", e.envVal)
 	if extra, ok := ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		extra.Add(zap.String("gatewayz_user_id", e.userID))
-		extra.Add(zap.String("gatewayz_key_id", e.keyID))
-		extra.Add(zap.String("gatewayz_env", e.env))
+		extra.Add(zap.Inline(e))
 	}
 }
 

@@ -165,12 +165,24 @@ func (g *Gateway) route(r *http.Request) (route, *gatewayError) {
 		return route{}, nil
 	}
 	for _, glob := range g.FreePaths {
-		if ok, _ := path.Match(glob, p); ok {
+		if matchPathGlob(glob, p) {
 			return route{}, nil
 		}
 	}
 	return route{}, errorf(http.StatusNotFound, "invalid_request_error", "unknown_url",
 		fmt.Sprintf("Unknown request URL: %s %s", r.Method, p))
+}
+
+// matchPathGlob matches a request path against a free_paths glob: a glob
+// whose only wildcard is a final "*" is a prefix match (so "/v1/files*"
+// covers "/v1/files/abc", as Caddy's path matcher does); others use
+// path.Match.
+func matchPathGlob(glob, p string) bool {
+	if prefix, ok := strings.CutSuffix(glob, "*"); ok && !strings.ContainsAny(prefix, "*?[\\") {
+		return strings.HasPrefix(p, prefix)
+	}
+	ok, _ := path.Match(glob, p)
+	return ok
 }
 
 func errMethodNotAllowed(method, p string) *gatewayError {
@@ -216,6 +228,7 @@ type admission struct {
 	planCounted bool
 	ends        [numPeriods]int64
 	recorded    bool
+	headerVals  [6]string // backing of the x-ratelimit-* header values
 }
 
 // recordTokens replaces the estimated tokens counted at admission by the

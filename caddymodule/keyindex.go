@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap/zapcore"
+
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
@@ -29,6 +31,9 @@ type keyEntry struct {
 	keyID  string
 	userID string
 	env    string
+	// The same, boxed once for placeholders and vars (no allocation per
+	// request).
+	keyIDVal, userIDVal, envVal any
 }
 
 // newKeyEntry derives a keyEntry from a key and its user.
@@ -42,9 +47,18 @@ func newKeyEntry(k *storage.APIKey, u *storage.User) *keyEntry {
 	if e.env == "" {
 		e.env = "live"
 	}
+	e.keyIDVal, e.userIDVal, e.envVal = e.keyID, e.userID, e.env
 	e.allow, e.ipRestricted = parseAllowlist(k.IPAllowlist)
 	e.referrers = normalizeReferrerRules(k.DomainReferrers)
 	return e
+}
+
+// MarshalLogObject adds the caller's ids (never the key) to a log entry.
+func (e *keyEntry) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("gatewayz_user_id", e.userID)
+	enc.AddString("gatewayz_key_id", e.keyID)
+	enc.AddString("gatewayz_env", e.env)
+	return nil
 }
 
 // usable reports whether the key may be used at now: active and not

@@ -239,10 +239,12 @@ type admitInput struct {
 	userID, keyID int64
 	userLimits    periodLimits
 	keyLimits     periodLimits
-	// plan, when non-nil, are the plan limits (day and month); nil for
-	// free routes, which do not count toward the plan.
-	plan *periodLimits
-	est  int64 // estimated tokens
+	// plan are the plan limits (day and month), reported in the headers;
+	// countPlan says whether the request counts toward them (free routes
+	// do not).
+	plan      *periodLimits
+	countPlan bool
+	est       int64 // estimated tokens
 }
 
 // admitResult is the outcome: the refusal (if any) and the header quotas.
@@ -270,7 +272,7 @@ func (l *limiter) admit(in *admitInput, now time.Time) admitResult {
 	k.rate.roll(now)
 
 	var res admitResult
-	if in.plan != nil {
+	if in.countPlan {
 		if b := u.plan.check(in.plan, in.est); b.exceeded {
 			res.refused, res.planBreach, res.breach = true, true, b
 		}
@@ -285,7 +287,7 @@ func (l *limiter) admit(in *admitInput, now time.Time) admitResult {
 	if !res.refused {
 		u.rate.add(in.est)
 		k.rate.add(in.est)
-		if in.plan != nil {
+		if in.countPlan {
 			u.plan.add(in.est)
 		}
 		for p := range numPeriods {
@@ -484,28 +486,68 @@ const (
 )
 
 // setRateLimitHeaders writes the x-ratelimit-* headers of the tightest
-// request and token limits (when there are any).
-func setRateLimitHeaders(h http.Header, req, tok quota, now time.Time) {
-	if req.limit > 0 {
-		h[hdrLimitRequests] = []string{strconv.FormatInt(req.limit, 10)}
-		h[hdrRemainingRequests] = []string{strconv.FormatInt(req.remaining, 10)}
-		h[hdrResetRequests] = []string{resetString(req.end, now)}
+// request and token limits (when there are any). All values are cut from
+// one string and stored in vals (nil: allocated here), to keep the hot
+// path at one allocation.
+func setRateLimitHeaders(h http.Header, req, tok quota, now time.Time, vals *[6]string) {
+	if req.limit <= 0 && tok.limit <= 0 {
+		return
 	}
-	if tok.limit > 0 {
-		h[hdrLimitTokens] = []string{strconv.FormatInt(tok.limit, 10)}
-		h[hdrRemainingTokens] = []string{strconv.FormatInt(tok.remaining, 10)}
-		h[hdrResetTokens] = []string{resetString(tok.end, now)}
+	var buf [128]byte
+	b := buf[:0]
+	var cuts [7]int
+	qs := [2]quota{req, tok}
+	for i, q := range qs {
+		if q.limit <= 0 {
+			cuts[3*i+1], cuts[3*i+2], cuts[3*i+3] = len(b), len(b), len(b)
+			continue
+		}
+		b = strconv.AppendInt(b, q.limit, 10)
+		cuts[3*i+1] = len(b)
+		b = strconv.AppendInt(b, q.remaining, 10)
+		cuts[3*i+2] = len(b)
+		b = appendReset(b, q.end, now)
+		cuts[3*i+3] = len(b)
+	}
+	all := string(b)
+	if vals == nil {
+		vals = new([6]string)
+	}
+	names := [6]string{hdrLimitRequests, hdrRemainingRequests, hdrResetRequests, hdrLimitTokens, hdrRemainingTokens, hdrResetTokens}
+	for i := range vals {
+		if qs[i/3].limit <= 0 {
+			continue
+		}
+		vals[i] = all[cuts[i]:cuts[i+1]]
+		h[names[i]] = vals[i : i+1 : i+1]
 	}
 }
 
 // resetString formats the time until end like OpenAI does ("1s", "6m0s"),
 // rounded up to whole seconds.
 func resetString(end int64, now time.Time) string {
-	d := time.Duration(end - now.UnixNano())
+	return string(appendReset(nil, end, now))
+}
+
+// appendReset appends the time until end, rounded up to whole seconds, in
+// Go's duration format ("0s", "40s", "6m0s", "11h59m40s").
+func appendReset(b []byte, end int64, now time.Time) []byte {
+	d := end - now.UnixNano()
 	if d <= 0 {
-		return "0s"
+		return append(b, "0s"...)
 	}
-	return ((d + time.Second - 1) / time.Second * time.Second).String()
+	secs := (d + int64(time.Second) - 1) / int64(time.Second)
+	h, m, s := secs/3600, secs/60%60, secs%60
+	if h > 0 {
+		b = strconv.AppendInt(b, h, 10)
+		b = append(b, 'h')
+	}
+	if h > 0 || m > 0 {
+		b = strconv.AppendInt(b, m, 10)
+		b = append(b, 'm')
+	}
+	b = strconv.AppendInt(b, s, 10)
+	return append(b, 's')
 }
 
 // newAdmission resolves what governs the caller: the user's policy (plan
@@ -538,31 +580,28 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 		keyID:      e.id.Key.ID,
 		userLimits: rateLimits(a.userLimits),
 		keyLimits:  rateLimits(a.limits),
-	}
-	if a.planCounted {
-		a.in.plan = &a.planLimits
+		plan:       &a.planLimits,
+		countPlan:  a.planCounted,
 	}
 	return a, nil
 }
 
-// admit counts the request against the plan and rate limits (all or
-// nothing) and sets the x-ratelimit-* headers. Plan counters are seeded
-// from the usage records the first time a user is seen.
+// admit counts the request against the plan (metered routes only) and rate
+// limits, all or nothing, and sets the x-ratelimit-* headers. Plan counters
+// are seeded from the usage records the first time a user is seen.
 func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Header) *gatewayError {
-	if a.planCounted {
-		if err := a.lim.seed(r.Context(), g.state.store, a.in.userID, now); err != nil {
-			if c := g.logger.Check(zap.ErrorLevel, "loading plan usage"); c != nil {
-				c.Write(zap.Error(err))
-			}
-			return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
+	if err := a.lim.seed(r.Context(), g.state.store, a.in.userID, now); err != nil {
+		if c := g.logger.Check(zap.ErrorLevel, "loading plan usage"); c != nil {
+			c.Write(zap.Error(err))
 		}
+		return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
 	}
 	if a.req != nil {
 		a.estTokens = a.req.PromptTokens + a.req.MaxTokens
 	}
 	a.in.est = a.estTokens
 	res := a.lim.admit(&a.in, now)
-	setRateLimitHeaders(h, res.requests, res.tokens, now)
+	setRateLimitHeaders(h, res.requests, res.tokens, now, &a.headerVals)
 	if res.refused {
 		return res.refusal(a.env, now)
 	}
@@ -599,5 +638,5 @@ func (l *limiter) peek(a *admission, now time.Time, h http.Header) {
 		empty.tightest(&a.in.keyLimits, &req, &tok)
 	}
 	l.mu.Unlock()
-	setRateLimitHeaders(h, req, tok, now)
+	setRateLimitHeaders(h, req, tok, now, nil)
 }

@@ -1,0 +1,244 @@
+package caddymodule
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+func TestPeriodBounds(t *testing.T) {
+	at := time.Date(2026, 2, 28, 23, 59, 30, 500, time.UTC)
+	tests := []struct {
+		p          period
+		start, end time.Time
+	}{
+		{perMinute, time.Date(2026, 2, 28, 23, 59, 0, 0, time.UTC), time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)},
+		{perHour, time.Date(2026, 2, 28, 23, 0, 0, 0, time.UTC), time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)},
+		{perDay, time.Date(2026, 2, 28, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)},
+		{perMonth, time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)},
+	}
+	for _, tt := range tests {
+		if got := tt.p.start(at); !got.Equal(tt.start) {
+			t.Errorf("%s start = %v, want %v", periodNames[tt.p], got, tt.start)
+		}
+		if got := tt.p.end(at); got != tt.end.UnixNano() {
+			t.Errorf("%s end = %v, want %v", periodNames[tt.p], time.Unix(0, got).UTC(), tt.end)
+		}
+	}
+	// A non-UTC clock gives the same UTC windows.
+	local := at.In(time.FixedZone("X", 5*3600+1800))
+	if perDay.end(local) != perDay.end(at) || perMonth.end(local) != perMonth.end(at) {
+		t.Error("windows must be UTC-aligned whatever the clock's zone")
+	}
+	// December rolls into the next year.
+	dec := time.Date(2026, 12, 15, 0, 0, 0, 0, time.UTC)
+	if got := perMonth.end(dec); got != time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano() {
+		t.Errorf("December end = %v", time.Unix(0, got).UTC())
+	}
+}
+
+// fakeClock is a settable clock for window arithmetic.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time              { return c.t }
+func (c *fakeClock) add(d time.Duration)         { c.t = c.t.Add(d) }
+func newFakeClock() *fakeClock                   { return &fakeClock{t: time.Date(2026, 5, 10, 12, 0, 0, 0, time.UTC)} }
+func limitsOf(l storage.RateLimits) periodLimits { return rateLimits(l) }
+
+func TestLimiterRequestWindows(t *testing.T) {
+	clk := newFakeClock()
+	l := newLimiter()
+	in := &admitInput{userID: 1, keyID: 10, keyLimits: limitsOf(storage.RateLimits{RequestsPerMinute: 3, RequestsPerHour: 5})}
+	for i := range 3 {
+		if res := l.admit(in, clk.now()); res.refused {
+			t.Fatalf("request %d refused", i+1)
+		}
+		clk.add(time.Second)
+	}
+	res := l.admit(in, clk.now())
+	if !res.refused || !res.keyBreach || res.breach.period != perMinute || res.breach.tokens || res.breach.limit != 3 {
+		t.Fatalf("4th request in the minute: %+v", res)
+	}
+	if ra := res.refusal("live", clk.now()).RetryAfter; ra != 57 {
+		t.Errorf("Retry-After = %d, want 57 (until the minute ends)", ra)
+	}
+	// The refused request was not counted: the next minute admits 2 more,
+	// then the hour limit (5) refuses.
+	clk.add(57 * time.Second)
+	for i := range 2 {
+		if res := l.admit(in, clk.now()); res.refused {
+			t.Fatalf("request %d of the second minute refused: %+v", i+1, res)
+		}
+	}
+	res = l.admit(in, clk.now())
+	if !res.refused || res.breach.period != perHour {
+		t.Fatalf("hour limit: %+v", res)
+	}
+	clk.add(time.Hour)
+	if res := l.admit(in, clk.now()); res.refused {
+		t.Fatalf("next hour: %+v", res)
+	}
+}
+
+func TestLimiterTokensCrossingRequestRefused(t *testing.T) {
+	clk := newFakeClock()
+	l := newLimiter()
+	in := &admitInput{userID: 1, keyID: 10, userLimits: limitsOf(storage.RateLimits{TokensPerMinute: 100})}
+	in.est = 60
+	if res := l.admit(in, clk.now()); res.refused {
+		t.Fatal("first 60 tokens refused")
+	}
+	in.est = 41
+	res := l.admit(in, clk.now())
+	if !res.refused || !res.breach.tokens || res.keyBreach {
+		t.Fatalf("60+41 > 100 must be refused as the user's token limit: %+v", res)
+	}
+	in.est = 40
+	res = l.admit(in, clk.now())
+	if res.refused {
+		t.Fatal("60+40 = 100 must pass")
+	}
+	if res.tokens.limit != 100 || res.tokens.remaining != 0 {
+		t.Errorf("token quota = %+v", res.tokens)
+	}
+	// Settlement: the second request actually used 10 tokens; 30 free again.
+	l.correct(1, 10, false, &res.ends, 40, 10)
+	in.est = 30
+	if res := l.admit(in, clk.now()); res.refused {
+		t.Fatalf("after correction 70+30 must pass: %+v", res)
+	}
+	// A correction for a window that has ended changes nothing in the new one.
+	ends := res.ends
+	clk.add(time.Minute)
+	in.est = 0
+	res2 := l.admit(in, clk.now())
+	l.correct(1, 10, false, &ends, 30, 1000)
+	in.est = 100
+	if res := l.admit(in, clk.now()); res.refused {
+		t.Fatalf("stale correction leaked into the new window: %+v (earlier %+v)", res, res2)
+	}
+}
+
+func TestLimiterAllOrNothing(t *testing.T) {
+	clk := newFakeClock()
+	l := newLimiter()
+	plan := periodLimits{}
+	plan.requests[perDay] = 2
+	in := &admitInput{userID: 1, keyID: 10, plan: &plan, countPlan: true,
+		userLimits: limitsOf(storage.RateLimits{RequestsPerMinute: 10}),
+		keyLimits:  limitsOf(storage.RateLimits{RequestsPerMinute: 1})}
+	if res := l.admit(in, clk.now()); res.refused {
+		t.Fatal("first refused")
+	}
+	res := l.admit(in, clk.now())
+	if !res.refused || !res.keyBreach {
+		t.Fatalf("key minute limit: %+v", res)
+	}
+	// Nothing was counted for the refused request: the user's counters and
+	// the plan still show one request.
+	if got := l.users[1].rate[perMinute].requests; got != 1 {
+		t.Errorf("user minute requests = %d, want 1", got)
+	}
+	if got := l.users[1].plan[perDay].requests; got != 1 {
+		t.Errorf("plan day requests = %d, want 1", got)
+	}
+	// Another key of the same user shares the user's and the plan's counters.
+	in2 := *in
+	in2.keyID = 11
+	if res := l.admit(&in2, clk.now()); res.refused {
+		t.Fatalf("second key: %+v", res)
+	}
+	res = l.admit(&in2, clk.now())
+	if !res.refused || !res.planBreach || res.breach.period != perDay {
+		t.Fatalf("plan day limit: %+v", res)
+	}
+	msg := res.refusal("live", clk.now()).Message
+	if want := "Plan limit exceeded: Daily request limit exceeded (2) for live environment"; msg != want {
+		t.Errorf("message = %q, want %q", msg, want)
+	}
+	// Free routes do not count toward the plan.
+	in3 := in2
+	in3.countPlan = false
+	in3.keyID = 12
+	if res := l.admit(&in3, clk.now()); res.refused {
+		t.Fatalf("free route refused by the plan: %+v", res)
+	}
+}
+
+func TestLimiterEvictIdle(t *testing.T) {
+	clk := newFakeClock()
+	l := newLimiter()
+	in := &admitInput{userID: 1, keyID: 10}
+	l.admit(in, clk.now())
+	if n := l.evictIdle(clk.now().Add(11 * time.Hour)); n != 0 {
+		t.Fatalf("evicted %d entries still in their day window", n)
+	}
+	if n := l.evictIdle(clk.now().Add(12 * time.Hour)); n != 2 {
+		t.Fatalf("evicted %d, want the user and the key once the UTC day ended", n)
+	}
+	if u, k := l.size(); u != 0 || k != 0 {
+		t.Fatalf("size after eviction: %d users, %d keys", u, k)
+	}
+}
+
+func TestTightestQuotaHeaders(t *testing.T) {
+	clk := newFakeClock()
+	clk.add(20 * time.Second)
+	l := newLimiter()
+	plan := periodLimits{}
+	plan.requests[perDay] = 100
+	plan.tokens[perDay] = 10000
+	in := &admitInput{userID: 1, keyID: 10, plan: &plan, countPlan: true, est: 500,
+		keyLimits: limitsOf(storage.RateLimits{RequestsPerMinute: 60, RequestsPerHour: 1000, TokensPerHour: 100000})}
+	res := l.admit(in, clk.now())
+	h := http.Header{}
+	setRateLimitHeaders(h, res.requests, res.tokens, clk.now(), nil)
+	want := map[string]string{
+		"X-Ratelimit-Limit-Requests":     "60",
+		"X-Ratelimit-Remaining-Requests": "59",
+		"X-Ratelimit-Reset-Requests":     "40s",
+		"X-Ratelimit-Limit-Tokens":       "10000",
+		"X-Ratelimit-Remaining-Tokens":   "9500",
+		"X-Ratelimit-Reset-Tokens":       "11h59m40s",
+	}
+	for k, v := range want {
+		if got := h.Get(k); got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+	// No limit at all: no headers.
+	h = http.Header{}
+	setRateLimitHeaders(h, quota{}, quota{}, clk.now(), nil)
+	if len(h) != 0 {
+		t.Errorf("headers without limits: %v", h)
+	}
+}
+
+func TestMergeLimits(t *testing.T) {
+	admin := storage.RateLimits{RequestsPerMinute: 5}
+	key := storage.RateLimits{RequestsPerMinute: 50, TokensPerDay: 7}
+	site := storage.RateLimits{RequestsPerHour: 300, TokensPerDay: 9}
+	app := storage.RateLimits{RequestsPerMinute: 1, RequestsPerHour: 2, RequestsPerDay: 3, TokensPerMinute: 4}
+	got := mergeLimits(admin, key, site, app)
+	want := storage.RateLimits{RequestsPerMinute: 5, RequestsPerHour: 300, RequestsPerDay: 3, TokensPerMinute: 4, TokensPerDay: 7}
+	if got != want {
+		t.Errorf("mergeLimits = %+v, want %+v", got, want)
+	}
+	if mergeLimits(storage.RateLimits{}, storage.RateLimits{}, storage.RateLimits{}, storage.RateLimits{}) != (storage.RateLimits{}) {
+		t.Error("all zero must stay unlimited")
+	}
+}
+
+func TestResetString(t *testing.T) {
+	now := time.Unix(1000, 0)
+	for _, tt := range []struct {
+		d    time.Duration
+		want string
+	}{{0, "0s"}, {-time.Second, "0s"}, {time.Millisecond, "1s"}, {59*time.Second + 1, "1m0s"}, {6 * time.Minute, "6m0s"}} {
+		if got := resetString(now.Add(tt.d).UnixNano(), now); got != tt.want {
+			t.Errorf("resetString(%v) = %q, want %q", tt.d, got, tt.want)
+		}
+	}
+}
