@@ -1,0 +1,110 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http/httptest"
+	"testing"
+)
+
+// FuzzSSEScanner checks that the scanner's results do not depend on where
+// the stream is split, that without strip it never forwards anything itself,
+// and that stripping only ever removes whole lines.
+func FuzzSSEScanner(f *testing.F) {
+	f.Add([]byte(testStream), uint16(17), true)
+	f.Add([]byte(testStream), uint16(300), false)
+	f.Add([]byte("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\n\r\ndata: [DONE]"), uint16(5), true)
+	f.Add([]byte("data:{\"content\":\"\\u00e9\\\"\"}\n\n:comment\nevent: x\n"), uint16(9), true)
+	f.Fuzz(func(t *testing.T, stream []byte, cut uint16, strip bool) {
+		i := int(cut) % (len(stream) + 1)
+		whole, outWhole := runScanner(strip, [][]byte{stream})
+		split, outSplit := runScanner(strip, [][]byte{stream[:i:i], stream[i:]})
+		if !bytes.Equal(outWhole, outSplit) {
+			t.Fatalf("output depends on split at %d: %q vs %q", i, outWhole, outSplit)
+		}
+		if whole.usage != split.usage || whole.haveUsage != split.haveUsage ||
+			whole.generated != split.generated || whole.events != split.events || whole.sawDone != split.sawDone {
+			t.Fatalf("results depend on split at %d: %+v vs %+v", i, whole, split)
+		}
+		if !strip && !bytes.Equal(outWhole, stream) {
+			t.Fatal("pass-through changed the stream")
+		}
+		if strip && len(outWhole) > len(stream) {
+			t.Fatal("strip added bytes")
+		}
+		if whole.generated.ascii < 0 || whole.generated.other < 0 || whole.usage.TotalTokens < 0 {
+			t.Fatal("negative count")
+		}
+	})
+}
+
+// FuzzUsageFromJSON checks that usage extraction never panics, never
+// returns negative or inconsistent counts, and agrees with a full decode.
+func FuzzUsageFromJSON(f *testing.F) {
+	f.Add([]byte(`{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`))
+	f.Add([]byte(`{"usage":{"total_tokens":9}}`))
+	f.Add([]byte(`{"usage":null,"choices":[{"message":{"content":"usage"}}]}`))
+	f.Add([]byte(`{"usage":{"input_tokens":3,"output_tokens":"4"}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		u, ok := usageFromJSON(body)
+		if !ok {
+			if u != (usage{}) {
+				t.Fatal("usage returned without ok")
+			}
+			return
+		}
+		if u.PromptTokens < 0 || u.CompletionTokens < 0 || u.TotalTokens != u.PromptTokens+u.CompletionTokens {
+			t.Fatalf("inconsistent usage %+v", u)
+		}
+		if !json.Valid(body) {
+			t.Fatal("usage from invalid JSON")
+		}
+		if out, ok := addGatewayUsage(body, gatewayUsage{TokensCharged: u.TotalTokens}); ok && !json.Valid(out) {
+			t.Fatalf("gateway_usage broke the JSON: %q", out)
+		}
+		var tc textCounter
+		countGeneratedText(body, &tc)
+	})
+}
+
+// FuzzReadInference checks that any body gives either a 4xx or a request
+// whose rewritten body is valid JSON carrying every original field.
+func FuzzReadInference(f *testing.F) {
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}`), uint8(0))
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url"}]}],"max_tokens":5,"n":2}`), uint8(0))
+	f.Add([]byte(`{"model":"m","prompt":[[1,2],[3]],"best_of":2}`), uint8(1))
+	f.Add([]byte(`{"model":"e","input":["a","b"]}`), uint8(2))
+	f.Add([]byte(`{"model":"m","messages":[],"stream_options":{"include_usage":false,"x":[1]},"stream":true}`), uint8(0))
+	endpoints := []string{endpointChat, endpointCompletions, endpointEmbeddings}
+	f.Fuzz(func(t *testing.T, body []byte, ep uint8) {
+		endpoint := endpoints[int(ep)%len(endpoints)]
+		r := httptest.NewRequest("POST", "/v1/x", bytes.NewReader(body))
+		ir, gerr := readInference(httptest.NewRecorder(), r, endpoint, 1<<16)
+		if gerr != nil {
+			if gerr.Status < 400 || gerr.Status >= 500 {
+				t.Fatalf("status %d", gerr.Status)
+			}
+			return
+		}
+		if ir.PromptTokens < 0 || ir.MaxTokens < 0 || ir.choices < 1 {
+			t.Fatalf("bad counts %+v", ir)
+		}
+		ir.injectIncludeUsage()
+		ir.setMaxTokens(7, "max_tokens")
+		var before, after map[string]json.RawMessage
+		if err := json.Unmarshal(body, &before); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(ir.body(), &after); err != nil {
+			t.Fatalf("rewritten body invalid: %v", err)
+		}
+		for k := range before {
+			if _, ok := after[k]; !ok {
+				t.Fatalf("field %q dropped", k)
+			}
+		}
+		if _, err := parseInference(ir.body(), endpoint); err != nil {
+			t.Fatalf("rewritten body no longer valid: %+v", err)
+		}
+	})
+}

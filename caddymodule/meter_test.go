@@ -1,0 +1,138 @@
+package caddymodule
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// eventWriter records the order of header writes, body writes and flushes.
+type eventWriter struct {
+	h      http.Header
+	events []string
+	body   bytes.Buffer
+}
+
+func (e *eventWriter) Header() http.Header { return e.h }
+func (e *eventWriter) WriteHeader(s int)   { e.events = append(e.events, fmt.Sprintf("header %d", s)) }
+func (e *eventWriter) Write(p []byte) (int, error) {
+	e.events = append(e.events, "write "+string(p))
+	return e.body.Write(p)
+}
+func (e *eventWriter) Flush() { e.events = append(e.events, "flush") }
+
+func TestMeterStreamFlushesAndOrder(t *testing.T) {
+	ew := &eventWriter{h: http.Header{}}
+	var hooked []string
+	m := newMeter(ew, true, 0, func(status int) {
+		hooked = append(hooked, fmt.Sprint(status))
+		ew.h.Set("X-Gatewayz-Credits-Remaining", "42")
+	})
+	m.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+	m.Header().Set("Content-Length", "999")
+	m.WriteHeader(200)
+	rc := http.NewResponseController(m)
+	for _, chunk := range []string{
+		"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,",
+		"\"completion_tokens\":1,\"total_tokens\":2}}\n\n",
+		"data: [DONE]\n\n",
+	} {
+		if _, err := io.WriteString(m, chunk); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.finishStream()
+	want := []string{
+		"header 200",
+		"write data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n", "flush",
+		"flush", // partial usage line held: nothing written
+		"flush", // the usage event is stripped
+		"write data: [DONE]\n\n", "flush",
+	}
+	if strings.Join(ew.events, "|") != strings.Join(want, "|") {
+		t.Fatalf("events:\n got %q\nwant %q", ew.events, want)
+	}
+	if len(hooked) != 1 || ew.h.Get("X-Gatewayz-Credits-Remaining") != "42" || ew.h.Get("Content-Length") != "" {
+		t.Fatalf("header hook %v, headers %v", hooked, ew.h)
+	}
+	if !m.sse.haveUsage || m.sse.usage.TotalTokens != 2 {
+		t.Fatalf("usage %+v", m.sse.usage)
+	}
+}
+
+func TestMeterStreamRecorderFlushed(t *testing.T) {
+	rec := httptest.NewRecorder()
+	m := newMeter(rec, false, 0, nil)
+	m.Header().Set("Content-Type", "text/event-stream")
+	m.WriteHeader(200)
+	_, _ = m.Write([]byte("data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"))
+	if err := http.NewResponseController(m).Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if !rec.Flushed {
+		t.Fatal("flush did not reach the recorder")
+	}
+	if rec.Body.String() != "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n" {
+		t.Fatalf("body %q", rec.Body.String())
+	}
+}
+
+func TestMeterBuffersJSON(t *testing.T) {
+	rec := httptest.NewRecorder()
+	m := newMeter(rec, true, 0, nil)
+	m.Header().Set("Content-Type", "application/json")
+	m.Header().Set("Content-Length", "10")
+	m.WriteHeader(200)
+	// io.Copy must go through Write (ReadFrom), and a flush while
+	// buffering must not send the header.
+	if _, err := io.Copy(m, strings.NewReader(`{"usage":{"prompt_tokens":1,"completion_tokens":2}}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = http.NewResponseController(m).Flush()
+	if rec.Flushed || rec.Body.Len() != 0 {
+		t.Fatal("buffered response leaked before settlement")
+	}
+	body, ok := addGatewayUsage(m.buf.Bytes(), gatewayUsage{TokensCharged: 3})
+	if !ok {
+		t.Fatal("not a JSON object")
+	}
+	m.writeBuffered(body)
+	if rec.Code != 200 || rec.Body.String() != string(body) || rec.Header().Get("Content-Length") != fmt.Sprint(len(body)) {
+		t.Fatalf("got %d %q CL=%s", rec.Code, rec.Body.String(), rec.Header().Get("Content-Length"))
+	}
+}
+
+func TestMeterOverflow(t *testing.T) {
+	rec := httptest.NewRecorder()
+	m := newMeter(rec, true, 64, nil)
+	m.Header().Set("Content-Type", "application/json")
+	m.WriteHeader(200)
+	body := `{"data":"` + strings.Repeat("x", 200) + `","usage":{"prompt_tokens":5,"total_tokens":5}}`
+	for i := 0; i < len(body); i += 30 {
+		_, _ = m.Write([]byte(body[i:min(i+30, len(body))]))
+	}
+	if m.mode != modeOverflow || rec.Body.String() != body {
+		t.Fatalf("mode %d, body %q", m.mode, rec.Body.String())
+	}
+	if u, ok := usageFromTail(m.tail); !ok || u.TotalTokens != 5 {
+		t.Fatalf("tail usage %+v %v", u, ok)
+	}
+}
+
+func TestMeterErrorBuffered(t *testing.T) {
+	rec := httptest.NewRecorder()
+	m := newMeter(rec, true, 0, nil)
+	m.WriteHeader(500)
+	_, _ = m.Write(bytes.Repeat([]byte("e"), maxErrorBody+10))
+	if rec.Body.Len() != 0 || m.buf.Len() != maxErrorBody || m.status != 500 {
+		t.Fatalf("error body: sent %d, buffered %d", rec.Body.Len(), m.buf.Len())
+	}
+}

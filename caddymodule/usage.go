@@ -1,0 +1,256 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+)
+
+// usage is the token usage of one request.
+type usage struct {
+	PromptTokens     int64
+	CompletionTokens int64
+	TotalTokens      int64
+}
+
+// usageJSON is the OpenAI usage object. Counts are decoded as json.Number so
+// that a non-integer or negative count is rejected rather than truncated.
+type usageJSON struct {
+	PromptTokens     json.Number `json:"prompt_tokens"`
+	CompletionTokens json.Number `json:"completion_tokens"`
+	TotalTokens      json.Number `json:"total_tokens"`
+	// Anthropic-compatible names, accepted as fallbacks.
+	InputTokens  json.Number `json:"input_tokens"`
+	OutputTokens json.Number `json:"output_tokens"`
+}
+
+// normalize turns a decoded usage object into counts. It reports false when
+// the object has no usable count (all absent, negative or non-integer). A
+// total_tokens above prompt+completion (providers that count hidden tokens
+// only in the total) is billed as completion, so the charge always covers the
+// reported total, as the reference charges total_tokens.
+func (u usageJSON) normalize() (usage, bool) {
+	num := func(primary, fallback json.Number) (int64, bool) {
+		for _, n := range []json.Number{primary, fallback} {
+			if n == "" {
+				continue
+			}
+			v, err := strconv.ParseInt(string(n), 10, 64)
+			if err != nil || v < 0 || v > 1<<40 {
+				continue
+			}
+			return v, true
+		}
+		return 0, false
+	}
+	p, okP := num(u.PromptTokens, u.InputTokens)
+	c, okC := num(u.CompletionTokens, u.OutputTokens)
+	t, okT := num(u.TotalTokens, "")
+	if !okP && !okC && !okT {
+		return usage{}, false
+	}
+	if okT && t > p+c {
+		if !okP && !okC {
+			// Only a total: bill it as prompt (embeddings report this shape).
+			p = t
+		} else {
+			c = t - p
+		}
+	}
+	return usage{PromptTokens: p, CompletionTokens: c, TotalTokens: p + c}, true
+}
+
+// usageFromJSON extracts the top-level "usage" object of a JSON response
+// body. A cheap byte scan rules out bodies without a usage object before
+// anything is decoded.
+func usageFromJSON(body []byte) (usage, bool) {
+	if !hasUsageObject(body) {
+		return usage{}, false
+	}
+	var v struct {
+		Usage *usageJSON `json:"usage"`
+	}
+	if json.Unmarshal(body, &v) != nil || v.Usage == nil {
+		return usage{}, false
+	}
+	return v.Usage.normalize()
+}
+
+// usageKey is the byte pattern the scanners look for.
+var usageKey = []byte(`"usage"`)
+
+// hasUsageObject reports whether b contains "usage" followed by ':' and an
+// object (not null), by byte scan only.
+func hasUsageObject(b []byte) bool {
+	return usageObjectAt(b) >= 0
+}
+
+// usageObjectAt returns the offset of the '{' of the last "usage": {…}
+// object in b, or -1.
+func usageObjectAt(b []byte) int {
+	for end := len(b); end > 0; {
+		i := bytes.LastIndex(b[:end], usageKey)
+		if i < 0 {
+			return -1
+		}
+		j := skipSpace(b, i+len(usageKey))
+		if j < len(b) && b[j] == ':' {
+			j = skipSpace(b, j+1)
+			if j < len(b) && b[j] == '{' {
+				return j
+			}
+		}
+		end = i
+	}
+	return -1
+}
+
+// usageFromTail extracts usage from the tail of a response body too large
+// to buffer: it decodes the last "usage":{…} object found in tail.
+func usageFromTail(tail []byte) (usage, bool) {
+	i := usageObjectAt(tail)
+	if i < 0 {
+		return usage{}, false
+	}
+	var u usageJSON
+	if json.NewDecoder(bytes.NewReader(tail[i:])).Decode(&u) != nil {
+		return usage{}, false
+	}
+	return u.normalize()
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// gatewayUsage is the block added to JSON responses, as the reference did.
+type gatewayUsage struct {
+	TokensCharged    int64  `json:"tokens_charged"`
+	CreditsCharged   int64  `json:"credits_charged"`
+	UserBalanceAfter int64  `json:"user_balance_after"`
+	UserAPIKey       string `json:"user_api_key"`
+	Estimated        bool   `json:"estimated,omitempty"`
+}
+
+// addGatewayUsage returns body with a top-level "gateway_usage" member
+// appended, leaving every other byte untouched. It reports false (and
+// returns body unchanged) when body is not a JSON object.
+func addGatewayUsage(body []byte, gu gatewayUsage) ([]byte, bool) {
+	trimmed := bytes.TrimRight(body, " \t\r\n")
+	if len(trimmed) < 2 || trimmed[len(trimmed)-1] != '}' || !json.Valid(body) {
+		return body, false
+	}
+	start := skipSpace(trimmed, 0)
+	if trimmed[start] != '{' {
+		return body, false
+	}
+	block, _ := json.Marshal(gu)
+	empty := skipSpace(trimmed, start+1) == len(trimmed)-1
+	out := make([]byte, 0, len(body)+len(block)+20)
+	out = append(out, trimmed[:len(trimmed)-1]...)
+	if !empty {
+		out = append(out, ',')
+	}
+	out = append(out, `"gateway_usage":`...)
+	out = append(out, block...)
+	out = append(out, '}')
+	out = append(out, body[len(trimmed):]...)
+	return out, true
+}
+
+// generatedTextKeys are the JSON keys whose string values are generated
+// text: chat content and deltas, legacy completions text, tool-call
+// arguments, reasoning and refusals.
+var generatedTextKeys = map[string]bool{
+	"content":           true,
+	"text":              true,
+	"arguments":         true,
+	"reasoning":         true,
+	"reasoning_content": true,
+	"refusal":           true,
+}
+
+// countGeneratedText adds to tc the characters of every string value whose
+// key is in generatedTextKeys, anywhere in the JSON text b. It is a single
+// byte pass without decoding; escapes count as the character they stand for.
+// It never fails: malformed input simply counts less.
+func countGeneratedText(b []byte, tc *textCounter) {
+	for i := 0; i < len(b); {
+		if b[i] != '"' {
+			i++
+			continue
+		}
+		kStart := i + 1
+		kEnd := stringEnd(b, kStart)
+		if kEnd < 0 {
+			return
+		}
+		j := skipSpace(b, kEnd+1)
+		if j >= len(b) || b[j] != ':' {
+			i = kEnd + 1 // a string value, not a key
+			continue
+		}
+		j = skipSpace(b, j+1)
+		if j >= len(b) || b[j] != '"' {
+			i = j
+			continue
+		}
+		vEnd := stringEnd(b, j+1)
+		if vEnd < 0 {
+			return
+		}
+		if generatedTextKeys[string(b[kStart:kEnd])] {
+			countJSONString(b[j+1:vEnd], tc)
+		}
+		i = vEnd + 1
+	}
+}
+
+// stringEnd returns the index of the closing quote of the JSON string whose
+// contents start at i, or -1.
+func stringEnd(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case '\\':
+			i += 2
+		case '"':
+			return i
+		default:
+			i++
+		}
+	}
+	return -1
+}
+
+// countJSONString counts the characters of the contents of a JSON string
+// (escapes decoded: \n counts one ASCII byte, \uXXXX one character).
+func countJSONString(s []byte, tc *textCounter) {
+	for i := 0; i < len(s); {
+		if s[i] == '\\' && i+1 < len(s) {
+			if s[i+1] == 'u' && i+6 <= len(s) {
+				v, err := strconv.ParseUint(string(s[i+2:i+6]), 16, 16)
+				if err == nil && v < 0x80 {
+					tc.ascii++
+				} else if err == nil && v >= 0xDC00 && v <= 0xDFFF {
+					// low surrogate: counted with its high half
+				} else {
+					tc.other++
+				}
+				i += 6
+				continue
+			}
+			tc.ascii++
+			i += 2
+			continue
+		}
+		j := i
+		for j < len(s) && s[j] != '\\' {
+			j++
+		}
+		tc.addBytes(s[i:j])
+		i = j
+	}
+}

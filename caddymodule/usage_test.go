@@ -1,0 +1,137 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestUsageFromJSON(t *testing.T) {
+	tests := []struct {
+		name string
+		body string
+		want usage
+		ok   bool
+	}{
+		{"openai chat", `{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`, usage{10, 5, 15}, true},
+		{"embeddings", `{"data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":8,"total_tokens":8}}`, usage{8, 0, 8}, true},
+		{"total only", `{"usage":{"total_tokens":9}}`, usage{9, 0, 9}, true},
+		{"total above parts billed as completion", `{"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":9}}`, usage{4, 5, 9}, true},
+		{"total missing", `{"usage":{"prompt_tokens":4,"completion_tokens":2}}`, usage{4, 2, 6}, true},
+		{"anthropic names", `{"usage":{"input_tokens":3,"output_tokens":4}}`, usage{3, 4, 7}, true},
+		{"whitespace", "{ \"usage\" :\n { \"prompt_tokens\" : 1 , \"completion_tokens\" : 1 } }", usage{1, 1, 2}, true},
+		{"usage null", `{"usage":null}`, usage{}, false},
+		{"no usage", `{"choices":[]}`, usage{}, false},
+		{"nested usage only", `{"choices":[{"usage":{"prompt_tokens":1}}]}`, usage{}, false},
+		{"negative", `{"usage":{"prompt_tokens":-5}}`, usage{}, false},
+		{"fraction", `{"usage":{"prompt_tokens":1.5,"completion_tokens":2}}`, usage{0, 2, 2}, true},
+		{"quoted count", `{"usage":{"prompt_tokens":"7"}}`, usage{7, 0, 7}, true},
+		{"huge count", `{"usage":{"prompt_tokens":99999999999999999}}`, usage{}, false},
+		{"not json", `usage: 5`, usage{}, false},
+		{"truncated", `{"usage":{"prompt_tokens":1`, usage{}, false},
+		{"array", `[{"usage":{"prompt_tokens":1}}]`, usage{}, false},
+		{"empty", ``, usage{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := usageFromJSON([]byte(tt.body))
+			if ok != tt.ok || got != tt.want {
+				t.Errorf("usageFromJSON = %+v, %v; want %+v, %v", got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+func TestUsageFromTail(t *testing.T) {
+	body := `{"data":[` + strings.Repeat(`{"embedding":[0.1,0.2]},`, 1000) + `{"embedding":[]}],"model":"m","usage":{"prompt_tokens":42,"total_tokens":42}}`
+	got, ok := usageFromTail([]byte(body[len(body)-200:]))
+	if !ok || got != (usage{42, 0, 42}) {
+		t.Fatalf("usageFromTail = %+v, %v", got, ok)
+	}
+	if _, ok := usageFromTail([]byte(`"usage":{"prompt_tok`)); ok {
+		t.Fatal("truncated usage accepted")
+	}
+}
+
+func TestAddGatewayUsage(t *testing.T) {
+	gu := gatewayUsage{TokensCharged: 15, CreditsCharged: 15, UserBalanceAfter: 85, UserAPIKey: "gw_live_ab..."}
+	block := `"gateway_usage":{"tokens_charged":15,"credits_charged":15,"user_balance_after":85,"user_api_key":"gw_live_ab..."}`
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{`{"id":"x","usage":{"total_tokens":15}}`, `{"id":"x","usage":{"total_tokens":15},` + block + `}`, true},
+		{"{\"a\":1}\n", "{\"a\":1," + block + "}\n", true},
+		{`{}`, `{` + block + `}`, true},
+		{`{ }`, `{ ` + block + `}`, true},
+		{`[1]`, `[1]`, false},
+		{`{"a":`, `{"a":`, false},
+		{`not json}`, `not json}`, false},
+		{``, ``, false},
+	}
+	for _, tt := range tests {
+		got, ok := addGatewayUsage([]byte(tt.in), gu)
+		if ok != tt.ok || string(got) != tt.want {
+			t.Errorf("addGatewayUsage(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+		if ok && !json.Valid(got) {
+			t.Errorf("addGatewayUsage(%q) produced invalid JSON %q", tt.in, got)
+		}
+	}
+}
+
+func TestCountGeneratedText(t *testing.T) {
+	tests := []struct {
+		in           string
+		ascii, other int64
+	}{
+		{`{"choices":[{"message":{"role":"assistant","content":"Hello there"}}]}`, 11, 0},
+		{`{"choices":[{"text":"abc"},{"text":"de"}]}`, 5, 0},
+		{`{"content":"日本語"}`, 0, 3},
+		{`{"content":"\u65e5\ud83d\ude00a"}`, 1, 2},
+		{`{"content":null,"tool_calls":[{"function":{"name":"f","arguments":"{\"x\":1}"}}]}`, 7, 0},
+		{`{"reasoning_content":"ab","refusal":"c"}`, 3, 0},
+		{`{"model":"content","id":"text"}`, 0, 0}, // values named like keys
+		{`{"content":"unterminated`, 0, 0},
+		{`{"content" : "spaced"}`, 6, 0},
+		{`["content","x"]`, 0, 0},
+	}
+	for _, tt := range tests {
+		var tc textCounter
+		countGeneratedText([]byte(tt.in), &tc)
+		if tc.ascii != tt.ascii || tc.other != tt.other {
+			t.Errorf("countGeneratedText(%s) = %+v, want ascii %d other %d", tt.in, tc, tt.ascii, tt.other)
+		}
+	}
+}
+
+func TestEstimateText(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+	}{
+		{"", 0},
+		{"a", 1},
+		{"abcd", 1},
+		{"abcde", 2},
+		{"日本語", 3},
+		{"héllo", 2}, // 4 ASCII → 1, é → 1
+		{"The quick brown fox jumps over the lazy dog.", 11},
+	}
+	for _, tt := range tests {
+		if got := estimateText(tt.in); got != tt.want {
+			t.Errorf("estimateText(%q) = %d, want %d", tt.in, got, tt.want)
+		}
+	}
+}
+
+func BenchmarkUsageFromJSON(b *testing.B) {
+	body := []byte(`{"id":"chatcmpl-abc","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"` + strings.Repeat("word ", 200) + `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":120,"completion_tokens":200,"total_tokens":320}}`)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := usageFromJSON(body); !ok {
+			b.Fatal("no usage")
+		}
+	}
+}
