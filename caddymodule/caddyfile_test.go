@@ -1,0 +1,320 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+func TestGatewayUnmarshalCaddyfile(t *testing.T) {
+	tests := []struct {
+		name    string
+		input   string
+		want    Gateway
+		wantErr string
+	}{
+		{name: "bare", input: `gatewayz`, want: Gateway{}},
+		{name: "empty block", input: `gatewayz {
+		}`, want: Gateway{}},
+		{name: "all options", input: `gatewayz {
+			max_body_size 2MiB
+			free_paths /v1/files* /v1/batches/*
+			free_paths /health
+			limits {
+				requests_per_minute 60
+				requests_per_hour 1000
+				requests_per_day 10000
+				tokens_per_minute 10000
+				tokens_per_hour 100000
+				tokens_per_day 1000000
+			}
+		}`, want: Gateway{
+			MaxBodySize: 2 << 20,
+			FreePaths:   []string{"/v1/files*", "/v1/batches/*", "/health"},
+			Limits: storage.RateLimits{RequestsPerMinute: 60, RequestsPerHour: 1000, RequestsPerDay: 10000,
+				TokensPerMinute: 10000, TokensPerHour: 100000, TokensPerDay: 1000000},
+		}},
+		{name: "argument", input: `gatewayz foo`, wantErr: "wrong argument count"},
+		{name: "unknown option", input: `gatewayz {
+			bogus 1
+		}`, wantErr: `unknown gatewayz subdirective "bogus"`},
+		{name: "bad size", input: `gatewayz {
+			max_body_size lots
+		}`, wantErr: "bad max_body_size"},
+		{name: "size without value", input: `gatewayz {
+			max_body_size
+		}`, wantErr: "wrong argument count"},
+		{name: "free_paths empty", input: `gatewayz {
+			free_paths
+		}`, wantErr: "wrong argument count"},
+		{name: "negative limit", input: `gatewayz {
+			limits {
+				requests_per_minute -1
+			}
+		}`, wantErr: "non-negative integer"},
+		{name: "unknown limit", input: `gatewayz {
+			limits {
+				requests_per_week 1
+			}
+		}`, wantErr: `unknown limit "requests_per_week"`},
+		{name: "limit with two values", input: `gatewayz {
+			limits {
+				tokens_per_day 1 2
+			}
+		}`, wantErr: "wrong argument count"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var g Gateway
+			err := g.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(g, tt.want) {
+				t.Fatalf("got %+v, want %+v", g, tt.want)
+			}
+		})
+	}
+}
+
+func TestGatewayJSON(t *testing.T) {
+	g := Gateway{MaxBodySize: 1024, FreePaths: []string{"/v1/files*"}, Limits: storage.RateLimits{RequestsPerMinute: 5}}
+	raw, err := json.Marshal(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"limits":{"requests_per_minute":5,"requests_per_hour":0,"requests_per_day":0,"tokens_per_minute":0,"tokens_per_hour":0,"tokens_per_day":0},"max_body_size":1024,"free_paths":["/v1/files*"]}`
+	if string(raw) != want {
+		t.Fatalf("JSON = %s\nwant   %s", raw, want)
+	}
+}
+
+func TestGatewayValidate(t *testing.T) {
+	for _, g := range []Gateway{{FreePaths: []string{"["}}, {FreePaths: []string{""}}, {Limits: storage.RateLimits{TokensPerDay: -1}}} {
+		if err := g.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil", g)
+		}
+	}
+}
+
+func TestMatchPathGlob(t *testing.T) {
+	tests := []struct {
+		glob, path string
+		want       bool
+	}{
+		{"/v1/files*", "/v1/files", true},
+		{"/v1/files*", "/v1/files/abc/content", true},
+		{"/v1/files*", "/v1/file", false},
+		{"/v1/batches/*", "/v1/batches/b1", true},
+		{"/v1/batches/*", "/v1/batches/b1/cancel", true},
+		{"/v1/*/status", "/v1/x/status", true},
+		{"/v1/*/status", "/v1/x/y/status", false},
+		{"/health", "/health", true},
+		{"/health", "/healthz", false},
+	}
+	for _, tt := range tests {
+		if got := matchPathGlob(tt.glob, tt.path); got != tt.want {
+			t.Errorf("matchPathGlob(%q, %q) = %v, want %v", tt.glob, tt.path, got, tt.want)
+		}
+	}
+}
+
+func TestAppUnmarshalCaddyfile(t *testing.T) {
+	tests := []struct {
+		name    string
+		input   string
+		want    App
+		wantErr string
+	}{
+		{name: "bare", input: `gatewayz`, want: App{}},
+		{name: "all options", input: `gatewayz {
+			db_path {env.GATEWAYZ_DB}
+			secret {env.GATEWAYZ_SECRET}
+			admin_key {env.GATEWAYZ_ADMIN_KEY}
+			signup_credits {env.GATEWAYZ_SIGNUP_CREDITS}
+			rotation_grace 10m
+			usage_retention 90d
+			commit_window 5ms
+			lock_timeout 2s
+			no_sync
+			negative_cache_size 500
+			security_audit_per_minute 3
+			trial_models gpt-4o-mini llama-*
+			default_limits {
+				requests_per_minute 60
+				tokens_per_day 1000000
+			}
+			price gpt-4o* 2500 10000
+			price cheap 1 2
+		}`, want: App{
+			DBPath: "{env.GATEWAYZ_DB}", Secret: "{env.GATEWAYZ_SECRET}", AdminKeyValue: "{env.GATEWAYZ_ADMIN_KEY}",
+			SignupCreditsValue:  "{env.GATEWAYZ_SIGNUP_CREDITS}",
+			RotationGracePeriod: caddy.Duration(10 * 60e9), UsageRetention: caddy.Duration(90 * 24 * 3600e9),
+			CommitWindow: caddy.Duration(5e6), LockTimeout: caddy.Duration(2e9), NoSync: true,
+			NegativeCacheSize: 500, SecurityAuditPerMinute: 3,
+			TrialModels:   []string{"gpt-4o-mini", "llama-*"},
+			DefaultLimits: storage.RateLimits{RequestsPerMinute: 60, TokensPerDay: 1000000},
+			Prices:        []ModelPrice{{Model: "gpt-4o*", PromptPer1K: 2500, CompletionPer1K: 10000}, {Model: "cheap", PromptPer1K: 1, CompletionPer1K: 2}},
+		}},
+		{name: "literal signup credits", input: `gatewayz {
+			signup_credits 250
+		}`, want: App{SignupCreditsValue: "250"}},
+		{name: "zero grace", input: `gatewayz {
+			rotation_grace 0s
+		}`, want: App{}},
+		{name: "bad signup credits", input: `gatewayz {
+			signup_credits 1.5
+		}`, wantErr: "non-negative integer or a placeholder"},
+		{name: "bad duration", input: `gatewayz {
+			rotation_grace soon
+		}`, wantErr: "bad rotation_grace"},
+		{name: "price needs three args", input: `gatewayz {
+			price gpt-4o 1
+		}`, wantErr: "wrong argument count"},
+		{name: "price must be integer", input: `gatewayz {
+			price gpt-4o 0.5 1
+		}`, wantErr: "non-negative integers"},
+		{name: "bad glob", input: `gatewayz {
+			price [ 1 1
+		}`, wantErr: "bad model glob"},
+		{name: "no_sync takes no argument", input: `gatewayz {
+			no_sync yes
+		}`, wantErr: "wrong argument count"},
+		{name: "unknown option", input: `gatewayz {
+			database x
+		}`, wantErr: `unknown gatewayz option "database"`},
+		{name: "argument", input: `gatewayz x`, wantErr: "wrong argument count"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var a App
+			err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(a, tt.want) {
+				t.Fatalf("got  %+v\nwant %+v", a, tt.want)
+			}
+		})
+	}
+}
+
+func TestAppJSON(t *testing.T) {
+	a := App{DBPath: "/data/gw.db", Secret: "{env.GATEWAYZ_SECRET}", AdminKeyValue: "{env.GATEWAYZ_ADMIN_KEY}",
+		SignupCreditsValue: "500", RotationGracePeriod: caddy.Duration(60e9), Prices: []ModelPrice{{Model: "m", PromptPer1K: 1, CompletionPer1K: 2}}}
+	raw, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"db_path":"/data/gw.db","secret":"{env.GATEWAYZ_SECRET}","admin_key":"{env.GATEWAYZ_ADMIN_KEY}","signup_credits":"500",` +
+		`"default_limits":{"requests_per_minute":0,"requests_per_hour":0,"requests_per_day":0,"tokens_per_minute":0,"tokens_per_hour":0,"tokens_per_day":0},` +
+		`"prices":[{"model":"m","prompt_per_1k":1,"completion_per_1k":2}],"rotation_grace":60000000000}`
+	if string(raw) != want {
+		t.Fatalf("JSON = %s\nwant   %s", raw, want)
+	}
+	var back App
+	if err := json.Unmarshal(raw, &back); err != nil || !reflect.DeepEqual(back, a) {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+}
+
+func TestAppProvisionResolvesPlaceholders(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("GWZ_TEST_ADMIN", "admin-token")
+	t.Setenv("GWZ_TEST_CREDITS", "42")
+	t.Setenv("GWZ_TEST_DB", dir+"/sub/gw.db")
+	a := &App{DBPath: "{env.GWZ_TEST_DB}", AdminKeyValue: "{env.GWZ_TEST_ADMIN}", SignupCreditsValue: "{env.GWZ_TEST_CREDITS}", NoSync: true}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	if err := a.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Cleanup()
+	if a.AdminKey() != "admin-token" || a.SignupCredits() != 42 || a.DatabasePath() != dir+"/sub/gw.db" {
+		t.Fatalf("resolved: admin %q credits %d db %q", a.AdminKey(), a.SignupCredits(), a.DatabasePath())
+	}
+	// The config keeps the placeholders, never the resolved secrets.
+	raw, _ := json.Marshal(a)
+	if strings.Contains(string(raw), "admin-token") {
+		t.Fatalf("resolved secret in the config: %s", raw)
+	}
+	// No secret configured: a 0600 secret file beside the database, reused
+	// by a second app on the same file (which shares the open store).
+	b := &App{DBPath: dir + "/sub/gw.db", NoSync: true}
+	if err := b.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Cleanup()
+	if b.Store() != a.Store() {
+		t.Error("two apps on one file must share the store")
+	}
+	if got := b.Keyring().Hash("x"); string(got) != string(a.Keyring().Hash("x")) {
+		t.Error("the generated secret must be reused")
+	}
+
+	for _, bad := range []*App{
+		{DBPath: dir + "/c.db", SignupCreditsValue: "many"},
+		{DBPath: dir + "/d.db", Secret: "short"},
+		{DBPath: dir + "/e.db", DefaultLimits: storage.RateLimits{RequestsPerDay: -5}},
+	} {
+		if err := bad.Provision(ctx); err == nil {
+			bad.Cleanup()
+			t.Errorf("Provision(%+v) = nil, want an error", bad)
+		}
+	}
+}
+
+func TestAppReloadKeepsState(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	old := &App{DBPath: dir + "/gw.db", NoSync: true}
+	if err := old.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old.state.limiter.admit(&admitInput{userID: 1, keyID: 1}, clockNow())
+	// Reload: the new config is provisioned before the old is cleaned up.
+	next := &App{DBPath: dir + "/./gw.db", NoSync: true, SignupCreditsValue: "7"}
+	if err := next.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if next.state != old.state {
+		t.Fatal("the reloaded app must share the state")
+	}
+	if u, _ := next.state.limiter.size(); u != 1 {
+		t.Fatal("limiter state lost across the reload")
+	}
+	if err := next.Store().Ping(t.Context()); err != nil {
+		t.Fatalf("store closed after the old config's cleanup: %v", err)
+	}
+	if err := next.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Cleanup(); err != nil { // a second Cleanup is harmless
+		t.Fatal(err)
+	}
+	if err := old.state.store.Ping(t.Context()); err == nil {
+		t.Fatal("the store must be closed when the last config is cleaned up")
+	}
+}
