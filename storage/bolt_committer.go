@@ -146,8 +146,12 @@ func (c *committer) run() {
 			}
 			c.mu.Lock()
 		}
-		batch := c.queue
-		c.queue = c.spare[:0]
+		var batch []pendingOp
+		if len(c.queue) > 0 {
+			// Swap in the spare array; the two never alias, since spare is
+			// only ever the array of a batch that was fully processed.
+			batch, c.queue, c.spare = c.queue, c.spare[:0], nil
+		}
 		c.urgent = false
 		stopping := c.stopping
 		c.mu.Unlock()

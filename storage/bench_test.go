@@ -1,0 +1,109 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// benchStore opens a store with real fsync and registers users, each with
+// plenty of credit.
+func benchStore(b *testing.B, users int) (*BoltStore, []*User, []*APIKey) {
+	b.Helper()
+	s, err := Open(filepath.Join(b.TempDir(), "bench.db"), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	var us []*User
+	var ks []*APIKey
+	for i := 0; i < users; i++ {
+		u, k := register(b, s, fmt.Sprintf("bench%d@example.com", i), 1<<50)
+		us = append(us, u)
+		ks = append(ks, k)
+	}
+	return s, us, ks
+}
+
+// BenchmarkSettleDurable measures reserve+settle throughput including the
+// final Flush (every settlement durable with fsync).
+func BenchmarkSettleDurable(b *testing.B) {
+	ctx := context.Background()
+	s, us, ks := benchStore(b, 64)
+	var next atomic.Uint64
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(1))
+		for pb.Next() {
+			i++
+			u, k := us[i%len(us)], ks[i%len(ks)]
+			r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 100, MaxRequests: 1 << 40})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			rec := UsageRecord{Model: "gpt-4o-mini", PromptTokens: 20, CompletionTokens: 40, TotalTokens: 60, RequestID: "chatcmpl-0123456789", Status: 200}
+			if _, _, err := s.Settle(ctx, r, 60, rec); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	if err := s.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "settlements/s")
+	if err := s.VerifyLedger(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkReserve measures an in-memory reserve plus refund.
+func BenchmarkReserve(b *testing.B) {
+	ctx := context.Background()
+	s, us, ks := benchStore(b, 64)
+	var next atomic.Uint64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(1))
+		for pb.Next() {
+			i++
+			u, k := us[i%len(us)], ks[i%len(ks)]
+			r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 100, MaxRequests: 1 << 40})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if err := s.Refund(ctx, r); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkKeyringHash(b *testing.B) {
+	key, _ := testKeyring.Generate("live")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			testKeyring.Hash(key)
+		}
+	})
+}
+
+func BenchmarkParseKey(b *testing.B) {
+	key, _ := testKeyring.Generate("live")
+	b.ReportAllocs()
+	for b.Loop() {
+		ParseKey(key)
+	}
+}
