@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -118,4 +119,74 @@ func probe(url string, hdr map[string]string, body string) ([]byte, error) {
 		return b, fmt.Errorf("POST %s: status %d: %s", url, resp.StatusCode, bytes.TrimSpace(b))
 	}
 	return b, nil
+}
+
+// meterCheck is what the gateway charged for a few requests, read from the
+// user's balance: proof that the benchmarked path really meters and
+// settles.
+type meterCheck struct {
+	n                     int
+	jsonCharge, sseCharge float64 // credits per request
+	reservedAfter         int64
+	err                   string
+}
+
+func balance(base, key string) (credits, reserved int64, err error) {
+	req, _ := http.NewRequest("GET", base+"/user/balance", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := httpc.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	var b struct {
+		Credits  int64 `json:"credits"`
+		Reserved int64 `json:"reserved"`
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return 0, 0, fmt.Errorf("GET /user/balance: %d %s", resp.StatusCode, body)
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		return 0, 0, err
+	}
+	return b.Credits, b.Reserved, nil
+}
+
+// checkMetering sends n JSON and n SSE requests through the gateway and
+// reads how much each cost.
+func checkMetering(base string, hdr map[string]string, n int) meterCheck {
+	mc := meterCheck{n: n}
+	fail := func(err error) meterCheck { mc.err = err.Error(); return mc }
+	key := strings.TrimPrefix(hdr["Authorization"], "Bearer ")
+	b0, _, err := balance(base, key)
+	if err != nil {
+		return fail(err)
+	}
+	run := func(body string) (float64, error) {
+		for i := 0; i < n; i++ {
+			if _, err := probe(base+apiPath, hdr, body); err != nil {
+				return 0, err
+			}
+		}
+		time.Sleep(300 * time.Millisecond) // settlement may finish just after the response
+		b1, _, err := balance(base, key)
+		if err != nil {
+			return 0, err
+		}
+		d := float64(b0-b1) / float64(n)
+		b0 = b1
+		return d, nil
+	}
+	if mc.jsonCharge, err = run(jsonBody); err != nil {
+		return fail(err)
+	}
+	if mc.sseCharge, err = run(streamBody); err != nil {
+		return fail(err)
+	}
+	_, mc.reservedAfter, err = balance(base, key)
+	if err != nil {
+		return fail(err)
+	}
+	return mc
 }

@@ -241,6 +241,9 @@ func (h *harness) measure(ctx context.Context, rn runner, rep *report) error {
 	ts := h.targets()
 	for r := 0; r < h.cfg.rounds; r++ {
 		for _, l := range loads {
+			if h.cfg.only != "" && !strings.Contains(l.name, h.cfg.only) {
+				continue
+			}
 			for i := range ts {
 				t := ts[(i+r)%len(ts)]
 				s, err := h.runOne(ctx, rn, t, l)

@@ -47,6 +47,7 @@ type config struct {
 	keep       bool
 	skipGW     bool
 	noLoads    bool
+	only       string
 }
 
 func main() {
@@ -67,6 +68,7 @@ func main() {
 	flag.BoolVar(&c.profile, "profile", true, "take a CPU profile of the gateway under JSON load (extra, unmeasured run)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, Caddyfiles, profiles)")
 	flag.BoolVar(&c.skipGW, "no-gateway", false, "measure only direct and plain")
+	flag.StringVar(&c.only, "only", "", "run only the loads whose name contains this (e.g. SSE, \"32 conns\")")
 	flag.BoolVar(&c.noLoads, "no-loads", false, "skip the throughput and latency cases (streams and microbenchmarks only)")
 	flag.Parse()
 
@@ -157,6 +159,11 @@ func run(ctx context.Context, c config) error {
 	defer h.close()
 
 	rep := &report{cfg: c, machine: m}
+	if h.gateway != nil {
+		mc := checkMetering("http://"+h.gateway.addr, h.headers(), 20)
+		rep.meter = &mc
+		log.Printf("metering check: %+v", mc)
+	}
 	if !c.noLoads {
 		if err := h.measure(ctx, rn, rep); err != nil {
 			return err

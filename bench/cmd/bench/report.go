@@ -20,6 +20,7 @@ type report struct {
 	micro      []microResult
 	microErr   error
 	profileTop map[string]string
+	meter      *meterCheck
 	elapsed    time.Duration
 }
 
@@ -191,6 +192,16 @@ func (r *report) markdown() string {
 	b.WriteString("### Targets (issue #6)\n\n| check | measured | target | met |\n|---|---|---|---|\n")
 	for _, c := range r.checks() {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", c.what, c.measured, c.target, c.pass)
+	}
+
+	if mc := r.meter; mc != nil {
+		if mc.err != "" {
+			fmt.Fprintf(&b, "\nMetering check failed: %s\n", mc.err)
+		} else {
+			fmt.Fprintf(&b, "\nMetering check: %d JSON requests through the gateway cost %.1f credits each and %d SSE requests %.1f each "+
+				"(the mock reports 12+20 and 12+16 tokens; 1 credit per token); %d credits still reserved afterwards.\n",
+				mc.n, mc.jsonCharge, mc.n, mc.sseCharge, mc.reservedAfter)
+		}
 	}
 
 	b.WriteString("\n### Throughput and latency\n\nMedians over the rounds. *vs plain* is the median of the per-round req/s ratios to plain reverse_proxy. " +
