@@ -15,26 +15,28 @@ import (
 // Audit actions written by the management API. Key actions keep the
 // reference's names (create, update, delete, rotate).
 const (
-	actCreate          = "create"
-	actUpdate          = "update"
-	actDelete          = "delete"
-	actRotate          = "rotate"
-	actProfileUpdate   = "user.profile_update"
-	actAccountDelete   = "user.account_delete"
-	actAddCredits      = "admin.add_credits"
-	actSetLimits       = "admin.set_limits"
-	actAssignPlan      = "admin.assign_plan"
-	actPlanCreate      = "admin.plan_create"
-	actPlanUpdate      = "admin.plan_update"
-	actPlanDeactivate  = "admin.plan_deactivate"
-	actAdminRegister   = "user.register"
-	maxAuditLimit      = 1000
-	defaultAuditLimit  = 100
-	auditWriteTimeout  = 5 * time.Second
-	auditActorAdmin    = "admin"
-	auditActorUserFmt  = "user:%d"
-	auditActorGateway  = "gateway"
-	auditActorInternal = "system"
+	actCreate         = "create"
+	actUpdate         = "update"
+	actDelete         = "delete"
+	actRotate         = "rotate"
+	actRegister       = "user.register"
+	actProfileUpdate  = "user.profile_update"
+	actAccountDelete  = "user.account_delete"
+	actAddCredits     = "admin.add_credits"
+	actSetLimits      = "admin.set_limits"
+	actAssignPlan     = "admin.assign_plan"
+	actPlanCreate     = "admin.plan_create"
+	actPlanUpdate     = "admin.plan_update"
+	actPlanDeactivate = "admin.plan_deactivate"
+)
+
+// Audit actors and limits.
+const (
+	auditActorAdmin   = "admin"
+	auditActorUserFmt = "user:%d"
+	auditWriteTimeout = 5 * time.Second
+	defaultAuditLimit = 100
+	maxAuditLimit     = 1000
 )
 
 // adminActions are the actions listed as "recent admin actions" on the

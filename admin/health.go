@@ -9,7 +9,8 @@ import (
 )
 
 // health reports whether the store can serve (GET /health): 200
-// {"status":"healthy"} or 503 {"status":"unhealthy"}; never an error text.
+// {"status":"healthy"} or 503 {"detail","code","status":"unhealthy"}; never
+// an internal error text.
 func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
@@ -17,6 +18,7 @@ func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
 	if err := h.app.Store().Ping(ctx); err != nil {
 		h.logger.Warn("health check: store unavailable", zap.Error(err))
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+			"detail": "Store unavailable", "code": "unavailable",
 			"status": "unhealthy", "database": "unavailable", "version": version(), "timestamp": now,
 		})
 		return

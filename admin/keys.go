@@ -101,13 +101,13 @@ type createKeyRequest struct {
 // reference silently clamped it to the plan's monthly limit).
 func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
+	if !id.Key.Scopes.Allows("write", "api_keys") {
+		h.fail(w, r, errForbidden("Insufficient permissions to create API keys"))
+		return
+	}
 	var req createKeyRequest
 	if err := h.decodeJSON(w, r, &req); err != nil {
 		h.fail(w, r, err)
-		return
-	}
-	if !id.Key.Scopes.Allows("write", "api_keys") {
-		h.fail(w, r, errForbidden("Insufficient permissions to create API keys"))
 		return
 	}
 	now := h.now().UTC()

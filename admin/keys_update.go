@@ -34,13 +34,13 @@ type updateKeyRequest struct {
 // by rotating it.
 func (h *Handler) updateKey(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
+	if !id.Key.Scopes.Allows("write", "api_keys") {
+		h.fail(w, r, errForbidden("Insufficient permissions to update API keys"))
+		return
+	}
 	var req updateKeyRequest
 	if err := h.decodeJSON(w, r, &req); err != nil {
 		h.fail(w, r, err)
-		return
-	}
-	if !id.Key.Scopes.Allows("write", "api_keys") {
-		h.fail(w, r, errForbidden("Insufficient permissions to update API keys"))
 		return
 	}
 	target, err := h.ownedKey(r, id)

@@ -126,14 +126,14 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	actor := fmt.Sprintf("user:%d", u.ID)
+	actor := fmt.Sprintf(auditActorUserFmt, u.ID)
 	if byAdmin {
-		actor = "admin"
+		actor = auditActorAdmin
 	}
-	h.auditAs(r, actor, &storage.AuditEntry{UserID: u.ID, Action: "user.register", Details: map[string]any{
+	h.auditAs(r, actor, &storage.AuditEntry{UserID: u.ID, Action: actRegister, Details: map[string]any{
 		"username": username, "email": email, "auth_method": authMethod, "credits": credits,
 	}})
-	h.auditAs(r, actor, &storage.AuditEntry{UserID: u.ID, KeyID: key.ID, Action: "create", Details: map[string]any{
+	h.auditAs(r, actor, &storage.AuditEntry{UserID: u.ID, KeyID: key.ID, Action: actCreate, Details: map[string]any{
 		"key_name": key.KeyName, "key_prefix": maskedKey(key), "environment_tag": env,
 		"scope_permissions": key.Scopes, "expiration_days": nil, "max_requests": nil, "is_primary": true,
 	}})
