@@ -29,6 +29,13 @@ func parseGatewayDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	gatewayz {
 //	    max_body_size <size>
 //	    free_paths <glob...>
+//	    default_max_tokens <n>
+//	    min_completion_tokens <n>
+//	    lower_max_tokens [on|off]
+//	    max_tokens_field max_tokens|max_completion_tokens
+//	    embeddings_reserve_percent <n>
+//	    max_response_buffer <size>
+//	    settle_timeout <duration>
 //	    limits {
 //	        requests_per_minute <n>
 //	        requests_per_hour   <n>
@@ -71,6 +78,12 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		default:
+			if ok, err := g.unmarshalMeteringOption(d); ok || err != nil {
+				if err != nil {
+					return err
+				}
+				continue
+			}
 			return d.Errf("unknown gatewayz subdirective %q", d.Val())
 		}
 	}

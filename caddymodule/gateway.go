@@ -42,6 +42,11 @@ type Gateway struct {
 	// no plan counting (rate limits still count requests).
 	FreePaths []string `json:"free_paths,omitempty"`
 
+	// Metering settings (settle.go): default_max_tokens,
+	// min_completion_tokens, lower_max_tokens, max_tokens_field,
+	// embeddings_reserve_percent, max_response_buffer, settle_timeout.
+	Metering
+
 	app    *App
 	state  *sharedState
 	logger *zap.Logger
@@ -70,6 +75,10 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	}
 	g.app = app
 	g.state = app.state
+	g.provisionMetering()
+	if err := registerMetrics(ctx, g.state.store); err != nil {
+		return fmt.Errorf("gatewayz: registering metrics: %v", err)
+	}
 	return nil
 }
 
@@ -77,6 +86,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 func (g *Gateway) Validate() error {
 	if err := validateLimits(g.Limits); err != nil {
 		return fmt.Errorf("gatewayz: limits: %v", err)
+	}
+	if err := g.validateMetering(); err != nil {
+		return err
 	}
 	for _, p := range g.FreePaths {
 		if _, err := path.Match(p, ""); err != nil || p == "" {

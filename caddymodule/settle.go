@@ -1,0 +1,662 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+	"go.uber.org/zap"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// Metering holds the handler's metering settings. It is embedded in
+// Gateway, so its fields are fields of the `gatewayz` handler's JSON.
+type Metering struct {
+	// DefaultMaxTokens is the completion cap (per choice) reserved, and
+	// sent upstream as max_tokens, when the client sends none. When the
+	// balance cannot cover it, the cap is lowered to what the balance
+	// affords. Default 4096.
+	DefaultMaxTokens int64 `json:"default_max_tokens,omitempty"`
+
+	// MinCompletionTokens is the smallest completion worth sending
+	// upstream: a request whose balance cannot pay the prompt estimate
+	// plus this many completion tokens is refused with 402. Default 1.
+	MinCompletionTokens int64 `json:"min_completion_tokens,omitempty"`
+
+	// LowerMaxTokens lowers a client's own max_tokens to what the balance
+	// affords instead of refusing the request with 402. Default off.
+	LowerMaxTokens bool `json:"lower_max_tokens,omitempty"`
+
+	// MaxTokensField is the request field the gateway adds when it sets a
+	// cap the client did not send: "max_tokens" (default, understood by
+	// every OpenAI-compatible server) or "max_completion_tokens" (needed
+	// by OpenAI's reasoning models). A field the client sent is always
+	// rewritten in place.
+	MaxTokensField string `json:"max_tokens_field,omitempty"`
+
+	// EmbeddingsReservePercent is the safety factor applied to the prompt
+	// estimate of an embeddings request when reserving, in percent.
+	// Default 150.
+	EmbeddingsReservePercent int64 `json:"embeddings_reserve_percent,omitempty"`
+
+	// MaxResponseBuffer bounds the non-streaming response buffered to add
+	// gateway_usage, in bytes. A larger response is passed through as it
+	// comes (billed from the usage at its end) without gateway_usage.
+	// Default 16 MiB.
+	MaxResponseBuffer int64 `json:"max_response_buffer,omitempty"`
+
+	// SettleTimeout bounds a settlement, which runs on a context detached
+	// from the client's. Default 10s.
+	SettleTimeout caddy.Duration `json:"settle_timeout,omitempty"`
+}
+
+// Metering defaults.
+const (
+	defaultMaxTokens             = 4096
+	defaultEmbeddingsReservePct  = 150
+	defaultSettleTimeout         = 10 * time.Second
+	defaultMinCompletionTokens   = 1
+	maxReserveAttempts           = 3
+	hdrRequestID                 = "X-Request-Id"
+	hdrCreditsRemaining          = "X-Gatewayz-Credits-Remaining"
+	upstreamUnavailableMessage   = "The upstream model server is unavailable; retry shortly"
+	upstreamAuthFailedMessage    = "The upstream rejected the gateway's credentials"
+	upstreamErrorMessage         = "upstream error"
+	metricKindPrompt             = "prompt"
+	metricKindCompletion         = "completion"
+	maxTokensFieldDefault        = "max_tokens"
+	maxTokensFieldCompletionOnly = "max_completion_tokens"
+)
+
+// provisionMetering applies the defaults of the metering settings.
+func (m *Metering) provisionMetering() {
+	if m.DefaultMaxTokens <= 0 {
+		m.DefaultMaxTokens = defaultMaxTokens
+	}
+	if m.MinCompletionTokens <= 0 {
+		m.MinCompletionTokens = defaultMinCompletionTokens
+	}
+	if m.MaxTokensField == "" {
+		m.MaxTokensField = maxTokensFieldDefault
+	}
+	if m.EmbeddingsReservePercent <= 0 {
+		m.EmbeddingsReservePercent = defaultEmbeddingsReservePct
+	}
+	if m.MaxResponseBuffer <= 0 {
+		m.MaxResponseBuffer = defaultMaxResponseBuffer
+	}
+	if m.SettleTimeout <= 0 {
+		m.SettleTimeout = caddy.Duration(defaultSettleTimeout)
+	}
+}
+
+// validateMetering checks the metering settings.
+func (m *Metering) validateMetering() error {
+	switch m.MaxTokensField {
+	case "", maxTokensFieldDefault, maxTokensFieldCompletionOnly:
+	default:
+		return fmt.Errorf("gatewayz: max_tokens_field must be %q or %q", maxTokensFieldDefault, maxTokensFieldCompletionOnly)
+	}
+	if m.DefaultMaxTokens > maxTokensLimit {
+		return fmt.Errorf("gatewayz: default_max_tokens is too large")
+	}
+	eff := *m
+	eff.provisionMetering()
+	if eff.MinCompletionTokens > eff.DefaultMaxTokens {
+		return fmt.Errorf("gatewayz: min_completion_tokens exceeds default_max_tokens")
+	}
+	return nil
+}
+
+// unmarshalMeteringOption parses one metering subdirective of the gatewayz
+// Caddyfile block; it reports false when the token is not one of them.
+//
+//	default_max_tokens <n>
+//	min_completion_tokens <n>
+//	lower_max_tokens [on|off]
+//	max_tokens_field max_tokens|max_completion_tokens
+//	embeddings_reserve_percent <n>
+//	max_response_buffer <size>
+//	settle_timeout <duration>
+func (m *Metering) unmarshalMeteringOption(d *caddyfile.Dispenser) (bool, error) {
+	posInt := func(dst *int64) error {
+		var s string
+		if !d.AllArgs(&s) {
+			return d.ArgErr()
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n <= 0 {
+			return d.Errf("%s must be a positive integer, got %q", d.Val(), s)
+		}
+		*dst = n
+		return nil
+	}
+	switch d.Val() {
+	case "default_max_tokens":
+		return true, posInt(&m.DefaultMaxTokens)
+	case "min_completion_tokens":
+		return true, posInt(&m.MinCompletionTokens)
+	case "embeddings_reserve_percent":
+		return true, posInt(&m.EmbeddingsReservePercent)
+	case "lower_max_tokens":
+		args := d.RemainingArgs()
+		switch {
+		case len(args) == 0 || (len(args) == 1 && (args[0] == "on" || args[0] == "true")):
+			m.LowerMaxTokens = true
+		case len(args) == 1 && (args[0] == "off" || args[0] == "false"):
+			m.LowerMaxTokens = false
+		default:
+			return true, d.ArgErr()
+		}
+		return true, nil
+	case "max_tokens_field":
+		if !d.AllArgs(&m.MaxTokensField) {
+			return true, d.ArgErr()
+		}
+		return true, nil
+	case "max_response_buffer":
+		var s string
+		if !d.AllArgs(&s) {
+			return true, d.ArgErr()
+		}
+		n, err := humanize.ParseBytes(s)
+		if err != nil || n == 0 || n > 1<<34 {
+			return true, d.Errf("bad max_response_buffer %q", s)
+		}
+		m.MaxResponseBuffer = int64(n)
+		return true, nil
+	case "settle_timeout":
+		var s string
+		if !d.AllArgs(&s) {
+			return true, d.ArgErr()
+		}
+		dur, err := caddy.ParseDuration(s)
+		if err != nil || dur <= 0 {
+			return true, d.Errf("bad settle_timeout %q", s)
+		}
+		m.SettleTimeout = caddy.Duration(dur)
+		return true, nil
+	}
+	return false, nil
+}
+
+// reservationPlan is what admission reserves for a request.
+type reservationPlan struct {
+	credits   int64 // worst-case cost to hold
+	maxTokens int64 // when > 0, the per-choice cap to send upstream
+}
+
+// planReservation computes the worst-case cost of ir against available
+// credits. Pure: integer arithmetic only.
+//
+//   - embeddings: the prompt estimate × EmbeddingsReservePercent/100;
+//   - the client's own max_tokens: prompt + max_tokens × choices; when
+//     unaffordable, 402, or with LowerMaxTokens the cap the balance affords;
+//   - no max_tokens: prompt + DefaultMaxTokens × choices, lowered to what
+//     the balance affords;
+//   - 402 when not even MinCompletionTokens per choice is affordable.
+func (m *Metering) planReservation(p pricing, ir *inferenceRequest, available int64) (reservationPlan, *gatewayError) {
+	if ir.Endpoint == endpointEmbeddings {
+		est := (ir.PromptTokens*m.EmbeddingsReservePercent + 99) / 100
+		need := p.cost(ir.Model, est, 0)
+		if need > available {
+			return reservationPlan{}, errInsufficientCredits(fmt.Sprintf(
+				"Insufficient credits: this request needs up to %d credits, %d available", need, max(available, 0)))
+		}
+		return reservationPlan{credits: need}, nil
+	}
+	n := max(ir.choices, 1)
+	cap := ir.MaxTokens
+	clientCap := cap > 0
+	if !clientCap {
+		cap = m.DefaultMaxTokens
+	}
+	need := p.cost(ir.Model, ir.PromptTokens, cap*n)
+	if need <= available {
+		plan := reservationPlan{credits: need}
+		if !clientCap {
+			plan.maxTokens = cap
+		}
+		return plan, nil
+	}
+	afford := p.maxCompletionFor(ir.Model, ir.PromptTokens, available)
+	if afford >= 0 {
+		afford /= n
+	}
+	if afford < m.MinCompletionTokens {
+		return reservationPlan{}, errInsufficientCredits(fmt.Sprintf(
+			"Insufficient credits: the prompt (about %d tokens) and a minimal completion need more than the %d credits available",
+			ir.PromptTokens, max(available, 0)))
+	}
+	if clientCap && !m.LowerMaxTokens {
+		return reservationPlan{}, errInsufficientCredits(fmt.Sprintf(
+			"Insufficient credits: max_tokens %d needs up to %d credits, %d available; lower max_tokens to at most %d",
+			cap, need, available, afford))
+	}
+	return reservationPlan{credits: p.cost(ir.Model, ir.PromptTokens, afford*n), maxTokens: afford}, nil
+}
+
+// Refusals of the metering step.
+var (
+	errCreditsUnavail = errorf(http.StatusServiceUnavailable, "server_error", "service_unavailable",
+		"The gateway cannot check credits right now; retry shortly")
+)
+
+// reserve holds the worst-case cost of the request. A reservation lost to
+// a concurrent request (ErrInsufficientCredits after the balance said
+// otherwise) is recomputed against the new balance, a few times.
+func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (*storage.Reservation, reservationPlan, int64, *gatewayError) {
+	store := g.state.store
+	prices := g.app.Pricing()
+	var maxReq int64
+	if adm.key.MaxRequests != nil {
+		maxReq = *adm.key.MaxRequests
+	}
+	var last *gatewayError
+	for range maxReserveAttempts {
+		bal, err := store.Balance(ctx, adm.key.UserID)
+		if err != nil {
+			g.logStoreError("reading balance", err)
+			return nil, reservationPlan{}, 0, errCreditsUnavail
+		}
+		avail := bal.Available()
+		plan, gerr := cfg.planReservation(prices, adm.req, avail)
+		if gerr != nil {
+			return nil, reservationPlan{}, 0, gerr
+		}
+		res, err := store.Reserve(ctx, storage.ReserveRequest{
+			UserID: adm.key.UserID, KeyID: adm.key.ID, Credits: plan.credits, MaxRequests: maxReq,
+		})
+		switch {
+		case err == nil:
+			return res, plan, avail - plan.credits, nil
+		case errors.Is(err, storage.ErrRequestLimit):
+			return nil, reservationPlan{}, 0, errKeyRequestLimit
+		case errors.Is(err, storage.ErrInsufficientCredits):
+			last = errInsufficientCredits("Insufficient credits: concurrent requests hold the remaining balance")
+			continue
+		default:
+			g.logStoreError("reserving credits", err)
+			return nil, reservationPlan{}, 0, errCreditsUnavail
+		}
+	}
+	return nil, reservationPlan{}, 0, last
+}
+
+// proxy meters an admitted request: it reserves the worst case, rewrites
+// the body (cap, stream usage), sends it upstream through a meter, and
+// settles exactly once in a deferred step that also runs when the client
+// disconnects (reverse_proxy panics with http.ErrAbortHandler: recovered,
+// settled, re-panicked).
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, adm *admission) error {
+	delete(r.Header, hdrAuthorization)
+	delete(r.Header, hdrAPIKey)
+	if adm.req == nil { // free route: not metered
+		metricRequests.WithLabelValues("free", outcomeFree).Inc()
+		return next.ServeHTTP(w, r)
+	}
+	ir := adm.req
+	cfg := g.Metering // defaults applied to a copy: g is shared by requests
+	cfg.provisionMetering()
+	reqID := requestID(r)
+	logFields(r, zap.String("gatewayz_request_id", reqID))
+
+	res, plan, afterHold, gerr := g.reserve(r.Context(), adm, &cfg)
+	if gerr != nil {
+		outcome := outcomeInsufficient
+		switch gerr {
+		case errKeyRequestLimit:
+			outcome = outcomeRequestLimit
+		case errCreditsUnavail:
+			outcome = outcomeStoreError
+		}
+		metricRequests.WithLabelValues(ir.Endpoint, outcome).Inc()
+		adm.recordTokens(0)
+		w.Header().Set(hdrRequestID, reqID)
+		writeError(w, gerr)
+		return nil
+	}
+
+	if plan.maxTokens > 0 && plan.maxTokens != ir.MaxTokens {
+		ir.setMaxTokens(plan.maxTokens, cfg.MaxTokensField)
+	}
+	strip := ir.injectIncludeUsage()
+	up := r.Clone(r.Context()) // the access log keeps the client's request
+	up.Header.Del("Accept-Encoding")
+	ir.apply(up)
+
+	s := &settlement{
+		g: g, adm: adm, ir: ir, res: res, reqID: reqID, r: r,
+		prices: g.app.Pricing(), timeout: time.Duration(cfg.SettleTimeout),
+	}
+	remaining := strconv.FormatInt(max(afterHold, 0), 10)
+	s.m = newMeter(w, strip, int(cfg.MaxResponseBuffer), func(status int) {
+		h := w.Header()
+		h.Set(hdrRequestID, reqID)
+		if status < 400 {
+			h.Set(hdrCreditsRemaining, remaining)
+		}
+	})
+	defer func() {
+		if v := recover(); v != nil {
+			s.abort()
+			panic(v)
+		}
+	}()
+	err := next.ServeHTTP(s.m, up)
+	return s.complete(err)
+}
+
+// settlement settles one metered request exactly once.
+type settlement struct {
+	g       *Gateway
+	adm     *admission
+	ir      *inferenceRequest
+	res     *storage.Reservation
+	m       *meter
+	r       *http.Request
+	reqID   string
+	prices  pricing
+	timeout time.Duration
+	done    bool
+}
+
+// complete runs after the upstream handler returned: it answers what is
+// still to be answered (buffered bodies, errors) and settles.
+func (s *settlement) complete(err error) error {
+	m := s.m
+	if m.mode != modeNone {
+		s.observeLatency()
+	}
+	switch m.mode {
+	case modeNone:
+		if err != nil {
+			// reverse_proxy could not reach the upstream and returned an
+			// error instead of writing: answer it ourselves, in OpenAI shape.
+			status := http.StatusBadGateway
+			var he caddyhttp.HandlerError
+			if errors.As(err, &he) && he.StatusCode >= 500 && he.StatusCode < 600 {
+				status = he.StatusCode
+			}
+			if c := s.g.logger.Check(zap.WarnLevel, "upstream unavailable"); c != nil {
+				c.Write(zap.String("request_id", s.reqID), zap.Error(err))
+			}
+			s.refund(outcomeUpstreamUnavailable)
+			s.m.Header().Set(hdrRequestID, s.reqID)
+			writeError(m.ResponseWriter, errorf(status, "upstream_error", "upstream_unavailable", upstreamUnavailableMessage))
+			return nil
+		}
+		s.refund(outcomeNoContent)
+		return nil
+	case modeError:
+		s.refund(outcomeUpstreamError)
+		if m.status == 499 { // client gone before the upstream answered
+			m.ResponseWriter.WriteHeader(m.status)
+			return nil
+		}
+		s.writeUpstreamError()
+	case modeBuffer:
+		s.settleBuffered()
+	case modeStream:
+		m.finishStream()
+		s.settleStream()
+	case modeOverflow:
+		s.settleOverflow()
+	default: // 204, 3xx: nothing generated
+		s.refund(outcomeNoContent)
+	}
+	if err != nil {
+		if c := s.g.logger.Check(zap.WarnLevel, "upstream handler error after response started"); c != nil {
+			c.Write(zap.String("request_id", s.reqID), zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// abort settles when the handler panicked (client disconnect, upstream
+// read failure): what was delivered is billed, nothing is written.
+func (s *settlement) abort() {
+	if s.done {
+		return
+	}
+	switch s.m.mode {
+	case modeStream:
+		s.settleStream()
+	case modeOverflow:
+		s.settleOverflow()
+	default: // nothing delivered to the client
+		s.refund(outcomeClientClosed)
+	}
+}
+
+// settleStream bills a stream: upstream usage when it arrived, else the
+// prompt estimate plus an estimate of the text streamed; nothing when no
+// event was delivered.
+func (s *settlement) settleStream() {
+	sc := s.m.sse
+	switch {
+	case sc.haveUsage:
+		s.charge(sc.usage, false)
+	case sc.events > 0:
+		s.charge(usage{PromptTokens: s.ir.PromptTokens, CompletionTokens: sc.generated.tokens()}, true)
+	default:
+		s.refund(outcomeNoContent)
+	}
+}
+
+// settleOverflow bills a response too large to buffer from the usage at
+// its end, else from the prompt estimate.
+func (s *settlement) settleOverflow() {
+	if u, ok := usageFromTail(s.m.tail); ok {
+		s.charge(u, false)
+		return
+	}
+	s.charge(usage{PromptTokens: s.ir.PromptTokens}, true)
+}
+
+// settleBuffered bills a buffered 2xx response and sends it with the
+// gateway_usage block and a correct Content-Length.
+func (s *settlement) settleBuffered() {
+	m := s.m
+	body := m.buf.Bytes()
+	u, ok := usageFromJSON(body)
+	if !ok {
+		var tc textCounter
+		countGeneratedText(body, &tc)
+		u = usage{PromptTokens: s.ir.PromptTokens, CompletionTokens: tc.tokens()}
+	}
+	charged, balance, settled := s.charge(u, !ok)
+	h := m.Header()
+	h.Set(hdrRequestID, s.reqID)
+	if settled {
+		h.Set(hdrCreditsRemaining, strconv.FormatInt(balance, 10))
+		if out, ok := addGatewayUsage(body, gatewayUsage{
+			TokensCharged:    u.PromptTokens + u.CompletionTokens,
+			CreditsCharged:   charged,
+			UserBalanceAfter: balance,
+			UserAPIKey:       maskedKey(s.adm.key),
+			Estimated:        !ok,
+		}); ok {
+			body = out
+		}
+	} else {
+		h.Del(hdrCreditsRemaining)
+	}
+	m.writeBuffered(body)
+}
+
+// writeUpstreamError passes an upstream error on with its status. A body
+// already in OpenAI's error shape goes through unchanged; anything else is
+// replaced by a generic one, so no upstream-internal text reaches the
+// client. An upstream 401 is about the gateway's own upstream credentials:
+// it becomes a 502 without the upstream's message.
+func (s *settlement) writeUpstreamError() {
+	m := s.m
+	h := m.Header()
+	h.Set(hdrRequestID, s.reqID)
+	h.Del(hdrCreditsRemaining)
+	status := m.status
+	if status == http.StatusUnauthorized || status == http.StatusProxyAuthRequired {
+		if c := s.g.logger.Check(zap.ErrorLevel, "upstream rejected the gateway's credentials"); c != nil {
+			c.Write(zap.String("request_id", s.reqID), zap.Int("upstream_status", status))
+		}
+		s.writeWrapped(http.StatusBadGateway, errorf(http.StatusBadGateway, "upstream_error", "upstream_auth_error", upstreamAuthFailedMessage))
+		return
+	}
+	body := m.buf.Bytes()
+	if isOpenAIError(body) && h.Get("Content-Encoding") == "" {
+		h.Set("Content-Type", "application/json")
+		m.writeBuffered(body)
+		return
+	}
+	s.writeWrapped(status, errorf(status, "upstream_error", "upstream_"+strconv.Itoa(status), upstreamErrorMessage))
+}
+
+// writeWrapped replaces the upstream body by a gateway error.
+func (s *settlement) writeWrapped(status int, gerr *gatewayError) {
+	h := s.m.Header()
+	h.Del("Content-Encoding")
+	h.Del("Transfer-Encoding")
+	h.Set("Content-Type", "application/json")
+	body, _ := json.Marshal(map[string]any{"error": map[string]string{
+		"message": gerr.Message, "type": gerr.Type, "code": gerr.Code,
+	}})
+	s.m.status = status
+	s.m.writeBuffered(body)
+}
+
+// isOpenAIError reports whether body is {"error":{"message":"…",…}}.
+func isOpenAIError(body []byte) bool {
+	var v struct {
+		Error *struct {
+			Message *string `json:"message"`
+		} `json:"error"`
+	}
+	return json.Unmarshal(body, &v) == nil && v.Error != nil && v.Error.Message != nil
+}
+
+// charge settles the reservation at the cost of u. It reports the credits
+// charged, the balance after, and whether the settlement happened.
+func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok bool) {
+	if s.done {
+		return 0, 0, false
+	}
+	s.done = true
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	endpoint := s.ir.Endpoint
+	cost := s.prices.cost(s.ir.Model, u.PromptTokens, u.CompletionTokens)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.r.Context()), s.timeout)
+	defer cancel()
+	status := s.m.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	charged, balance, err := s.g.state.store.Settle(ctx, s.res, cost, storage.UsageRecord{
+		Model:            s.ir.Model,
+		PromptTokens:     u.PromptTokens,
+		CompletionTokens: u.CompletionTokens,
+		TotalTokens:      u.TotalTokens,
+		RequestID:        s.reqID,
+		Time:             time.Now(),
+		Status:           status,
+		Estimated:        estimated,
+		Endpoint:         endpoint,
+	})
+	if err != nil {
+		// ErrClosed: the store went away (a reload to another database)
+		// while this request was in flight. Never panic: log and go on.
+		s.g.logStoreError("settling a request", err, zap.String("request_id", s.reqID), zap.Int64("cost", cost))
+		metricRequests.WithLabelValues(endpoint, outcomeStoreError).Inc()
+		s.adm.recordTokens(u.TotalTokens)
+		return 0, 0, false
+	}
+	outcome := outcomeOK
+	if estimated {
+		outcome = outcomeEstimated
+	}
+	metricRequests.WithLabelValues(endpoint, outcome).Inc()
+	metricTokens.WithLabelValues(endpoint, metricKindPrompt).Add(float64(u.PromptTokens))
+	metricTokens.WithLabelValues(endpoint, metricKindCompletion).Add(float64(u.CompletionTokens))
+	metricCredits.WithLabelValues(endpoint).Add(float64(charged))
+	logFields(s.r,
+		zap.Int64("gatewayz_prompt_tokens", u.PromptTokens),
+		zap.Int64("gatewayz_completion_tokens", u.CompletionTokens),
+		zap.Int64("gatewayz_credits", charged),
+		zap.Bool("gatewayz_estimated", estimated),
+	)
+	s.adm.recordTokens(u.TotalTokens)
+	return charged, balance, true
+}
+
+// refund releases the reservation: nothing is charged.
+func (s *settlement) refund(outcome string) {
+	if s.done {
+		return
+	}
+	s.done = true
+	if err := s.g.state.store.Refund(context.WithoutCancel(s.r.Context()), s.res); err != nil {
+		s.g.logStoreError("refunding a reservation", err, zap.String("request_id", s.reqID))
+	}
+	metricRequests.WithLabelValues(s.ir.Endpoint, outcome).Inc()
+	logFields(s.r, zap.Int64("gatewayz_credits", 0))
+	s.adm.recordTokens(0)
+}
+
+func (s *settlement) observeLatency() {
+	metricUpstreamLatency.WithLabelValues(s.ir.Endpoint).Observe(s.m.firstHeader.Seconds())
+}
+
+// logStoreError logs a store failure; a closed store is expected during a
+// reload that changes the database.
+func (g *Gateway) logStoreError(msg string, err error, fields ...zap.Field) {
+	if c := g.logger.Check(zap.ErrorLevel, msg); c != nil {
+		c.Write(append(fields, zap.Error(err), zap.Bool("store_closed", errors.Is(err, storage.ErrClosed)))...)
+	}
+}
+
+// requestID is Caddy's per-request UUID ({http.request.uuid}), so the
+// access log, the usage record and the x-request-id header agree; a random
+// one when no replacer is present.
+func requestID(r *http.Request) string {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		if v, ok := repl.GetString("http.request.uuid"); ok && v != "" {
+			return v
+		}
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// logFields adds fields to this request's access-log entry.
+func logFields(r *http.Request, fields ...zap.Field) {
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		for _, f := range fields {
+			extra.Set(f)
+		}
+	}
+}
+
+// maskedKey is the display form of a key for gateway_usage: its stored
+// masked prefix, never the secret.
+func maskedKey(k *storage.APIKey) string {
+	if k == nil {
+		return ""
+	}
+	if strings.HasSuffix(k.Prefix, "...") {
+		return k.Prefix
+	}
+	return k.Prefix + "..."
+}
