@@ -293,3 +293,41 @@ func TestSecuritySummary(t *testing.T) {
 		t.Fatalf("top ips %v", ips)
 	}
 }
+
+func TestUserAuthRefusals(t *testing.T) {
+	h, app := newTestHandler(t, "")
+	key, _ := registerUser(t, h, "refusals@example.com")
+	kid := keyIDOf(t, h, key)
+
+	code, body, hdr := call(t, h, "GET", "/user/balance", "", nil)
+	if code != 401 || body["detail"] != "Not authenticated" || !strings.HasPrefix(hdr.Get("WWW-Authenticate"), "Bearer") {
+		t.Fatalf("no credentials: %d %v %v", code, body, hdr)
+	}
+	past := time.Now().Add(-time.Minute)
+	if _, err := app.Store().UpdateKey(t.Context(), kid, func(k *storage.APIKey) error {
+		k.ExpirationDate = &past
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	code, body, _ = call(t, h, "GET", "/user/balance", key, nil)
+	if code != 401 || body["detail"] != "API key has expired" {
+		t.Fatalf("expired key: %d %v", code, body)
+	}
+	if _, err := app.Store().UpdateKey(t.Context(), kid, func(k *storage.APIKey) error {
+		k.ExpirationDate = nil
+		k.IsActive = false
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	code, body, _ = call(t, h, "GET", "/user/balance", key, nil)
+	if code != 401 || body["detail"] != "API key is inactive" {
+		t.Fatalf("inactive key: %d %v", code, body)
+	}
+	// With no admin key configured the admin API is off.
+	code, body, _ = call(t, h, "GET", "/admin/balance", "", nil)
+	if code != 503 || !strings.Contains(body["detail"].(string), "GATEWAYZ_ADMIN_KEY") {
+		t.Fatalf("admin without a key: %d %v", code, body)
+	}
+}
