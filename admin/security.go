@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"slices"
@@ -123,22 +124,20 @@ func (h *Handler) securityDashboard(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	horizon := now.Add(time.Duration(within) * 24 * time.Hour)
-	expiring := []map[string]any{}
-	slices.SortFunc(keys, func(a, b *storage.APIKey) int {
-		switch {
-		case a.ExpirationDate == nil || b.ExpirationDate == nil:
-			return 0
-		case a.ExpirationDate.Before(*b.ExpirationDate):
-			return -1
-		case b.ExpirationDate.Before(*a.ExpirationDate):
-			return 1
-		}
-		return 0
-	})
+	soon := make([]*storage.APIKey, 0)
 	for _, k := range keys {
-		if !k.IsActive || k.ExpirationDate == nil || k.Expired(now) || k.ExpirationDate.After(horizon) {
-			continue
+		if k.IsActive && k.ExpirationDate != nil && !k.Expired(now) && !k.ExpirationDate.After(horizon) {
+			soon = append(soon, k)
 		}
+	}
+	slices.SortFunc(soon, func(a, b *storage.APIKey) int {
+		if c := a.ExpirationDate.Compare(*b.ExpirationDate); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	expiring := make([]map[string]any, 0, len(soon))
+	for _, k := range soon {
 		expiring = append(expiring, map[string]any{
 			"key_id": k.ID, "user_id": k.UserID, "key_name": k.KeyName, "api_key": maskedKey(k),
 			"expiration_date": k.ExpirationDate.UTC(),
