@@ -345,7 +345,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	s.m = newMeter(w, strip, int(cfg.MaxResponseBuffer), func(status int) {
 		h := w.Header()
 		h.Set(hdrRequestID, reqID)
-		if status < 400 {
+		// Streams get the balance after the reservation hold; buffered
+		// responses have set the balance after settlement already.
+		if status < 400 && h.Get(hdrCreditsRemaining) == "" {
 			h.Set(hdrCreditsRemaining, remaining)
 		}
 	})

@@ -1,0 +1,453 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+func TestPlanReservation(t *testing.T) {
+	p := pricing{{Model: "dear", PromptPer1K: 2000, CompletionPer1K: 3000}}
+	m := Metering{}
+	m.provisionMetering()
+	lower := m
+	lower.LowerMaxTokens = true
+	chat := func(model string, prompt, maxTok, n int64) *inferenceRequest {
+		return &inferenceRequest{Endpoint: endpointChat, Model: model, PromptTokens: prompt, MaxTokens: maxTok, choices: n}
+	}
+	tests := []struct {
+		name      string
+		m         Metering
+		ir        *inferenceRequest
+		avail     int64
+		credits   int64
+		maxTokens int64
+		refused   bool
+	}{
+		{"client cap affordable", m, chat("x", 10, 100, 1), 1000, 110, 0, false},
+		{"client cap × n", m, chat("x", 10, 100, 3), 1000, 310, 0, false},
+		{"client cap unaffordable: 402", m, chat("x", 10, 100, 1), 50, 0, 0, true},
+		{"client cap lowered", lower, chat("x", 10, 100, 1), 50, 50, 40, false},
+		{"client cap lowered per choice", lower, chat("x", 10, 100, 2), 50, 50, 20, false},
+		{"default cap affordable", m, chat("x", 10, 0, 1), 1_000_000, 10 + defaultMaxTokens, defaultMaxTokens, false},
+		{"default cap lowered to balance", m, chat("x", 10, 0, 1), 500, 500, 490, false},
+		{"exactly prompt + 1", m, chat("x", 10, 0, 1), 11, 11, 1, false},
+		{"prompt only: 402", m, chat("x", 10, 0, 1), 10, 0, 0, true},
+		{"nothing: 402", m, chat("x", 10, 0, 1), 0, 0, 0, true},
+		{"priced model", m, chat("dear", 10, 0, 1), 50, 50, 10, false}, // 20 + 10*3 = 50
+		{"embeddings with safety factor", m, &inferenceRequest{Endpoint: endpointEmbeddings, Model: "e", PromptTokens: 10, choices: 1}, 100, 15, 0, false},
+		{"embeddings unaffordable", m, &inferenceRequest{Endpoint: endpointEmbeddings, Model: "e", PromptTokens: 10, choices: 1}, 14, 0, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plan, gerr := tt.m.planReservation(p, tt.ir, tt.avail)
+			if tt.refused {
+				if gerr == nil || gerr.Status != http.StatusPaymentRequired {
+					t.Fatalf("want 402, got %+v %+v", plan, gerr)
+				}
+				return
+			}
+			if gerr != nil {
+				t.Fatalf("refused: %v", gerr)
+			}
+			if plan.credits != tt.credits || plan.maxTokens != tt.maxTokens {
+				t.Fatalf("plan %+v, want credits %d maxTokens %d", plan, tt.credits, tt.maxTokens)
+			}
+			if plan.credits > tt.avail {
+				t.Fatalf("reserves %d > available %d", plan.credits, tt.avail)
+			}
+		})
+	}
+}
+
+// setBalance brings a test user's balance to n with an admin adjustment.
+func setBalance(t testing.TB, e *testEnv, userID, n int64) {
+	t.Helper()
+	b, err := e.st.Balance(context.Background(), userID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := n - b.Credits; d != 0 {
+		if _, _, err := e.st.AddCredits(context.Background(), userID, d, storage.LedgerAdjust, "", "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// meterDo sends one request through the gateway to next and returns the
+// recorder and the value the handler panicked with, if any.
+func meterDo(t testing.TB, e *testEnv, target, body string, next caddyhttp.HandlerFunc, headers ...string) (rec *httptest.ResponseRecorder, panicked any) {
+	t.Helper()
+	req := httptest.NewRequest("POST", target, strings.NewReader(body))
+	req.RemoteAddr = "192.0.2.10:40000"
+	for _, h := range headers {
+		name, value, _ := strings.Cut(h, ":")
+		req.Header.Add(name, strings.TrimSpace(value))
+	}
+	rec = httptest.NewRecorder()
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, &caddyhttp.Server{})
+	defer func() { panicked = recover() }()
+	if err := e.g.ServeHTTP(rec, req, next); err != nil {
+		t.Fatalf("ServeHTTP returned %v", err)
+	}
+	return rec, nil
+}
+
+func balanceOf(t testing.TB, e *testEnv, userID int64) storage.Balance {
+	t.Helper()
+	b, err := e.st.Balance(context.Background(), userID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func usageOf(t testing.TB, e *testEnv, userID int64) []storage.UsageRecord {
+	t.Helper()
+	if err := e.st.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := e.st.ListUsage(context.Background(), storage.UsageFilter{UserID: userID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// upstreamJSON answers a chat completion with the given usage and records
+// the body it received.
+func upstreamJSON(got *[]byte, prompt, completion int) caddyhttp.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		b, _ := io.ReadAll(r.Body)
+		if got != nil {
+			*got = b
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "999") // must be corrected by the meter
+		_, err := fmt.Fprintf(w, `{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}`, prompt, completion, prompt+completion)
+		return err
+	}
+}
+
+func TestMeteredJSON(t *testing.T) {
+	e := newTestEnv(t, func(a *App, _ *Gateway) {
+		a.Prices = []ModelPrice{{Model: "dear*", PromptPer1K: 2000, CompletionPer1K: 5000}}
+	})
+	key, k := e.newKey(t, "", nil)
+	setBalance(t, e, k.UserID, 10_000)
+
+	var sent []byte
+	rec, _ := meterDo(t, e, "/v1/chat/completions",
+		`{"model":"dear-1","messages":[{"role":"user","content":"hello"}],"max_tokens":20,"logit_bias":{"50256":-100}}`,
+		upstreamJSON(&sent, 7, 3), bearer(key), "Accept-Encoding: gzip")
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if got := rec.Header().Get("Content-Length"); got != fmt.Sprint(rec.Body.Len()) {
+		t.Fatalf("Content-Length %s for a %d-byte body", got, rec.Body.Len())
+	}
+	var out struct {
+		Usage        map[string]int64 `json:"usage"`
+		GatewayUsage gatewayUsage     `json:"gateway_usage"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatal(err)
+	}
+	cost := int64((7*2000 + 3*5000 + 999) / 1000) // 29
+	if out.GatewayUsage.TokensCharged != 10 || out.GatewayUsage.CreditsCharged != cost ||
+		out.GatewayUsage.UserBalanceAfter != 10_000-cost || !strings.HasPrefix(out.GatewayUsage.UserAPIKey, k.Prefix) {
+		t.Fatalf("gateway_usage %+v", out.GatewayUsage)
+	}
+	if strings.Contains(rec.Body.String(), key) {
+		t.Fatal("plaintext key in the response")
+	}
+	if rec.Header().Get(hdrCreditsRemaining) != fmt.Sprint(10_000-cost) || rec.Header().Get(hdrRequestID) == "" {
+		t.Fatalf("headers %v", rec.Header())
+	}
+	if b := balanceOf(t, e, k.UserID); b.Credits != 10_000-cost || b.Reserved != 0 {
+		t.Fatalf("balance %+v", b)
+	}
+	// unchanged fields passed through; the client's cap kept
+	var up map[string]json.RawMessage
+	_ = json.Unmarshal(sent, &up)
+	if string(up["max_tokens"]) != "20" || string(up["logit_bias"]) != `{"50256":-100}` {
+		t.Fatalf("upstream body %s", sent)
+	}
+	if e.seen != nil && e.seen.Header.Get("Accept-Encoding") != "" {
+		t.Fatal("Accept-Encoding forwarded")
+	}
+	recs := usageOf(t, e, k.UserID)
+	if len(recs) != 1 || recs[0].Credits != cost || recs[0].PromptTokens != 7 || recs[0].CompletionTokens != 3 ||
+		recs[0].Estimated || recs[0].Endpoint != endpointChat || recs[0].RequestID != rec.Header().Get(hdrRequestID) || recs[0].Status != 200 {
+		t.Fatalf("usage records %+v", recs)
+	}
+}
+
+// sseUpstream streams a chat completion; when the request asked for
+// usage it sends the usage-only chunk. abortAfter > 0 panics like
+// reverse_proxy on a client disconnect after that many content events.
+func sseUpstream(got *[]byte, abortAfter int) caddyhttp.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		b, _ := io.ReadAll(r.Body)
+		if got != nil {
+			*got = b
+		}
+		var req struct {
+			StreamOptions struct {
+				IncludeUsage bool `json:"include_usage"`
+			} `json:"stream_options"`
+		}
+		_ = json.Unmarshal(b, &req)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		rc := http.NewResponseController(w)
+		for i, word := range []string{"Hello", " there", ", friend"} {
+			if abortAfter > 0 && i == abortAfter {
+				panic(http.ErrAbortHandler)
+			}
+			fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":%q}}]}\n\n", word)
+			_ = rc.Flush()
+		}
+		if req.StreamOptions.IncludeUsage {
+			io.WriteString(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}\n\n")
+		}
+		io.WriteString(w, "data: [DONE]\n\n")
+		return rc.Flush()
+	}
+}
+
+func TestMeteredStream(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	setBalance(t, e, k.UserID, 10_000)
+
+	for _, clientUsage := range []bool{false, true} {
+		var sent []byte
+		body := `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+		if clientUsage {
+			body = `{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`
+		}
+		before := balanceOf(t, e, k.UserID).Credits
+		rec, p := meterDo(t, e, "/v1/chat/completions", body, sseUpstream(&sent, 0), bearer(key))
+		if p != nil {
+			t.Fatal(p)
+		}
+		if !strings.Contains(string(sent), `"include_usage":true`) || !strings.Contains(string(sent), `"max_tokens":4096`) {
+			t.Fatalf("upstream body %s", sent)
+		}
+		if !rec.Flushed || !strings.HasSuffix(rec.Body.String(), "data: [DONE]\n\n") {
+			t.Fatalf("stream not flushed or not terminated: %q", rec.Body)
+		}
+		if hasUsage := strings.Contains(rec.Body.String(), `"usage"`); hasUsage != clientUsage {
+			t.Fatalf("client usage %v, stream has usage chunk %v", clientUsage, hasUsage)
+		}
+		// header set before the stream: balance after the reservation hold
+		if got := rec.Header().Get(hdrCreditsRemaining); got != fmt.Sprint(before-(4096+estimateText("hi")+msgOverheadTokens+replyPrimingTokens)) {
+			t.Fatalf("credits header %q (balance %d)", got, before)
+		}
+		if b := balanceOf(t, e, k.UserID); b.Credits != before-12 || b.Reserved != 0 {
+			t.Fatalf("balance %+v, want %d", b, before-12)
+		}
+	}
+	if recs := usageOf(t, e, k.UserID); len(recs) != 2 || recs[0].Estimated || recs[0].TotalTokens != 12 {
+		t.Fatalf("usage %+v", recs)
+	}
+}
+
+func TestMeteredStreamClientDisconnect(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	setBalance(t, e, k.UserID, 10_000)
+	rec, p := meterDo(t, e, "/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`,
+		sseUpstream(nil, 2), bearer(key))
+	if p != http.ErrAbortHandler {
+		t.Fatalf("panic %v not re-raised", p)
+	}
+	if !strings.Contains(rec.Body.String(), "there") {
+		t.Fatalf("stream %q", rec.Body)
+	}
+	prompt := estimateText("hi") + msgOverheadTokens + replyPrimingTokens
+	completion := estimateText("Hello there") // what was streamed
+	b := balanceOf(t, e, k.UserID)
+	if b.Credits != 10_000-prompt-completion || b.Reserved != 0 {
+		t.Fatalf("balance %+v, want %d", b, 10_000-prompt-completion)
+	}
+	recs := usageOf(t, e, k.UserID)
+	if len(recs) != 1 || !recs[0].Estimated || recs[0].CompletionTokens != completion {
+		t.Fatalf("usage %+v", recs)
+	}
+}
+
+func TestMeteredUpstreamErrors(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	setBalance(t, e, k.UserID, 10_000)
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5}`
+	tests := []struct {
+		name       string
+		next       caddyhttp.HandlerFunc
+		status     int
+		code       string
+		retryAfter string
+	}{
+		{"500 plain text is wrapped", func(w http.ResponseWriter, r *http.Request) error {
+			w.WriteHeader(500)
+			io.WriteString(w, "panic: internal stack trace at 10.0.0.3")
+			return nil
+		}, 500, "upstream_500", ""},
+		{"429 OpenAI error passed on with Retry-After", func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Retry-After", "7")
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(429)
+			io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}`)
+			return nil
+		}, 429, "rate_limit_exceeded", "7"},
+		{"401 upstream credentials", func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(401)
+			io.WriteString(w, `{"error":{"message":"Incorrect API key provided: sk-****abcd","type":"invalid_request_error","code":"invalid_api_key"}}`)
+			return nil
+		}, 502, "upstream_auth_error", ""},
+		{"unreachable upstream", func(w http.ResponseWriter, r *http.Request) error {
+			return caddyhttp.Error(http.StatusBadGateway, errors.New("dial tcp 127.0.0.1:9: connect: connection refused"))
+		}, 502, "upstream_unavailable", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec, p := meterDo(t, e, "/v1/chat/completions", body, tt.next, bearer(key))
+			if p != nil {
+				t.Fatal(p)
+			}
+			wantError(t, rec, tt.status, tt.code, "")
+			if strings.Contains(rec.Body.String(), "10.0.0.3") || strings.Contains(rec.Body.String(), "sk-") || strings.Contains(rec.Body.String(), "connection refused") {
+				t.Fatalf("internal text leaked: %s", rec.Body)
+			}
+			if rec.Header().Get("Retry-After") != tt.retryAfter {
+				t.Fatalf("Retry-After %q", rec.Header().Get("Retry-After"))
+			}
+			if rec.Header().Get("Content-Length") != fmt.Sprint(rec.Body.Len()) && rec.Header().Get("Content-Length") != "" {
+				t.Fatalf("Content-Length %s for %d bytes", rec.Header().Get("Content-Length"), rec.Body.Len())
+			}
+			if b := balanceOf(t, e, k.UserID); b.Credits != 10_000 || b.Reserved != 0 {
+				t.Fatalf("charged for an upstream error: %+v", b)
+			}
+		})
+	}
+	if recs := usageOf(t, e, k.UserID); len(recs) != 0 {
+		t.Fatalf("usage recorded for errors: %+v", recs)
+	}
+}
+
+func TestMeteredInsufficientCredits(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	prompt := estimateText("hi") + msgOverheadTokens + replyPrimingTokens // 8
+	setBalance(t, e, k.UserID, prompt+5)
+
+	called := false
+	next := func(w http.ResponseWriter, r *http.Request) error { called = true; return upstreamJSON(nil, 1, 1)(w, r) }
+
+	// the client's own max_tokens is unaffordable: 402, upstream not called
+	rec, _ := meterDo(t, e, "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":100}`, next, bearer(key))
+	wantError(t, rec, http.StatusPaymentRequired, "insufficient_credits", "max_tokens")
+	if called {
+		t.Fatal("upstream called on 402")
+	}
+	// no max_tokens: lowered to what the balance affords
+	var sent []byte
+	rec, _ = meterDo(t, e, "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`, upstreamJSON(&sent, 1, 1), bearer(key))
+	if rec.Code != 200 || !strings.Contains(string(sent), `"max_tokens":5`) {
+		t.Fatalf("status %d, upstream body %s", rec.Code, sent)
+	}
+	// balance now prompt+3: below prompt + 1 after another drain → 402
+	setBalance(t, e, k.UserID, prompt)
+	called = false
+	rec, _ = meterDo(t, e, "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`, next, bearer(key))
+	wantError(t, rec, http.StatusPaymentRequired, "insufficient_credits", "")
+	if called {
+		t.Fatal("upstream called on 402")
+	}
+}
+
+// TestMeteringInvariant runs 64 concurrent requests, half streaming, half
+// abandoned midway, against a balance that covers only a few: the balance
+// never goes below zero, every 200 is billed exactly once, refusals cost
+// nothing, and the ledger adds up to the balance.
+func TestMeteringInvariant(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	const start = 100
+	setBalance(t, e, k.UserID, start)
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	oks, refused, aborted := 0, 0, 0
+	for i := range 64 {
+		wg.Go(func() {
+			body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":10}`
+			next := upstreamJSON(nil, 5, 6)
+			if i%2 == 1 {
+				body = `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":10}`
+				next = sseUpstream(nil, 0)
+				if i%4 == 3 {
+					next = sseUpstream(nil, 1)
+				}
+			}
+			rec, p := meterDo(t, e, "/v1/chat/completions", body, next, bearer(key))
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case p != nil:
+				aborted++
+			case rec.Code == 200:
+				oks++
+			case rec.Code == http.StatusPaymentRequired:
+				refused++
+			default:
+				t.Errorf("unexpected status %d: %s", rec.Code, rec.Body)
+			}
+		})
+	}
+	wg.Wait()
+	b := balanceOf(t, e, k.UserID)
+	if b.Credits < 0 || b.Reserved != 0 {
+		t.Fatalf("balance %+v", b)
+	}
+	recs := usageOf(t, e, k.UserID)
+	if len(recs) != oks+aborted {
+		t.Fatalf("%d usage records for %d successes and %d billed aborts (%d refused)", len(recs), oks, aborted, refused)
+	}
+	var billed int64
+	for _, r := range recs {
+		billed += r.Credits
+	}
+	if billed != start-b.Credits {
+		t.Fatalf("records bill %d, balance moved %d", billed, start-b.Credits)
+	}
+	ledger, err := e.st.Ledger(context.Background(), k.UserID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, le := range ledger {
+		sum += le.Amount
+	}
+	if sum != b.Credits {
+		t.Fatalf("ledger sums to %d, balance %d", sum, b.Credits)
+	}
+	if oks == 0 || refused == 0 {
+		t.Fatalf("expected both successes and refusals: ok %d refused %d aborted %d", oks, refused, aborted)
+	}
+}
