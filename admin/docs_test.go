@@ -1,8 +1,10 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -13,8 +15,11 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
 	"go.uber.org/zap"
 )
 
@@ -253,6 +258,10 @@ func TestDocsOpenAPIErrorShapes(t *testing.T) {
 			want := mgmt
 			if v1 {
 				want = openai
+			}
+			if key == "GET /health" && code == "503" {
+				// Health reports its own state, in its own shape.
+				want = doc.Components.Schemas["HealthResponse"].Value
 			}
 			if media.Schema.Value != want {
 				t.Errorf("%s %s: error body is not the %s shape", key, code, map[bool]string{true: "OpenAI", false: "detail"}[v1])
@@ -517,5 +526,318 @@ func TestDocsVendoredAssets(t *testing.T) {
 	})
 	if total > 4<<20 {
 		t.Errorf("embedded documentation assets are %d bytes, over the 4 MiB budget", total)
+	}
+}
+
+// docsCall is one request of the contract scenario.
+type docsCall struct {
+	method, template string // the route, as documented
+	path             string // the request path ("" means template)
+	bearer           string
+	header           http.Header
+	body             any // JSON-encoded unless a string
+	want             int
+}
+
+// docsContract sends requests through the real handler and checks each
+// request and response against the OpenAPI document: the request is one the
+// document allows, the status is documented for the operation, the body
+// matches the documented schema, and no response object carries a field
+// the schema does not document. It records which routes answered 2xx.
+type docsContract struct {
+	t      *testing.T
+	h      *Handler
+	doc    *openapi3.T
+	served map[string]bool // "METHOD /template" answered 2xx
+}
+
+func (c *docsContract) do(call docsCall) map[string]any {
+	t := c.t
+	t.Helper()
+	p := call.path
+	if p == "" {
+		p = call.template
+	}
+	var raw []byte
+	switch b := call.body.(type) {
+	case nil:
+	case string:
+		raw = []byte(b)
+	default:
+		var err error
+		if raw, err = json.Marshal(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newReq := func() *http.Request {
+		r := httptest.NewRequest(call.method, p, bytes.NewReader(raw))
+		if raw == nil {
+			r = httptest.NewRequest(call.method, p, nil)
+		} else {
+			r.Header.Set("Content-Type", "application/json")
+		}
+		for k, v := range call.header {
+			r.Header[k] = v
+		}
+		if call.bearer != "" {
+			r.Header.Set("Authorization", "Bearer "+call.bearer)
+		}
+		return r
+	}
+	what := call.method + " " + p
+	pathItem := c.doc.Paths.Find(call.template)
+	if pathItem == nil || pathItem.GetOperation(call.method) == nil {
+		t.Fatalf("%s: %s %s is not documented", what, call.method, call.template)
+	}
+	op := pathItem.GetOperation(call.method)
+	params := map[string]string{}
+	tmpl, actual := strings.Split(call.template, "/"), strings.Split(p, "/")
+	for i, seg := range tmpl {
+		if strings.HasPrefix(seg, "{") && i < len(actual) {
+			params[strings.Trim(seg, "{}")] = strings.Join(actual[i:], "/")[:len(actual[i])]
+		}
+	}
+	input := &openapi3filter.RequestValidationInput{
+		Request:    newReq(),
+		PathParams: params,
+		Route:      &routers.Route{Spec: c.doc, Path: call.template, PathItem: pathItem, Method: call.method, Operation: op},
+		Options: &openapi3filter.Options{
+			AuthenticationFunc:    openapi3filter.NoopAuthenticationFunc,
+			IncludeResponseStatus: true,
+			MultiError:            true,
+		},
+	}
+	if call.want < 400 {
+		// Requests the handler accepts must be valid by the document.
+		if err := openapi3filter.ValidateRequest(context.Background(), input); err != nil {
+			t.Errorf("%s: request is not valid by the document: %v", what, err)
+		}
+	}
+
+	rec := httptest.NewRecorder()
+	c.h.serve(rec, newReq())
+	if rec.Code != call.want {
+		t.Fatalf("%s: status %d, want %d (body %s)", what, rec.Code, call.want, rec.Body.String())
+	}
+	if rec.Code < 300 {
+		c.served[call.method+" "+call.template] = true
+	}
+	ct := rec.Header().Get("Content-Type")
+	if !strings.HasPrefix(ct, "application/json") {
+		// Pages, assets, exports and backups: the documented media type.
+		resp := op.Responses.Status(rec.Code)
+		if resp == nil {
+			t.Errorf("%s: status %d not documented", what, rec.Code)
+			return nil
+		}
+		mt := strings.TrimSpace(strings.Split(ct, ";")[0])
+		if resp.Value.Content.Get(mt) == nil && resp.Value.Content.Get("*/*") == nil {
+			t.Errorf("%s: %d answered %s, not documented", what, rec.Code, mt)
+		}
+		return nil
+	}
+	out := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: input,
+		Status:                 rec.Code,
+		Header:                 rec.Header(),
+		Options:                input.Options,
+	}
+	out.SetBodyBytes(rec.Body.Bytes())
+	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
+		t.Errorf("%s: %d response does not match the document: %v\nbody: %s", what, rec.Code, err, rec.Body.String())
+	}
+	var body any
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	schema := op.Responses.Status(rec.Code).Value.Content.Get("application/json").Schema.Value
+	for _, f := range undocumentedFields(body, schema, "") {
+		t.Errorf("%s: %d response has the undocumented field %s", what, rec.Code, f)
+	}
+	m, _ := body.(map[string]any)
+	return m
+}
+
+// undocumentedFields lists the object fields of v that schema s does not
+// describe (objects whose schema lists properties and does not allow
+// additional ones explicitly). For oneOf/anyOf it takes the closest branch.
+func undocumentedFields(v any, s *openapi3.Schema, at string) []string {
+	if s == nil {
+		return nil
+	}
+	if alts := append(slices.Clone(s.OneOf), s.AnyOf...); len(alts) > 0 {
+		var best []string
+		for i, alt := range alts {
+			if alt.Value.Type != nil && alt.Value.Type.Is("null") {
+				if v == nil {
+					return nil
+				}
+				continue
+			}
+			got := undocumentedFields(v, alt.Value, at)
+			if i == 0 || best == nil || len(got) < len(best) {
+				best = got
+			}
+			if len(got) == 0 {
+				return nil
+			}
+		}
+		return best
+	}
+	var out []string
+	for _, sub := range s.AllOf {
+		out = append(out, undocumentedFields(v, sub.Value, at)...)
+	}
+	switch v := v.(type) {
+	case map[string]any:
+		explicit := s.AdditionalProperties.Has != nil && *s.AdditionalProperties.Has ||
+			s.AdditionalProperties.Schema != nil
+		for k, fv := range v {
+			if p, ok := s.Properties[k]; ok {
+				out = append(out, undocumentedFields(fv, p.Value, at+"."+k)...)
+				continue
+			}
+			if s.AdditionalProperties.Schema != nil {
+				out = append(out, undocumentedFields(fv, s.AdditionalProperties.Schema.Value, at+"."+k)...)
+				continue
+			}
+			if len(s.Properties) > 0 && !explicit {
+				out = append(out, at+"."+k)
+			}
+		}
+	case []any:
+		if s.Items != nil {
+			for i, item := range v {
+				out = append(out, undocumentedFields(item, s.Items.Value, fmt.Sprintf("%s[%d]", at, i))...)
+			}
+		}
+	}
+	return out
+}
+
+// The contract: every route of the route table answers, in a realistic
+// sequence, with the statuses, fields and types the document gives.
+func TestDocsResponsesMatchHandlers(t *testing.T) {
+	h, app := newTestHandler(t, testAdminKey)
+	c := &docsContract{t: t, h: h, doc: mustLoadOpenAPI(t), served: map[string]bool{}}
+	admin := testAdminKey
+
+	c.do(docsCall{method: "GET", template: "/health", want: 200})
+	c.do(docsCall{method: "GET", template: "/openapi.json", want: 200})
+	c.do(docsCall{method: "GET", template: "/docs", want: 200})
+	c.do(docsCall{method: "GET", template: "/redoc", want: 200})
+	c.do(docsCall{method: "GET", template: "/docs/assets/{file}", path: "/docs/assets/swagger-ui/swagger-ui.css", want: 200})
+	c.do(docsCall{method: "GET", template: "/docs/assets/{file}", path: "/docs/assets/nope.css", want: 404})
+
+	reg := c.do(docsCall{method: "POST", template: "/auth/register", want: 200,
+		body: map[string]any{"username": "alice", "email": "alice@example.com", "auth_method": "email", "environment_tag": "live", "key_name": "Main"}})
+	key := reg["api_key"].(string)
+	uid := int64(reg["user_id"].(float64))
+	c.do(docsCall{method: "POST", template: "/auth/register", want: 409, body: map[string]any{"username": "a2", "email": "alice@example.com"}})
+	c.do(docsCall{method: "POST", template: "/auth/register", want: 422, body: map[string]any{"username": "a3", "email": "nope"}})
+	c.do(docsCall{method: "POST", template: "/auth/register", want: 422, body: map[string]any{"username": "a4", "email": "a4@example.com", "extra": 1}})
+
+	// Plans
+	c.do(docsCall{method: "GET", template: "/plans", want: 200})
+	plan := c.do(docsCall{method: "POST", template: "/admin/plans", bearer: admin, want: 200, body: map[string]any{
+		"name": "Pro", "description": "For teams", "daily_request_limit": 1000, "monthly_request_limit": 20000,
+		"daily_token_limit": 1000000, "monthly_token_limit": 20000000, "price_per_month": 49.5,
+		"features": []string{"basic_models", "priority"}, "models": []string{"gpt-4o*"},
+	}})
+	planID := int64(plan["plan"].(map[string]any)["id"].(float64))
+	planPath := fmt.Sprintf("/plans/%d", planID)
+	c.do(docsCall{method: "POST", template: "/admin/plans", bearer: admin, want: 409, body: map[string]any{"name": "Pro"}})
+	c.do(docsCall{method: "GET", template: "/plans", want: 200})
+	c.do(docsCall{method: "GET", template: "/plans/{plan_id}", path: planPath, want: 200})
+	c.do(docsCall{method: "GET", template: "/plans/{plan_id}", path: "/plans/999999", want: 404})
+	c.do(docsCall{method: "GET", template: "/admin/plans", bearer: admin, want: 200})
+	c.do(docsCall{method: "PUT", template: "/admin/plans/{plan_id}", path: "/admin" + planPath, bearer: admin, want: 200,
+		body: map[string]any{"description": "For bigger teams"}})
+	c.do(docsCall{method: "GET", template: "/user/plan", bearer: key, want: 404})
+	c.do(docsCall{method: "GET", template: "/user/plan/entitlements", path: "/user/plan/entitlements?feature=priority", bearer: key, want: 200})
+	c.do(docsCall{method: "POST", template: "/admin/assign-plan", bearer: admin, want: 200,
+		body: map[string]any{"user_id": uid, "plan_id": planID, "duration_months": 1}})
+	c.do(docsCall{method: "GET", template: "/user/plan", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/plan/entitlements", path: "/user/plan/entitlements?feature=priority", bearer: key, want: 200})
+
+	// Usage, so the usage views have rows.
+	settle(t, app, uid, keyIDOf(t, h, key), "gpt-4o-mini", 12, 30, time.Now())
+	c.do(docsCall{method: "GET", template: "/user/plan/usage", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/monitor", path: "/user/monitor?days=7", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/balance", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/balance", want: 401})
+	c.do(docsCall{method: "GET", template: "/user/balance", bearer: "gw_live_" + strings.Repeat("x", 43), want: 401})
+
+	// Keys
+	created := c.do(docsCall{method: "POST", template: "/user/api-keys", bearer: key, want: 200, body: map[string]any{
+		"key_name": "ci", "environment_tag": "test", "scope_permissions": map[string]any{"read": []string{"*"}, "write": []string{"chat"}},
+		"expiration_days": 30, "max_requests": 100, "ip_allowlist": []string{"10.0.0.0/8", "2001:db8::1"},
+		"domain_referrers": []string{"*.example.com"}, "action": "create",
+	}})
+	ciID := int64(created["key_id"].(float64))
+	ciPath := fmt.Sprintf("/user/api-keys/%d", ciID)
+	c.do(docsCall{method: "POST", template: "/user/api-keys", bearer: key, want: 409, body: map[string]any{"key_name": "ci"}})
+	c.do(docsCall{method: "POST", template: "/user/api-keys", bearer: key, want: 400, body: map[string]any{"key_name": "x", "expiration_days": 0}})
+	c.do(docsCall{method: "POST", template: "/user/api-keys", bearer: key, want: 422, body: map[string]any{"key_name": "x", "ip_allowlist": []string{"nope"}}})
+	c.do(docsCall{method: "POST", template: "/user/api-keys", bearer: created["api_key"].(string), want: 403, body: map[string]any{"key_name": "y"}})
+	c.do(docsCall{method: "POST", template: "/user/api-keys", bearer: key, want: 200, body: map[string]any{
+		"key_name": "dated", "expiration_date": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}})
+	c.do(docsCall{method: "GET", template: "/user/api-keys", bearer: key, want: 200})
+	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 200,
+		body: map[string]any{"key_name": "ci-2", "max_requests": 50, "is_active": true}})
+	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 400, body: map[string]any{}})
+	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: "/user/api-keys/999999", bearer: key, want: 404, body: map[string]any{"key_name": "z"}})
+	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 200, body: map[string]any{"action": "rotate"}})
+	c.do(docsCall{method: "GET", template: "/user/api-keys/usage", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/api-keys/audit-logs", path: "/user/api-keys/audit-logs?limit=50&action=create", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/api-keys/audit-logs", path: "/user/api-keys/audit-logs?start_date=yesterday", bearer: key, want: 422})
+	c.do(docsCall{method: "DELETE", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 422})
+	c.do(docsCall{method: "DELETE", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 400, body: map[string]any{"confirmation": "DELETE"}})
+	c.do(docsCall{method: "DELETE", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 200, body: map[string]any{"confirmation": "DELETE_KEY"}})
+
+	// Profile
+	c.do(docsCall{method: "GET", template: "/user/profile", bearer: key, want: 200})
+	c.do(docsCall{method: "PUT", template: "/user/profile", bearer: key, want: 200,
+		body: map[string]any{"name": "Alice A.", "preferences": map[string]any{"theme": "dark"}, "settings": nil}})
+
+	// Admin
+	c.do(docsCall{method: "GET", template: "/admin/balance", want: 401})
+	c.do(docsCall{method: "GET", template: "/admin/balance", bearer: "wrong", want: 401})
+	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 200,
+		header: http.Header{"Idempotency-Key": {"topup-1"}}, body: map[string]any{"api_key": key, "credits": 500, "note": "welcome"}})
+	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 200,
+		header: http.Header{"Idempotency-Key": {"topup-1"}}, body: map[string]any{"api_key": key, "credits": 500, "note": "welcome"}})
+	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 400, body: map[string]any{"user_id": uid, "credits": 0}})
+	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 422, body: `{"user_id":1,"credits":1.5}`})
+	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 404, body: map[string]any{"user_id": 999999, "credits": 1}})
+	c.do(docsCall{method: "GET", template: "/admin/balance", path: "/admin/balance?offset=0&limit=10", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/monitor", bearer: admin, want: 200})
+	c.do(docsCall{method: "POST", template: "/admin/limit", bearer: admin, want: 200, body: map[string]any{
+		"user_id": uid, "rate_limits": map[string]any{"requests_per_minute": 10, "tokens_per_day": 100000}}})
+	c.do(docsCall{method: "GET", template: "/admin/users/{user_id}", path: fmt.Sprintf("/admin/users/%d", uid), bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/users/{user_id}", path: "/admin/users/999999", bearer: admin, want: 404})
+	c.do(docsCall{method: "GET", template: "/admin/audit-logs", path: fmt.Sprintf("/admin/audit-logs?user_id=%d&limit=100", uid), bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/audit-logs/verify", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/audit-logs/export", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/security", path: "/admin/security?expiring_within_days=30", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/backup", bearer: admin, want: 200})
+	c.do(docsCall{method: "DELETE", template: "/admin/plans/{plan_id}", path: "/admin" + planPath, bearer: admin, want: 200})
+
+	// Bulk rotation replaces the calling key too: continue with its new secret.
+	bulk := c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: fmt.Sprintf("/user/api-keys/%d", keyIDOf(t, h, key)),
+		bearer: key, want: 200, body: map[string]any{"action": "bulk_rotate"}})
+	for _, nk := range bulk["new_keys"].([]any) {
+		if m := nk.(map[string]any); m["key_name"] == "Main" {
+			key = m["new_api_key"].(string)
+		}
+	}
+	c.do(docsCall{method: "DELETE", template: "/user/account", bearer: key, want: 400, body: map[string]any{"confirmation": "yes"}})
+	c.do(docsCall{method: "DELETE", template: "/user/account", bearer: key, want: 200, body: map[string]any{"confirmation": "DELETE_ACCOUNT"}})
+	c.do(docsCall{method: "GET", template: "/user/profile", bearer: key, want: 401})
+
+	for _, rt := range h.routes() {
+		if key := rt.Method + " " + openAPIPath(rt.Pattern); !c.served[key] {
+			t.Errorf("the contract scenario never got a 2xx from %s", key)
+		}
 	}
 }
