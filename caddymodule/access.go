@@ -23,7 +23,7 @@ var (
 // refusal and, for security refusals, the audit action to record.
 func checkAccess(e *keyEntry, r *http.Request, clientIP string, inference bool) (*gatewayError, string) {
 	k := e.id.Key
-	if k.MaxRequests != nil && k.RequestsUsed >= *k.MaxRequests {
+	if k.MaxRequests != nil && k.RequestsUsed+e.admitted.Load() >= *k.MaxRequests {
 		return errKeyRequestLimit, ""
 	}
 	if e.ipRestricted && !ipAllowed(e.allow, clientIP) {

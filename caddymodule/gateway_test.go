@@ -311,6 +311,14 @@ func TestGatewayAccessRules(t *testing.T) {
 	max := int64(0)
 	capped, _ := e.newKey(t, "", func(k *storage.APIKey) { k.MaxRequests = &max })
 	wantError(t, e.do(t, "GET", "/v1/models", "", "", bearer(capped)), 429, "request_limit_reached", "API key request limit reached")
+	two := int64(2)
+	capped2, _ := e.newKey(t, "", func(k *storage.APIKey) { k.MaxRequests = &two })
+	for range 2 {
+		if rec := e.do(t, "POST", "/v1/chat/completions", chatBody, "", bearer(capped2)); rec.Code != 200 {
+			t.Fatalf("within max_requests: %d %s", rec.Code, rec.Body)
+		}
+	}
+	wantError(t, e.do(t, "POST", "/v1/chat/completions", chatBody, "", bearer(capped2)), 429, "request_limit_reached", "")
 
 	ipKey, _ := e.newKey(t, "", func(k *storage.APIKey) { k.IPAllowlist = []string{"198.51.100.0/24", "2001:db8::1"} })
 	wantError(t, e.do(t, "GET", "/v1/models", "", "192.0.2.10:1", bearer(ipKey)), 403, "ip_not_allowed", "IP address not allowed")

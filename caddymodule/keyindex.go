@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -31,6 +32,11 @@ type keyEntry struct {
 	keyID  string
 	userID string
 	env    string
+	// admitted counts metered requests admitted with this snapshot, so the
+	// max_requests check does not wait for settlements to reach the store
+	// (the exact check is store.Reserve's MaxRequests).
+	admitted atomic.Int64
+
 	// The same, boxed once for placeholders and vars (no allocation per
 	// request).
 	keyIDVal, userIDVal, envVal any

@@ -606,6 +606,9 @@ func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Hea
 		return res.refusal(a.env, now)
 	}
 	a.ends = res.ends
+	if a.planCounted {
+		a.entry.admitted.Add(1)
+	}
 	return nil
 }
 
