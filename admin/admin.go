@@ -108,6 +108,14 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 		name = fmt.Sprint(u.ID)
 	}
 	if replayed {
+		// Same key, different request: say so rather than pretend.
+		if same, err := h.sameTopUp(r.Context(), u.ID, idem, *req.Credits); err != nil {
+			h.fail(w, r, err)
+			return
+		} else if !same {
+			h.fail(w, r, errConflict("Idempotency-Key was already used for a different amount"))
+			return
+		}
 		w.Header().Set("Idempotent-Replayed", "true")
 	} else {
 		details := map[string]any{"credits": *req.Credits, "new_balance": balance}
@@ -130,6 +138,22 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 		"user_id":     u.ID,
 		"replayed":    replayed,
 	})
+}
+
+// sameTopUp reports whether the ledger entry recorded under idem added
+// amount credits. An entry that cannot be found is not held against the
+// caller.
+func (h *Handler) sameTopUp(ctx context.Context, userID int64, idem string, amount int64) (bool, error) {
+	entries, err := h.app.Store().Ledger(ctx, userID)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		if e.IdempotencyKey == idem {
+			return e.Amount == amount, nil
+		}
+	}
+	return true, nil
 }
 
 // adminBalance lists users and balances, paginated by offset and limit

@@ -578,6 +578,10 @@ func TestAPIAdminCredits(t *testing.T) {
 	if code1 != 200 || code2 != 200 || r1.int("new_balance") != 5115 || r2.int("new_balance") != 5115 || hdr2.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("idempotent add_credits: %d %v / %d %v", code1, r1, code2, r2)
 	}
+	code3, r3 := e.call("POST", "/admin/add_credits", apiAdminKey, map[string]any{"user_id": uid, "credits": 7}, "Idempotency-Key", "topup-1")
+	if code3 != 409 {
+		t.Fatalf("same Idempotency-Key, different amount: %d %v", code3, r3)
+	}
 	if bal := e.expect(200, "GET", "/user/balance", key, nil); bal.int("credits") != 5115 {
 		t.Fatalf("balance after replay %d, want 5115", bal.int("credits"))
 	}
