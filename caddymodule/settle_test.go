@@ -357,7 +357,10 @@ func TestMeteredInsufficientCredits(t *testing.T) {
 	setBalance(t, e, k.UserID, prompt+5)
 
 	called := false
-	next := func(w http.ResponseWriter, r *http.Request) error { called = true; return upstreamJSON(nil, 1, 1)(w, r) }
+	next := func(w http.ResponseWriter, r *http.Request) error {
+		called = true
+		return upstreamJSON(nil, 1, 1)(w, r)
+	}
 
 	// the client's own max_tokens is unaffordable: 402, upstream not called
 	rec, _ := meterDo(t, e, "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":100}`, next, bearer(key))
