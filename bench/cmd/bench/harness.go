@@ -16,6 +16,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gatewayz/caddy-gatewayz/bench/loadgen"
@@ -368,6 +370,9 @@ type streamResult struct {
 	openTime               time.Duration
 }
 
+// maxStreamRSS is the RSS at which the slow-stream case gives up.
+const maxStreamRSS = 6 << 30
+
 // slowStreams restarts each Caddy fresh, holds cfg.streams slow SSE streams
 // through it (the mock sends one chunk per second), and reads RSS and
 // goroutines while they are open.
@@ -391,18 +396,50 @@ func (h *harness) slowStreams(ctx context.Context, rep *report) error {
 			h.gateway = t
 		}
 		res := streamResult{target: kind, streams: int64(h.cfg.streams)}
+		// One request first, as from a user who was already active: the
+		// gateway loads per-user state on first use, and 5,000 streams
+		// opening at once on a cold process measure that instead.
+		if _, err := probe("http://"+t.addr+apiPath, h.headers(), jsonBody); err != nil {
+			t.proc.stop()
+			return fmt.Errorf("warm-up request through %s: %w", kind, err)
+		}
 		time.Sleep(time.Second)
 		res.idleRSS, _, _ = memStatus(t.proc.pid())
 		res.idleGoroutines, _ = goroutines(t.admin)
 		resetPeakRSS(t.proc.pid())
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		// The machine is shared: a Caddy that balloons is stopped rather
+		// than allowed to push everything else into swap or the OOM killer.
+		watchdog := make(chan struct{})
+		var killed atomic.Bool
+		go func() {
+			tick := time.NewTicker(200 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-watchdog:
+					return
+				case <-tick.C:
+					if rss, _, err := memStatus(t.proc.pid()); err == nil && rss > maxStreamRSS {
+						killed.Store(true)
+						_ = syscall.Kill(t.proc.pid(), syscall.SIGKILL)
+						cancel()
+						return
+					}
+				}
+			}
+		}()
 		began := time.Now()
 		hold, err := loadgen.Hold(hctx, t.addr, loadgen.BuildRequest("POST", t.addr, apiPath, hdr, []byte(streamBody)), h.cfg.streams, 64)
 		res.openTime = time.Since(began)
 		if err != nil {
+			close(watchdog)
 			cancel()
 			if hold != nil {
 				hold.Close()
+			}
+			if killed.Load() {
+				return fmt.Errorf("%s exceeded %s RSS with %d of %d streams open and was killed", kind, mib(maxStreamRSS), hold.Open(), h.cfg.streams)
 			}
 			return err
 		}
@@ -418,6 +455,14 @@ func (h *harness) slowStreams(ctx context.Context, rep *report) error {
 		if err != nil {
 			log.Printf("goroutines of %s: %v", kind, err)
 		}
+		if h.cfg.keep {
+			// Where the memory and the CPU go while the streams are open.
+			base := filepath.Join(h.dir, kind+"-streams")
+			_ = fetch(ctx, "http://"+t.admin+"/debug/pprof/heap", base+"-heap.pprof")
+			_ = fetch(ctx, "http://"+t.admin+"/debug/pprof/goroutine?debug=1", base+"-goroutines.txt")
+			_ = fetch(ctx, "http://"+t.admin+"/debug/pprof/profile?seconds=3", base+"-cpu.pprof")
+		}
+		close(watchdog)
 		hold.Close()
 		cancel()
 		log.Printf("%d slow streams through %s: open %d failed %d, RSS %s (idle %s, peak %s), goroutines %d (idle %d), opened in %s",
