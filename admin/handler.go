@@ -5,6 +5,7 @@ package admin
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"runtime/debug"
 	"time"
@@ -79,7 +80,7 @@ func (h *Handler) setup(app backend, logger *zap.Logger) {
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
 	if h.MaxBodyBytes < 0 {
-		return errValidation("max_body_bytes must not be negative")
+		return fmt.Errorf("gatewayz_api: max_body_bytes must not be negative, got %d", h.MaxBodyBytes)
 	}
 	return nil
 }
