@@ -79,7 +79,8 @@ type seenRequest struct {
 
 // fakeOpenAI is an OpenAI-compatible upstream: chat/completions,
 // completions and embeddings answer JSON with fixed usage (prompt 4,
-// completion 6, total 10 tokens); GET /v1/models lists two models.
+// completion 6, total 10 tokens); GET /v1/models lists two models. Every
+// answer carries an upstream X-Ratelimit-Limit-Requests of 999999.
 type fakeOpenAI struct {
 	*httptest.Server
 	mu   sync.Mutex
@@ -102,6 +103,8 @@ func (f *fakeOpenAI) serve(w http.ResponseWriter, r *http.Request) {
 	f.seen = append(f.seen, seenRequest{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Body: body})
 	f.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
+	// Real upstreams send their own limits; the gateway's must win.
+	w.Header().Set("X-Ratelimit-Limit-Requests", "999999")
 	switch r.URL.Path {
 	case "/v1/models":
 		io.WriteString(w, `{"object":"list","data":[{"id":"gpt-4o-mini","object":"model"},{"id":"llama-3","object":"model"}]}`)
@@ -175,6 +178,8 @@ http://localhost:9080 {
 		}
 		reverse_proxy %s {
 			header_up Authorization "Bearer %s"
+			# the upstream's own rate-limit headers would duplicate ours
+			header_down -x-ratelimit-*
 		}
 	}
 	handle {
