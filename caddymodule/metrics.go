@@ -74,10 +74,15 @@ const (
 // handler), and points the open-reservations gauge at store.
 func registerMetrics(ctx caddy.Context, store storage.Store) error {
 	metricsStore.Store(storeHolder{store})
-	reg := ctx.GetMetricsRegistry()
-	if reg == nil {
-		return nil
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		return registerCollectors(reg)
 	}
+	return nil
+}
+
+// registerCollectors registers the collectors into reg, tolerating ones
+// already there.
+func registerCollectors(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricOpenReservations} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
