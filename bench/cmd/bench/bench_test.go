@@ -131,3 +131,24 @@ func TestProcReaders(t *testing.T) {
 		t.Fatalf("rss %d hwm %d err %v", rss, hwm, err)
 	}
 }
+
+func TestParsePprofCum(t *testing.T) {
+	text := `File: caddy
+Duration: 5s, Total samples = 3.10s (61.98%)
+      flat  flat%   sum%        cum   cum%
+     0.03s  0.97%  0.97%      1.94s 62.58%  net/http.(*conn).serve
+         0     0%  1.29%      1.19s 38.39%  github.com/gatewayz/caddy-gatewayz/caddymodule.(*Gateway).ServeHTTP
+         0     0% 20.00%      0.52s 16.77%  github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy.(*Handler).ServeHTTP
+     0.01s  0.3% 20.30%       90ms  2.90%  runtime.gcBgMarkWorker
+`
+	total, cum := parsePprofCum(text)
+	if total != 3.10 || cum["net/http.(*conn).serve"] != 1.94 || cum["runtime.gcBgMarkWorker"] != 0.09 {
+		t.Fatalf("total %v cum %v", total, cum)
+	}
+	p := profiled{load: "JSON 32 conns", target: "gateway", requests: 1000, total: total, cum: cum}
+	md := breakdownMarkdown([]profiled{p})
+	// (1.19 - 0.52) s over 1000 requests = 670 µs per request.
+	if !strings.Contains(md, "| · gateway handler, outside reverse_proxy | n/a | 670 | n/a |") {
+		t.Fatalf("breakdown:\n%s", md)
+	}
+}

@@ -306,33 +306,69 @@ func (h *harness) runOne(ctx context.Context, rn runner, t *target, l load) (mea
 	return m, nil
 }
 
-// profileGateway takes CPU profiles of the gateway under JSON and SSE load
-// at 32 connections (extra runs, not part of the table) and returns the
-// top functions of each.
-func (h *harness) profileGateway(ctx context.Context, rn runner) (map[string]string, error) {
+// profiled is a CPU profile of one Caddy under one load.
+type profiled struct {
+	load, target string
+	requests     int64
+	seconds      float64            // profiled time
+	cum          map[string]float64 // function -> cumulative CPU seconds
+	total        float64            // CPU seconds sampled
+	top          string             // pprof -top (flat) text
+}
+
+// profileTargets takes CPU profiles of plain and gateway under JSON and
+// SSE load at 32 connections (extra runs, not part of the table), so the
+// report can say per request where the gateway's extra CPU goes.
+func (h *harness) profileTargets(ctx context.Context, rn runner) ([]profiled, error) {
 	secs := max(5, int(h.cfg.duration/time.Second))
-	out := map[string]string{}
+	var out []profiled
 	for _, l := range loads[:2] {
-		file := filepath.Join(h.dir, "gateway-"+strings.ReplaceAll(strings.ToLower(l.name), " ", "-")+".pprof")
-		errc := make(chan error, 1)
-		go func() {
-			errc <- fetch(ctx, "http://"+h.gateway.admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), file)
-		}()
-		if _, err := rn.run(ctx, h.gateway.addr, h.headers(), l, 500*time.Millisecond, time.Duration(secs+1)*time.Second); err != nil {
-			return out, err
+		for _, t := range []*target{h.plain, h.gateway} {
+			if t == nil {
+				continue
+			}
+			file := filepath.Join(h.dir, t.name+"-"+strings.ReplaceAll(strings.ToLower(l.name), " ", "-")+".pprof")
+			// The load starts first and outlasts the profile by a second.
+			type res struct {
+				s   sample
+				err error
+			}
+			done := make(chan res, 1)
+			go func() {
+				s, err := rn.run(ctx, t.addr, h.headers(), l, 0, time.Duration(secs+2)*time.Second)
+				done <- res{s, err}
+			}()
+			time.Sleep(time.Second)
+			// Where requests wait (off-CPU): a goroutine dump mid-run.
+			dump := time.AfterFunc(time.Duration(secs)*time.Second/2, func() {
+				_ = fetch(ctx, "http://"+t.admin+"/debug/pprof/goroutine?debug=1", strings.TrimSuffix(file, ".pprof")+"-goroutines.txt")
+			})
+			perr := fetch(ctx, "http://"+t.admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), file)
+			dump.Stop()
+			r := <-done
+			if r.err != nil {
+				return out, r.err
+			}
+			if perr != nil {
+				return out, perr
+			}
+			top, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=30", h.caddyBin, file).CombinedOutput()
+			if err != nil {
+				return out, fmt.Errorf("pprof: %v: %s", err, top)
+			}
+			cum, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=100000", h.caddyBin, file).CombinedOutput()
+			if err != nil {
+				return out, fmt.Errorf("pprof: %v: %s", err, cum)
+			}
+			_ = os.WriteFile(file+".top.txt", top, 0o644)
+			_ = os.WriteFile(file+".cum.txt", cum, 0o644)
+			p := profiled{load: l.name, target: t.name, seconds: float64(secs), top: string(top)}
+			p.total, p.cum = parsePprofCum(string(cum))
+			// Requests during the profile: the run's rate over the profiled seconds.
+			p.requests = int64(r.s.rps * float64(secs))
+			out = append(out, p)
+			log.Printf("profile of %s under %s: %s", t.name, l.name, file)
 		}
-		if err := <-errc; err != nil {
-			return out, err
-		}
-		top, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=30", h.caddyBin, file).CombinedOutput()
-		if err != nil {
-			return out, fmt.Errorf("pprof: %v: %s", err, top)
-		}
-		out[l.name] = string(top)
-		cum, _ := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=60", h.caddyBin, file).CombinedOutput()
-		_ = os.WriteFile(file+".cum.txt", cum, 0o644)
-		_ = os.WriteFile(file+".top.txt", top, 0o644)
-		log.Printf("profile of the gateway under %s: %s", l.name, file)
 	}
 	return out, nil
 }

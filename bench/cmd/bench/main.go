@@ -169,12 +169,12 @@ func run(ctx context.Context, c config) error {
 			return err
 		}
 	}
-	if c.profile && h.gateway != nil {
-		if top, err := h.profileGateway(ctx, rn); err != nil {
+	if c.profile {
+		ps, err := h.profileTargets(ctx, rn)
+		if err != nil {
 			log.Printf("profile: %v", err)
-		} else {
-			rep.profileTop = top
 		}
+		rep.profiles = ps
 	}
 	if c.streams > 0 {
 		if err := h.slowStreams(ctx, rep); err != nil {

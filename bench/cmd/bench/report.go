@@ -13,15 +13,15 @@ import (
 )
 
 type report struct {
-	cfg        config
-	machine    machine
-	samples    map[string]map[string][]measured // load -> target -> rounds
-	streams    []streamResult
-	micro      []microResult
-	microErr   error
-	profileTop map[string]string
-	meter      *meterCheck
-	elapsed    time.Duration
+	cfg      config
+	machine  machine
+	samples  map[string]map[string][]measured // load -> target -> rounds
+	streams  []streamResult
+	micro    []microResult
+	microErr error
+	profiles []profiled
+	meter    *meterCheck
+	elapsed  time.Duration
 }
 
 func (r *report) add(load, target string, m measured) {
@@ -298,11 +298,13 @@ func (r *report) markdown() string {
 		}
 	}
 
-	if len(r.profileTop) > 0 {
-		b.WriteString("\n### CPU profile of the gateway process (flat, top 30)\n")
-		for _, l := range loads[:2] {
-			if t, ok := r.profileTop[l.name]; ok {
-				fmt.Fprintf(&b, "\n%s:\n\n```\n%s```\n", l.name, trimPprofHeader(t))
+	if len(r.profiles) > 0 {
+		b.WriteString("\n### Where the CPU goes (profiles of extra runs at 32 connections)\n")
+		b.WriteString(breakdownMarkdown(r.profiles))
+		b.WriteString("\nGateway process, flat top 30:\n")
+		for _, p := range r.profiles {
+			if p.target == "gateway" {
+				fmt.Fprintf(&b, "\n%s:\n\n```\n%s```\n", p.load, trimPprofHeader(p.top))
 			}
 		}
 	}
