@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,6 +21,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
 
 	_ "github.com/gatewayz/caddy-gatewayz/admin"
 	_ "github.com/gatewayz/caddy-gatewayz/caddymodule"
@@ -40,8 +44,8 @@ const (
 )
 
 // docsCaddyfile serves the management API (with its docs) and the gateway's
-// /v1 routes, as Caddyfile.example does. The upstream is never reached:
-// every /v1 request here is refused before proxying.
+// /v1 routes, as Caddyfile.example does, in front of the upstream given
+// (127.0.0.1:9, a closed port, when a test never gets that far).
 const docsCaddyfile = `{
 	skip_install_trust
 	admin localhost:2999
@@ -57,7 +61,7 @@ const docsCaddyfile = `{
 http://localhost:9080 {
 	handle /v1/* {
 		gatewayz
-		reverse_proxy 127.0.0.1:9
+		reverse_proxy %s
 	}
 	handle {
 		gatewayz_api
@@ -83,12 +87,17 @@ func findChromium(t *testing.T) string {
 // Caddy's HOME and XDG directories in a temporary directory.
 func startDocsCaddy(t *testing.T) *caddytest.Tester {
 	t.Helper()
+	return startDocsCaddyUpstream(t, "127.0.0.1:9")
+}
+
+func startDocsCaddyUpstream(t *testing.T, upstream string) *caddytest.Tester {
+	t.Helper()
 	dir := t.TempDir()
 	for _, v := range []string{"HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"} {
 		t.Setenv(v, dir)
 	}
 	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(docsCaddyfile, filepath.Join(dir, "gatewayz.db")), "caddyfile")
+	tester.InitServer(fmt.Sprintf(docsCaddyfile, filepath.Join(dir, "gatewayz.db"), upstream), "caddyfile")
 	return tester
 }
 
@@ -387,3 +396,159 @@ func stripZeroWidth(s string) string { return zeroWidth.Replace(s) }
 var htmlEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
 
 func htmlEscape(s string) string { return htmlEscaper.Replace(s) }
+
+// docsUpstream is an OpenAI-compatible upstream with fixed answers.
+func docsUpstream(t *testing.T) *httptest.Server {
+	t.Helper()
+	answers := map[string]string{
+		"POST /v1/chat/completions": `{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini",` +
+			`"choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],` +
+			`"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}`,
+		"POST /v1/completions": `{"id":"cmpl-1","object":"text_completion","created":1,"model":"gpt-3.5-turbo-instruct",` +
+			`"choices":[{"index":0,"text":"Hi","finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}`,
+		"POST /v1/embeddings": `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],` +
+			`"model":"text-embedding-3-small","usage":{"prompt_tokens":3,"total_tokens":3}}`,
+		"GET /v1/models":             `{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"openai"}]}`,
+		"GET /v1/models/gpt-4o-mini": `{"id":"gpt-4o-mini","object":"model","owned_by":"openai"}`,
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		answer, ok := answers[r.Method+" "+r.URL.Path]
+		if !ok {
+			http.Error(w, `{"error":{"message":"no such route","type":"invalid_request_error","code":null}}`, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, answer)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// Real /v1 answers of the gateway (through a fake upstream) match the
+// document: status, body schema, gateway_usage and the metering headers.
+func TestDocsGatewayResponsesMatchDocument(t *testing.T) {
+	if testing.Short() {
+		t.Skip("caddytest is skipped in -short mode")
+	}
+	upstream := docsUpstream(t)
+	tester := startDocsCaddyUpstream(t, strings.TrimPrefix(upstream.URL, "http://"))
+
+	resp, err := tester.Client.Get(docsBase + "/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	doc, err := openapi3.NewLoader().LoadFromData(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body := docsRequestBody(t, tester, "POST", "/auth/register", "",
+		`{"username":"docs","email":"docs@example.com"}`)
+	if status != 200 {
+		t.Fatalf("register: %d %s", status, body)
+	}
+	var reg struct {
+		APIKey string `json:"api_key"`
+	}
+	if err := json.Unmarshal([]byte(body), &reg); err != nil || reg.APIKey == "" {
+		t.Fatalf("register answer %s", body)
+	}
+
+	for _, c := range []struct {
+		method, template, path, body string
+		want                         int
+		metered                      bool
+	}{
+		{"POST", "/v1/chat/completions", "", `{"model":"gpt-4o-mini","max_tokens":20,"messages":[{"role":"user","content":"Hello"}]}`, 200, true},
+		{"POST", "/v1/completions", "", `{"model":"gpt-3.5-turbo-instruct","max_tokens":20,"prompt":"Hello"}`, 200, true},
+		{"POST", "/v1/embeddings", "", `{"model":"text-embedding-3-small","input":"Hello"}`, 200, true},
+		{"GET", "/v1/models", "", "", 200, false},
+		{"GET", "/v1/models/{model}", "/v1/models/gpt-4o-mini", "", 200, false},
+		{"POST", "/v1/chat/completions", "", `{"messages":[]}`, 400, false},
+	} {
+		p := c.path
+		if p == "" {
+			p = c.template
+		}
+		what := c.method + " " + p
+		req, err := http.NewRequest(c.method, docsBase+p, strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+reg.APIKey)
+		if c.body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := tester.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("%s: %d %s, want %d", what, resp.StatusCode, got, c.want)
+			continue
+		}
+		pathItem := doc.Paths.Find(c.template)
+		op := pathItem.GetOperation(c.method)
+		in := &openapi3filter.ResponseValidationInput{
+			RequestValidationInput: &openapi3filter.RequestValidationInput{
+				Request: req,
+				Route:   &routers.Route{Spec: doc, Path: c.template, PathItem: pathItem, Method: c.method, Operation: op},
+			},
+			Status:  resp.StatusCode,
+			Header:  resp.Header,
+			Options: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+		}
+		in.SetBodyBytes(got)
+		if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
+			t.Errorf("%s: the %d answer does not match the document: %v\n%s", what, resp.StatusCode, err, got)
+		}
+		if c.want != 200 {
+			continue
+		}
+		if !c.metered {
+			continue
+		}
+		if resp.Header.Get("X-Request-Id") == "" {
+			t.Errorf("%s: no x-request-id", what)
+		}
+		if resp.Header.Get("X-Gatewayz-Credits-Remaining") == "" {
+			t.Errorf("%s: no x-gatewayz-credits-remaining", what)
+		}
+		var out struct {
+			GatewayUsage map[string]any `json:"gateway_usage"`
+		}
+		_ = json.Unmarshal(got, &out)
+		gu := doc.Components.Schemas["GatewayUsage"].Value
+		if out.GatewayUsage == nil {
+			t.Errorf("%s: no gateway_usage in %s", what, got)
+		}
+		for k := range out.GatewayUsage {
+			if gu.Properties[k] == nil {
+				t.Errorf("%s: gateway_usage.%s is not documented", what, k)
+			}
+		}
+	}
+}
+
+func docsRequestBody(t *testing.T, tester *caddytest.Tester, method, p, bearer, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, docsBase+p, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b)
+}
