@@ -60,7 +60,7 @@ type App struct {
 	// limits, applied per user and per key where nothing more specific is
 	// set (admin limits, the key's own limits, the site's limits). Zero
 	// fields are unlimited.
-	DefaultLimits storage.RateLimits `json:"default_limits,omitempty"`
+	DefaultLimits storage.RateLimits `json:"default_limits,omitzero"`
 
 	// Prices sets per-model prices in credits per 1,000 tokens; the first
 	// entry whose model glob matches wins. Default: 1 credit per token.

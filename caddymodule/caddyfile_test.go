@@ -225,7 +225,6 @@ func TestAppJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `{"db_path":"/data/gw.db","secret":"{env.GATEWAYZ_SECRET}","admin_key":"{env.GATEWAYZ_ADMIN_KEY}","signup_credits":"500",` +
-		`"default_limits":{"requests_per_minute":0,"requests_per_hour":0,"requests_per_day":0,"tokens_per_minute":0,"tokens_per_hour":0,"tokens_per_day":0},` +
 		`"prices":[{"model":"m","prompt_per_1k":1,"completion_per_1k":2}],"rotation_grace":60000000000}`
 	if string(raw) != want {
 		t.Fatalf("JSON = %s\nwant   %s", raw, want)

@@ -31,7 +31,7 @@ type Gateway struct {
 	// Limits override the app's default_limits for this site, field by
 	// field (zero fields fall back to the app's). Admin limits and a key's
 	// own limits still take precedence.
-	Limits storage.RateLimits `json:"limits,omitempty"`
+	Limits storage.RateLimits `json:"limits,omitzero"`
 
 	// MaxBodySize is the largest request body accepted on metered routes,
 	// in bytes. Default 4 MiB.
