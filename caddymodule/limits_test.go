@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -240,5 +242,30 @@ func TestResetString(t *testing.T) {
 		if got := resetString(now.Add(tt.d).UnixNano(), now); got != tt.want {
 			t.Errorf("resetString(%v) = %q, want %q", tt.d, got, tt.want)
 		}
+	}
+}
+
+func TestLimiterConcurrentAdmissionsExact(t *testing.T) {
+	clk := newFakeClock()
+	l := newLimiter()
+	in := admitInput{userID: 1, userLimits: limitsOf(storage.RateLimits{RequestsPerMinute: 100})}
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			my := in
+			my.keyID = int64(w)
+			for range 50 {
+				if res := l.admit(&my, clk.now()); !res.refused {
+					admitted.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := admitted.Load(); got != 100 {
+		t.Fatalf("admitted %d of 400 concurrent requests, want exactly the limit 100", got)
 	}
 }
