@@ -331,3 +331,25 @@ func TestUserAuthRefusals(t *testing.T) {
 		t.Fatalf("admin without a key: %d %v", code, body)
 	}
 }
+
+func TestUnmatchedRoutesAnswerJSON(t *testing.T) {
+	h, _ := newTestHandler(t, testAdminKey)
+	code, body, _ := call(t, h, "GET", "/user/nope", "", nil)
+	if code != 404 || body["detail"] != "Not Found" {
+		t.Fatalf("unknown path: %d %v", code, body)
+	}
+	code, body, hdr := call(t, h, "DELETE", "/plans", "", nil)
+	if code != 405 || body["detail"] != "Method Not Allowed" || !strings.Contains(hdr.Get("Allow"), "GET") {
+		t.Fatalf("wrong method: %d %v %v", code, body, hdr)
+	}
+	// Every route of the table is registered exactly once (buildMux panics
+	// on a duplicate pattern).
+	seen := map[string]bool{}
+	for _, rt := range h.routes() {
+		k := rt.Method + " " + rt.Pattern
+		if seen[k] || rt.Handle == nil {
+			t.Fatalf("route %s duplicated or without a handler", k)
+		}
+		seen[k] = true
+	}
+}
