@@ -16,6 +16,9 @@ import (
 
 var kAuditHead = []byte("audit_head") // meta: id (8 bytes) + hash of the last entry
 
+// auditExportChunk is how many entries ExportAudit reads per transaction.
+var auditExportChunk = 1000
+
 // canonicalAudit returns the bytes an entry's hash covers: its JSON with
 // Hash empty, normalized by one decode/encode round trip so that the stored
 // form re-encodes identically (map keys sorted, numbers as decoded).
@@ -188,23 +191,44 @@ func (s *BoltStore) VerifyAudit(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// ExportAudit writes the chain as JSON lines, oldest first.
+// ExportAudit writes the chain as JSON lines, oldest first. Entries are
+// read in chunks, so a slow writer never holds a read transaction open
+// (which could stall the group committer when the file grows).
 func (s *BoltStore) ExportAudit(ctx context.Context, w io.Writer) error {
-	return s.view(func(tx *bbolt.Tx) error {
-		c := tx.Bucket(bAudit).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if err := ctxErr(ctx); err != nil {
-				return err
-			}
-			if _, err := w.Write(v); err != nil {
-				return err
-			}
-			if _, err := w.Write([]byte{'\n'}); err != nil {
-				return err
-			}
+	var after []byte
+	var buf bytes.Buffer
+	for {
+		if err := ctxErr(ctx); err != nil {
+			return err
 		}
-		return nil
-	})
+		buf.Reset()
+		n := 0
+		err := s.view(func(tx *bbolt.Tx) error {
+			c := tx.Bucket(bAudit).Cursor()
+			var k, v []byte
+			if after == nil {
+				k, v = c.First()
+			} else if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+			for ; k != nil && n < auditExportChunk; k, v = c.Next() {
+				buf.Write(v)
+				buf.WriteByte('\n')
+				after = append(after[:0], k...)
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		if _, err := w.Write(buf.Bytes()); err != nil {
+			return err
+		}
+	}
 }
 
 // redactMap returns a copy of m with well-formed API keys inside string

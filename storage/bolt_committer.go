@@ -32,6 +32,7 @@ type pendingOp struct {
 	idem, note string
 	time       time.Time
 	rec        UsageRecord
+	acct       *account   // its pending count drops once committed
 	done       chan error // nil for settlements
 }
 
@@ -166,11 +167,7 @@ func (c *committer) run() {
 				}
 				c.mu.Unlock()
 			}
-			for i := range batch {
-				if batch[i].done != nil {
-					batch[i].done <- err
-				}
-			}
+			finish(batch, err)
 			clear(batch)
 			c.mu.Lock()
 			c.spare = batch[:0]
@@ -182,12 +179,7 @@ func (c *committer) run() {
 			c.queue = nil
 			c.mu.Unlock()
 			if len(rest) > 0 { // enqueued between our swap and stopping
-				err := c.commit(rest)
-				for i := range rest {
-					if rest[i].done != nil {
-						rest[i].done <- err
-					}
-				}
+				finish(rest, c.commit(rest))
 			}
 			return
 		}
@@ -196,6 +188,19 @@ func (c *committer) run() {
 		c.mu.Unlock()
 		if more {
 			c.signal()
+		}
+	}
+}
+
+// finish reports a batch's outcome to its waiters.
+func finish(batch []pendingOp, err error) {
+	for i := range batch {
+		op := &batch[i]
+		if op.acct != nil {
+			op.acct.pending.Add(-1)
+		}
+		if op.done != nil {
+			op.done <- err
 		}
 	}
 }

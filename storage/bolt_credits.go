@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -19,6 +20,9 @@ type account struct {
 	mu       sync.Mutex
 	credits  int64
 	reserved int64
+	// pending counts this user's ops queued but not yet committed; it is
+	// incremented under mu and decremented by the committer.
+	pending atomic.Int64
 }
 
 // keyCounter tracks a key's requests: used (committed or queued) and in
@@ -207,13 +211,24 @@ func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, re
 	a.credits -= charged
 	balanceAfter = a.credits
 	rec.Credits = charged
-	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, rec: rec}
+	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, rec: rec, acct: a}
 	if charged > 0 {
 		op.entryID = s.ledgerID.Add(1)
 	}
+	a.pending.Add(1)
 	err = s.c.enqueue(&op) // under a.mu: the queue keeps this user's order
+	if err != nil {
+		// Not queued (store closed or failed): undo the charge.
+		a.pending.Add(-1)
+		a.credits += charged
+	}
 	a.mu.Unlock()
 	if err != nil {
+		if r.kc != nil {
+			r.kc.mu.Lock()
+			r.kc.used--
+			r.kc.mu.Unlock()
+		}
 		return 0, 0, err
 	}
 	return charged, balanceAfter, nil
@@ -279,8 +294,13 @@ func (s *BoltStore) AddCredits(ctx context.Context, userID, amount int64, kind L
 	a.credits += amount
 	bal := a.credits
 	op := pendingOp{kind: opCredit, userID: userID, amount: amount, balance: bal, ledgerKind: kind,
-		idem: idempotencyKey, note: note, time: s.now().UTC(), entryID: s.ledgerID.Add(1), done: make(chan error, 1)}
+		idem: idempotencyKey, note: note, time: s.now().UTC(), entryID: s.ledgerID.Add(1), done: make(chan error, 1), acct: a}
+	a.pending.Add(1)
 	err = s.c.enqueue(&op)
+	if err != nil {
+		a.pending.Add(-1)
+		a.credits -= amount
+	}
 	a.mu.Unlock()
 	if err != nil {
 		return 0, false, err
@@ -350,7 +370,10 @@ func (s *BoltStore) Ledger(ctx context.Context, userID int64) ([]LedgerEntry, er
 
 // VerifyLedger flushes, then checks for every user that the stored balance
 // snapshot equals the sum of their ledger entries, that each entry's
-// balance_after is the running sum, and that the in-memory balance agrees.
+// balance_after is the running sum and never negative, and that the
+// in-memory balance agrees with the stored one. It is safe to run while
+// the store serves traffic (accounts with writes in flight are compared on
+// disk only).
 func (s *BoltStore) VerifyLedger(ctx context.Context) error {
 	if err := s.Flush(ctx); err != nil {
 		return err
@@ -402,26 +425,37 @@ func (s *BoltStore) VerifyLedger(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("user %d: ledger sum %d without a stored balance", uid, sum))
 			}
 		}
-		s.accounts.Range(func(k, v any) bool {
-			uid := k.(int64)
-			a := v.(*account)
-			a.mu.Lock()
-			mem := a.credits
-			a.mu.Unlock()
-			var disk int64
-			if raw := tx.Bucket(bAccounts).Get(id8(uid)); raw != nil {
-				disk, _ = decodeBalance(raw)
-			}
-			if mem != disk {
-				errs = append(errs, fmt.Errorf("user %d: in-memory balance %d, stored %d", uid, mem, disk))
-			}
-			return true
-		})
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	// In-memory balances: compared only for accounts with nothing queued,
+	// holding the account lock so none can be queued meanwhile; the stored
+	// snapshot is read after that, so it includes every committed op.
+	s.accounts.Range(func(k, v any) bool {
+		uid := k.(int64)
+		a := v.(*account)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.pending.Load() != 0 {
+			return true
+		}
+		var disk int64
+		if err := s.view(func(tx *bbolt.Tx) error {
+			if raw := tx.Bucket(bAccounts).Get(id8(uid)); raw != nil {
+				disk, _ = decodeBalance(raw)
+			}
+			return nil
+		}); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		if a.credits != disk {
+			errs = append(errs, fmt.Errorf("user %d: in-memory balance %d, stored %d", uid, a.credits, disk))
+		}
+		return true
+	})
 	if len(errs) > 0 {
 		return fmt.Errorf("storage: ledger verification failed: %w", errors.Join(errs...))
 	}

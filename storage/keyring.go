@@ -118,7 +118,14 @@ type Keyring struct {
 	hashKey []byte
 	fernet  *fernet.Key
 	fernets []*fernet.Key
-	pool    sync.Pool // of hash.Hash (HMAC-SHA256 states keyed with hashKey)
+	pool    sync.Pool // of *hasher
+}
+
+// hasher is a reusable HMAC-SHA256 state keyed with the hash key, with a
+// scratch buffer so hashing a string does not allocate for the input.
+type hasher struct {
+	h   hash.Hash
+	buf []byte
 }
 
 // NewKeyring derives the hashing and encryption keys from secret, which
@@ -134,7 +141,7 @@ func NewKeyring(secret []byte) (*Keyring, error) {
 	kr.fernet = &fk
 	kr.fernets = []*fernet.Key{&fk}
 	hk := kr.hashKey
-	kr.pool.New = func() any { return hmac.New(sha256.New, hk) }
+	kr.pool.New = func() any { return &hasher{h: hmac.New(sha256.New, hk), buf: make([]byte, 0, 64)} }
 	return kr, nil
 }
 
@@ -164,11 +171,15 @@ func (kr *Keyring) Generate(tag string) (string, error) {
 // Hash returns HMAC-SHA256(derived hash key, key): the 32-byte lookup hash
 // stored in APIKey.Hash.
 func (kr *Keyring) Hash(key string) []byte {
-	h := kr.pool.Get().(hash.Hash)
-	h.Reset()
-	h.Write([]byte(key))
-	sum := h.Sum(make([]byte, 0, sha256.Size))
-	kr.pool.Put(h)
+	hs := kr.pool.Get().(*hasher)
+	hs.h.Reset()
+	hs.buf = append(hs.buf[:0], key...)
+	hs.h.Write(hs.buf)
+	sum := hs.h.Sum(make([]byte, 0, sha256.Size))
+	if cap(hs.buf) > 1024 {
+		hs.buf = make([]byte, 0, 64) // do not keep a huge input alive
+	}
+	kr.pool.Put(hs)
 	return sum
 }
 
