@@ -61,19 +61,86 @@ func (u usageJSON) normalize() (usage, bool) {
 }
 
 // usageFromJSON extracts the top-level "usage" object of a JSON response
-// body. A cheap byte scan rules out bodies without a usage object before
-// anything is decoded.
+// body. It never decodes the whole body: one byte pass (string-aware,
+// tracking nesting) finds the top-level "usage" key, and only that object
+// is decoded. With duplicate keys the last one wins, as in encoding/json.
+// The key must be spelled exactly "usage" (encoding/json would also accept
+// other cases and escaped spellings; no upstream sends those).
 func usageFromJSON(body []byte) (usage, bool) {
-	if !hasUsageObject(body) {
+	if !hasUsageObject(body) { // cheap rejection of bodies without usage
 		return usage{}, false
 	}
-	var v struct {
-		Usage *usageJSON `json:"usage"`
-	}
-	if json.Unmarshal(body, &v) != nil || v.Usage == nil {
+	start, end := topLevelUsage(body)
+	if start < 0 {
 		return usage{}, false
 	}
-	return v.Usage.normalize()
+	var u usageJSON
+	if json.Unmarshal(body[start:end], &u) != nil {
+		return usage{}, false
+	}
+	return u.normalize()
+}
+
+// topLevelUsage returns the bounds of the object value of the last
+// top-level "usage" key of the JSON object b, or -1, -1.
+func topLevelUsage(b []byte) (start, end int) {
+	start, end = -1, -1
+	depth := 0
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			e := stringEnd(b, i+1)
+			if e < 0 {
+				return -1, -1
+			}
+			if depth == 1 && e-i-1 == len("usage") && string(b[i+1:e]) == "usage" {
+				j := skipSpace(b, e+1)
+				if j < len(b) && b[j] == ':' {
+					j = skipSpace(b, j+1)
+					if j < len(b) && b[j] == '{' {
+						k := valueEnd(b, j)
+						if k < 0 {
+							return -1, -1
+						}
+						start, end = j, k
+						i = k - 1
+						continue
+					}
+					start, end = -1, -1 // a later non-object usage wins
+				}
+			}
+			i = e
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+		}
+	}
+	return start, end
+}
+
+// valueEnd returns the index just past the object or array starting at i,
+// or -1 when it is not closed.
+func valueEnd(b []byte, i int) int {
+	depth := 0
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			e := stringEnd(b, i+1)
+			if e < 0 {
+				return -1
+			}
+			i = e
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		}
+	}
+	return -1
 }
 
 // usageKey is the byte pattern the scanners look for.
