@@ -97,8 +97,28 @@ func startDocsCaddyUpstream(t *testing.T, upstream string) *caddytest.Tester {
 		t.Setenv(v, dir)
 	}
 	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(docsCaddyfile, filepath.Join(dir, "gatewayz.db"), upstream), "caddyfile")
+	db := filepath.Join(dir, "gatewayz.db")
+	tester.InitServer(fmt.Sprintf(docsCaddyfile, db, upstream), "caddyfile")
+	t.Cleanup(func() {
+		if t.Failed() && !docsConfigLoaded(tester, db) {
+			t.Log("NOTE: the running Caddy no longer has this test's config: another process on this machine " +
+				"loaded its own through localhost:2999 (concurrent caddytest runs share that admin endpoint)")
+		}
+	})
 	return tester
+}
+
+// docsConfigLoaded reports whether Caddy still runs the config whose
+// database is db.
+func docsConfigLoaded(tester *caddytest.Tester, db string) bool {
+	resp, err := tester.Client.Get("http://localhost:2999/config/")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	quoted, _ := json.Marshal(db)
+	return strings.Contains(string(b), string(quoted))
 }
 
 // openAPIOperations fetches /openapi.json from the server and returns its
