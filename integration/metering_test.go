@@ -12,6 +12,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -386,5 +388,44 @@ func TestMeteringInvariant(t *testing.T) {
 	}
 	if ok == 0 || refused == 0 || ok+refused != 64 {
 		t.Fatalf("ok %d refused %d", ok, refused)
+	}
+}
+
+// TestMeteringAccessLogAndMetrics: the access-log entry of a metered
+// request carries its tokens, credits and request id, and the metering
+// collectors are served by Caddy's metrics endpoint.
+func TestMeteringAccessLogAndMetrics(t *testing.T) {
+	up := startSSEUpstream(t)
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	g := startGateway(t, gatewayConfig{
+		Upstream:    up.hostPort(),
+		ServerBlock: "metrics",
+		SiteOptions: fmt.Sprintf(accessLogFilter, logFile) + "\n\thandle /metrics {\n\t\tmetrics\n\t}",
+	})
+	key, _ := g.registerUser("logged@example.com")
+	r := g.do("POST", "/v1/chat/completions", chatBody("m"), bearer(key)).mustStatus(t, 200, "chat")
+	reqID := r.Header.Get("X-Request-Id")
+
+	var logs string
+	waitFor(t, "the access-log line of the completion", func() bool {
+		b, _ := os.ReadFile(logFile)
+		logs = string(b)
+		return strings.Contains(logs, `"uri":"/v1/chat/completions"`)
+	})
+	for _, want := range []string{`"gatewayz_prompt_tokens":4`, `"gatewayz_completion_tokens":6`, `"gatewayz_credits":10`,
+		`"gatewayz_estimated":false`, `"gatewayz_request_id":"` + reqID + `"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("access log lacks %s:\n%s", want, logs)
+		}
+	}
+	m := g.do("GET", "/metrics", nil).mustStatus(t, 200, "metrics")
+	for _, want := range []string{`gatewayz_requests_total{endpoint="chat",outcome="ok"}`, `gatewayz_tokens_total{endpoint="chat",kind="completion"}`,
+		`gatewayz_credits_charged_total{endpoint="chat"}`, `gatewayz_open_reservations 0`, `gatewayz_upstream_latency_seconds_count{endpoint="chat"}`} {
+		if !strings.Contains(string(m.Body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(string(m.Body), key) || strings.Contains(string(m.Body), "user_id") {
+		t.Error("per-user data in metrics")
 	}
 }
