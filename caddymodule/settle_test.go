@@ -11,8 +11,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
@@ -452,5 +454,47 @@ func TestMeteringInvariant(t *testing.T) {
 	}
 	if oks == 0 || refused == 0 {
 		t.Fatalf("expected both successes and refusals: ok %d refused %d aborted %d", oks, refused, aborted)
+	}
+}
+
+func TestMeteringCaddyfile(t *testing.T) {
+	g := new(Gateway)
+	d := caddyfile.NewTestDispenser(`gatewayz {
+		max_body_size 1MB
+		default_max_tokens 512
+		min_completion_tokens 8
+		lower_max_tokens
+		max_tokens_field max_completion_tokens
+		embeddings_reserve_percent 200
+		max_response_buffer 2MiB
+		settle_timeout 3s
+	}`)
+	if err := g.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	want := Metering{DefaultMaxTokens: 512, MinCompletionTokens: 8, LowerMaxTokens: true, MaxTokensField: "max_completion_tokens",
+		EmbeddingsReservePercent: 200, MaxResponseBuffer: 2 << 20, SettleTimeout: caddy.Duration(3 * time.Second)}
+	if g.Metering != want {
+		t.Fatalf("parsed %+v, want %+v", g.Metering, want)
+	}
+	if err := g.validateMetering(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{
+		"gatewayz {\n default_max_tokens 0\n}",
+		"gatewayz {\n default_max_tokens -5\n}",
+		"gatewayz {\n min_completion_tokens\n}",
+		"gatewayz {\n lower_max_tokens maybe\n}",
+		"gatewayz {\n max_response_buffer lots\n}",
+		"gatewayz {\n settle_timeout never\n}",
+	} {
+		if err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+	for _, bad := range []Metering{{MaxTokensField: "tokens"}, {MinCompletionTokens: 5000}, {DefaultMaxTokens: 1 << 40}} {
+		if err := bad.validateMetering(); err == nil {
+			t.Errorf("validated %+v", bad)
+		}
 	}
 }
