@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -22,18 +21,19 @@ const (
 // applied; entryID and balance were fixed under the account lock, so the
 // queue holds each user's writes in ledger order.
 type pendingOp struct {
-	kind       opKind
-	userID     int64
-	keyID      int64
-	amount     int64 // signed ledger amount; 0 writes no entry
-	balance    int64 // balance after this op
-	entryID    uint64
-	ledgerKind LedgerKind
-	idem, note string
-	time       time.Time
-	rec        UsageRecord
-	acct       *account   // its pending count drops once committed
-	done       chan error // nil for settlements
+	kind    opKind
+	userID  int64
+	keyID   int64
+	amount  int64 // signed ledger amount
+	balance int64 // balance after this op
+	entryID uint64
+	entry   []byte // encoded LedgerEntry; nil: no ledger entry
+	usage   []byte // encoded UsageRecord (settlements)
+	day     time.Time
+	idem    string
+	time    time.Time
+	acct    *account   // its pending count drops once committed
+	done    chan error // nil for settlements
 }
 
 // committer writes queued ops in group commits: one bbolt transaction (and
@@ -219,7 +219,6 @@ func (c *committer) commit(batch []pendingOp) error {
 		balances := map[int64]int64{}
 		keys := map[int64]*keyDelta{}
 		var maxEntry uint64
-		buf := make([]byte, 0, 512)
 
 		ledgerBucket := func(uid int64) (*bbolt.Bucket, error) {
 			if b := userLedgers[uid]; b != nil {
@@ -233,37 +232,26 @@ func (c *committer) commit(batch []pendingOp) error {
 			userLedgers[uid] = b
 			return b, nil
 		}
-		putEntry := func(op *pendingOp, kind LedgerKind, requestID string) error {
-			b, err := ledgerBucket(op.userID)
-			if err != nil {
-				return err
-			}
-			e := LedgerEntry{ID: int64(op.entryID), UserID: op.userID, Kind: kind, Amount: op.amount,
-				BalanceAfter: op.balance, KeyID: op.keyID, RequestID: requestID,
-				IdempotencyKey: op.idem, Note: op.note, Time: op.time}
-			data, err := json.Marshal(&e)
-			if err != nil {
-				return err
-			}
-			maxEntry = max(maxEntry, op.entryID)
-			balances[op.userID] = op.balance
-			return b.Put(id8(int64(op.entryID)), data)
-		}
-
 		for i := range batch {
 			op := &batch[i]
+			if op.entry != nil {
+				b, err := ledgerBucket(op.userID)
+				if err != nil {
+					return err
+				}
+				if err := b.Put(id8(int64(op.entryID)), op.entry); err != nil {
+					return err
+				}
+				maxEntry = max(maxEntry, op.entryID)
+				balances[op.userID] = op.balance
+			}
 			switch op.kind {
 			case opSettle:
-				if op.amount != 0 {
-					if err := putEntry(op, LedgerCharge, op.rec.RequestID); err != nil {
-						return err
-					}
-				}
-				day := dayNumber(op.rec.Time)
+				day := dayNumber(op.day)
 				db := days[day]
 				if db == nil {
 					var err error
-					if db, err = usage.CreateBucketIfNotExists(dayKey(op.rec.Time)); err != nil {
+					if db, err = usage.CreateBucketIfNotExists(dayKey(op.day)); err != nil {
 						return err
 					}
 					db.FillPercent = 0.95
@@ -273,12 +261,7 @@ func (c *committer) commit(batch []pendingOp) error {
 				if err != nil {
 					return err
 				}
-				buf = buf[:0]
-				data, err := json.Marshal(&op.rec)
-				if err != nil {
-					return err
-				}
-				if err := db.Put(u64(seq), data); err != nil {
+				if err := db.Put(u64(seq), op.usage); err != nil {
 					return err
 				}
 				if op.keyID != 0 {
@@ -293,9 +276,6 @@ func (c *committer) commit(batch []pendingOp) error {
 					}
 				}
 			case opCredit:
-				if err := putEntry(op, op.ledgerKind, ""); err != nil {
-					return err
-				}
 				if op.idem != "" {
 					rec := idemRecord{UserID: op.userID, Amount: op.amount, Balance: op.balance, EntryID: int64(op.entryID), Time: op.time}
 					if err := putJSON(tx.Bucket(bIdempotency), idemKey(op.userID, op.idem), &rec); err != nil {

@@ -211,15 +211,26 @@ func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, re
 	a.credits -= charged
 	balanceAfter = a.credits
 	rec.Credits = charged
-	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, rec: rec, acct: a}
+	// Encoding here (in parallel callers) keeps the committer lean; it runs
+	// under a.mu because the entry carries this user's running balance.
+	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, day: rec.Time, acct: a}
 	if charged > 0 {
 		op.entryID = s.ledgerID.Add(1)
+		op.entry, err = json.Marshal(&LedgerEntry{ID: int64(op.entryID), UserID: r.userID, Kind: LedgerCharge, Amount: -charged,
+			BalanceAfter: balanceAfter, KeyID: r.keyID, RequestID: rec.RequestID, Time: now})
 	}
-	a.pending.Add(1)
-	err = s.c.enqueue(&op) // under a.mu: the queue keeps this user's order
+	if err == nil {
+		op.usage, err = json.Marshal(&rec)
+	}
+	if err == nil {
+		a.pending.Add(1)
+		err = s.c.enqueue(&op) // under a.mu: the queue keeps this user's order
+		if err != nil {
+			a.pending.Add(-1)
+		}
+	}
 	if err != nil {
 		// Not queued (store closed or failed): undo the charge.
-		a.pending.Add(-1)
 		a.credits += charged
 	}
 	a.mu.Unlock()
@@ -293,12 +304,17 @@ func (s *BoltStore) AddCredits(ctx context.Context, userID, amount int64, kind L
 	}
 	a.credits += amount
 	bal := a.credits
-	op := pendingOp{kind: opCredit, userID: userID, amount: amount, balance: bal, ledgerKind: kind,
-		idem: idempotencyKey, note: note, time: s.now().UTC(), entryID: s.ledgerID.Add(1), done: make(chan error, 1), acct: a}
-	a.pending.Add(1)
-	err = s.c.enqueue(&op)
+	op := pendingOp{kind: opCredit, userID: userID, amount: amount, balance: bal,
+		idem: idempotencyKey, time: s.now().UTC(), entryID: s.ledgerID.Add(1), done: make(chan error, 1), acct: a}
+	op.entry, err = json.Marshal(&LedgerEntry{ID: int64(op.entryID), UserID: userID, Kind: kind, Amount: amount,
+		BalanceAfter: bal, IdempotencyKey: idempotencyKey, Note: note, Time: op.time})
+	if err == nil {
+		a.pending.Add(1)
+		if err = s.c.enqueue(&op); err != nil {
+			a.pending.Add(-1)
+		}
+	}
 	if err != nil {
-		a.pending.Add(-1)
 		a.credits -= amount
 	}
 	a.mu.Unlock()
