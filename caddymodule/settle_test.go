@@ -498,3 +498,82 @@ func TestMeteringCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+func TestMeteredEdgeCases(t *testing.T) {
+	e := newTestEnv(t, func(_ *App, g *Gateway) { g.MaxResponseBuffer = 256 })
+	key, k := e.newKey(t, "", nil)
+	setBalance(t, e, k.UserID, 10_000)
+	prompt := estimateText("hi") + msgOverheadTokens + replyPrimingTokens
+	chat := `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":50}`
+	tests := []struct {
+		name      string
+		body      string
+		next      caddyhttp.HandlerFunc
+		status    int
+		charged   int64
+		estimated bool
+		records   int
+		check     func(t *testing.T, rec *httptest.ResponseRecorder)
+	}{
+		{"no usage reported: estimated from the content", chat, func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Content-Type", "application/json")
+			_, err := io.WriteString(w, `{"choices":[{"message":{"role":"assistant","content":"abcdefgh"}}]}`)
+			return err
+		}, 200, prompt + 2, true, 1, func(t *testing.T, rec *httptest.ResponseRecorder) {
+			if !strings.Contains(rec.Body.String(), `"estimated":true`) {
+				t.Errorf("gateway_usage not marked estimated: %s", rec.Body)
+			}
+		}},
+		{"too large to buffer: passed through, billed from the tail", chat, func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Content-Type", "application/json")
+			_, err := io.WriteString(w, `{"choices":[{"message":{"content":"`+strings.Repeat("z", 600)+`"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}`)
+			return err
+		}, 200, 7, false, 1, func(t *testing.T, rec *httptest.ResponseRecorder) {
+			if strings.Contains(rec.Body.String(), "gateway_usage") || rec.Body.Len() < 600 {
+				t.Errorf("overflowing body altered: %d bytes", rec.Body.Len())
+			}
+		}},
+		{"client gone before the upstream answered (499)", chat, func(w http.ResponseWriter, r *http.Request) error {
+			w.WriteHeader(499)
+			return nil
+		}, 499, 0, false, 0, nil},
+		{"embeddings", `{"model":"e","input":"abcdefgh"}`, func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Content-Type", "application/json")
+			_, err := io.WriteString(w, `{"data":[{"embedding":[0.5]}],"usage":{"prompt_tokens":5,"total_tokens":5}}`)
+			return err
+		}, 200, 5, false, 1, nil},
+		{"stream ended before any event", `{"model":"m","stream":true,"messages":[]}`, func(w http.ResponseWriter, r *http.Request) error {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(200)
+			return nil
+		}, 200, 0, false, 0, nil},
+	}
+	records := 0
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := balanceOf(t, e, k.UserID).Credits
+			rec, p := meterDo(t, e, "/v1/"+map[bool]string{true: "embeddings", false: "chat/completions"}[strings.Contains(tt.body, `"input"`)], tt.body, tt.next, bearer(key))
+			if p != nil {
+				t.Fatal(p)
+			}
+			if rec.Code != tt.status {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			b := balanceOf(t, e, k.UserID)
+			if before-b.Credits != tt.charged || b.Reserved != 0 {
+				t.Fatalf("charged %d (reserved %d), want %d", before-b.Credits, b.Reserved, tt.charged)
+			}
+			recs := usageOf(t, e, k.UserID)
+			records += tt.records
+			if len(recs) != records {
+				t.Fatalf("%d usage records, want %d", len(recs), records)
+			}
+			if tt.records > 0 && recs[0].Estimated != tt.estimated {
+				t.Fatalf("estimated = %v", recs[0].Estimated)
+			}
+			if tt.check != nil {
+				tt.check(t, rec)
+			}
+		})
+	}
+}
