@@ -234,7 +234,6 @@ type admission struct {
 
 	entry       *keyEntry
 	models      []string // model globs of the plan; empty: all
-	in          admitInput
 	planLimits  periodLimits
 	lim         *limiter
 	planCounted bool

@@ -249,6 +249,7 @@ type admitInput struct {
 
 // admitResult is the outcome: the refusal (if any) and the header quotas.
 type admitResult struct {
+	needSeed   bool // the user's plan counters must be loaded first (nothing counted)
 	refused    bool
 	planBreach bool   // the refusal is a plan limit
 	keyBreach  bool   // the refusal is the key's rate limit (else the user's)
@@ -264,6 +265,9 @@ func (l *limiter) admit(in *admitInput, now time.Time) admitResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	u := l.userLocked(in.userID)
+	if !u.seeded && in.plan != nil {
+		return admitResult{needSeed: true}
+	}
 	k := l.keyLocked(in.keyID)
 	ns := now.UnixNano()
 	u.lastUsed, k.lastUsed = ns, ns
@@ -575,14 +579,6 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 		lim:         g.state.limiter,
 		planCounted: rt.metered(),
 	}
-	a.in = admitInput{
-		userID:     e.id.Key.UserID,
-		keyID:      e.id.Key.ID,
-		userLimits: rateLimits(a.userLimits),
-		keyLimits:  rateLimits(a.limits),
-		plan:       &a.planLimits,
-		countPlan:  a.planCounted,
-	}
 	return a, nil
 }
 
@@ -590,17 +586,22 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 // limits, all or nothing, and sets the x-ratelimit-* headers. Plan counters
 // are seeded from the usage records the first time a user is seen.
 func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Header) *gatewayError {
-	if err := a.lim.seed(r.Context(), g.state.store, a.in.userID, now); err != nil {
-		if c := g.logger.Check(zap.ErrorLevel, "loading plan usage"); c != nil {
-			c.Write(zap.Error(err))
-		}
-		return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
-	}
 	if a.req != nil {
 		a.estTokens = a.req.PromptTokens + a.req.MaxTokens
 	}
-	a.in.est = a.estTokens
-	res := a.lim.admit(&a.in, now)
+	in := a.input()
+	res := a.lim.admit(&in, now)
+	if res.needSeed {
+		if err := a.lim.seed(r.Context(), g.state.store, a.key.UserID, now); err != nil {
+			if c := g.logger.Check(zap.ErrorLevel, "loading plan usage"); c != nil {
+				c.Write(zap.Error(err))
+			}
+			return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
+		}
+		if res = a.lim.admit(&in, now); res.needSeed { // evicted meanwhile
+			return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
+		}
+	}
 	setRateLimitHeaders(h, res.requests, res.tokens, now, &a.headerVals)
 	if res.refused {
 		return res.refusal(a.env, now)
@@ -612,33 +613,47 @@ func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Hea
 	return nil
 }
 
+// input is what the limiter needs to count the admission.
+func (a *admission) input() admitInput {
+	return admitInput{
+		userID:     a.key.UserID,
+		keyID:      a.key.ID,
+		userLimits: rateLimits(a.userLimits),
+		keyLimits:  rateLimits(a.limits),
+		plan:       &a.planLimits,
+		countPlan:  a.planCounted,
+		est:        a.estTokens,
+	}
+}
+
 // peek sets the x-ratelimit-* headers of a caller without counting
 // anything (for refusals before admission).
 func (l *limiter) peek(a *admission, now time.Time, h http.Header) {
 	var req, tok quota
+	in := a.input()
 	l.mu.Lock()
-	if u, ok := l.users[a.in.userID]; ok {
+	if u, ok := l.users[in.userID]; ok {
 		u.rate.roll(now)
-		u.rate.tightest(&a.in.userLimits, &req, &tok)
-		if a.in.plan != nil {
+		u.rate.tightest(&in.userLimits, &req, &tok)
+		if in.plan != nil {
 			u.plan.roll(now)
-			u.plan.tightest(a.in.plan, &req, &tok)
+			u.plan.tightest(in.plan, &req, &tok)
 		}
 	} else {
 		var empty windows
 		empty.roll(now)
-		empty.tightest(&a.in.userLimits, &req, &tok)
-		if a.in.plan != nil {
-			empty.tightest(a.in.plan, &req, &tok)
+		empty.tightest(&in.userLimits, &req, &tok)
+		if in.plan != nil {
+			empty.tightest(in.plan, &req, &tok)
 		}
 	}
-	if k, ok := l.keys[a.in.keyID]; ok {
+	if k, ok := l.keys[in.keyID]; ok {
 		k.rate.roll(now)
-		k.rate.tightest(&a.in.keyLimits, &req, &tok)
+		k.rate.tightest(&in.keyLimits, &req, &tok)
 	} else {
 		var empty windows
 		empty.roll(now)
-		empty.tightest(&a.in.keyLimits, &req, &tok)
+		empty.tightest(&in.keyLimits, &req, &tok)
 	}
 	l.mu.Unlock()
 	setRateLimitHeaders(h, req, tok, now, nil)

@@ -123,9 +123,30 @@ func TestLimiterTokensCrossingRequestRefused(t *testing.T) {
 	}
 }
 
+// markSeeded marks a user's plan counters as loaded (as if from an empty
+// usage history).
+func markSeeded(l *limiter, userID int64) {
+	l.mu.Lock()
+	l.userLocked(userID).seeded = true
+	l.mu.Unlock()
+}
+
+func TestLimiterNeedsSeedFirst(t *testing.T) {
+	l := newLimiter()
+	plan := periodLimits{}
+	in := &admitInput{userID: 1, keyID: 10, plan: &plan, countPlan: true}
+	if res := l.admit(in, newFakeClock().now()); !res.needSeed || res.refused {
+		t.Fatalf("unseeded user: %+v", res)
+	}
+	if got := l.users[1].plan[perDay].requests + l.users[1].rate[perMinute].requests; got != 0 {
+		t.Fatal("a request was counted before seeding")
+	}
+}
+
 func TestLimiterAllOrNothing(t *testing.T) {
 	clk := newFakeClock()
 	l := newLimiter()
+	markSeeded(l, 1)
 	plan := periodLimits{}
 	plan.requests[perDay] = 2
 	in := &admitInput{userID: 1, keyID: 10, plan: &plan, countPlan: true,
@@ -189,6 +210,7 @@ func TestTightestQuotaHeaders(t *testing.T) {
 	clk := newFakeClock()
 	clk.add(20 * time.Second)
 	l := newLimiter()
+	markSeeded(l, 1)
 	plan := periodLimits{}
 	plan.requests[perDay] = 100
 	plan.tokens[perDay] = 10000
