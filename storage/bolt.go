@@ -94,10 +94,16 @@ var migrations = []func(tx *bbolt.Tx) error{
 
 // BoltStore is the embedded Store, backed by a bbolt file.
 //
-// Reservations live only in memory, so a restart releases them all (nothing
-// was charged for them). Settlements update the in-memory balance at once
-// and are written by a group committer; Flush waits for them. Every other
-// mutation is durable when it returns.
+// Crash semantics: reservations live only in memory, so a restart releases
+// them all (nothing was charged for them). Settlements update the in-memory
+// balance at once and are written by a group committer, one transaction and
+// fsync per batch; a crash loses at most the settlements accepted in the
+// last CommitWindow (those not yet covered by a Flush), never part of one:
+// the charge entry, balance snapshot, usage record and key counters of a
+// settlement commit together. Every other mutation (AddCredits included)
+// is durable when it returns. The stored balance always equals the sum of
+// the ledger (VerifyLedger checks it). After a failed commit (disk full, I/O
+// error) the store refuses further writes and Ping reports the error.
 type BoltStore struct {
 	db   *bbolt.DB
 	path string

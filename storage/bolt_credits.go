@@ -124,7 +124,9 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 	}
 	var kc *keyCounter
 	if req.KeyID != 0 {
-		if kc, err = s.keyCounter(req.KeyID); err != nil {
+		// A key deleted a moment ago (still in a caller's index) is not
+		// an error: the request is billed to the user without key counters.
+		if kc, err = s.keyCounter(req.KeyID); err != nil && !errors.Is(err, ErrNotFound) {
 			return nil, err
 		}
 	}

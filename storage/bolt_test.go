@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -569,5 +570,64 @@ func TestVerifyLedger(t *testing.T) {
 	defer s.Close()
 	if err := s.VerifyLedger(ctx); err == nil || !strings.Contains(err.Error(), "ledger sum") {
 		t.Fatalf("corrupted ledger not detected: %v", err)
+	}
+}
+
+// A migration added above the stored version runs once, in order, and the
+// stored version follows.
+func TestMigrationsRunAboveStoredVersion(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "gw.db")
+	openTestStore(t, path).Close()
+	orig := migrations
+	defer func() { migrations = orig }()
+	runs := 0
+	migrations = append(append([]func(*bbolt.Tx) error(nil), orig...), func(tx *bbolt.Tx) error {
+		runs++
+		_, err := tx.CreateBucket([]byte("v2_bucket"))
+		return err
+	})
+	for i := 0; i < 2; i++ {
+		s := openTestStore(t, path)
+		var version uint64
+		var hasBucket bool
+		s.view(func(tx *bbolt.Tx) error {
+			version = binary.BigEndian.Uint64(tx.Bucket(bMeta).Get(kSchemaVersion))
+			hasBucket = tx.Bucket([]byte("v2_bucket")) != nil
+			return nil
+		})
+		s.Close()
+		if version != 2 || !hasBucket || runs != 1 {
+			t.Fatalf("open %d: version %d, bucket %v, runs %d", i, version, hasBucket, runs)
+		}
+	}
+	// A failing migration leaves the store closed and the version unchanged.
+	migrations = append(migrations, func(*bbolt.Tx) error { return errors.New("boom") })
+	if _, err := Open(path, Options{NoSync: true}); err == nil || !strings.Contains(err.Error(), "schema version 3") {
+		t.Fatalf("failing migration: %v", err)
+	}
+	migrations = orig
+	if _, err := Open(path, Options{NoSync: true}); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("older binary on a v2 file: %v", err)
+	}
+}
+
+// Reserving for a key deleted a moment ago still bills the user.
+func TestReserveForDeletedKey(t *testing.T) {
+	ctx := context.Background()
+	s := openTestStore(t, filepath.Join(t.TempDir(), "gw.db"))
+	defer s.Close()
+	u, k := register(t, s, "gone@example.com", 10)
+	if err := s.DeleteKey(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 5, MaxRequests: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, bal, err := s.Settle(ctx, r, 4, UsageRecord{}); err != nil || c != 4 || bal != 6 {
+		t.Fatalf("Settle = %d %d %v", c, bal, err)
+	}
+	if err := s.VerifyLedger(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
