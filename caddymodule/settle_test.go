@@ -577,3 +577,24 @@ func TestMeteredEdgeCases(t *testing.T) {
 		})
 	}
 }
+
+// TestMeteredStoreClosedMidRequest: a store closed under an in-flight
+// request (a reload onto another database) is logged, never a panic; the
+// response still reaches the client.
+func TestMeteredStoreClosedMidRequest(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, _ := e.newKey(t, "", nil)
+	next := func(w http.ResponseWriter, r *http.Request) error {
+		if err := e.st.Close(); err != nil {
+			t.Error(err)
+		}
+		return upstreamJSON(nil, 1, 1)(w, r)
+	}
+	rec, p := meterDo(t, e, "/v1/chat/completions", `{"model":"m","messages":[],"max_tokens":5}`, next, bearer(key))
+	if p != nil {
+		t.Fatalf("panicked: %v", p)
+	}
+	if rec.Code != 200 || strings.Contains(rec.Body.String(), "gateway_usage") || rec.Header().Get("Content-Length") != fmt.Sprint(rec.Body.Len()) {
+		t.Fatalf("status %d, body %s", rec.Code, rec.Body)
+	}
+}
