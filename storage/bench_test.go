@@ -30,9 +30,15 @@ func benchStore(b *testing.B, users int) (*BoltStore, []*User, []*APIKey) {
 
 // BenchmarkSettleDurable measures reserve+settle throughput including the
 // final Flush (every settlement durable with fsync).
-func BenchmarkSettleDurable(b *testing.B) {
+func BenchmarkSettleDurable(b *testing.B) { benchSettleDurable(b, 64) }
+
+// BenchmarkSettleDurableOneUser is the worst case for the per-account lock:
+// every settlement is for the same user.
+func BenchmarkSettleDurableOneUser(b *testing.B) { benchSettleDurable(b, 1) }
+
+func benchSettleDurable(b *testing.B, users int) {
 	ctx := context.Background()
-	s, us, ks := benchStore(b, 64)
+	s, us, ks := benchStore(b, users)
 	var next atomic.Uint64
 	b.ReportAllocs()
 	b.ResetTimer()
