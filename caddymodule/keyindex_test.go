@@ -1,0 +1,114 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// countingStore is the real store, counting key reads.
+type countingStore struct {
+	storage.Store
+	keyReads atomic.Int64
+	// afterRead, when set, runs inside KeyByHash after the read.
+	afterRead func()
+}
+
+func (c *countingStore) KeyByHash(ctx context.Context, hash []byte) (*storage.APIKey, error) {
+	c.keyReads.Add(1)
+	k, err := c.Store.KeyByHash(ctx, hash)
+	if c.afterRead != nil {
+		c.afterRead()
+	}
+	return k, err
+}
+
+func TestKeyIndexNoStoreReadOnHit(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	cs := &countingStore{Store: e.st}
+	ix := newKeyIndex(cs, 4)
+	unsub := e.st.Subscribe(ix.invalidate)
+	defer unsub()
+	ctx := context.Background()
+	hash := e.app.Keyring().Hash(key)
+	for range 100 {
+		en, err := ix.lookup(ctx, hash, time.Now())
+		if err != nil || en.id.Key.ID != k.ID {
+			t.Fatalf("lookup: %v", err)
+		}
+	}
+	if n := cs.keyReads.Load(); n != 1 {
+		t.Fatalf("%d store reads for 100 lookups of one key, want 1", n)
+	}
+	unknown := e.app.Keyring().Hash("gw_live_" + "0000000000000000000000000000000000000000000")
+	for range 100 {
+		if _, err := ix.lookup(ctx, unknown, time.Now()); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("unknown: %v", err)
+		}
+	}
+	if n := cs.keyReads.Load(); n != 2 {
+		t.Fatalf("%d store reads after 100 lookups of one unknown key, want 2 (negative cache)", n)
+	}
+	// A change of the key drops it: one more read, then cached again.
+	if _, err := e.st.UpdateKey(ctx, k.ID, func(k *storage.APIKey) error { k.KeyName = "renamed"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		en, err := ix.lookup(ctx, hash, time.Now())
+		if err != nil || en.id.Key.KeyName != "renamed" {
+			t.Fatalf("after update: %+v, %v", en, err)
+		}
+	}
+	if n := cs.keyReads.Load(); n != 3 {
+		t.Fatalf("%d store reads, want 3", n)
+	}
+}
+
+func TestKeyIndexDiscardsLoadRacingAChange(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	cs := &countingStore{Store: e.st}
+	ix := newKeyIndex(cs, 4)
+	unsub := e.st.Subscribe(ix.invalidate)
+	defer unsub()
+	ctx := context.Background()
+	hash := e.app.Keyring().Hash(key)
+	// The key is deactivated while the index reads the old version: the
+	// stale read may answer this request but must not be cached.
+	cs.afterRead = func() {
+		cs.afterRead = nil
+		if _, err := e.st.UpdateKey(ctx, k.ID, func(k *storage.APIKey) error { k.IsActive = false; return nil }); err != nil {
+			t.Error(err)
+		}
+	}
+	if en, err := ix.lookup(ctx, hash, time.Now()); err != nil || !en.id.Key.IsActive {
+		t.Fatalf("the first lookup should see the version it read: %+v, %v", en, err)
+	}
+	en, err := ix.lookup(ctx, hash, time.Now())
+	if err != nil || en.id.Key.IsActive {
+		t.Fatalf("the index kept a version older than the change: %+v, %v", en, err)
+	}
+}
+
+func TestKeyIndexUserDeletion(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	ctx := context.Background()
+	if _, err := e.app.Authenticate(key); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.DeleteUser(ctx, k.UserID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.app.Authenticate(key); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("key of a deleted user: %v", err)
+	}
+	if keys, _ := e.g.state.index.size(); keys != 0 {
+		t.Fatalf("%d keys left in the index", keys)
+	}
+}
