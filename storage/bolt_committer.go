@@ -261,7 +261,7 @@ func (c *committer) commit(batch []pendingOp) error {
 				if err != nil {
 					return err
 				}
-				if err := db.Put(u64(seq), op.usage); err != nil {
+				if err := db.Put(pair(op.userID, int64(seq)), op.usage); err != nil {
 					return err
 				}
 				if op.keyID != 0 {

@@ -704,6 +704,22 @@ func confUsage(t *testing.T, s Store) {
 	if len(got) != 2 || got[0].Time.Day() != 2 || got[1].Time.Day() != 2 {
 		t.Fatalf("ListUsage(window) = %+v", got)
 	}
+	var order []string
+	got, _ = s.ListUsage(ctx, UsageFilter{Until: days[2].Add(48 * time.Hour)})
+	for _, r := range got {
+		order = append(order, r.RequestID)
+	}
+	if strings.Join(order, ",") != "r2-1,r2-0,r1-1,r1-0,r0-1,r0-0" {
+		t.Fatalf("ListUsage(all) order = %v", order)
+	}
+	got, _ = s.ListUsage(ctx, UsageFilter{UserID: u2.ID, Until: days[1].Add(time.Hour), Limit: 5})
+	if len(got) != 2 || got[0].RequestID != "r1-1" || got[1].RequestID != "r0-1" {
+		t.Fatalf("ListUsage(user, until) = %+v", got)
+	}
+	got, _ = s.ListUsage(ctx, UsageFilter{Since: days[2].Add(time.Hour)})
+	if len(got) != 0 {
+		t.Fatalf("ListUsage(since after last) = %+v", got)
+	}
 	n, err := s.PruneUsage(ctx, days[2])
 	if err != nil || n != 4 {
 		t.Fatalf("PruneUsage = %d, %v", n, err)
