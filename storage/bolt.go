@@ -233,15 +233,36 @@ func (s *BoltStore) Ping(ctx context.Context) error {
 	return s.view(func(tx *bbolt.Tx) error { return nil })
 }
 
-// Backup writes a consistent hot copy of the database to w.
+// Backup writes a consistent hot copy of the database to w, in one read
+// transaction. Settlements keep being accepted meanwhile; a write that must
+// grow the file's memory map past InitialMmapSize waits for the copy to
+// end, so the copy stops as soon as ctx is cancelled.
 func (s *BoltStore) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	var n int64
 	err := s.view(func(tx *bbolt.Tx) error {
 		var err error
-		n, err = tx.WriteTo(w)
+		n, err = tx.WriteTo(ctxWriter{ctx, w})
 		return err
 	})
+	if err != nil && ctx != nil && ctx.Err() != nil {
+		err = fmt.Errorf("storage: backup stopped: %w", ctx.Err()) // bbolt does not wrap it
+	}
 	return n, err
+}
+
+// ctxWriter fails writes once ctx is done.
+type ctxWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if c.ctx != nil {
+		if err := c.ctx.Err(); err != nil {
+			return 0, err
+		}
+	}
+	return c.w.Write(p)
 }
 
 // Subscribe registers fn to be called after each committed change.

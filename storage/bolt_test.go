@@ -631,3 +631,47 @@ func TestReserveForDeletedKey(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A backup is a valid database that opens with the same data; a cancelled
+// context stops it.
+func TestBackupRestores(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openTestStore(t, filepath.Join(dir, "gw.db"))
+	u, k := register(t, s, "backup@example.com", 40)
+	r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Settle(ctx, r, 7, UsageRecord{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := s.Backup(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Backup(cctx, io.Discard); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled backup: %v", err)
+	}
+	s.Close()
+	copyPath := filepath.Join(dir, "copy.db")
+	if err := os.WriteFile(copyPath, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := openTestStore(t, copyPath)
+	defer c.Close()
+	if b := mustBalance(t, c, u.ID); b.Credits != 33 {
+		t.Fatalf("restored balance %+v", b)
+	}
+	if got, err := c.KeyByHash(ctx, k.Hash); err != nil || got.RequestsUsed != 1 {
+		t.Fatalf("restored key %+v %v", got, err)
+	}
+	if err := c.VerifyLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
