@@ -321,7 +321,11 @@ func TestGatewayAccessRules(t *testing.T) {
 	wantError(t, e.do(t, "POST", "/v1/chat/completions", chatBody, "", bearer(capped2)), 429, "request_limit_reached", "")
 
 	ipKey, _ := e.newKey(t, "", func(k *storage.APIKey) { k.IPAllowlist = []string{"198.51.100.0/24", "2001:db8::1"} })
-	wantError(t, e.do(t, "GET", "/v1/models", "", "192.0.2.10:1", bearer(ipKey)), 403, "ip_not_allowed", "IP address not allowed")
+	denied := e.do(t, "GET", "/v1/models", "", "192.0.2.10:1", bearer(ipKey))
+	wantError(t, denied, 403, "ip_not_allowed", "IP address not allowed")
+	if denied.Header().Get("X-Ratelimit-Limit-Requests") != "100" || denied.Header().Get("X-Ratelimit-Remaining-Requests") != "100" {
+		t.Errorf("a refusal of a known key carries its current limits, uncounted: %v", denied.Header())
+	}
 	// A spoofed X-Forwarded-For from an untrusted peer changes nothing.
 	wantError(t, e.do(t, "GET", "/v1/models", "", "192.0.2.10:1", bearer(ipKey), "X-Forwarded-For: 198.51.100.7"), 403, "ip_not_allowed", "")
 	if rec := e.do(t, "GET", "/v1/models", "", "198.51.100.7:1", bearer(ipKey)); rec.Code != 200 {
