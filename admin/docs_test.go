@@ -807,6 +807,8 @@ func TestDocsResponsesMatchHandlers(t *testing.T) {
 		header: http.Header{"Idempotency-Key": {"topup-1"}}, body: map[string]any{"api_key": key, "credits": 500, "note": "welcome"}})
 	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 200,
 		header: http.Header{"Idempotency-Key": {"topup-1"}}, body: map[string]any{"api_key": key, "credits": 500, "note": "welcome"}})
+	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 409,
+		header: http.Header{"Idempotency-Key": {"topup-1"}}, body: map[string]any{"api_key": key, "credits": 501}})
 	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 400, body: map[string]any{"user_id": uid, "credits": 0}})
 	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 422, body: `{"user_id":1,"credits":1.5}`})
 	c.do(docsCall{method: "POST", template: "/admin/add_credits", bearer: admin, want: 404, body: map[string]any{"user_id": 999999, "credits": 1}})
