@@ -305,7 +305,13 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	delete(r.Header, hdrAPIKey)
 	if adm.req == nil { // free route: not metered
 		metricRequests.WithLabelValues("free", outcomeFree).Inc()
-		return next.ServeHTTP(w, r)
+		if err := next.ServeHTTP(w, r); err != nil {
+			// As on metered routes: an unreachable upstream gets an
+			// OpenAI-shaped answer, not Caddy's empty error page.
+			g.logUpstreamUnavailable(requestID(r), err)
+			writeError(w, upstreamUnavailable(err))
+		}
+		return nil
 	}
 	ir := adm.req
 	cfg := g.Metering // defaults applied to a copy: g is shared by requests
@@ -361,6 +367,23 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	return s.complete(err)
 }
 
+// upstreamUnavailable is the answer when reverse_proxy could not reach the
+// upstream and returned an error instead of writing a response.
+func upstreamUnavailable(err error) *gatewayError {
+	status := http.StatusBadGateway
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode >= 500 && he.StatusCode < 600 {
+		status = he.StatusCode
+	}
+	return errorf(status, "upstream_error", "upstream_unavailable", upstreamUnavailableMessage)
+}
+
+func (g *Gateway) logUpstreamUnavailable(reqID string, err error) {
+	if c := g.logger.Check(zap.WarnLevel, "upstream unavailable"); c != nil {
+		c.Write(zap.String("request_id", reqID), zap.Error(err))
+	}
+}
+
 // settlement settles one metered request exactly once.
 type settlement struct {
 	g       *Gateway
@@ -387,17 +410,10 @@ func (s *settlement) complete(err error) error {
 		if err != nil {
 			// reverse_proxy could not reach the upstream and returned an
 			// error instead of writing: answer it ourselves, in OpenAI shape.
-			status := http.StatusBadGateway
-			var he caddyhttp.HandlerError
-			if errors.As(err, &he) && he.StatusCode >= 500 && he.StatusCode < 600 {
-				status = he.StatusCode
-			}
-			if c := s.g.logger.Check(zap.WarnLevel, "upstream unavailable"); c != nil {
-				c.Write(zap.String("request_id", s.reqID), zap.Error(err))
-			}
+			s.g.logUpstreamUnavailable(s.reqID, err)
 			s.refund(outcomeUpstreamUnavailable)
 			s.m.Header().Set(hdrRequestID, s.reqID)
-			writeError(m.ResponseWriter, errorf(status, "upstream_error", "upstream_unavailable", upstreamUnavailableMessage))
+			writeError(m.ResponseWriter, upstreamUnavailable(err))
 			return nil
 		}
 		s.refund(outcomeNoContent)

@@ -598,3 +598,26 @@ func TestMeteredStoreClosedMidRequest(t *testing.T) {
 		t.Fatalf("status %d, body %s", rec.Code, rec.Body)
 	}
 }
+
+// A free route whose upstream cannot be reached is answered in OpenAI shape
+// by the gateway (not with Caddy's empty error page), and returns nil so that
+// Caddy logs no error carrying the request's headers.
+func TestFreeRouteUpstreamUnavailable(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, _ := e.newKey(t, "live", nil)
+	req := httptest.NewRequest("GET", "/v1/models", nil)
+	req.RemoteAddr = "192.0.2.10:40000"
+	req.Header.Set("Authorization", "Bearer "+key)
+	rec := httptest.NewRecorder()
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, &caddyhttp.Server{})
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		return caddyhttp.Error(http.StatusBadGateway, errors.New("dial tcp 127.0.0.1:1: connection refused"))
+	})
+	if err := e.g.ServeHTTP(rec, req, next); err != nil {
+		t.Fatalf("ServeHTTP returned %v, want the error answered", err)
+	}
+	wantError(t, rec, http.StatusBadGateway, "upstream_unavailable", "unavailable")
+	if strings.Contains(rec.Body.String(), "connection refused") {
+		t.Errorf("internal error text leaked: %s", rec.Body.String())
+	}
+}
