@@ -48,7 +48,6 @@ type config struct {
 	skipGW     bool
 	noLoads    bool
 	only       string
-	soak       time.Duration
 }
 
 func main() {
@@ -69,7 +68,6 @@ func main() {
 	flag.BoolVar(&c.profile, "profile", true, "take a CPU profile of the gateway under JSON load (extra, unmeasured run)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, Caddyfiles, profiles)")
 	flag.BoolVar(&c.skipGW, "no-gateway", false, "measure only direct and plain")
-	flag.DurationVar(&c.soak, "soak", 0, "instead of the benchmark: mixed traffic with faults through the gateway for this long, then check nothing leaked")
 	flag.StringVar(&c.only, "only", "", "run only the loads whose name contains this (e.g. SSE, \"32 conns\")")
 	flag.BoolVar(&c.noLoads, "no-loads", false, "skip the throughput and latency cases (streams and microbenchmarks only)")
 	flag.Parse()
@@ -160,9 +158,6 @@ func run(ctx context.Context, c config) error {
 	}
 	defer h.close()
 
-	if c.soak > 0 {
-		return h.soak(ctx, c.soak)
-	}
 	rep := &report{cfg: c, machine: m}
 	if h.gateway != nil {
 		mc := checkMetering("http://"+h.gateway.addr, h.headers(), 20)
