@@ -316,13 +316,17 @@ type profiled struct {
 	top          string             // pprof -top (flat) text
 }
 
-// profileTargets takes CPU profiles of plain and gateway under JSON and
-// SSE load at 32 connections (extra runs, not part of the table), so the
+// profileTargets takes CPU profiles of plain and gateway under the loads
+// selected by -profile-loads (JSON and SSE at 32 connections by default;
+// extra runs, not part of the table), so the
 // report can say per request where the gateway's extra CPU goes.
 func (h *harness) profileTargets(ctx context.Context, rn runner) ([]profiled, error) {
 	secs := max(5, int(h.cfg.duration/time.Second))
 	var out []profiled
-	for _, l := range loads[:2] {
+	for _, l := range loads {
+		if !strings.Contains(l.name, h.cfg.profLoads) {
+			continue
+		}
 		for _, t := range []*target{h.plain, h.gateway} {
 			if t == nil {
 				continue

@@ -48,6 +48,7 @@ type config struct {
 	skipGW     bool
 	noLoads    bool
 	only       string
+	profLoads  string
 }
 
 func main() {
@@ -68,6 +69,7 @@ func main() {
 	flag.BoolVar(&c.profile, "profile", true, "take a CPU profile of the gateway under JSON load (extra, unmeasured run)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, Caddyfiles, profiles)")
 	flag.BoolVar(&c.skipGW, "no-gateway", false, "measure only direct and plain")
+	flag.StringVar(&c.profLoads, "profile-loads", "32 conns", "profile the loads whose name contains this")
 	flag.StringVar(&c.only, "only", "", "run only the loads whose name contains this (e.g. SSE, \"32 conns\")")
 	flag.BoolVar(&c.noLoads, "no-loads", false, "skip the throughput and latency cases (streams and microbenchmarks only)")
 	flag.Parse()

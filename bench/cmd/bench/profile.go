@@ -108,7 +108,7 @@ var breakdown = []part{
 // for plain and gateway.
 func breakdownMarkdown(ps []profiled) string {
 	var b strings.Builder
-	for _, l := range loads[:2] {
+	for _, l := range loads {
 		var plain, gw *profiled
 		for i := range ps {
 			if ps[i].load != l.name {

@@ -299,7 +299,7 @@ func (r *report) markdown() string {
 	}
 
 	if len(r.profiles) > 0 {
-		b.WriteString("\n### Where the CPU goes (profiles of extra runs at 32 connections)\n")
+		b.WriteString("\n### Where the CPU goes (profiles of extra runs)\n")
 		b.WriteString(breakdownMarkdown(r.profiles))
 		b.WriteString("\nGateway process, flat top 30:\n")
 		for _, p := range r.profiles {
