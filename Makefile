@@ -10,7 +10,7 @@ GO             ?= go
 
 ## build: the custom Caddy with the gatewayz modules, at bin/caddy (no xcaddy needed)
 build:
-	$(GO) build -trimpath -o bin/caddy ./cmd/caddy
+	$(GO) build -o bin/caddy ./cmd/caddy
 
 ## xcaddy: the same binary the operator's way, at bin/caddy-xcaddy
 xcaddy:
