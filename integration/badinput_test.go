@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -402,6 +403,10 @@ func runBadCases(t *testing.T, g *gateway, cases []badCase, users []int64, keys 
 		if t.Failed() && len(r.Body) > 0 && bytes.Contains(r.Body, []byte("goroutine ")) {
 			t.Fatalf("%s: stack trace in the body", what)
 		}
+		if os.Getenv("BADINPUT_TRACE") != "" { // which case preceded a failure
+
+			t.Logf("case %s -> %d", what, r.Status)
+		}
 		if after := fingerprint(t, g, users, keys); after != before {
 			t.Errorf("%s changed the store: %s", what, firstDiff(before, after))
 			before = after // report each change once
@@ -451,7 +456,22 @@ func sendBad(t *testing.T, g *gateway, c badCase) response {
 		name, value, _ := strings.Cut(h, ":")
 		req.Header[http.CanonicalHeaderKey(name)] = append(req.Header[http.CanonicalHeaderKey(name)], strings.TrimPrefix(value, " "))
 	}
-	resp, err := g.tester.Client.Do(req)
+	// Beyond the server's 1 MB header limit, Go's server answers 431 and
+	// closes the connection, possibly while the client is still writing:
+	// such a request gets a connection of its own, and a reset is fine.
+	size := len(c.auth)
+	for _, h := range c.headers {
+		size += len(h)
+	}
+	oversized := size > 1<<20
+	client := g.tester.Client
+	if oversized {
+		client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	}
+	resp, err := client.Do(req)
+	if err != nil && oversized {
+		return response{Status: http.StatusRequestHeaderFieldsTooLarge}
+	}
 	if err != nil {
 		// Invalid header bytes are refused by the client itself: nothing
 		// was sent, so there is nothing to check.
