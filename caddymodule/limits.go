@@ -205,14 +205,17 @@ type limiter struct {
 	mu    sync.Mutex
 	users map[int64]*userCounters
 	keys  map[int64]*keyCounters
-	now   func() time.Time
+	// seeding holds the plan counter loads in progress, by user.
+	seeding map[int64]*seedCall
+	now     func() time.Time
 }
 
 func newLimiter() *limiter {
 	return &limiter{
-		users: make(map[int64]*userCounters),
-		keys:  make(map[int64]*keyCounters),
-		now:   time.Now,
+		users:   make(map[int64]*userCounters),
+		keys:    make(map[int64]*keyCounters),
+		seeding: make(map[int64]*seedCall),
+		now:     time.Now,
 	}
 }
 
@@ -324,52 +327,64 @@ func (l *limiter) correct(userID, keyID int64, plan bool, ends *[numPeriods]int6
 	}
 }
 
-// needsSeed reports whether a user's plan counters still need loading.
-func (l *limiter) needsSeed(userID int64) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return !l.userLocked(userID).seeded
+// seedCall is one user's plan counter load in progress; concurrent first
+// requests of that user wait for it instead of loading again.
+type seedCall struct {
+	done chan struct{}
+	err  error
 }
 
 // seed loads a user's plan counters (requests and tokens of the current UTC
-// day and month) from the usage records, once per user while it stays in
-// memory.
+// day and month) from the store's usage totals, once per user while it
+// stays in memory. One load per user runs at a time: other callers wait
+// for it (or for their ctx) and share its outcome.
 func (l *limiter) seed(ctx context.Context, st storage.Store, userID int64, now time.Time) error {
-	if !l.needsSeed(userID) {
-		return nil
-	}
-	monthStart := perMonth.start(now)
-	recs, err := st.ListUsage(ctx, storage.UsageFilter{UserID: userID, Since: monthStart})
-	if err != nil {
-		return err
-	}
-	dayStart := perDay.start(now)
-	var dayReq, dayTok, monReq, monTok int64
-	for i := range recs {
-		r := &recs[i]
-		if r.Time.Before(monthStart) {
-			continue
-		}
-		monReq++
-		monTok += r.TotalTokens
-		if !r.Time.Before(dayStart) {
-			dayReq++
-			dayTok += r.TotalTokens
-		}
-	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	u := l.userLocked(userID)
-	if u.seeded {
-		return nil
+	for {
+		if l.userLocked(userID).seeded {
+			l.mu.Unlock()
+			return nil
+		}
+		c, ok := l.seeding[userID]
+		if !ok {
+			break
+		}
+		l.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		// A load that failed only because its caller went away is retried
+		// by the next waiter rather than failing everyone.
+		if c.err != nil && !errors.Is(c.err, context.Canceled) && !errors.Is(c.err, context.DeadlineExceeded) {
+			return c.err
+		}
+		l.mu.Lock()
 	}
-	u.plan.roll(now)
-	u.plan[perDay].requests += dayReq
-	u.plan[perDay].tokens += dayTok
-	u.plan[perMonth].requests += monReq
-	u.plan[perMonth].tokens += monTok
-	u.seeded = true
-	return nil
+	c := &seedCall{done: make(chan struct{})}
+	l.seeding[userID] = c
+	l.mu.Unlock()
+
+	dayReq, dayTok, monReq, monTok, err := st.UsageTotals(ctx, userID, perDay.start(now), perMonth.start(now))
+
+	l.mu.Lock()
+	delete(l.seeding, userID)
+	if err == nil {
+		u := l.userLocked(userID)
+		if !u.seeded {
+			u.plan.roll(now)
+			u.plan[perDay].requests += dayReq
+			u.plan[perDay].tokens += dayTok
+			u.plan[perMonth].requests += monReq
+			u.plan[perMonth].tokens += monTok
+			u.seeded = true
+		}
+	}
+	l.mu.Unlock()
+	c.err = err
+	close(c.done)
+	return err
 }
 
 // sweepInterval is how often idle counters are evicted.

@@ -1,7 +1,9 @@
 package caddymodule
 
 import (
+	"context"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -289,5 +291,76 @@ func TestLimiterConcurrentAdmissionsExact(t *testing.T) {
 	wg.Wait()
 	if got := admitted.Load(); got != 100 {
 		t.Fatalf("admitted %d of 400 concurrent requests, want exactly the limit 100", got)
+	}
+}
+
+// totalsStore is the real store, counting UsageTotals calls; the first call
+// waits until every caller has started, so they all arrive while it runs.
+type totalsStore struct {
+	storage.Store
+	calls   atomic.Int64
+	started *sync.WaitGroup
+}
+
+func (s *totalsStore) UsageTotals(ctx context.Context, userID int64, day, month time.Time) (int64, int64, int64, int64, error) {
+	if s.calls.Add(1) == 1 {
+		s.started.Wait()
+		for range 100 {
+			runtime.Gosched() // let the callers reach the limiter
+		}
+	}
+	return s.Store.UsageTotals(ctx, userID, day, month)
+}
+
+func TestLimiterSeedsOncePerUser(t *testing.T) {
+	e := newTestEnv(t, nil)
+	_, k := e.newKey(t, "", nil)
+	ctx := context.Background()
+	now := time.Now()
+	for i := range 7 {
+		r, err := e.st.Reserve(ctx, storage.ReserveRequest{UserID: k.UserID, KeyID: k.ID, Credits: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := e.st.Settle(ctx, r, 1, storage.UsageRecord{Model: "m", TotalTokens: int64(10 + i), Time: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const callers = 32
+	var started, done sync.WaitGroup
+	started.Add(callers)
+	st := &totalsStore{Store: e.st, started: &started}
+	l := newLimiter()
+	errs := make(chan error, callers)
+	for range callers {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			started.Done()
+			errs <- l.seed(ctx, st, k.UserID, now)
+		}()
+	}
+	done.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := st.calls.Load(); n != 1 {
+		t.Fatalf("%d concurrent first requests loaded the plan counters %d times, want once", callers, n)
+	}
+	u := l.users[k.UserID]
+	want := int64(10 + 11 + 12 + 13 + 14 + 15 + 16)
+	if !u.seeded || u.plan[perDay].requests != 7 || u.plan[perDay].tokens != want ||
+		u.plan[perMonth].requests != 7 || u.plan[perMonth].tokens != want {
+		t.Fatalf("seeded counters: %+v", u.plan)
+	}
+	if len(l.seeding) != 0 {
+		t.Fatalf("seed calls left behind: %d", len(l.seeding))
+	}
+	// Seeded users are not loaded again.
+	if err := l.seed(ctx, st, k.UserID, now); err != nil || st.calls.Load() != 1 {
+		t.Fatalf("second seed: %v, %d calls", err, st.calls.Load())
 	}
 }

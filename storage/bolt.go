@@ -70,12 +70,13 @@ var (
 	bIdempotency  = []byte("idempotency")
 	bUsage        = []byte("usage")
 	bAudit        = []byte("audit")
+	bUsageTotals  = []byte("usage_totals")
 
 	kSchemaVersion = []byte("schema_version")
 )
 
 // SchemaVersion is the on-disk schema version this binary writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // migrations[i] upgrades a database from schema version i to i+1. Open runs
 // the ones above the stored version, in order, each in its own transaction.
@@ -90,6 +91,8 @@ var migrations = []func(tx *bbolt.Tx) error{
 		}
 		return nil
 	},
+	// 1 → 2: per-user day and month usage totals (see bolt_totals.go).
+	migrateUsageTotals,
 }
 
 // BoltStore is the embedded Store, backed by a bbolt file.

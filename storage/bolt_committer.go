@@ -29,6 +29,7 @@ type pendingOp struct {
 	entryID uint64
 	entry   []byte // encoded LedgerEntry; nil: no ledger entry
 	usage   []byte // encoded UsageRecord (settlements)
+	tokens  int64  // the usage record's total tokens (settlements)
 	day     time.Time
 	idem    string
 	time    time.Time
@@ -218,6 +219,7 @@ func (c *committer) commit(batch []pendingOp) error {
 		days := map[int64]*bbolt.Bucket{}
 		balances := map[int64]int64{}
 		keys := map[int64]*keyDelta{}
+		totals := map[totalsID]*totalsDelta{}
 		var maxEntry uint64
 
 		ledgerBucket := func(uid int64) (*bbolt.Bucket, error) {
@@ -264,6 +266,7 @@ func (c *committer) commit(batch []pendingOp) error {
 				if err := db.Put(pair(op.userID, int64(seq)), op.usage); err != nil {
 					return err
 				}
+				addTotals(totals, op.userID, op.day, op.tokens)
 				if op.keyID != 0 {
 					d := keys[op.keyID]
 					if d == nil {
@@ -294,6 +297,9 @@ func (c *committer) commit(batch []pendingOp) error {
 			if err := bumpSequence(ledger, maxEntry); err != nil {
 				return err
 			}
+		}
+		if err := applyTotals(tx.Bucket(bUsageTotals), totals); err != nil {
+			return err
 		}
 		kb := tx.Bucket(bKeys)
 		for kid, d := range keys {

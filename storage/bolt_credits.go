@@ -215,7 +215,7 @@ func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, re
 	rec.Credits = charged
 	// Encoding here (in parallel callers) keeps the committer lean; it runs
 	// under a.mu because the entry carries this user's running balance.
-	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, day: rec.Time, acct: a}
+	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, day: rec.Time, tokens: rec.TotalTokens, acct: a}
 	if charged > 0 {
 		op.entryID = s.ledgerID.Add(1)
 		op.entry, err = json.Marshal(&LedgerEntry{ID: int64(op.entryID), UserID: r.userID, Kind: LedgerCharge, Amount: -charged,

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -89,6 +90,11 @@ func TestReopenKeepsData(t *testing.T) {
 	}
 	if usage, _ := s.ListUsage(ctx, UsageFilter{UserID: u.ID}); len(usage) != 50 {
 		t.Fatalf("usage after reopen: %d", len(usage))
+	}
+	if now := time.Now(); true {
+		if dr, _, mr, _, err := s.UsageTotals(ctx, u.ID, now, now); err != nil || dr != 50 || mr != 50 {
+			t.Fatalf("usage totals after reopen: %d %d %v", dr, mr, err)
+		}
 	}
 	if bal, replayed, err := s.AddCredits(ctx, u.ID, 20, LedgerTopUp, "once", ""); err != nil || !replayed || bal != 370 {
 		t.Fatalf("idempotency across restart = %d %v %v", bal, replayed, err)
@@ -596,18 +602,57 @@ func TestMigrationsRunAboveStoredVersion(t *testing.T) {
 			return nil
 		})
 		s.Close()
-		if version != 2 || !hasBucket || runs != 1 {
+		if version != uint64(len(orig)+1) || !hasBucket || runs != 1 {
 			t.Fatalf("open %d: version %d, bucket %v, runs %d", i, version, hasBucket, runs)
 		}
 	}
 	// A failing migration leaves the store closed and the version unchanged.
 	migrations = append(migrations, func(*bbolt.Tx) error { return errors.New("boom") })
-	if _, err := Open(path, Options{NoSync: true}); err == nil || !strings.Contains(err.Error(), "schema version 3") {
+	if _, err := Open(path, Options{NoSync: true}); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("schema version %d", len(orig)+2)) {
 		t.Fatalf("failing migration: %v", err)
 	}
 	migrations = orig
 	if _, err := Open(path, Options{NoSync: true}); err == nil || !strings.Contains(err.Error(), "newer") {
-		t.Fatalf("older binary on a v2 file: %v", err)
+		t.Fatalf("older binary on a newer file: %v", err)
+	}
+}
+
+// A schema 1 database (usage records, no totals) gets its totals built
+// from the records on open.
+func TestMigrationBuildsUsageTotals(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "gw.db")
+	s := openTestStore(t, path)
+	u, k := register(t, s, "mig@example.com", 10_000)
+	days := []time.Time{time.Date(2026, 4, 30, 8, 0, 0, 0, time.UTC), time.Date(2026, 5, 1, 8, 0, 0, 0, time.UTC)}
+	for i := 0; i < 30; i++ {
+		r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.Settle(ctx, r, 1, UsageRecord{Model: "m", TotalTokens: int64(i), Time: days[i%2]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		if err := tx.DeleteBucket(bUsageTotals); err != nil {
+			return err
+		}
+		return tx.Bucket(bMeta).Put(kSchemaVersion, u64(1))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s = openTestStore(t, path)
+	defer s.Close()
+	checkTotals(t, s, []int64{u.ID}, days)
+	if _, _, mr, mt, _ := s.UsageTotals(ctx, u.ID, days[1], days[1]); mr != 15 || mt != 1+3+5+7+9+11+13+15+17+19+21+23+25+27+29 {
+		t.Fatalf("May totals %d %d", mr, mt)
 	}
 }
 

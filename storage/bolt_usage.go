@@ -133,7 +133,7 @@ func (s *BoltStore) PruneUsage(ctx context.Context, before time.Time) (int, erro
 				return err
 			}
 		}
-		return nil
+		return pruneTotals(tx.Bucket(bUsageTotals), dayNum(before))
 	})
 	if err != nil {
 		return 0, err

@@ -149,7 +149,14 @@ type Store interface {
 
 	// ListUsage returns usage records matching f, newest first.
 	ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord, error)
-	// PruneUsage deletes the day buckets of usage records before day.
+	// UsageTotals returns the number of usage records and the sum of their
+	// TotalTokens for the user in the UTC day holding dayStart and in the
+	// UTC month holding monthStart: what ListUsage's records of that day and
+	// month add up to, read from per-user aggregates instead (plan limit
+	// seeding). Every settled request is counted.
+	UsageTotals(ctx context.Context, userID int64, dayStart, monthStart time.Time) (dayReq, dayTok, monthReq, monthTok int64, err error)
+	// PruneUsage deletes the day buckets of usage records before day, and
+	// their day totals (a month's totals go with its last day).
 	PruneUsage(ctx context.Context, before time.Time) (int, error)
 
 	// Audit log (hash-chained)

@@ -32,6 +32,7 @@ func runStoreConformance(t *testing.T, open func(t *testing.T) Store) {
 		{"MaxRequestsSlots", confMaxRequests},
 		{"AddCredits", confAddCredits},
 		{"Usage", confUsage},
+		{"UsageTotals", confUsageTotals},
 		{"Audit", confAudit},
 		{"Subscribe", confSubscribe},
 		{"Backup", confBackup},
@@ -732,6 +733,104 @@ func confUsage(t *testing.T, s Store) {
 	if sum := ledgerSum(t, s, u.ID); sum != 991 {
 		t.Fatalf("ledger sum %d", sum)
 	}
+}
+
+// usageSums adds up what ListUsage returns for the user in the UTC day of
+// day and the UTC month of day.
+func usageSums(t *testing.T, s Store, uid int64, day time.Time) (dReq, dTok, mReq, mTok int64) {
+	t.Helper()
+	day = day.UTC()
+	d0 := time.Date(day.Year(), day.Month(), day.Day(), 0, 0, 0, 0, time.UTC)
+	m0 := time.Date(day.Year(), day.Month(), 1, 0, 0, 0, 0, time.UTC)
+	recs, err := s.ListUsage(context.Background(), UsageFilter{UserID: uid, Since: m0, Until: m0.AddDate(0, 1, 0).Add(-1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		mReq++
+		mTok += r.TotalTokens
+		if !r.Time.Before(d0) && r.Time.Before(d0.AddDate(0, 0, 1)) {
+			dReq++
+			dTok += r.TotalTokens
+		}
+	}
+	return
+}
+
+// checkTotals compares UsageTotals with the ListUsage sums for each day.
+func checkTotals(t *testing.T, s Store, uids []int64, days []time.Time) {
+	t.Helper()
+	for _, uid := range uids {
+		for _, d := range days {
+			dr, dt, mr, mt, err := s.UsageTotals(context.Background(), uid, d, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wdr, wdt, wmr, wmt := usageSums(t, s, uid, d)
+			if dr != wdr || dt != wdt || mr != wmr || mt != wmt {
+				t.Fatalf("user %d %s: UsageTotals = %d/%d day, %d/%d month; ListUsage sums %d/%d, %d/%d",
+					uid, d.Format(time.DateOnly), dr, dt, mr, mt, wdr, wdt, wmr, wmt)
+			}
+		}
+	}
+}
+
+func confUsageTotals(t *testing.T, s Store) {
+	ctx := context.Background()
+	u, k := register(t, s, "totals@example.com", 1_000_000)
+	u2, k2 := register(t, s, "totals2@example.com", 1_000_000)
+	days := []time.Time{
+		time.Date(2026, 1, 30, 23, 59, 59, 999_999_999, time.UTC),
+		time.Date(2026, 1, 31, 0, 0, 0, 0, time.UTC),
+		time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2026, 2, 1, 22, 0, 0, 0, time.FixedZone("UTC-5", -5*3600)), // Feb 2 UTC
+		time.Date(2026, 3, 15, 12, 0, 0, 0, time.UTC),
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		uid, kid := u.ID, k.ID
+		if i%3 == 0 {
+			uid, kid = u2.ID, k2.ID
+		}
+		d := days[rng.IntN(len(days))]
+		tokens := rng.Int64N(1000)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := s.Reserve(ctx, ReserveRequest{UserID: uid, KeyID: kid, Credits: 10})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if _, _, err := s.Settle(ctx, r, 1, UsageRecord{Model: "m", TotalTokens: tokens, Time: d}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	// A refund counts nothing.
+	r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Refund(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	checkTotals(t, s, []int64{u.ID, u2.ID}, days)
+	if _, _, mr, _, _ := s.UsageTotals(ctx, u.ID, days[0], days[0]); mr == 0 {
+		t.Fatal("no requests counted in January")
+	}
+	// A user or day without records gives zeros.
+	empty := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+	if a, b, c, d, err := s.UsageTotals(ctx, u.ID, empty, empty); err != nil || a != 0 || b != 0 || c != 0 || d != 0 {
+		t.Fatalf("empty period: %d %d %d %d %v", a, b, c, d, err)
+	}
+	// Pruning drops the totals of the pruned days with their records.
+	if _, err := s.PruneUsage(ctx, days[2]); err != nil {
+		t.Fatal(err)
+	}
+	checkTotals(t, s, []int64{u.ID, u2.ID}, days)
 }
 
 func confAudit(t *testing.T, s Store) {
