@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -22,9 +23,11 @@ type topUp struct {
 }
 
 type createdKey struct {
-	userID int64
-	id     int64
-	key    string
+	userID  int64
+	id      int64
+	key     string // the current secret
+	old     string // the secret before an acknowledged rotation
+	deleted bool   // deleted, acknowledged
 }
 
 // TestCrashDurability kills the gateway with SIGKILL under concurrent
@@ -108,6 +111,10 @@ func TestCrashDurability(t *testing.T) {
 			}
 		}()
 	}
+	// Key changes: create a key, then rotate it, then delete it. Only
+	// acknowledged changes are recorded; a key whose last change got no
+	// answer is in doubt (it may or may not have been applied) and is not
+	// checked.
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -115,11 +122,28 @@ func TestCrashDurability(t *testing.T) {
 			n := seq.Add(1)
 			u := users[n%nUsers]
 			k, id, err := lapi.CreateKey(u.APIKey, map[string]any{"key_name": fmt.Sprintf("crash-key-%d", n)})
-			if err == nil {
-				mu.Lock()
-				keys = append(keys, createdKey{u.ID, id, k})
-				mu.Unlock()
+			if err != nil {
+				continue
 			}
+			ck := createdKey{userID: u.ID, id: id, key: k}
+			switch n % 3 {
+			case 1: // rotate
+				resp, err := lapi.Do("PUT", fmt.Sprintf("/user/api-keys/%d", id), u.APIKey, map[string]any{"action": "rotate"})
+				if err != nil || resp.Status != http.StatusOK {
+					continue // in doubt
+				}
+				newKey, _ := resp.JSON()["api_key"].(string)
+				ck.old, ck.key = k, newKey
+			case 2: // delete
+				resp, err := lapi.Do("DELETE", fmt.Sprintf("/user/api-keys/%d", id), u.APIKey, map[string]any{"confirmation": "DELETE_KEY"})
+				if err != nil || resp.Status != http.StatusOK {
+					continue // in doubt
+				}
+				ck.deleted = true
+			}
+			mu.Lock()
+			keys = append(keys, ck)
+			mu.Unlock()
 		}
 	}()
 
@@ -146,15 +170,32 @@ func TestCrashDurability(t *testing.T) {
 		}
 		// Every acknowledged key authenticates.
 	}
+	changes := map[string]int{}
 	for _, k := range keys {
+		want := http.StatusOK
+		if k.deleted {
+			want = http.StatusUnauthorized
+			changes["deleted"]++
+		}
 		resp, err := api2.Do("GET", "/user/balance", k.key, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.Status != http.StatusOK {
-			t.Errorf("key %d (acknowledged before the crash): GET /user/balance %d %s", k.id, resp.Status, resp.Body)
+		if resp.Status != want {
+			t.Errorf("key %d (deleted=%v, acknowledged before the crash): GET /user/balance %d %s", k.id, k.deleted, resp.Status, resp.Body)
+		}
+		if k.old != "" {
+			changes["rotated"]++
+			resp, err := api2.Do("GET", "/user/balance", k.old, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Status != http.StatusUnauthorized {
+				t.Errorf("key %d: the secret replaced by an acknowledged rotation still works after the crash", k.id)
+			}
 		}
 	}
+	t.Logf("checked %d acknowledged keys after the restart (%d rotated, %d deleted)", len(keys), changes["rotated"], changes["deleted"])
 	// The restarted gateway serves and meters.
 	if resp, err := api2.Chat(users[0].APIKey, false, 0); err != nil || resp.Status != http.StatusOK {
 		t.Fatalf("chat after restart: %v %v", err, resp)
@@ -215,7 +256,10 @@ func TestCrashDurability(t *testing.T) {
 	}
 	for _, k := range keys {
 		sk, err := st.GetKey(ctx, k.id)
-		if err != nil || sk.UserID != k.userID {
+		switch {
+		case k.deleted && !errors.Is(err, storage.ErrNotFound):
+			t.Errorf("acknowledged deletion of key %d lost: %v", k.id, err)
+		case !k.deleted && (err != nil || sk.UserID != k.userID):
 			t.Errorf("acknowledged key %d of user %d: %v", k.id, k.userID, err)
 		}
 	}
