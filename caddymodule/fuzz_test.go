@@ -73,7 +73,7 @@ func FuzzUsageFromJSON(f *testing.F) {
 		if u.PromptTokens < 0 || u.CompletionTokens < 0 || u.TotalTokens != u.PromptTokens+u.CompletionTokens {
 			t.Fatalf("inconsistent usage %+v", u)
 		}
-		if out, ok := addGatewayUsage(body, gatewayUsage{TokensCharged: u.TotalTokens}); ok && !json.Valid(out) {
+		if out, ok := addGatewayUsage(body, gatewayUsage{TokensCharged: u.TotalTokens}); ok && json.Valid(body) && !json.Valid(out) {
 			t.Fatalf("gateway_usage broke the JSON: %q", out)
 		}
 		var tc textCounter

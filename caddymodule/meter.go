@@ -50,18 +50,18 @@ const (
 // beforeHeader runs just before a header is sent straight through (streams
 // and pass-through), so response headers set there reach the client.
 type meter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 
-	streamStrip  bool // strip the usage-only event (client did not ask for usage)
-	maxBuffer    int
-	beforeHeader func(status int)
+	streamStrip bool // strip the usage-only event (client did not ask for usage)
+	maxBuffer   int
+	hook        headerHook
 
 	status      int
 	mode        meterMode
 	buf         bytes.Buffer
 	tail        []byte
 	out         []byte // stream bytes to forward (strip mode)
-	sse         *sseScanner
+	sse         sseScanner // in use in modeStream
 	written     int64 // body bytes sent to the client
 	headerSent  bool
 	start       time.Time
@@ -69,17 +69,38 @@ type meter struct {
 	writeErr    error
 }
 
+// headerHook is called just before the meter sends a header straight
+// through.
+type headerHook interface {
+	beforeHeader(status int)
+}
+
+// headerFunc adapts a function to headerHook.
+type headerFunc func(status int)
+
+func (f headerFunc) beforeHeader(status int) { f(status) }
+
 func newMeter(w http.ResponseWriter, strip bool, maxBuffer int, beforeHeader func(int)) *meter {
+	m := new(meter)
+	var hook headerHook
+	if beforeHeader != nil {
+		hook = headerFunc(beforeHeader)
+	}
+	m.init(w, strip, maxBuffer, hook)
+	return m
+}
+
+// init prepares a zero meter (embedded in a settlement, so that a request
+// allocates one object for both).
+func (m *meter) init(w http.ResponseWriter, strip bool, maxBuffer int, hook headerHook) {
 	if maxBuffer <= 0 {
 		maxBuffer = defaultMaxResponseBuffer
 	}
-	return &meter{
-		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		streamStrip:           strip,
-		maxBuffer:             maxBuffer,
-		beforeHeader:          beforeHeader,
-		start:                 time.Now(),
-	}
+	m.ResponseWriterWrapper.ResponseWriter = w
+	m.streamStrip = strip
+	m.maxBuffer = maxBuffer
+	m.hook = hook
+	m.start = time.Now()
 }
 
 // isEventStream reports whether the Content-Type is text/event-stream.
@@ -104,7 +125,7 @@ func (m *meter) WriteHeader(status int) {
 		m.mode = modeError
 	case status >= 200 && status < 300 && isEventStream(m.Header()):
 		m.mode = modeStream
-		m.sse = &sseScanner{strip: m.streamStrip}
+		m.sse.strip = m.streamStrip
 		if m.streamStrip {
 			m.Header().Del("Content-Length") // the body changes length
 		}
@@ -123,8 +144,8 @@ func (m *meter) sendHeader() {
 		return
 	}
 	m.headerSent = true
-	if m.beforeHeader != nil {
-		m.beforeHeader(m.status)
+	if m.hook != nil {
+		m.hook.beforeHeader(m.status)
 	}
 	m.ResponseWriter.WriteHeader(m.status)
 }

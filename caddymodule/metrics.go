@@ -55,19 +55,84 @@ type storeHolder struct{ store storage.Store }
 // one of the most recently provisioned gateway.
 var metricsStore atomic.Value
 
-// Request outcomes (the "outcome" label).
+// outcome is a request outcome (the "outcome" label).
+type outcome int
+
+// Request outcomes.
 const (
-	outcomeOK                  = "ok"                   // settled on upstream-reported usage
-	outcomeEstimated           = "estimated"            // settled on an estimate (no usage reported)
-	outcomeUpstreamError       = "upstream_error"       // upstream answered >= 400: refunded
-	outcomeUpstreamUnavailable = "upstream_unavailable" // upstream unreachable: refunded, 502
-	outcomeClientClosed        = "client_closed"        // client left before anything was delivered: refunded
-	outcomeNoContent           = "no_content"           // nothing generated was delivered: refunded
-	outcomeInsufficient        = "insufficient_credits" // refused with 402
-	outcomeRequestLimit        = "request_limit"        // refused: key request cap
-	outcomeStoreError          = "store_error"          // the store failed: refused or not billed
-	outcomeFree                = "free"                 // free route, passed through
+	outcomeOK                  outcome = iota // settled on upstream-reported usage
+	outcomeEstimated                          // settled on an estimate (no usage reported)
+	outcomeUpstreamError                      // upstream answered >= 400: refunded
+	outcomeUpstreamUnavailable                // upstream unreachable: refunded, 502
+	outcomeClientClosed                       // client left before anything was delivered: refunded
+	outcomeNoContent                          // nothing generated was delivered: refunded
+	outcomeInsufficient                       // refused with 402
+	outcomeRequestLimit                       // refused: key request cap
+	outcomeStoreError                         // the store failed: refused or not billed
+	outcomeFree                               // free route, passed through
+	numOutcomes
 )
+
+// outcomeLabels are the label values of the outcomes.
+var outcomeLabels = [numOutcomes]string{
+	outcomeOK:                  "ok",
+	outcomeEstimated:           "estimated",
+	outcomeUpstreamError:       "upstream_error",
+	outcomeUpstreamUnavailable: "upstream_unavailable",
+	outcomeClientClosed:        "client_closed",
+	outcomeNoContent:           "no_content",
+	outcomeInsufficient:        "insufficient_credits",
+	outcomeRequestLimit:        "request_limit",
+	outcomeStoreError:          "store_error",
+	outcomeFree:                "free",
+}
+
+func (o outcome) String() string { return outcomeLabels[o] }
+
+// endpointSeries are the metric series of one metered endpoint, resolved
+// once (WithLabelValues hashes the labels and locks on every call).
+type endpointSeries struct {
+	requests         [numOutcomes]prometheus.Counter // nil for outcomeFree
+	promptTokens     prometheus.Counter
+	completionTokens prometheus.Counter
+	credits          prometheus.Counter
+	latency          prometheus.Observer
+}
+
+var (
+	seriesChat        = newEndpointSeries(endpointChat)
+	seriesCompletions = newEndpointSeries(endpointCompletions)
+	seriesEmbeddings  = newEndpointSeries(endpointEmbeddings)
+	// metricFreeRequests counts requests on free routes.
+	metricFreeRequests = metricRequests.WithLabelValues("free", outcomeFree.String())
+)
+
+func newEndpointSeries(endpoint string) *endpointSeries {
+	s := &endpointSeries{
+		promptTokens:     metricTokens.WithLabelValues(endpoint, metricKindPrompt),
+		completionTokens: metricTokens.WithLabelValues(endpoint, metricKindCompletion),
+		credits:          metricCredits.WithLabelValues(endpoint),
+		latency:          metricUpstreamLatency.WithLabelValues(endpoint),
+	}
+	for o := range numOutcomes {
+		if o != outcomeFree {
+			s.requests[o] = metricRequests.WithLabelValues(endpoint, o.String())
+		}
+	}
+	return s
+}
+
+// seriesFor returns the series of a metered endpoint.
+func seriesFor(endpoint string) *endpointSeries {
+	switch endpoint {
+	case endpointCompletions:
+		return seriesCompletions
+	case endpointEmbeddings:
+		return seriesEmbeddings
+	default:
+		return seriesChat
+	}
+}
 
 // registerMetrics adds the metering collectors to this config's registry,
 // ignoring collectors already registered there (several sites share the

@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
@@ -295,6 +296,18 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (*
 	return nil, reservationPlan{}, 0, last
 }
 
+// meteringConfig returns the metering settings with their defaults: m
+// itself once Provision applied them, else a copy with them applied.
+func (m *Metering) meteringConfig() *Metering {
+	if m.DefaultMaxTokens > 0 && m.MinCompletionTokens > 0 && m.MaxTokensField != "" &&
+		m.EmbeddingsReservePercent > 0 && m.MaxResponseBuffer > 0 && m.SettleTimeout > 0 {
+		return m
+	}
+	cfg := *m
+	cfg.provisionMetering()
+	return &cfg
+}
+
 // proxy meters an admitted request: it reserves the worst case, rewrites
 // the body (cap, stream usage), sends it upstream through a meter, and
 // settles exactly once in a deferred step that also runs when the client
@@ -304,7 +317,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	delete(r.Header, hdrAuthorization)
 	delete(r.Header, hdrAPIKey)
 	if adm.req == nil { // free route: not metered
-		metricRequests.WithLabelValues("free", outcomeFree).Inc()
+		metricFreeRequests.Inc()
 		if err := next.ServeHTTP(w, r); err != nil {
 			// As on metered routes: an unreachable upstream gets an
 			// OpenAI-shaped answer, not Caddy's empty error page.
@@ -314,12 +327,15 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		return nil
 	}
 	ir := adm.req
-	cfg := g.Metering // defaults applied to a copy: g is shared by requests
-	cfg.provisionMetering()
-	reqID := requestID(r)
-	logFields(r, zap.String("gatewayz_request_id", reqID))
+	cfg := g.Metering.meteringConfig()
+	s := &settlement{
+		g: g, adm: adm, ir: ir, reqID: requestID(r), r: r, w: w,
+		series: seriesFor(ir.Endpoint),
+	}
+	s.log.reqID = s.reqID
+	logFields(r, zap.Field{Key: "gatewayz", Type: zapcore.InlineMarshalerType, Interface: &s.log})
 
-	res, plan, afterHold, gerr := g.reserve(r.Context(), adm, &cfg)
+	res, plan, afterHold, gerr := g.reserve(r.Context(), adm, cfg)
 	if gerr != nil {
 		outcome := outcomeInsufficient
 		switch gerr {
@@ -328,9 +344,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		case errCreditsUnavail:
 			outcome = outcomeStoreError
 		}
-		metricRequests.WithLabelValues(ir.Endpoint, outcome).Inc()
+		s.series.requests[outcome].Inc()
 		adm.recordTokens(0)
-		w.Header().Set(hdrRequestID, reqID)
+		w.Header().Set(hdrRequestID, s.reqID)
 		writeError(w, gerr)
 		return nil
 	}
@@ -343,28 +359,29 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	up.Header.Del("Accept-Encoding")
 	ir.apply(up)
 
-	s := &settlement{
-		g: g, adm: adm, ir: ir, res: res, reqID: reqID, r: r,
-		prices: g.app.Pricing(), timeout: time.Duration(cfg.SettleTimeout),
-	}
-	remaining := strconv.FormatInt(max(afterHold, 0), 10)
-	s.m = newMeter(w, strip, int(cfg.MaxResponseBuffer), func(status int) {
-		h := w.Header()
-		h.Set(hdrRequestID, reqID)
-		// Streams get the balance after the reservation hold; buffered
-		// responses have set the balance after settlement already.
-		if status < 400 && h.Get(hdrCreditsRemaining) == "" {
-			h.Set(hdrCreditsRemaining, remaining)
-		}
-	})
+	s.res, s.afterHold = res, afterHold
+	s.prices, s.timeout = g.app.Pricing(), time.Duration(cfg.SettleTimeout)
+	s.m.init(w, strip, int(cfg.MaxResponseBuffer), s)
 	defer func() {
 		if v := recover(); v != nil {
 			s.abort()
 			panic(v)
 		}
 	}()
-	err := next.ServeHTTP(s.m, up)
+	err := next.ServeHTTP(&s.m, up)
 	return s.complete(err)
+}
+
+// beforeHeader sets the gateway's response headers just before a header
+// goes straight through (streams, pass-through, errors written by the meter).
+func (s *settlement) beforeHeader(status int) {
+	h := s.w.Header()
+	h.Set(hdrRequestID, s.reqID)
+	// Streams get the balance after the reservation hold; buffered
+	// responses have set the balance after settlement already.
+	if status < 400 && h.Get(hdrCreditsRemaining) == "" {
+		h.Set(hdrCreditsRemaining, strconv.FormatInt(max(s.afterHold, 0), 10))
+	}
 }
 
 // upstreamUnavailable is the answer when reverse_proxy could not reach the
@@ -384,24 +401,63 @@ func (g *Gateway) logUpstreamUnavailable(reqID string, err error) {
 	}
 }
 
-// settlement settles one metered request exactly once.
+// settlement settles one metered request exactly once. It holds the
+// request's meter and access-log fields, so a request allocates them once.
 type settlement struct {
-	g       *Gateway
-	adm     *admission
-	ir      *inferenceRequest
-	res     *storage.Reservation
-	m       *meter
-	r       *http.Request
-	reqID   string
-	prices  pricing
-	timeout time.Duration
-	done    bool
+	g         *Gateway
+	adm       *admission
+	ir        *inferenceRequest
+	res       *storage.Reservation
+	m         meter
+	w         http.ResponseWriter
+	r         *http.Request
+	series    *endpointSeries
+	reqID     string
+	afterHold int64 // balance after the reservation hold
+	prices    pricing
+	timeout   time.Duration
+	done      bool
+	log       meteringLog
+}
+
+// meteringLog is the gateway's part of the request's access-log entry. It
+// is added once, as an inline field, and filled in by the settlement: the
+// access log is written after the handler returns.
+type meteringLog struct {
+	reqID     string
+	state     uint8 // logNone, logRefunded, logCharged
+	estimated bool
+	prompt    int64
+	completed int64
+	credits   int64
+}
+
+const (
+	logNone uint8 = iota
+	logRefunded
+	logCharged
+)
+
+// MarshalLogObject writes gatewayz_request_id and, once settled,
+// gatewayz_credits (with the token counts when charged).
+func (l *meteringLog) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("gatewayz_request_id", l.reqID)
+	switch l.state {
+	case logRefunded:
+		enc.AddInt64("gatewayz_credits", 0)
+	case logCharged:
+		enc.AddInt64("gatewayz_prompt_tokens", l.prompt)
+		enc.AddInt64("gatewayz_completion_tokens", l.completed)
+		enc.AddInt64("gatewayz_credits", l.credits)
+		enc.AddBool("gatewayz_estimated", l.estimated)
+	}
+	return nil
 }
 
 // complete runs after the upstream handler returned: it answers what is
 // still to be answered (buffered bodies, errors) and settles.
 func (s *settlement) complete(err error) error {
-	m := s.m
+	m := &s.m
 	if m.mode != modeNone {
 		s.observeLatency()
 	}
@@ -463,7 +519,7 @@ func (s *settlement) abort() {
 // prompt estimate plus an estimate of the text streamed; nothing when no
 // event was delivered.
 func (s *settlement) settleStream() {
-	sc := s.m.sse
+	sc := &s.m.sse
 	switch {
 	case sc.haveUsage:
 		s.charge(sc.usage, false)
@@ -487,7 +543,7 @@ func (s *settlement) settleOverflow() {
 // settleBuffered bills a buffered 2xx response and sends it with the
 // gateway_usage block and a correct Content-Length.
 func (s *settlement) settleBuffered() {
-	m := s.m
+	m := &s.m
 	body := m.buf.Bytes()
 	u, ok := usageFromJSON(body)
 	if !ok {
@@ -521,7 +577,7 @@ func (s *settlement) settleBuffered() {
 // client. An upstream 401 is about the gateway's own upstream credentials:
 // it becomes a 502 without the upstream's message.
 func (s *settlement) writeUpstreamError() {
-	m := s.m
+	m := &s.m
 	h := m.Header()
 	h.Set(hdrRequestID, s.reqID)
 	h.Del(hdrCreditsRemaining)
@@ -573,7 +629,6 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 	}
 	s.done = true
 	u.TotalTokens = u.PromptTokens + u.CompletionTokens
-	endpoint := s.ir.Endpoint
 	cost := s.prices.cost(s.ir.Model, u.PromptTokens, u.CompletionTokens)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.r.Context()), s.timeout)
 	defer cancel()
@@ -590,13 +645,15 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 		Time:             time.Now(),
 		Status:           status,
 		Estimated:        estimated,
-		Endpoint:         endpoint,
+		Endpoint:         s.ir.Endpoint,
 	})
 	if err != nil {
 		// ErrClosed: the store went away (a reload to another database)
 		// while this request was in flight. Never panic: log and go on.
-		s.g.logStoreError("settling a request", err, zap.String("request_id", s.reqID), zap.Int64("cost", cost))
-		metricRequests.WithLabelValues(endpoint, outcomeStoreError).Inc()
+		if c := s.g.logger.Check(zap.ErrorLevel, "settling a request"); c != nil {
+			c.Write(zap.String("request_id", s.reqID), zap.Int64("cost", cost), zap.Error(err), zap.Bool("store_closed", errors.Is(err, storage.ErrClosed)))
+		}
+		s.series.requests[outcomeStoreError].Inc()
 		s.adm.recordTokens(u.TotalTokens)
 		return 0, 0, false
 	}
@@ -604,22 +661,18 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 	if estimated {
 		outcome = outcomeEstimated
 	}
-	metricRequests.WithLabelValues(endpoint, outcome).Inc()
-	metricTokens.WithLabelValues(endpoint, metricKindPrompt).Add(float64(u.PromptTokens))
-	metricTokens.WithLabelValues(endpoint, metricKindCompletion).Add(float64(u.CompletionTokens))
-	metricCredits.WithLabelValues(endpoint).Add(float64(charged))
-	logFields(s.r,
-		zap.Int64("gatewayz_prompt_tokens", u.PromptTokens),
-		zap.Int64("gatewayz_completion_tokens", u.CompletionTokens),
-		zap.Int64("gatewayz_credits", charged),
-		zap.Bool("gatewayz_estimated", estimated),
-	)
+	sr := s.series
+	sr.requests[outcome].Inc()
+	sr.promptTokens.Add(float64(u.PromptTokens))
+	sr.completionTokens.Add(float64(u.CompletionTokens))
+	sr.credits.Add(float64(charged))
+	s.log.state, s.log.prompt, s.log.completed, s.log.credits, s.log.estimated = logCharged, u.PromptTokens, u.CompletionTokens, charged, estimated
 	s.adm.recordTokens(u.TotalTokens)
 	return charged, balance, true
 }
 
 // refund releases the reservation: nothing is charged.
-func (s *settlement) refund(outcome string) {
+func (s *settlement) refund(outcome outcome) {
 	if s.done {
 		return
 	}
@@ -627,13 +680,13 @@ func (s *settlement) refund(outcome string) {
 	if err := s.g.state.store.Refund(context.WithoutCancel(s.r.Context()), s.res); err != nil {
 		s.g.logStoreError("refunding a reservation", err, zap.String("request_id", s.reqID))
 	}
-	metricRequests.WithLabelValues(s.ir.Endpoint, outcome).Inc()
-	logFields(s.r, zap.Int64("gatewayz_credits", 0))
+	s.series.requests[outcome].Inc()
+	s.log.state = logRefunded
 	s.adm.recordTokens(0)
 }
 
 func (s *settlement) observeLatency() {
-	metricUpstreamLatency.WithLabelValues(s.ir.Endpoint).Observe(s.m.firstHeader.Seconds())
+	s.series.latency.Observe(s.m.firstHeader.Seconds())
 }
 
 // logStoreError logs a store failure; a closed store is expected during a

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -620,4 +622,119 @@ func TestFreeRouteUpstreamUnavailable(t *testing.T) {
 	if strings.Contains(rec.Body.String(), "connection refused") {
 		t.Errorf("internal error text leaked: %s", rec.Body.String())
 	}
+}
+
+// benchEnv is a gateway whose user can make any number of requests: a plan
+// and rate limits far above what a benchmark reaches, and a large balance.
+func benchEnv(b *testing.B) (*testEnv, string) {
+	b.Helper()
+	e := newTestEnv(b, func(a *App, _ *Gateway) {
+		a.DefaultLimits = storage.RateLimits{RequestsPerMinute: 1 << 40, TokensPerMinute: 1 << 50}
+	})
+	key, k := e.newKey(b, "", nil)
+	ctx := context.Background()
+	plan := &storage.Plan{Name: "Bench", DailyRequestLimit: 1 << 40, MonthlyRequestLimit: 1 << 40,
+		DailyTokenLimit: 1 << 50, MonthlyTokenLimit: 1 << 50, IsActive: true}
+	if err := e.st.CreatePlan(ctx, plan); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.st.AssignPlan(ctx, k.UserID, plan.ID, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)); err != nil {
+		b.Fatal(err)
+	}
+	setBalance(b, e, k.UserID, 1<<50)
+	return e, key
+}
+
+// benchMetered sends the request through the whole metered ServeHTTP
+// (admission, body parse and rewrite, reservation, the meter, settlement)
+// to next, as the benchmark's load generator does. The settlement's store
+// encoding is included; its group commit runs in the background.
+func benchMetered(b *testing.B, body string, next caddyhttp.HandlerFunc, check func(*httptest.ResponseRecorder)) {
+	e, key := benchEnv(b)
+	auth := "Bearer " + key
+	b.ReportAllocs()
+	for b.Loop() {
+		req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
+		req.RemoteAddr = "192.0.2.10:40000"
+		req.Header.Set("Authorization", auth)
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, &caddyhttp.Server{})
+		if err := e.g.ServeHTTP(rec, req, next); err != nil {
+			b.Fatal(err)
+		}
+		if rec.Code != 200 {
+			b.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+		check(rec)
+	}
+	b.StopTimer()
+	if err := e.st.Flush(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// The upstream answers of bench/mock (encoding/json of maps: keys sorted).
+const (
+	benchJSONBody   = `{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}`
+	benchStreamBody = `{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64,"stream":true}`
+	benchJSONAnswer = `{"choices":[{"finish_reason":"stop","index":0,"message":{"content":"This is a mock answer.","role":"assistant"}}],"created":1735689600,"id":"chatcmpl-mock","model":"mock-model","object":"chat.completion","usage":{"completion_tokens":20,"prompt_tokens":12,"total_tokens":32}}`
+	benchFirstChunk = "data: {\"choices\":[{\"delta\":{\"content\":\"hello \",\"role\":\"assistant\"},\"finish_reason\":null,\"index\":0}],\"created\":1735689600,\"id\":\"chatcmpl-mock\",\"model\":\"mock-model\",\"object\":\"chat.completion.chunk\"}\n\n"
+	benchChunk      = "data: {\"choices\":[{\"delta\":{\"content\":\"hello \"},\"finish_reason\":null,\"index\":0}],\"created\":1735689600,\"id\":\"chatcmpl-mock\",\"model\":\"mock-model\",\"object\":\"chat.completion.chunk\"}\n\n"
+	benchLastChunk  = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\",\"index\":0}],\"created\":1735689600,\"id\":\"chatcmpl-mock\",\"model\":\"mock-model\",\"object\":\"chat.completion.chunk\"}\n\n"
+	benchUsageChunk = "data: {\"choices\":[],\"created\":1735689600,\"id\":\"chatcmpl-mock\",\"model\":\"mock-model\",\"object\":\"chat.completion.chunk\",\"usage\":{\"completion_tokens\":16,\"prompt_tokens\":12,\"total_tokens\":28}}\n\n"
+)
+
+func BenchmarkMeteredJSON(b *testing.B) {
+	answer := []byte(benchJSONAnswer)
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(len(answer)))
+		_, err := w.Write(answer)
+		return err
+	})
+	benchMetered(b, benchJSONBody, next, func(rec *httptest.ResponseRecorder) {
+		if !bytes.Contains(rec.Body.Bytes(), []byte(`"gateway_usage":{"tokens_charged":32,`)) {
+			b.Fatalf("answer %s", rec.Body)
+		}
+	})
+}
+
+// BenchmarkMeteredStream is a stream of 16 content events, flushed one by
+// one, whose client did not ask for usage: the gateway injects
+// include_usage and strips the usage event again.
+func BenchmarkMeteredStream(b *testing.B) {
+	first, chunk, last, usageEv := []byte(benchFirstChunk), []byte(benchChunk), []byte(benchLastChunk), []byte(benchUsageChunk)
+	done := []byte("data: [DONE]\n\n")
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.WriteHeader(200)
+		rc := http.NewResponseController(w)
+		for i := range 16 {
+			c := chunk
+			if i == 0 {
+				c = first
+			}
+			if _, err := w.Write(c); err != nil {
+				return err
+			}
+			if err := rc.Flush(); err != nil {
+				return err
+			}
+		}
+		_, _ = w.Write(last)
+		if bytes.Contains(body, []byte(`"include_usage":true`)) {
+			_, _ = w.Write(usageEv)
+		}
+		_, _ = w.Write(done)
+		return rc.Flush()
+	})
+	benchMetered(b, benchStreamBody, next, func(rec *httptest.ResponseRecorder) {
+		if bytes.Contains(rec.Body.Bytes(), []byte(`"usage"`)) || !bytes.HasSuffix(rec.Body.Bytes(), done) {
+			b.Fatalf("stream %s", rec.Body)
+		}
+	})
 }

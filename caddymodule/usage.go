@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"unicode/utf8"
 )
 
 // usage is the token usage of one request.
@@ -204,28 +205,80 @@ type gatewayUsage struct {
 
 // addGatewayUsage returns body with a top-level "gateway_usage" member
 // appended, leaving every other byte untouched. It reports false (and
-// returns body unchanged) when body is not a JSON object.
+// returns body unchanged) when body is not a JSON object. The check is
+// structural (string-aware bracket matching: the object opened by the
+// first byte closes at the last one), not a full validation: a valid body
+// stays valid, and an invalid one is not made any worse.
 func addGatewayUsage(body []byte, gu gatewayUsage) ([]byte, bool) {
 	trimmed := bytes.TrimRight(body, " \t\r\n")
-	if len(trimmed) < 2 || trimmed[len(trimmed)-1] != '}' || !json.Valid(body) {
-		return body, false
-	}
 	start := skipSpace(trimmed, 0)
-	if trimmed[start] != '{' {
+	if len(trimmed)-start < 2 || trimmed[start] != '{' || trimmed[len(trimmed)-1] != '}' ||
+		valueEnd(trimmed, start) != len(trimmed) {
 		return body, false
 	}
-	block, _ := json.Marshal(gu)
 	empty := skipSpace(trimmed, start+1) == len(trimmed)-1
-	out := make([]byte, 0, len(body)+len(block)+20)
+	out := make([]byte, 0, len(body)+160+len(gu.UserAPIKey))
 	out = append(out, trimmed[:len(trimmed)-1]...)
 	if !empty {
 		out = append(out, ',')
 	}
-	out = append(out, `"gateway_usage":`...)
-	out = append(out, block...)
-	out = append(out, '}')
+	out = append(out, `"gateway_usage":{"tokens_charged":`...)
+	out = strconv.AppendInt(out, gu.TokensCharged, 10)
+	out = append(out, `,"credits_charged":`...)
+	out = strconv.AppendInt(out, gu.CreditsCharged, 10)
+	out = append(out, `,"user_balance_after":`...)
+	out = strconv.AppendInt(out, gu.UserBalanceAfter, 10)
+	out = append(out, `,"user_api_key":`...)
+	out = appendJSONString(out, gu.UserAPIKey)
+	if gu.Estimated {
+		out = append(out, `,"estimated":true`...)
+	}
+	out = append(out, "}}"...)
 	out = append(out, body[len(trimmed):]...)
 	return out, true
+}
+
+// appendJSONString appends s as a JSON string literal, escaped as
+// encoding/json does (invalid UTF-8 becomes U+FFFD).
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c == '\n':
+				dst = append(dst, '\\', 'n')
+			case c == '\r':
+				dst = append(dst, '\\', 'r')
+			case c == '\t':
+				dst = append(dst, '\\', 't')
+			case c == '\b':
+				dst = append(dst, '\\', 'b')
+			case c == '\f':
+				dst = append(dst, '\\', 'f')
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xf])
+		default:
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
 }
 
 // generatedTextKeys are the JSON keys whose string values are generated

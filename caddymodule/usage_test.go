@@ -138,3 +138,32 @@ func BenchmarkUsageFromJSON(b *testing.B) {
 		}
 	}
 }
+
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{"", "gw_live_AbCd...", "a\"b\\c", "\n\r\t\b\f\x00\x1f", "<a&b>", "héllo 日本", "\u2028\u2029", "bad \xff utf8", "\xe6\x97"} {
+		want, _ := json.Marshal(s)
+		if got := appendJSONString(nil, s); string(got) != string(want) {
+			t.Errorf("appendJSONString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+// TestAddGatewayUsageMatchesMarshal: the appended block is what
+// encoding/json makes of gatewayUsage.
+func TestAddGatewayUsageMatchesMarshal(t *testing.T) {
+	for _, gu := range []gatewayUsage{
+		{TokensCharged: 1, CreditsCharged: 2, UserBalanceAfter: -3, UserAPIKey: "gw_\"x\"..."},
+		{TokensCharged: 1 << 40, CreditsCharged: 0, UserBalanceAfter: 1 << 62, UserAPIKey: "", Estimated: true},
+	} {
+		block, _ := json.Marshal(gu)
+		got, ok := addGatewayUsage([]byte(`{"a":[1,{"b":"}"}]}`), gu)
+		if want := `{"a":[1,{"b":"}"}],"gateway_usage":` + string(block) + `}`; !ok || string(got) != want {
+			t.Errorf("got %s, want %s", got, want)
+		}
+	}
+	for _, bad := range []string{`{"a":"}`, `{"a":1}{"b":2}`, `{"a":[}`, `{"a":1}}`} {
+		if got, ok := addGatewayUsage([]byte(bad), gatewayUsage{}); ok || string(got) != bad {
+			t.Errorf("addGatewayUsage(%s) = %s, %v", bad, got, ok)
+		}
+	}
+}
