@@ -27,14 +27,17 @@ type pendingOp struct {
 	amount  int64 // signed ledger amount
 	balance int64 // balance after this op
 	entryID uint64
-	entry   []byte // encoded LedgerEntry; nil: no ledger entry
-	usage   []byte // encoded UsageRecord (settlements)
-	tokens  int64  // the usage record's total tokens (settlements)
-	day     time.Time
-	idem    string
-	time    time.Time
-	acct    *account   // its pending count drops once committed
-	done    chan error // nil for settlements
+	// entryKind, when set, says the op writes a ledger entry of that kind
+	// (built from the op's fields; a charge's request id is rec's). The
+	// committer encodes it and rec (settlements), off the request path.
+	entryKind LedgerKind
+	note      string
+	rec       UsageRecord
+	day       time.Time
+	idem      string
+	time      time.Time
+	acct      *account   // its pending count drops once committed
+	done      chan error // nil for settlements
 }
 
 // committer writes queued ops in group commits: one bbolt transaction (and
@@ -47,6 +50,7 @@ type committer struct {
 	mu       sync.Mutex
 	queue    []pendingOp
 	spare    []pendingOp
+	arena    []byte // encoded values of the batch being committed (committer goroutine only)
 	urgent   bool
 	stopping bool
 	err      error // sticky: a failed commit stops all later writes
@@ -211,7 +215,25 @@ type keyDelta struct {
 	last  time.Time
 }
 
+// maxArena bounds the encoding buffer kept between batches.
+const maxArena = 4 << 20
+
 func (c *committer) commit(batch []pendingOp) error {
+	// bbolt keeps references to put values until the transaction ends, so
+	// the arena is only reused by the next batch; a value's bytes never
+	// change once appended (growing the arena copies, leaving old arrays).
+	arena := c.arena[:0]
+	defer func() {
+		if cap(arena) <= maxArena {
+			c.arena = arena[:0]
+		}
+	}()
+	encode := func(enc func([]byte) ([]byte, error)) ([]byte, error) {
+		start := len(arena)
+		var err error
+		arena, err = enc(arena)
+		return arena[start:len(arena):len(arena)], err
+	}
 	return c.s.db.Update(func(tx *bbolt.Tx) error {
 		ledger := tx.Bucket(bLedger)
 		usage := tx.Bucket(bUsage)
@@ -236,12 +258,21 @@ func (c *committer) commit(batch []pendingOp) error {
 		}
 		for i := range batch {
 			op := &batch[i]
-			if op.entry != nil {
+			if op.entryKind != "" {
 				b, err := ledgerBucket(op.userID)
 				if err != nil {
 					return err
 				}
-				if err := b.Put(id8(int64(op.entryID)), op.entry); err != nil {
+				e := LedgerEntry{ID: int64(op.entryID), UserID: op.userID, Kind: op.entryKind, Amount: op.amount,
+					BalanceAfter: op.balance, KeyID: op.keyID, IdempotencyKey: op.idem, Note: op.note, Time: op.time}
+				if op.kind == opSettle {
+					e.RequestID = op.rec.RequestID
+				}
+				v, err := encode(func(b []byte) ([]byte, error) { return appendLedgerEntry(b, &e) })
+				if err != nil {
+					return err
+				}
+				if err := b.Put(id8(int64(op.entryID)), v); err != nil {
 					return err
 				}
 				maxEntry = max(maxEntry, op.entryID)
@@ -263,10 +294,14 @@ func (c *committer) commit(batch []pendingOp) error {
 				if err != nil {
 					return err
 				}
-				if err := db.Put(pair(op.userID, int64(seq)), op.usage); err != nil {
+				v, err := encode(func(b []byte) ([]byte, error) { return appendUsageRecord(b, &op.rec) })
+				if err != nil {
 					return err
 				}
-				addTotals(totals, op.userID, op.day, op.tokens)
+				if err := db.Put(pair(op.userID, int64(seq)), v); err != nil {
+					return err
+				}
+				addTotals(totals, op.userID, op.day, op.rec.TotalTokens)
 				if op.keyID != 0 {
 					d := keys[op.keyID]
 					if d == nil {

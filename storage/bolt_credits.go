@@ -184,6 +184,9 @@ func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, re
 	if cost < 0 {
 		return 0, 0, fmt.Errorf("storage: negative cost: %w", ErrInvalid)
 	}
+	if !rec.Time.IsZero() && !timeEncodable(rec.Time.UTC()) {
+		return 0, 0, fmt.Errorf("storage: usage record time %v out of range: %w", rec.Time, ErrInvalid)
+	}
 	r, err := s.take(res)
 	if err != nil {
 		return 0, 0, err
@@ -213,16 +216,12 @@ func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, re
 	a.credits -= charged
 	balanceAfter = a.credits
 	rec.Credits = charged
-	// Encoding here (in parallel callers) keeps the committer lean; it runs
-	// under a.mu because the entry carries this user's running balance.
-	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, day: rec.Time, tokens: rec.TotalTokens, acct: a}
+	// The committer encodes the entry and record; the op is queued under
+	// a.mu because the entry carries this user's running balance.
+	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, day: rec.Time, rec: rec, acct: a}
 	if charged > 0 {
 		op.entryID = s.ledgerID.Add(1)
-		op.entry, err = json.Marshal(&LedgerEntry{ID: int64(op.entryID), UserID: r.userID, Kind: LedgerCharge, Amount: -charged,
-			BalanceAfter: balanceAfter, KeyID: r.keyID, RequestID: rec.RequestID, Time: now})
-	}
-	if err == nil {
-		op.usage, err = json.Marshal(&rec)
+		op.entryKind = LedgerCharge
 	}
 	if err == nil {
 		a.pending.Add(1)
@@ -307,9 +306,8 @@ func (s *BoltStore) AddCredits(ctx context.Context, userID, amount int64, kind L
 	a.credits += amount
 	bal := a.credits
 	op := pendingOp{kind: opCredit, userID: userID, amount: amount, balance: bal,
-		idem: idempotencyKey, time: s.now().UTC(), entryID: s.ledgerID.Add(1), done: make(chan error, 1), acct: a}
-	op.entry, err = json.Marshal(&LedgerEntry{ID: int64(op.entryID), UserID: userID, Kind: kind, Amount: amount,
-		BalanceAfter: bal, IdempotencyKey: idempotencyKey, Note: note, Time: op.time})
+		idem: idempotencyKey, time: s.now().UTC(), entryID: s.ledgerID.Add(1), done: make(chan error, 1), acct: a,
+		entryKind: kind, note: note}
 	if err == nil {
 		a.pending.Add(1)
 		if err = s.c.enqueue(&op); err != nil {
