@@ -79,7 +79,8 @@ type App struct {
 	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
 
 	// CommitWindow is how long settlements are grouped before one durable
-	// write. Default 2ms.
+	// write (one transaction and fsync for all of them). A crash can lose
+	// the settlements of the last window. Default 10ms.
 	CommitWindow caddy.Duration `json:"commit_window,omitempty"`
 
 	// LockTimeout bounds the wait for the database file lock (another

@@ -25,7 +25,8 @@ type Options struct {
 	LockTimeout time.Duration
 	// CommitWindow is the longest a settlement waits in memory before the
 	// group committer writes it (one transaction and fsync for many
-	// settlements). Default 2ms.
+	// settlements), which bounds what a crash can lose. A window that fills
+	// MaxBatch commits at once. Default 10ms.
 	CommitWindow time.Duration
 	// MaxBatch commits early once that many writes are queued. Default 1024.
 	MaxBatch int
@@ -44,7 +45,7 @@ func (o *Options) setDefaults() {
 		o.LockTimeout = time.Second
 	}
 	if o.CommitWindow <= 0 {
-		o.CommitWindow = 2 * time.Millisecond
+		o.CommitWindow = 10 * time.Millisecond
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 1024

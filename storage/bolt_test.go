@@ -720,3 +720,39 @@ func TestBackupRestores(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A window that fills MaxBatch commits at once instead of waiting for the
+// window to end (an hour here: the test would hang otherwise).
+func TestFullBatchCommitsEarly(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(filepath.Join(t.TempDir(), "gw.db"), Options{NoSync: true, CommitWindow: time.Hour, MaxBatch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	u, k := register(t, s, "batch@example.com", 100)
+	for range 4 {
+		r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.Settle(ctx, r, 1, UsageRecord{Model: "m"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := s.account(u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for a.pending.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	var n int
+	s.view(func(tx *bbolt.Tx) error {
+		n = tx.Bucket(bLedger).Bucket(id8(u.ID)).Stats().KeyN
+		return nil
+	})
+	if n != 5 { // grant + 4 charges
+		t.Fatalf("%d ledger entries committed, want 5", n)
+	}
+}
