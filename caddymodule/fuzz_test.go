@@ -3,7 +3,9 @@ package caddymodule
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"net/http/httptest"
+	"reflect"
 	"testing"
 )
 
@@ -119,6 +121,88 @@ func FuzzReadInference(f *testing.F) {
 		}
 		if _, err := parseInference(ir.body(), endpoint); err != nil {
 			t.Fatalf("rewritten body no longer valid: %+v", err)
+		}
+	})
+}
+
+// FuzzParseInferenceReference checks the byte-level parser against the
+// encoding/json one it replaced: the same refusal (status and message) or
+// the same request, and a rewrite that decodes to what re-marshalling the
+// decoded fields would give.
+func FuzzParseInferenceReference(f *testing.F) {
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}`), uint8(0))
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\u00e9\ud83d\ude00"},{"TYPE":"image_url"}]}],"max_tokens":5,"n":2}`), uint8(0))
+	f.Add([]byte(`{"model":"m","prompt":[[1,2],[3]],"best_of":2,"suffix":"x\ud800"}`), uint8(1))
+	f.Add([]byte(`{"model":"e","input":["a","b"]}`), uint8(2))
+	f.Add([]byte(`{"model":"m","messages":[],"stream_options":{"include_usage":false,"x":[1],"include_usage":null},"stream":true,"stream_options":{}}`), uint8(0))
+	f.Add([]byte(`{"mod\u0065l":"m","messages":[null],"max_tokens":null,"max_tokens":3}`), uint8(0))
+	f.Add([]byte(` {"model":"m\xff","messages":[{"role":null,"content":null,"name":"n","tool_calls":[{}]}],"tools":[1]} `), uint8(0))
+	endpoints := []string{endpointChat, endpointCompletions, endpointEmbeddings}
+	f.Fuzz(func(t *testing.T, body []byte, ep uint8) {
+		endpoint := endpoints[int(ep)%len(endpoints)]
+		ir, gerr := parseInference(body, endpoint)
+		ref, rerr := parseInferenceRef(body, endpoint)
+		if (gerr == nil) != (rerr == nil) {
+			t.Fatalf("parse error %+v, reference %+v", gerr, rerr)
+		}
+		if gerr != nil {
+			if gerr.Status != rerr.Status || gerr.Message != rerr.Message {
+				t.Fatalf("error %d %q, reference %d %q", gerr.Status, gerr.Message, rerr.Status, rerr.Message)
+			}
+			return
+		}
+		var keys uint8
+		for _, k := range ref.maxTokensKeys {
+			keys |= map[string]uint8{"max_tokens": capMaxTokens, "max_completion_tokens": capMaxCompletionTokens}[k]
+		}
+		if ir.Model != ref.Model || ir.Stream != ref.Stream || ir.MaxTokens != ref.MaxTokens || ir.PromptTokens != ref.PromptTokens ||
+			ir.ClientIncludeUsage != ref.ClientIncludeUsage || ir.choices != ref.choices || ir.capKeys != keys {
+			t.Fatalf("parsed %+v, reference %+v", ir, ref)
+		}
+		// The rewrite: as the reference did it on its decoded map.
+		for _, field := range []string{"", maxTokensFieldDefault, maxTokensFieldCompletionOnly} {
+			ir, _ := parseInference(body, endpoint)
+			want := maps.Clone(ref.fields)
+			if field != "" {
+				ir.setMaxTokens(7, field)
+				v := json.RawMessage("7")
+				if len(ref.maxTokensKeys) == 0 {
+					want[field] = v
+				}
+				for _, k := range ref.maxTokensKeys {
+					want[k] = v
+				}
+			}
+			if ir.injectIncludeUsage() {
+				so := map[string]json.RawMessage{}
+				if v, ok := want["stream_options"]; ok && !isNull(v) {
+					_ = json.Unmarshal(v, &so)
+				}
+				so["include_usage"] = json.RawMessage("true")
+				want["stream_options"], _ = json.Marshal(so)
+			}
+			var got map[string]any
+			if err := json.Unmarshal(ir.body(), &got); err != nil {
+				t.Fatalf("rewritten body %q invalid: %v", ir.body(), err)
+			}
+			var wantAny map[string]any
+			wb, _ := json.Marshal(want)
+			_ = json.Unmarshal(wb, &wantAny)
+			if !reflect.DeepEqual(got, wantAny) {
+				t.Fatalf("rewritten body %s, want %s", ir.body(), wb)
+			}
+		}
+	})
+}
+
+// FuzzValidJSON checks validJSON against json.Valid.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{`{}`, `[]`, ` {"a":[1,-0.5e+3,true,false,null,"\u00e9\n"]} `, `{"a":}`, `[1,]`, `01`, `-`, `1.`, `1e`, "\"\x01\"", `"\x"`, `{"a" 1}`, `[[[]]]`, `{"a":1}x`, `tru`, `"\ud800"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := validJSON(b), json.Valid(b); got != want {
+			t.Fatalf("validJSON(%q) = %v, json.Valid %v", b, got, want)
 		}
 	})
 }

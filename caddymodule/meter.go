@@ -60,9 +60,9 @@ type meter struct {
 	mode        meterMode
 	buf         bytes.Buffer
 	tail        []byte
-	out         []byte // stream bytes to forward (strip mode)
+	out         []byte     // stream bytes to forward (strip mode)
 	sse         sseScanner // in use in modeStream
-	written     int64 // body bytes sent to the client
+	written     int64      // body bytes sent to the client
 	headerSent  bool
 	start       time.Time
 	firstHeader time.Duration // time from start to the upstream's header

@@ -27,9 +27,9 @@ const (
 )
 
 // inferenceRequest is what the gateway needs to know about an inference
-// request to meter it. The body is kept as raw JSON: only the fields the
-// gateway changes (max_tokens, stream_options) are rewritten, every other
-// field goes upstream byte for byte (modulo key order when rewritten).
+// request to meter it. The body is kept as raw bytes: only the fields the
+// gateway changes (the cap, stream_options) are rewritten, by splicing new
+// values into the client's bytes; every other byte goes upstream untouched.
 type inferenceRequest struct {
 	Endpoint string // endpointChat, endpointCompletions or endpointEmbeddings
 	Model    string
@@ -45,11 +45,38 @@ type inferenceRequest struct {
 	// choices is how many completions the upstream generates (n, or
 	// best_of for legacy completions when larger); at least 1.
 	choices int64
-	// maxTokensKeys lists the cap fields the client sent.
-	maxTokensKeys []string
-	raw           []byte
-	fields        map[string]json.RawMessage
-	dirty         bool
+	// capKeys are the cap fields the client sent non-null (capMaxTokens,
+	// capMaxCompletionTokens bits).
+	capKeys uint8
+	raw     []byte
+	// spans are the values of every occurrence of the top-level fields the
+	// gateway may rewrite (with duplicate keys, every occurrence is
+	// rewritten, so the upstream sees the new value whichever it reads);
+	// end is the offset of the object's closing brace, where absent fields
+	// are inserted.
+	spans    []fieldSpan
+	spansBuf [4]fieldSpan
+	end      int
+
+	// rewrites, applied by body()
+	newCap   int64
+	capField uint8 // the cap fields to set (capKeys, or the one to add)
+	usageOn  bool  // set stream_options.include_usage=true
+	dirty    bool
+	body0    io.ReadCloser // the reader readInference installed
+}
+
+// Rewritable fields.
+const (
+	capMaxTokens           = 1 << 0
+	capMaxCompletionTokens = 1 << 1
+	fieldStreamOptions     = 1 << 2
+)
+
+// fieldSpan is the value of one occurrence of a rewritable field.
+type fieldSpan struct {
+	field      uint8
+	start, end int
 }
 
 // readInference reads and validates the body of an inference request,
@@ -60,13 +87,13 @@ func readInference(w http.ResponseWriter, r *http.Request, endpoint string, maxB
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, errBadRequest("request body is required")
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	body, err := readBody(w, r, maxBody)
 	_ = r.Body.Close()
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, errorf(http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large",
-				fmt.Sprintf("request body exceeds %d bytes", maxBody))
+				"request body exceeds "+strconv.FormatInt(maxBody, 10)+" bytes")
 		}
 		return nil, errBadRequest("could not read the request body")
 	}
@@ -76,71 +103,135 @@ func readInference(w http.ResponseWriter, r *http.Request, endpoint string, maxB
 	if gerr != nil {
 		return nil, gerr
 	}
+	ir.body0 = r.Body
 	return ir, nil
 }
 
+// readBody reads the request body, at most maxBody bytes. A body of known
+// length is read into a buffer of exactly that size.
+func readBody(w http.ResponseWriter, r *http.Request, maxBody int64) ([]byte, error) {
+	if n := r.ContentLength; n > 0 && n <= maxBody {
+		// The server ends the body after Content-Length bytes.
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, err
+		}
+		return body, nil
+	} else if n > maxBody {
+		return nil, &http.MaxBytesError{Limit: maxBody}
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+}
+
 // parseInference validates body for endpoint; it is the pure core of
-// readInference.
+// readInference. The body is validated as JSON once; then one walk over
+// its top-level members picks the fields metering needs, and only those
+// values are decoded.
 func parseInference(body []byte, endpoint string) (*inferenceRequest, *gatewayError) {
 	ir := &inferenceRequest{Endpoint: endpoint, raw: body, choices: 1}
+	ir.spans = ir.spansBuf[:0]
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, errBadRequest("request body is required")
 	}
-	if err := json.Unmarshal(body, &ir.fields); err != nil || ir.fields == nil {
+	start := skipSpace(body, 0)
+	if body[start] != '{' || !validJSON(body) {
 		return nil, errBadRequest("request body must be a JSON object")
 	}
-	f := ir.fields
+	// The last occurrence of each field wins, as in encoding/json.
+	var model, messages, tools, functions, responseFormat, prompt, suffix, input,
+		maxTok, maxCompl, nVal, bestOf, stream, streamOpts []byte
+	it := objIter{b: body, i: start}
+	for it.next() {
+		k, v := it.key, it.val
+		var dst *[]byte
+		var field uint8
+		switch {
+		case keyIs(k, "model"):
+			dst = &model
+		case keyIs(k, "messages"):
+			dst = &messages
+		case keyIs(k, "max_tokens"):
+			dst, field = &maxTok, capMaxTokens
+		case keyIs(k, "max_completion_tokens"):
+			dst, field = &maxCompl, capMaxCompletionTokens
+		case keyIs(k, "stream"):
+			dst = &stream
+		case keyIs(k, "stream_options"):
+			dst, field = &streamOpts, fieldStreamOptions
+		case keyIs(k, "n"):
+			dst = &nVal
+		case keyIs(k, "best_of"):
+			dst = &bestOf
+		case keyIs(k, "tools"):
+			dst = &tools
+		case keyIs(k, "functions"):
+			dst = &functions
+		case keyIs(k, "response_format"):
+			dst = &responseFormat
+		case keyIs(k, "prompt"):
+			dst = &prompt
+		case keyIs(k, "suffix"):
+			dst = &suffix
+		case keyIs(k, "input"):
+			dst = &input
+		default:
+			continue
+		}
+		*dst = v
+		if field != 0 {
+			ir.spans = append(ir.spans, fieldSpan{field: field, start: it.valStart, end: it.valStart + len(v)})
+		}
+	}
+	ir.end = it.i
 
-	model, ok := f["model"]
-	if !ok || isNull(model) {
+	if model == nil || isNull(model) {
 		return nil, errBadRequest("'model' is required")
 	}
-	if err := json.Unmarshal(model, &ir.Model); err != nil {
+	m, ok := decodeString(model)
+	if !ok {
 		return nil, errBadRequest("'model' must be a string")
 	}
-	if ir.Model == "" {
+	if m == "" {
 		return nil, errBadRequest("'model' must not be empty")
 	}
+	ir.Model = m
 
 	var tc textCounter
 	var fixed int64 // tokens counted exactly or by fixed estimates
 	switch endpoint {
 	case endpointChat:
-		msgs, ok := f["messages"]
-		if !ok || isNull(msgs) {
+		if messages == nil || isNull(messages) {
 			return nil, errBadRequest("'messages' is required")
 		}
-		n, gerr := countMessages(msgs, &tc)
+		n, gerr := countMessages(messages, &tc)
 		if gerr != nil {
 			return nil, gerr
 		}
 		fixed += n + replyPrimingTokens
-		for _, k := range []string{"tools", "functions", "response_format"} {
-			if v, ok := f[k]; ok && !isNull(v) {
+		for _, v := range [...][]byte{tools, functions, responseFormat} {
+			if v != nil && !isNull(v) {
 				tc.addBytes(v)
 			}
 		}
 	case endpointCompletions:
-		if p, ok := f["prompt"]; ok && !isNull(p) {
-			n, gerr := countPromptInput(p, "prompt", &tc)
+		if prompt != nil && !isNull(prompt) {
+			n, gerr := countPromptInput(prompt, "prompt", &tc)
 			if gerr != nil {
 				return nil, gerr
 			}
 			fixed += n
 		}
-		if s, ok := f["suffix"]; ok && !isNull(s) {
-			var str string
-			if json.Unmarshal(s, &str) != nil {
+		if suffix != nil && !isNull(suffix) {
+			if suffix[0] != '"' {
 				return nil, errBadRequest("'suffix' must be a string")
 			}
-			tc.addString(str)
+			countJSONString(suffix[1:len(suffix)-1], &tc)
 		}
 	case endpointEmbeddings:
-		in, ok := f["input"]
-		if !ok || isNull(in) {
+		if input == nil || isNull(input) {
 			return nil, errBadRequest("'input' is required")
 		}
-		n, gerr := countPromptInput(in, "input", &tc)
+		n, gerr := countPromptInput(input, "input", &tc)
 		if gerr != nil {
 			return nil, gerr
 		}
@@ -154,44 +245,63 @@ func parseInference(body []byte, endpoint string) (*inferenceRequest, *gatewayEr
 		return ir, nil
 	}
 
-	for _, k := range []string{"max_tokens", "max_completion_tokens"} {
-		v, ok := f[k]
-		if !ok || isNull(v) {
+	for _, c := range [...]struct {
+		name string
+		v    []byte
+		bit  uint8
+	}{{"max_tokens", maxTok, capMaxTokens}, {"max_completion_tokens", maxCompl, capMaxCompletionTokens}} {
+		if c.v == nil || isNull(c.v) {
 			continue
 		}
-		n, err := parseNonNegInt(v)
+		n, err := parseNonNegInt(c.v)
 		if err != nil {
-			return nil, errBadRequest(fmt.Sprintf("'%s' must be a non-negative integer", k))
+			return nil, errBadRequest("'" + c.name + "' must be a non-negative integer")
 		}
 		if n > maxTokensLimit {
-			return nil, errBadRequest(fmt.Sprintf("'%s' is too large", k))
+			return nil, errBadRequest("'" + c.name + "' is too large")
 		}
-		ir.maxTokensKeys = append(ir.maxTokensKeys, k)
+		ir.capKeys |= c.bit
 		ir.MaxTokens = max(ir.MaxTokens, n)
 	}
-	for _, k := range []string{"n", "best_of"} {
-		v, ok := f[k]
-		if !ok || isNull(v) {
+	for _, c := range [...]struct {
+		name string
+		v    []byte
+	}{{"n", nVal}, {"best_of", bestOf}} {
+		if c.v == nil || isNull(c.v) {
 			continue
 		}
-		n, err := parseNonNegInt(v)
+		n, err := parseNonNegInt(c.v)
 		if err != nil || n < 1 || n > maxChoices {
-			return nil, errBadRequest(fmt.Sprintf("'%s' must be an integer between 1 and %d", k, maxChoices))
+			return nil, errBadRequest("'" + c.name + "' must be an integer between 1 and " + strconv.Itoa(maxChoices))
 		}
 		ir.choices = max(ir.choices, n)
 	}
-	if v, ok := f["stream"]; ok && !isNull(v) {
-		if json.Unmarshal(v, &ir.Stream) != nil {
+	if stream != nil && !isNull(stream) {
+		switch string(stream) {
+		case "true":
+			ir.Stream = true
+		case "false":
+		default:
 			return nil, errBadRequest("'stream' must be a boolean")
 		}
 	}
-	if v, ok := f["stream_options"]; ok && !isNull(v) {
-		var so map[string]json.RawMessage
-		if json.Unmarshal(v, &so) != nil {
+	if streamOpts != nil && !isNull(streamOpts) {
+		if streamOpts[0] != '{' {
 			return nil, errBadRequest("'stream_options' must be an object")
 		}
-		if iu, ok := so["include_usage"]; ok && !isNull(iu) {
-			if json.Unmarshal(iu, &ir.ClientIncludeUsage) != nil {
+		var iu []byte
+		so := objIter{b: streamOpts}
+		for so.next() {
+			if keyIs(so.key, "include_usage") {
+				iu = so.val
+			}
+		}
+		if iu != nil {
+			switch string(iu) {
+			case "true":
+				ir.ClientIncludeUsage = true
+			case "false", "null":
+			default:
 				return nil, errBadRequest("'stream_options.include_usage' must be a boolean")
 			}
 		}
@@ -201,32 +311,51 @@ func parseInference(body []byte, endpoint string) (*inferenceRequest, *gatewayEr
 
 // countMessages validates a chat messages array and counts its text into tc;
 // it returns the fixed-estimate tokens (per-message overhead, images).
-func countMessages(raw json.RawMessage, tc *textCounter) (int64, *gatewayError) {
-	var msgs []map[string]json.RawMessage
-	if json.Unmarshal(raw, &msgs) != nil {
-		return 0, errBadRequest("'messages' must be an array of message objects")
+func countMessages(raw []byte, tc *textCounter) (int64, *gatewayError) {
+	errShape := errBadRequest("'messages' must be an array of message objects")
+	if raw[0] != '[' {
+		return 0, errShape
+	}
+	// Every element must be an object (or null) before any is looked at.
+	for it := (arrIter{b: raw}); it.next(); {
+		if c := it.val[0]; c != '{' && c != 'n' {
+			return 0, errShape
+		}
 	}
 	var fixed int64
-	for i, m := range msgs {
-		if m == nil {
-			return 0, errBadRequest(fmt.Sprintf("'messages[%d]' must be an object", i))
+	i := 0
+	for it := (arrIter{b: raw}); it.next(); i++ {
+		if it.val[0] != '{' {
+			return 0, errBadRequest("'messages[" + strconv.Itoa(i) + "]' must be an object")
 		}
 		fixed += msgOverheadTokens
-		if role, ok := m["role"]; ok {
-			var s string
-			if json.Unmarshal(role, &s) != nil {
-				return 0, errBadRequest(fmt.Sprintf("'messages[%d].role' must be a string", i))
+		var role, content, name, toolCalls, functionCall []byte
+		for m := (objIter{b: it.val}); m.next(); {
+			switch {
+			case keyIs(m.key, "role"):
+				role = m.val
+			case keyIs(m.key, "content"):
+				content = m.val
+			case keyIs(m.key, "name"):
+				name = m.val
+			case keyIs(m.key, "tool_calls"):
+				toolCalls = m.val
+			case keyIs(m.key, "function_call"):
+				functionCall = m.val
 			}
 		}
-		if c, ok := m["content"]; ok && !isNull(c) {
-			n, gerr := countContent(c, i, tc)
+		if role != nil && role[0] != '"' && !isNull(role) {
+			return 0, errBadRequest("'messages[" + strconv.Itoa(i) + "].role' must be a string")
+		}
+		if content != nil && !isNull(content) {
+			n, gerr := countContent(content, i, tc)
 			if gerr != nil {
 				return 0, gerr
 			}
 			fixed += n
 		}
-		for _, k := range []string{"name", "tool_calls", "function_call"} {
-			if v, ok := m[k]; ok && !isNull(v) {
+		for _, v := range [...][]byte{name, toolCalls, functionCall} {
+			if v != nil && !isNull(v) {
 				tc.addBytes(v)
 			}
 		}
@@ -234,43 +363,91 @@ func countMessages(raw json.RawMessage, tc *textCounter) (int64, *gatewayError) 
 	return fixed, nil
 }
 
+// contentPart is what countContent reads of a content part. Fields match
+// case-insensitively, as encoding/json matches struct fields.
+type contentPart struct {
+	typ     string
+	text    []byte // the string literal, nil when absent or null
+	refusal []byte
+}
+
+// decodePart reads a content part (an object or null); it reports false
+// when a field has the wrong type.
+func decodePart(v []byte) (p contentPart, ok bool) {
+	if v[0] != '{' {
+		return p, true // null: an empty part
+	}
+	for it := (objIter{b: v}); it.next(); {
+		val := it.val
+		var dst *[]byte
+		switch {
+		case keyFold(it.key, "type"):
+			switch {
+			case val[0] == '"':
+				s, _ := decodeString(val)
+				p.typ = s
+			case isNull(val): // leaves the field as it was
+			default:
+				return p, false
+			}
+			continue
+		case keyFold(it.key, "text"):
+			dst = &p.text
+		case keyFold(it.key, "refusal"):
+			dst = &p.refusal
+		default:
+			continue
+		}
+		switch {
+		case val[0] == '"':
+			*dst = val
+		case isNull(val):
+			*dst = nil
+		default:
+			return p, false
+		}
+	}
+	return p, true
+}
+
 // countContent counts a message's content: a string or an array of parts.
 // Text parts are counted; image parts add imagePartTokens; audio and file
 // parts add filePartTokens.
-func countContent(raw json.RawMessage, i int, tc *textCounter) (int64, *gatewayError) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) > 0 && raw[0] == '"' {
-		var s string
-		if json.Unmarshal(raw, &s) != nil {
-			return 0, errBadRequest(fmt.Sprintf("'messages[%d].content' is not a valid string", i))
-		}
-		tc.addString(s)
+func countContent(raw []byte, i int, tc *textCounter) (int64, *gatewayError) {
+	if raw[0] == '"' {
+		countJSONString(raw[1:len(raw)-1], tc)
 		return 0, nil
 	}
-	var parts []struct {
-		Type    string  `json:"type"`
-		Text    *string `json:"text"`
-		Refusal *string `json:"refusal"`
+	errShape := errBadRequest("'messages[" + strconv.Itoa(i) + "].content' must be a string or an array of content parts")
+	if raw[0] != '[' {
+		return 0, errShape
 	}
-	if json.Unmarshal(raw, &parts) != nil {
-		return 0, errBadRequest(fmt.Sprintf("'messages[%d].content' must be a string or an array of content parts", i))
+	for it := (arrIter{b: raw}); it.next(); {
+		if c := it.val[0]; c != '{' && c != 'n' {
+			return 0, errShape
+		}
+		if _, ok := decodePart(it.val); !ok {
+			return 0, errShape
+		}
 	}
 	var fixed int64
-	for j, p := range parts {
-		switch p.Type {
+	j := 0
+	for it := (arrIter{b: raw}); it.next(); j++ {
+		p, _ := decodePart(it.val)
+		switch p.typ {
 		case "text":
-			if p.Text == nil {
-				return 0, errBadRequest(fmt.Sprintf("'messages[%d].content[%d].text' is required", i, j))
+			if p.text == nil {
+				return 0, errBadRequest("'messages[" + strconv.Itoa(i) + "].content[" + strconv.Itoa(j) + "].text' is required")
 			}
-			tc.addString(*p.Text)
+			countJSONString(p.text[1:len(p.text)-1], tc)
 		case "refusal":
-			if p.Refusal != nil {
-				tc.addString(*p.Refusal)
+			if p.refusal != nil {
+				countJSONString(p.refusal[1:len(p.refusal)-1], tc)
 			}
 		case "image_url", "image", "input_image":
 			fixed += imagePartTokens
 		case "":
-			return 0, errBadRequest(fmt.Sprintf("'messages[%d].content[%d].type' is required", i, j))
+			return 0, errBadRequest("'messages[" + strconv.Itoa(i) + "].content[" + strconv.Itoa(j) + "].type' is required")
 		default: // input_audio, file, and future part types
 			fixed += filePartTokens
 		}
@@ -281,7 +458,7 @@ func countContent(raw json.RawMessage, i int, tc *textCounter) (int64, *gatewayE
 // countPromptInput counts a completions prompt or an embeddings input: a
 // string, an array of strings, an array of token ids, or an array of arrays
 // of token ids. Token ids count exactly; it returns their number.
-func countPromptInput(raw json.RawMessage, name string, tc *textCounter) (int64, *gatewayError) {
+func countPromptInput(raw []byte, name string, tc *textCounter) (int64, *gatewayError) {
 	raw = bytes.TrimSpace(raw)
 	bad := errBadRequest(fmt.Sprintf("'%s' must be a string, an array of strings, or an array of token arrays", name))
 	if len(raw) == 0 {
@@ -328,15 +505,12 @@ func countPromptInput(raw json.RawMessage, name string, tc *textCounter) (int64,
 // setMaxTokens sets the completion cap the upstream sees: every cap field
 // the client sent, or key when it sent none.
 func (ir *inferenceRequest) setMaxTokens(n int64, key string) {
-	v := json.RawMessage(strconv.FormatInt(n, 10))
-	if len(ir.maxTokensKeys) == 0 {
-		if key == "" {
-			key = "max_tokens"
-		}
-		ir.fields[key] = v
-	} else {
-		for _, k := range ir.maxTokensKeys {
-			ir.fields[k] = v
+	ir.newCap = n
+	ir.capField = ir.capKeys
+	if ir.capField == 0 {
+		ir.capField = capMaxTokens
+		if key == maxTokensFieldCompletionOnly {
+			ir.capField = capMaxCompletionTokens
 		}
 	}
 	ir.dirty = true
@@ -349,54 +523,148 @@ func (ir *inferenceRequest) injectIncludeUsage() bool {
 	if !ir.Stream || ir.ClientIncludeUsage {
 		return false
 	}
-	so := map[string]json.RawMessage{}
-	if v, ok := ir.fields["stream_options"]; ok && !isNull(v) {
-		_ = json.Unmarshal(v, &so) // validated in parseInference
-	}
-	so["include_usage"] = json.RawMessage("true")
-	b, _ := json.Marshal(so)
-	ir.fields["stream_options"] = b
+	ir.usageOn = true
 	ir.dirty = true
 	return true
 }
 
 // body returns the request body to send upstream: the client's bytes when
-// nothing was rewritten.
+// nothing was rewritten, else the client's bytes with the new values
+// spliced in (every occurrence of a rewritten field replaced; a field the
+// client did not send added before the closing brace).
 func (ir *inferenceRequest) body() []byte {
 	if !ir.dirty {
 		return ir.raw
 	}
-	b, err := json.Marshal(ir.fields)
-	if err != nil { // cannot happen: every value is valid JSON
-		return ir.raw
+	raw := ir.raw
+	out := make([]byte, 0, len(raw)+64)
+	var soValue []byte
+	if ir.usageOn {
+		soValue = ir.streamOptionsWithUsage()
 	}
-	return b
+	pos := 0
+	var seen uint8
+	for _, sp := range ir.spans { // in body order
+		switch {
+		case sp.field&ir.capField != 0:
+			out = append(out, raw[pos:sp.start]...)
+			out = strconv.AppendInt(out, ir.newCap, 10)
+		case sp.field == fieldStreamOptions && ir.usageOn:
+			out = append(out, raw[pos:sp.start]...)
+			out = append(out, soValue...)
+		default:
+			continue
+		}
+		seen |= sp.field
+		pos = sp.end
+	}
+	out = append(out, raw[pos:ir.end]...)
+	empty := skipSpace(raw, skipSpace(raw, 0)+1) == ir.end
+	add := func(name string) {
+		if !empty {
+			out = append(out, ',')
+		}
+		empty = false
+		out = append(out, '"')
+		out = append(out, name...)
+		out = append(out, '"', ':')
+	}
+	for _, c := range [...]struct {
+		bit  uint8
+		name string
+	}{{capMaxTokens, "max_tokens"}, {capMaxCompletionTokens, "max_completion_tokens"}} {
+		if ir.capField&c.bit != 0 && seen&c.bit == 0 {
+			add(c.name)
+			out = strconv.AppendInt(out, ir.newCap, 10)
+		}
+	}
+	if ir.usageOn && seen&fieldStreamOptions == 0 {
+		add("stream_options")
+		out = append(out, soValue...)
+	}
+	return append(out, raw[ir.end:]...)
 }
 
-// apply installs the (possibly rewritten) body on r.
+// streamOptionsWithUsage is the client's last stream_options object with
+// include_usage set to true (every occurrence of it), or a new object.
+func (ir *inferenceRequest) streamOptionsWithUsage() []byte {
+	var last []byte
+	for _, sp := range ir.spans {
+		if sp.field == fieldStreamOptions {
+			last = ir.raw[sp.start:sp.end]
+		}
+	}
+	if last == nil || last[0] != '{' {
+		return []byte(`{"include_usage":true}`)
+	}
+	out := make([]byte, 0, len(last)+24)
+	pos, found := 0, false
+	it := objIter{b: last}
+	for it.next() {
+		if keyIs(it.key, "include_usage") {
+			out = append(out, last[pos:it.valStart]...)
+			out = append(out, "true"...)
+			pos, found = it.valStart+len(it.val), true
+		}
+	}
+	if found {
+		return append(out, last[pos:]...)
+	}
+	out = append(out, last[:it.i]...)
+	if skipSpace(last, 1) != it.i {
+		out = append(out, ',')
+	}
+	out = append(out, `"include_usage":true`...)
+	return append(out, last[it.i:]...)
+}
+
+// apply installs the (possibly rewritten) body on r; an unchanged body
+// that r still carries unread is left as it is.
 func (ir *inferenceRequest) apply(r *http.Request) {
+	if !ir.dirty && ir.body0 != nil && r.Body == ir.body0 && ir.body0.(*bodyReader).Len() == len(ir.raw) {
+		return
+	}
 	setBody(r, ir.body())
+}
+
+// bodyReader is a request body over bytes.
+type bodyReader struct{ bytes.Reader }
+
+func (*bodyReader) Close() error { return nil }
+
+func newBodyReader(b []byte) *bodyReader {
+	br := new(bodyReader)
+	br.Reset(b)
+	return br
 }
 
 // setBody makes b the request body and keeps every description of the body
 // consistent with it (caddy-notes §2, §5.8): Body, ContentLength, the
 // Content-Length header, GetBody, and no chunked transfer encoding.
 func setBody(r *http.Request, b []byte) {
-	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.Body = newBodyReader(b)
+	if v := r.Header["Content-Length"]; len(v) != 1 || !isDecimal(v[0], int64(len(b))) {
+		r.Header.Set("Content-Length", strconv.Itoa(len(b)))
+	}
 	r.ContentLength = int64(len(b))
-	r.Header.Set("Content-Length", strconv.Itoa(len(b)))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	r.GetBody = func() (io.ReadCloser, error) { return newBodyReader(b), nil }
 	r.TransferEncoding = nil
 }
 
+// isDecimal reports whether s is exactly the decimal form of n >= 0.
+func isDecimal(s string, n int64) bool {
+	var buf [20]byte
+	return s == string(strconv.AppendInt(buf[:0], n, 10))
+}
+
 // isNull reports whether raw is the JSON null literal.
-func isNull(raw json.RawMessage) bool {
+func isNull(raw []byte) bool {
 	return string(bytes.TrimSpace(raw)) == "null"
 }
 
 // parseNonNegInt parses a JSON number that must be a non-negative integer
 // (no fraction or exponent).
-func parseNonNegInt(raw json.RawMessage) (int64, error) {
+func parseNonNegInt(raw []byte) (int64, error) {
 	n, err := strconv.ParseInt(string(bytes.TrimSpace(raw)), 10, 64)
 	if err != nil {
 		return 0, err

@@ -42,13 +42,13 @@ func TestParseInference(t *testing.T) {
 			}},
 		{"both caps: larger wins", endpointChat, `{"model":"m","messages":[],"max_tokens":5,"max_completion_tokens":70}`, 0,
 			func(t *testing.T, ir *inferenceRequest) {
-				if ir.MaxTokens != 70 || len(ir.maxTokensKeys) != 2 {
+				if ir.MaxTokens != 70 || ir.capKeys != capMaxTokens|capMaxCompletionTokens {
 					t.Errorf("got %+v", ir)
 				}
 			}},
 		{"null cap is absent", endpointChat, `{"model":"m","messages":[],"max_tokens":null}`, 0,
 			func(t *testing.T, ir *inferenceRequest) {
-				if ir.MaxTokens != 0 || len(ir.maxTokensKeys) != 0 {
+				if ir.MaxTokens != 0 || ir.capKeys != 0 {
 					t.Errorf("got %+v", ir)
 				}
 			}},

@@ -346,17 +346,25 @@ func stringEnd(b []byte, i int) int {
 }
 
 // countJSONString counts the characters of the contents of a JSON string
-// (escapes decoded: \n counts one ASCII byte, \uXXXX one character).
+// as encoding/json decodes them: \n counts one ASCII byte, \uXXXX one
+// character (a surrogate pair one, a lone surrogate one U+FFFD), an
+// invalid UTF-8 byte one U+FFFD.
 func countJSONString(s []byte, tc *textCounter) {
 	for i := 0; i < len(s); {
 		if s[i] == '\\' && i+1 < len(s) {
 			if s[i+1] == 'u' && i+6 <= len(s) {
-				v, err := strconv.ParseUint(string(s[i+2:i+6]), 16, 16)
-				if err == nil && v < 0x80 {
+				v := hex4(s[i+2 : i+6])
+				switch {
+				case v < 0:
+					tc.other++ // not valid JSON: count something
+				case v < 0x80:
 					tc.ascii++
-				} else if err == nil && v >= 0xDC00 && v <= 0xDFFF {
-					// low surrogate: counted with its high half
-				} else {
+				case v >= 0xD800 && v < 0xDC00 && i+12 <= len(s) && s[i+6] == '\\' && s[i+7] == 'u':
+					tc.other++
+					if lo := hex4(s[i+8 : i+12]); lo >= 0xDC00 && lo <= 0xDFFF {
+						i += 6 // the pair is one character
+					}
+				default:
 					tc.other++
 				}
 				i += 6
@@ -367,10 +375,26 @@ func countJSONString(s []byte, tc *textCounter) {
 			continue
 		}
 		j := i
+		if s[j] == '\\' { // a lone backslash at the end
+			j++
+		}
 		for j < len(s) && s[j] != '\\' {
 			j++
 		}
 		tc.addBytes(s[i:j])
 		i = j
 	}
+}
+
+// hex4 decodes four hex digits, or returns -1.
+func hex4(b []byte) int {
+	v := 0
+	for _, c := range b {
+		h := hexVal(c)
+		if h < 0 {
+			return -1
+		}
+		v = v<<4 | h
+	}
+	return v
 }
