@@ -301,7 +301,12 @@ loop:
 	wg.Wait()
 	elapsed := time.Since(start)
 
-	// Let abandoned streams settle, then read the end state.
+	// Let abandoned streams settle, then read the end state. The clients'
+	// idle keep-alive connections each hold a server goroutine: close them
+	// first, so what remains above the start is a leak.
+	if tr, ok := s.client.Transport.(*http.Transport); ok {
+		tr.CloseIdleConnections()
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	var end sample
 	for {
