@@ -63,7 +63,8 @@ func (g *Gateway) authenticate(r *http.Request, key, clientIP string, now time.T
 	if _, ok := storage.ParseKey(key); !ok {
 		return nil, errInvalidKey
 	}
-	e, err := g.state.index.lookup(r.Context(), g.app.keyring.Hash(key), now)
+	var hash [32]byte
+	e, err := g.state.index.lookup(r.Context(), g.app.keyring.HashTo(&hash, key), now)
 	if err != nil {
 		if errors.Is(err, ErrUnknownKey) {
 			g.state.audit.record(auditUnknownKey, clientIP, &storage.AuditEntry{

@@ -222,15 +222,14 @@ func errMethodNotAllowed(method, p string) *gatewayError {
 // the real total tokens (0 when nothing was charged, e.g. an upstream
 // error), which replaces the estimate in every token counter.
 type admission struct {
-	key        *storage.APIKey
-	user       *storage.User
-	limits     storage.RateLimits
-	userLimits storage.RateLimits
-	req        *inferenceRequest
-	clientIP   string
-	planName   string
-	env        string
-	estTokens  int64
+	key       *storage.APIKey
+	user      *storage.User
+	rl        *resolvedLimits // the key's and the user's rate limits
+	req       *inferenceRequest
+	clientIP  string
+	planName  string
+	env       string
+	estTokens int64
 
 	entry       *keyEntry
 	models      []string // model globs of the plan; empty: all

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -40,6 +41,10 @@ type keyEntry struct {
 	// The same, boxed once for placeholders and vars (no allocation per
 	// request).
 	keyIDVal, userIDVal, envVal any
+
+	// limits caches the rate limits resolved for this key under one user
+	// policy snapshot and gateway (see Gateway.resolveLimits).
+	limits atomic.Pointer[resolvedLimits]
 }
 
 // newKeyEntry derives a keyEntry from a key and its user.
@@ -131,7 +136,8 @@ func (ix *keyIndex) lookup(ctx context.Context, hash []byte, now time.Time) (*ke
 	if negative {
 		return nil, ErrUnknownKey
 	}
-	return ix.load(ctx, hash, gen, now)
+	// A copy: hash stays the caller's (on its stack) on the hit path.
+	return ix.load(ctx, bytes.Clone(hash), gen, now)
 }
 
 func (r hashRef) resolve(now time.Time) (*keyEntry, error) {

@@ -583,8 +583,7 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 	a := &admission{
 		key:         e.id.Key,
 		user:        e.id.User,
-		limits:      mergeLimits(pol.adminLimits, e.id.Key.RateLimits, g.Limits, g.app.DefaultLimits),
-		userLimits:  mergeLimits(pol.adminLimits, storage.RateLimits{}, g.Limits, g.app.DefaultLimits),
+		rl:          g.resolveLimits(e, pol),
 		clientIP:    clientIP,
 		planName:    ent.planName,
 		env:         e.env,
@@ -595,6 +594,35 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 		planCounted: rt.metered(),
 	}
 	return a, nil
+}
+
+// resolvedLimits are a key's rate limits (admin, key, handler and app
+// levels merged) and its user's (the same without the key level), for one
+// policy snapshot and handler.
+type resolvedLimits struct {
+	pol       *userPolicy // the snapshot they were resolved under
+	g         *Gateway
+	key, user periodLimits
+}
+
+// resolveLimits returns the merged rate limits of e under pol, computed
+// once per key version, policy snapshot and handler (all immutable).
+func (g *Gateway) resolveLimits(e *keyEntry, pol *userPolicy) *resolvedLimits {
+	if rl := e.limits.Load(); rl != nil && rl.pol == pol && rl.g == g {
+		return rl
+	}
+	var admin storage.RateLimits
+	if pol != nil {
+		admin = pol.adminLimits
+	}
+	rl := &resolvedLimits{
+		pol:  pol,
+		g:    g,
+		key:  rateLimits(mergeLimits(admin, e.id.Key.RateLimits, g.Limits, g.app.DefaultLimits)),
+		user: rateLimits(mergeLimits(admin, storage.RateLimits{}, g.Limits, g.app.DefaultLimits)),
+	}
+	e.limits.Store(rl)
+	return rl
 }
 
 // admit counts the request against the plan (metered routes only) and rate
@@ -633,8 +661,8 @@ func (a *admission) input() admitInput {
 	return admitInput{
 		userID:     a.key.UserID,
 		keyID:      a.key.ID,
-		userLimits: rateLimits(a.userLimits),
-		keyLimits:  rateLimits(a.limits),
+		userLimits: a.rl.user,
+		keyLimits:  a.rl.key,
 		plan:       &a.planLimits,
 		countPlan:  a.planCounted,
 		est:        a.estTokens,

@@ -364,3 +364,29 @@ func TestLimiterSeedsOncePerUser(t *testing.T) {
 		t.Fatalf("second seed: %v, %d calls", err, st.calls.Load())
 	}
 }
+
+// Merged limits are cached per key version, policy snapshot and handler,
+// and re-resolved when the policy changes.
+func TestResolveLimitsCache(t *testing.T) {
+	e := newTestEnv(t, func(a *App, g *Gateway) {
+		a.DefaultLimits = storage.RateLimits{RequestsPerMinute: 100, TokensPerDay: 7}
+	})
+	_, k := e.newKey(t, "", func(k *storage.APIKey) { k.RateLimits.RequestsPerHour = 50 })
+	en := newKeyEntry(k, &storage.User{ID: k.UserID})
+	pol := &userPolicy{adminLimits: storage.RateLimits{RequestsPerMinute: 10}}
+	rl := e.g.resolveLimits(en, pol)
+	if rl.key.requests[perMinute] != 10 || rl.key.requests[perHour] != 50 || rl.key.tokens[perDay] != 7 ||
+		rl.user.requests[perMinute] != 10 || rl.user.requests[perHour] != 0 || rl.user.tokens[perDay] != 7 {
+		t.Fatalf("resolved: %+v", rl)
+	}
+	if again := e.g.resolveLimits(en, pol); again != rl {
+		t.Fatal("same policy: not served from the cache")
+	}
+	pol2 := &userPolicy{adminLimits: storage.RateLimits{RequestsPerMinute: 20}}
+	if rl2 := e.g.resolveLimits(en, pol2); rl2.key.requests[perMinute] != 20 || rl2.user.requests[perMinute] != 20 {
+		t.Fatalf("new policy not applied: %+v", rl2)
+	}
+	if rl3 := e.g.resolveLimits(en, nil); rl3.key.requests[perMinute] != 100 || rl3.user.requests[perMinute] != 100 {
+		t.Fatalf("no policy: %+v", rl3)
+	}
+}

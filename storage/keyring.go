@@ -126,6 +126,7 @@ type Keyring struct {
 type hasher struct {
 	h   hash.Hash
 	buf []byte
+	sum [sha256.Size]byte
 }
 
 // NewKeyring derives the hashing and encryption keys from secret, which
@@ -181,6 +182,22 @@ func (kr *Keyring) Hash(key string) []byte {
 	}
 	kr.pool.Put(hs)
 	return sum
+}
+
+// HashTo is Hash writing into dst (no allocation): it returns dst[:].
+func (kr *Keyring) HashTo(dst *[sha256.Size]byte, key string) []byte {
+	hs := kr.pool.Get().(*hasher)
+	hs.h.Reset()
+	hs.buf = append(hs.buf[:0], key...)
+	hs.h.Write(hs.buf)
+	// Sum into the hasher's own array: a slice passed to the hash.Hash
+	// interface escapes, and dst should be able to live on the stack.
+	copy(dst[:], hs.h.Sum(hs.sum[:0]))
+	if cap(hs.buf) > 1024 {
+		hs.buf = make([]byte, 0, 64)
+	}
+	kr.pool.Put(hs)
+	return dst[:]
 }
 
 // Encrypt returns a Fernet token of key (randomized: never use it for

@@ -290,3 +290,12 @@ func FuzzParseKey(f *testing.F) {
 		}
 	})
 }
+
+func TestHashToMatchesHash(t *testing.T) {
+	for _, key := range []string{"", "gw_live_abc", strings.Repeat("x", 2000)} {
+		var dst [32]byte
+		if got := testKeyring.HashTo(&dst, key); !bytes.Equal(got, testKeyring.Hash(key)) || &got[0] != &dst[0] {
+			t.Fatalf("HashTo(%.20q) differs from Hash", key)
+		}
+	}
+}
