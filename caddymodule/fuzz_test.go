@@ -206,3 +206,48 @@ func FuzzValidJSON(f *testing.F) {
 		}
 	})
 }
+
+// FuzzUsageEvent checks decodeUsageEvent and decodeUsage against the
+// encoding/json decodes they replace.
+func FuzzUsageEvent(f *testing.F) {
+	f.Add([]byte(`{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}`))
+	f.Add([]byte(`{"choices":[{"delta":{"content":"a"}}],"usage":{"prompt_tokens":"1","COMPLETION_TOKENS":2.5}}`))
+	f.Add([]byte(`{"usage":{"prompt_tokens":1},"usage":null,"usage":{"completion_tokens":2},"usage":{"total_tokens":"\u0033"}}`))
+	f.Add([]byte(`{"choices":null,"usage":{"input_tokens":3,"output_tokens":-4,"prompt_tokens":true}}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var ev struct {
+			Choices []json.RawMessage `json:"choices"`
+			Usage   *usageJSON        `json:"usage"`
+		}
+		err := json.Unmarshal(data, &ev)
+		u, hasUsage, hasChoices, ok := decodeUsageEvent(data)
+		if ok != (err == nil) {
+			t.Fatalf("ok %v, json.Unmarshal: %v", ok, err)
+		}
+		if !ok {
+			return
+		}
+		if hasUsage != (ev.Usage != nil) || hasChoices != (len(ev.Choices) > 0) {
+			t.Fatalf("usage %v choices %v, json: %+v", hasUsage, hasChoices, ev)
+		}
+		if hasUsage {
+			got, gotOK := u.normalize()
+			want, wantOK := ev.Usage.normalize()
+			if got != want || gotOK != wantOK {
+				t.Fatalf("usage %+v %v, json %+v %v", got, gotOK, want, wantOK)
+			}
+		}
+		// decodeUsage on an object: as json.Unmarshal into usageJSON.
+		var uj usageJSON
+		jerr := json.Unmarshal(data, &uj)
+		got, gotOK := decodeUsage(data)
+		want, wantOK := uj.normalize()
+		if jerr != nil || bytes.TrimSpace(data)[0] != '{' {
+			want, wantOK = usage{}, false
+		}
+		if got != want || gotOK != wantOK {
+			t.Fatalf("decodeUsage %+v %v, json %+v %v (%v)", got, gotOK, want, wantOK, jerr)
+		}
+	})
+}

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bytes"
-	"encoding/json"
 )
 
 // SSE line bounds.
@@ -130,20 +129,17 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 		countGeneratedText(data, &s.generated)
 		return false
 	}
-	var ev struct {
-		Choices []json.RawMessage `json:"choices"`
-		Usage   *usageJSON        `json:"usage"`
-	}
-	if json.Unmarshal(data, &ev) != nil || ev.Usage == nil {
+	u, hasUsage, hasChoices, ok := decodeUsageEvent(data)
+	if !ok || !hasUsage {
 		countGeneratedText(data, &s.generated)
 		return false
 	}
-	if u, ok := ev.Usage.normalize(); ok {
+	if u, ok := u.normalize(); ok {
 		// Providers that repeat cumulative usage on several events: the
 		// last one wins, never a sum.
 		s.usage, s.haveUsage = u, true
 	}
-	if len(ev.Choices) > 0 {
+	if hasChoices {
 		countGeneratedText(data, &s.generated)
 		return false
 	}
@@ -152,4 +148,52 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 		return true
 	}
 	return false
+}
+
+// decodeUsageEvent reads an event's data as json.Unmarshal into
+// struct{Choices []json.RawMessage; Usage *usageJSON} does, without
+// allocating: ok is false where that decode fails; hasUsage where Usage
+// would be non-nil; hasChoices where Choices would be non-empty.
+func decodeUsageEvent(data []byte) (u usageFields, hasUsage, hasChoices, ok bool) {
+	if !validJSON(data) {
+		return u, false, false, false
+	}
+	i := skipSpace(data, 0)
+	switch data[i] {
+	case 'n': // null: nothing decoded
+		return u, false, false, true
+	case '{':
+	default:
+		return u, false, false, false
+	}
+	for it := (objIter{b: data, i: i}); it.next(); {
+		v := it.val
+		switch {
+		case keyFold(it.key, "choices"):
+			switch v[0] {
+			case '[':
+				hasChoices = skipSpace(v, 1) != len(v)-1
+			case 'n':
+				hasChoices = false
+			default:
+				return u, false, false, false
+			}
+		case keyFold(it.key, "usage"):
+			switch v[0] {
+			case '{':
+				if !hasUsage {
+					u = usageFields{}
+				}
+				if !decodeUsageObject(v, &u) {
+					return u, false, false, false
+				}
+				hasUsage = true
+			case 'n':
+				hasUsage = false
+			default:
+				return u, false, false, false
+			}
+		}
+	}
+	return u, hasUsage, hasChoices, true
 }

@@ -25,15 +25,34 @@ type usageJSON struct {
 	OutputTokens json.Number `json:"output_tokens"`
 }
 
+// normalize turns a decoded usage object into counts (see
+// usageFields.normalize).
+func (u usageJSON) normalize() (usage, bool) {
+	b := func(n json.Number) []byte {
+		if n == "" {
+			return nil
+		}
+		return []byte(n)
+	}
+	return usageFields{b(u.PromptTokens), b(u.CompletionTokens), b(u.TotalTokens), b(u.InputTokens), b(u.OutputTokens)}.normalize()
+}
+
+// usageFields are the counts of a usage object as their JSON number text
+// (the contents of a quoted count included); nil when absent. It is what
+// decoding into usageJSON gives, without allocating.
+type usageFields struct {
+	prompt, completion, total, input, output []byte
+}
+
 // normalize turns a decoded usage object into counts. It reports false when
 // the object has no usable count (all absent, negative or non-integer). A
 // total_tokens above prompt+completion (providers that count hidden tokens
 // only in the total) is billed as completion, so the charge always covers the
 // reported total, as the reference charges total_tokens.
-func (u usageJSON) normalize() (usage, bool) {
-	num := func(primary, fallback json.Number) (int64, bool) {
-		for _, n := range []json.Number{primary, fallback} {
-			if n == "" {
+func (u usageFields) normalize() (usage, bool) {
+	num := func(primary, fallback []byte) (int64, bool) {
+		for _, n := range [...][]byte{primary, fallback} {
+			if n == nil {
 				continue
 			}
 			v, err := strconv.ParseInt(string(n), 10, 64)
@@ -44,9 +63,9 @@ func (u usageJSON) normalize() (usage, bool) {
 		}
 		return 0, false
 	}
-	p, okP := num(u.PromptTokens, u.InputTokens)
-	c, okC := num(u.CompletionTokens, u.OutputTokens)
-	t, okT := num(u.TotalTokens, "")
+	p, okP := num(u.prompt, u.input)
+	c, okC := num(u.completion, u.output)
+	t, okT := num(u.total, nil)
 	if !okP && !okC && !okT {
 		return usage{}, false
 	}
@@ -59,6 +78,59 @@ func (u usageJSON) normalize() (usage, bool) {
 		}
 	}
 	return usage{PromptTokens: p, CompletionTokens: c, TotalTokens: p + c}, true
+}
+
+// decodeUsageObject decodes the valid JSON object obj into u as
+// json.Unmarshal into usageJSON does (merging into what u holds, as a
+// decode into an existing struct does): keys match case-insensitively, the
+// last occurrence wins, null leaves a count as it was; a count that is
+// neither a number nor a string holding one is an error.
+func decodeUsageObject(obj []byte, u *usageFields) bool {
+	for it := (objIter{b: obj}); it.next(); {
+		var dst *[]byte
+		switch k := it.key; {
+		case keyFold(k, "prompt_tokens"):
+			dst = &u.prompt
+		case keyFold(k, "completion_tokens"):
+			dst = &u.completion
+		case keyFold(k, "total_tokens"):
+			dst = &u.total
+		case keyFold(k, "input_tokens"):
+			dst = &u.input
+		case keyFold(k, "output_tokens"):
+			dst = &u.output
+		default:
+			continue
+		}
+		v := it.val
+		switch c := v[0]; {
+		case c == 'n': // null
+		case c == '-' || (c >= '0' && c <= '9'):
+			*dst = v
+		case c == '"':
+			inner := v[1 : len(v)-1]
+			if bytes.IndexByte(inner, '\\') >= 0 {
+				s, _ := decodeString(v)
+				inner = []byte(s)
+			}
+			if len(inner) == 0 || scanNumber(inner, 0) != len(inner) {
+				return false
+			}
+			*dst = inner
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// decodeUsage decodes a usage object span (not yet validated).
+func decodeUsage(obj []byte) (usage, bool) {
+	var u usageFields
+	if !validJSON(obj) || obj[skipSpace(obj, 0)] != '{' || !decodeUsageObject(obj, &u) {
+		return usage{}, false
+	}
+	return u.normalize()
 }
 
 // usageFromJSON extracts the top-level "usage" object of a JSON response
@@ -75,11 +147,7 @@ func usageFromJSON(body []byte) (usage, bool) {
 	if start < 0 {
 		return usage{}, false
 	}
-	var u usageJSON
-	if json.Unmarshal(body[start:end], &u) != nil {
-		return usage{}, false
-	}
-	return u.normalize()
+	return decodeUsage(body[start:end])
 }
 
 // topLevelUsage returns the bounds of the object value of the last
