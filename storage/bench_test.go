@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -112,4 +113,49 @@ func BenchmarkParseKey(b *testing.B) {
 	for b.Loop() {
 		ParseKey(key)
 	}
+}
+
+// BenchmarkSettlePaced is the low-concurrency case: one settlement every
+// 500 µs from one goroutine (about what one connection sends), with real
+// fsync. It reports the process CPU (user+system) per settlement, which is
+// mostly the group commits: each window's transaction and fsync is shared
+// by the settlements that arrived in it.
+func BenchmarkSettlePaced(b *testing.B) {
+	for _, w := range []time.Duration{2 * time.Millisecond, 10 * time.Millisecond} {
+		b.Run("window="+w.String(), func(b *testing.B) {
+			ctx := context.Background()
+			s, err := Open(filepath.Join(b.TempDir(), "bench.db"), Options{CommitWindow: w})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			u, k := register(b, s, "paced@example.com", 1<<50)
+			rec := UsageRecord{Model: "gpt-4o-mini", PromptTokens: 20, CompletionTokens: 40, TotalTokens: 60, RequestID: "chatcmpl-0123456789", Status: 200}
+			cpu0 := processCPU()
+			b.ResetTimer()
+			next := time.Now()
+			for b.Loop() {
+				next = next.Add(500 * time.Microsecond)
+				time.Sleep(time.Until(next))
+				r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 100})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, _, err := s.Settle(ctx, r, 60, rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := s.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/settlement")
+		})
+	}
+}
+
+// processCPU returns the user+system CPU time of the process.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
