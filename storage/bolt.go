@@ -121,7 +121,7 @@ type BoltStore struct {
 	accounts sync.Map // int64 user id → *account
 	keyState sync.Map // int64 key id → *keyCounter
 	loadMu   sync.Mutex
-	open     sync.Map // uint64 reservation id → *openRes
+	open     [resShards]resShard // open reservations by id
 	resSeq   atomic.Uint64
 	openN    atomic.Int64
 	ledgerID atomic.Uint64 // last ledger entry id handed out

@@ -153,11 +153,37 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 	}
 	a.reserved += req.Credits
 	a.mu.Unlock()
-	r := &openRes{userID: req.UserID, keyID: req.KeyID, amount: req.Credits, slot: slot, acct: a, kc: kc}
 	id := s.resSeq.Add(1)
-	s.open.Store(id, r)
+	// One allocation for the caller's handle and the store's copy.
+	box := &reservationBox{
+		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: req.Credits},
+		r:   openRes{userID: req.UserID, keyID: req.KeyID, amount: req.Credits, slot: slot, acct: a, kc: kc},
+	}
+	sh := &s.open[id%resShards]
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = make(map[uint64]*openRes)
+	}
+	sh.m[id] = &box.r
+	sh.mu.Unlock()
 	s.openN.Add(1)
-	return &Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: req.Credits}, nil
+	return &box.pub, nil
+}
+
+// resShards is the number of shards of the open reservation map.
+const resShards = 16
+
+// resShard is one shard of the open reservations, padded to its own cache
+// line.
+type resShard struct {
+	mu sync.Mutex
+	m  map[uint64]*openRes
+	_  [48]byte
+}
+
+type reservationBox struct {
+	pub Reservation
+	r   openRes
 }
 
 // OpenReservations counts reservations not yet settled or refunded.
@@ -167,12 +193,18 @@ func (s *BoltStore) take(res *Reservation) (*openRes, error) {
 	if res == nil {
 		return nil, fmt.Errorf("storage: nil reservation: %w", ErrInvalid)
 	}
-	v, ok := s.open.LoadAndDelete(res.ID)
+	sh := &s.open[res.ID%resShards]
+	sh.mu.Lock()
+	r, ok := sh.m[res.ID]
+	if ok {
+		delete(sh.m, res.ID)
+	}
+	sh.mu.Unlock()
 	if !ok {
 		return nil, ErrAlreadySettled
 	}
 	s.openN.Add(-1)
-	return v.(*openRes), nil
+	return r, nil
 }
 
 // Settle charges min(cost, what the user has beyond other reservations),
