@@ -6,6 +6,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -105,7 +106,11 @@ func (m *meter) init(w http.ResponseWriter, strip bool, maxBuffer int, hook head
 
 // isEventStream reports whether the Content-Type is text/event-stream.
 func isEventStream(h http.Header) bool {
-	mt, _, err := mime.ParseMediaType(h.Get("Content-Type"))
+	ct := h.Get("Content-Type")
+	if !strings.ContainsRune(ct, ';') { // no parameters: no parsing needed
+		return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
+	}
+	mt, _, err := mime.ParseMediaType(ct)
 	return err == nil && mt == "text/event-stream"
 }
 

@@ -136,3 +136,14 @@ func TestMeterErrorBuffered(t *testing.T) {
 		t.Fatalf("error body: sent %d, buffered %d", rec.Body.Len(), m.buf.Len())
 	}
 }
+
+func TestIsEventStream(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream": true, " Text/Event-Stream ": true, "text/event-stream; charset=utf-8": true,
+		"text/event-stream;": true, "text/event-stream; a": false, "application/json": false, "": false, "text/event-streams": false,
+	} {
+		if got := isEventStream(http.Header{"Content-Type": {ct}}); got != want {
+			t.Errorf("isEventStream(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}

@@ -372,15 +372,23 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	return s.complete(err)
 }
 
+// setHeader sets the canonical header key to v, with the value slice
+// backed by the settlement (one allocation less per header). The slice is
+// full, so an append by another handler copies it.
+func (s *settlement) setHeader(h http.Header, slot int, key, v string) {
+	s.hdrVals[slot] = v
+	h[key] = s.hdrVals[slot : slot+1 : slot+1]
+}
+
 // beforeHeader sets the gateway's response headers just before a header
 // goes straight through (streams, pass-through, errors written by the meter).
 func (s *settlement) beforeHeader(status int) {
 	h := s.w.Header()
-	h.Set(hdrRequestID, s.reqID)
+	s.setHeader(h, 0, hdrRequestID, s.reqID)
 	// Streams get the balance after the reservation hold; buffered
 	// responses have set the balance after settlement already.
 	if status < 400 && h.Get(hdrCreditsRemaining) == "" {
-		h.Set(hdrCreditsRemaining, strconv.FormatInt(max(s.afterHold, 0), 10))
+		s.setHeader(h, 1, hdrCreditsRemaining, strconv.FormatInt(max(s.afterHold, 0), 10))
 	}
 }
 
@@ -418,6 +426,7 @@ type settlement struct {
 	timeout   time.Duration
 	done      bool
 	log       meteringLog
+	hdrVals   [2]string // backing of the X-Request-Id and credits header values
 }
 
 // meteringLog is the gateway's part of the request's access-log entry. It
@@ -553,9 +562,9 @@ func (s *settlement) settleBuffered() {
 	}
 	charged, balance, settled := s.charge(u, !ok)
 	h := m.Header()
-	h.Set(hdrRequestID, s.reqID)
+	s.setHeader(h, 0, hdrRequestID, s.reqID)
 	if settled {
-		h.Set(hdrCreditsRemaining, strconv.FormatInt(balance, 10))
+		s.setHeader(h, 1, hdrCreditsRemaining, strconv.FormatInt(balance, 10))
 		if out, ok := addGatewayUsage(body, gatewayUsage{
 			TokensCharged:    u.PromptTokens + u.CompletionTokens,
 			CreditsCharged:   charged,

@@ -224,6 +224,9 @@ func hasUsageObject(b []byte) bool {
 // usageObjectAt returns the offset of the '{' of the last "usage": {…}
 // object in b, or -1.
 func usageObjectAt(b []byte) int {
+	if !bytes.Contains(b, usageKey) { // the common case, and faster than LastIndex
+		return -1
+	}
 	for end := len(b); end > 0; {
 		i := bytes.LastIndex(b[:end], usageKey)
 		if i < 0 {
@@ -349,21 +352,21 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// generatedTextKeys are the JSON keys whose string values are generated
-// text: chat content and deltas, legacy completions text, tool-call
-// arguments, reasoning and refusals.
-var generatedTextKeys = map[string]bool{
-	"content":           true,
-	"text":              true,
-	"arguments":         true,
-	"reasoning":         true,
-	"reasoning_content": true,
-	"refusal":           true,
+// isGeneratedTextKey reports whether a JSON key's string values are
+// generated text: chat content and deltas, legacy completions text,
+// tool-call arguments, reasoning and refusals.
+func isGeneratedTextKey(k []byte) bool {
+	switch string(k) {
+	case "content", "text", "arguments", "reasoning", "reasoning_content", "refusal":
+		return true
+	}
+	return false
 }
 
 // countGeneratedText adds to tc the characters of every string value whose
-// key is in generatedTextKeys, anywhere in the JSON text b. It is a single
-// byte pass without decoding; escapes count as the character they stand for.
+// key is a generated-text key (isGeneratedTextKey), anywhere in the JSON
+// text b. It is a single byte pass without decoding; escapes count as the
+// character they stand for.
 // It never fails: malformed input simply counts less.
 func countGeneratedText(b []byte, tc *textCounter) {
 	for i := 0; i < len(b); {
@@ -390,7 +393,7 @@ func countGeneratedText(b []byte, tc *textCounter) {
 		if vEnd < 0 {
 			return
 		}
-		if generatedTextKeys[string(b[kStart:kEnd])] {
+		if isGeneratedTextKey(b[kStart:kEnd]) {
 			countJSONString(b[j+1:vEnd], tc)
 		}
 		i = vEnd + 1
