@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ import (
 //	e500        500 with an OpenAI error body
 //	e503html    503 with an HTML page
 //	e429        429 with Retry-After: 7
-//	slow        waits 10s before the headers (beyond the proxy's timeout)
+//	slow        waits 10s before the headers (beyond the proxy's 3s timeout)
 //	malformed   200 application/json that is not JSON
 //	truncated   Content-Length of the whole body, half of it, then abort
 //	cut         an SSE stream aborted after 5 content events
@@ -39,6 +40,7 @@ type faultUpstream struct {
 
 func startFaultUpstream(t *testing.T) *faultUpstream {
 	t.Helper()
+	hugeCompletion()
 	f := &faultUpstream{httptest.NewServer(http.HandlerFunc(faultServe))}
 	t.Cleanup(f.Close)
 	return f
@@ -110,7 +112,9 @@ func faultServe(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "data: [DONE]\n\n")
 	case "huge":
 		h.Set("Content-Type", "application/json")
-		io.WriteString(w, completion(strings.Repeat("x", 6<<20), 4, 6))
+		h.Set("Content-Length", fmt.Sprint(len(hugeCompletion())))
+		w.WriteHeader(200)
+		w.Write(hugeCompletion())
 	case "hugestream":
 		h.Set("Content-Type", "text/event-stream")
 		w.WriteHeader(200)
@@ -128,6 +132,15 @@ func faultServe(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(404)
 	}
 }
+
+// hugeCompletion is the 6 MiB answer of the "huge" model, built once (and
+// before the test's first request) so that building it never counts
+// against the proxy's response header timeout.
+var hugeCompletion = sync.OnceValue(func() []byte {
+	return []byte(fmt.Sprintf(`{"id":"chatcmpl-f","object":"chat.completion","created":1,"model":"huge",`+
+		`"choices":[{"index":0,"message":{"role":"assistant","content":%q},"finish_reason":"stop"}],`+
+		`"usage":{"prompt_tokens":4,"completion_tokens":6,"total_tokens":10}}`, strings.Repeat("x", 6<<20)))
+})
 
 // refusingListener accepts connections and closes them at once, like an
 // upstream that is up but refuses to talk.
@@ -166,7 +179,7 @@ func closedPort(t *testing.T) string {
 }
 
 // faultsCaddyfile routes /v1/* through the gateway to one of three
-// upstreams chosen by the X-Fault-Upstream header, with a 1s response
+// upstreams chosen by the X-Fault-Upstream header, with a 3s response
 // header timeout.
 func faultsCaddyfile(db, up, down, refusing string) string {
 	proxy := func(addr string) string {
@@ -175,7 +188,7 @@ func faultsCaddyfile(db, up, down, refusing string) string {
 			header_up Authorization "Bearer %s"
 			header_down -x-ratelimit-*
 			transport http {
-				response_header_timeout 1s
+				response_header_timeout 3s
 			}
 		}`, addr, upstreamKey)
 	}
