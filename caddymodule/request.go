@@ -312,14 +312,14 @@ func parseInference(body []byte, endpoint string) (*inferenceRequest, *gatewayEr
 // countMessages validates a chat messages array and counts its text into tc;
 // it returns the fixed-estimate tokens (per-message overhead, images).
 func countMessages(raw []byte, tc *textCounter) (int64, *gatewayError) {
-	errShape := errBadRequest("'messages' must be an array of message objects")
+	errShape := func() *gatewayError { return errBadRequest("'messages' must be an array of message objects") }
 	if raw[0] != '[' {
-		return 0, errShape
+		return 0, errShape()
 	}
 	// Every element must be an object (or null) before any is looked at.
 	for it := (arrIter{b: raw}); it.next(); {
 		if c := it.val[0]; c != '{' && c != 'n' {
-			return 0, errShape
+			return 0, errShape()
 		}
 	}
 	var fixed int64
@@ -418,16 +418,18 @@ func countContent(raw []byte, i int, tc *textCounter) (int64, *gatewayError) {
 		countJSONString(raw[1:len(raw)-1], tc)
 		return 0, nil
 	}
-	errShape := errBadRequest("'messages[" + strconv.Itoa(i) + "].content' must be a string or an array of content parts")
+	errShape := func() *gatewayError {
+		return errBadRequest("'messages[" + strconv.Itoa(i) + "].content' must be a string or an array of content parts")
+	}
 	if raw[0] != '[' {
-		return 0, errShape
+		return 0, errShape()
 	}
 	for it := (arrIter{b: raw}); it.next(); {
 		if c := it.val[0]; c != '{' && c != 'n' {
-			return 0, errShape
+			return 0, errShape()
 		}
 		if _, ok := decodePart(it.val); !ok {
-			return 0, errShape
+			return 0, errShape()
 		}
 	}
 	var fixed int64

@@ -631,6 +631,7 @@ func benchEnv(b *testing.B) (*testEnv, string) {
 	e := newTestEnv(b, func(a *App, _ *Gateway) {
 		a.DefaultLimits = storage.RateLimits{RequestsPerMinute: 1 << 40, TokensPerMinute: 1 << 50}
 	})
+	e.g.provisionMetering() // as Provision does
 	key, k := e.newKey(b, "", nil)
 	ctx := context.Background()
 	plan := &storage.Plan{Name: "Bench", DailyRequestLimit: 1 << 40, MonthlyRequestLimit: 1 << 40,
