@@ -147,7 +147,17 @@ func TestCrashDurability(t *testing.T) {
 		}
 	}()
 
+	// Run the load for its time, and on a slow machine until every kind
+	// of change has been acknowledged a few times.
 	time.Sleep(load)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		enough := len(topUps) >= 3 && len(keys) >= 3
+		mu.Unlock()
+		if enough && served.Load() >= 3 {
+			break
+		}
+	}
 	g.Kill() // SIGKILL while requests are in flight
 	close(stop)
 	wg.Wait()

@@ -131,14 +131,17 @@ func TestReloadUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A second user limited to 3 requests a minute uses them all before
+	// A second user limited to 3 requests an hour (an hour, not a minute,
+	// so that a window boundary almost never falls inside the test; and a
+	// rate-limit window, which lives only in memory, unlike the plan's
+	// counters that are reloaded from usage records) uses them all before
 	// the reload; the reloaded config must still refuse the fourth.
 	lim, err := api.Register("limited", "limited@example.com", 100_000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustOK(t, "set limits")(api.Do("POST", "/admin/limit", testAdminKey,
-		map[string]any{"user_id": lim.ID, "rate_limits": map[string]any{"requests_per_minute": 3}}))
+		map[string]any{"user_id": lim.ID, "rate_limits": map[string]any{"requests_per_hour": 3}}))
 	for i := range 3 {
 		mustOK(t, fmt.Sprintf("limited request %d", i))(api.Chat(lim.APIKey, false, 0))
 	}
@@ -168,7 +171,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	if resp.Status != http.StatusTooManyRequests {
-		t.Errorf("4th request of a 3/min user after reload: %d %s (limiter state lost?)", resp.Status, resp.Body)
+		t.Errorf("4th request of a 3/hour user after reload: %d %s (limiter state lost?)", resp.Status, resp.Body)
 	}
 	// New streams are served by the new config.
 	checkStreams(t, "stream after reload", []streamResult{stream(g.URL, u.APIKey)})
