@@ -65,11 +65,19 @@ func apiError(t *testing.T, what string, err error, status int) *openai.Error {
 }
 
 // wantCredits checks a user's balance and that nothing is left reserved.
+// A stream settles just after its last byte reached the client, so the
+// check waits (briefly) for the settlement before it compares.
 func wantCredits(t *testing.T, api *API, userID, want int64) {
 	t.Helper()
-	c, err := api.UserCredits(userID)
-	if err != nil {
-		t.Fatal(err)
+	var c Credits
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var err error
+		if c, err = api.UserCredits(userID); err != nil {
+			t.Fatal(err)
+		}
+		if c.Credits == want && c.Reserved == 0 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if c.Credits != want || c.Reserved != 0 {
 		t.Fatalf("user %d: credits %d reserved %d, want %d reserved 0", userID, c.Credits, c.Reserved, want)
