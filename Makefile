@@ -15,7 +15,7 @@ build:
 ## xcaddy: the same binary the operator's way, at bin/caddy-xcaddy
 xcaddy:
 	$(GO) run github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION) build $(CADDY_VERSION) \
-		--output bin/caddy-xcaddy --with $(MODULE)=.
+		--output bin/caddy-xcaddy --with $(MODULE)@v0.0.0-00010101000000-000000000000=.
 
 ## run: build and start the gateway with Caddyfile.example
 run: build
