@@ -219,8 +219,9 @@ func errMethodNotAllowed(method, p string) *gatewayError {
 //     (prompt estimate + max_tokens).
 //
 // After settlement the metering step calls recordTokens(actual) once with
-// the real total tokens (0 when nothing was charged, e.g. an upstream
-// error), which replaces the estimate in every token counter.
+// the real total tokens, which replaces the estimate in every token
+// counter; when the request was refused or refunded (nothing charged, no
+// usage recorded) it calls recordRefund instead.
 type admission struct {
 	key       *storage.APIKey
 	user      *storage.User
@@ -253,7 +254,22 @@ func (a *admission) recordTokens(actual int64) {
 	if actual < 0 {
 		actual = 0
 	}
-	a.lim.correct(a.key.UserID, a.key.ID, a.planCounted, &a.ends, a.estTokens, actual)
+	a.lim.correct(a.key.UserID, a.key.ID, a.planCounted, false, &a.ends, a.estTokens, actual)
+}
+
+// recordRefund is recordTokens(0) for a request that was refused after
+// admission (402, request cap) or refunded (upstream error, nothing
+// delivered): its tokens are taken back and it no longer counts toward the
+// plan's daily and monthly requests, which count charged requests only (as
+// the usage records they are re-seeded from after a restart). It still
+// counts toward the per-minute/hour/day request rate limits, so refusals
+// cannot be retried without bound.
+func (a *admission) recordRefund() {
+	if a == nil || a.recorded || a.lim == nil {
+		return
+	}
+	a.recorded = true
+	a.lim.correct(a.key.UserID, a.key.ID, a.planCounted, true, &a.ends, a.estTokens, 0)
 }
 
 // Cleanup does nothing: the shared state belongs to the app.

@@ -150,6 +150,16 @@ func (ws *windows) correct(ends *[numPeriods]int64, est, actual int64) {
 	}
 }
 
+// uncount takes back one request in the windows that are still the ones it
+// was counted in.
+func (ws *windows) uncount(ends *[numPeriods]int64) {
+	for p := range ws {
+		if ws[p].end == ends[p] && ends[p] != 0 && ws[p].requests > 0 {
+			ws[p].requests--
+		}
+	}
+}
+
 // quota is one limit's state for the x-ratelimit-* headers.
 type quota struct {
 	limit, remaining int64
@@ -310,8 +320,8 @@ func (l *limiter) admit(in *admitInput, now time.Time) admitResult {
 }
 
 // correct replaces a counted estimate by the actual tokens.
-func (l *limiter) correct(userID, keyID int64, plan bool, ends *[numPeriods]int64, est, actual int64) {
-	if est == actual {
+func (l *limiter) correct(userID, keyID int64, plan, refunded bool, ends *[numPeriods]int64, est, actual int64) {
+	if est == actual && !(plan && refunded) {
 		return
 	}
 	l.mu.Lock()
@@ -320,6 +330,9 @@ func (l *limiter) correct(userID, keyID int64, plan bool, ends *[numPeriods]int6
 		u.rate.correct(ends, est, actual)
 		if plan {
 			u.plan.correct(ends, est, actual)
+			if refunded {
+				u.plan.uncount(ends)
+			}
 		}
 	}
 	if k, ok := l.keys[keyID]; ok {

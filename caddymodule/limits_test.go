@@ -108,7 +108,7 @@ func TestLimiterTokensCrossingRequestRefused(t *testing.T) {
 		t.Errorf("token quota = %+v", res.tokens)
 	}
 	// Settlement: the second request actually used 10 tokens; 30 free again.
-	l.correct(1, 10, false, &res.ends, 40, 10)
+	l.correct(1, 10, false, false, &res.ends, 40, 10)
 	in.est = 30
 	if res := l.admit(in, clk.now()); res.refused {
 		t.Fatalf("after correction 70+30 must pass: %+v", res)
@@ -118,7 +118,7 @@ func TestLimiterTokensCrossingRequestRefused(t *testing.T) {
 	clk.add(time.Minute)
 	in.est = 0
 	res2 := l.admit(in, clk.now())
-	l.correct(1, 10, false, &ends, 30, 1000)
+	l.correct(1, 10, false, false, &ends, 30, 1000)
 	in.est = 100
 	if res := l.admit(in, clk.now()); res.refused {
 		t.Fatalf("stale correction leaked into the new window: %+v (earlier %+v)", res, res2)
@@ -388,5 +388,27 @@ func TestResolveLimitsCache(t *testing.T) {
 	}
 	if rl3 := e.g.resolveLimits(en, nil); rl3.key.requests[perMinute] != 100 || rl3.user.requests[perMinute] != 100 {
 		t.Fatalf("no policy: %+v", rl3)
+	}
+}
+
+// Requests refused after admission (here 402) or refunded cost nothing and
+// do not use up the plan's daily request quota (100 for a trial user), which
+// counts charged requests only, as the usage records it is re-seeded from.
+func TestPlanQuotaCountsChargedRequestsOnly(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "live", nil)
+	setBalance(t, e, k.UserID, 5)
+	for i := range 101 {
+		wantError(t, e.do(t, "POST", "/v1/chat/completions", chatBody, "", bearer(key)), 402, "insufficient_credits", "")
+		if t.Failed() {
+			t.Fatalf("request %d", i+1)
+		}
+	}
+	setBalance(t, e, k.UserID, 1_000_000)
+	if rec := e.do(t, "POST", "/v1/chat/completions", chatBody, "", bearer(key)); rec.Code != 200 {
+		t.Fatalf("first affordable request: %d %s", rec.Code, rec.Body)
+	}
+	if got := e.upstream.Load(); got != 1 {
+		t.Errorf("upstream calls = %d, want 1", got)
 	}
 }
