@@ -345,7 +345,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			outcome = outcomeStoreError
 		}
 		s.series.requests[outcome].Inc()
-		adm.recordTokens(0)
+		adm.recordRefund()
 		w.Header().Set(hdrRequestID, s.reqID)
 		writeError(w, gerr)
 		return nil
@@ -663,7 +663,7 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 			c.Write(zap.String("request_id", s.reqID), zap.Int64("cost", cost), zap.Error(err), zap.Bool("store_closed", errors.Is(err, storage.ErrClosed)))
 		}
 		s.series.requests[outcomeStoreError].Inc()
-		s.adm.recordTokens(u.TotalTokens)
+		s.adm.recordRefund()
 		return 0, 0, false
 	}
 	outcome := outcomeOK
@@ -691,7 +691,7 @@ func (s *settlement) refund(outcome outcome) {
 	}
 	s.series.requests[outcome].Inc()
 	s.log.state = logRefunded
-	s.adm.recordTokens(0)
+	s.adm.recordRefund()
 }
 
 func (s *settlement) observeLatency() {
