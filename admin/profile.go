@@ -129,6 +129,10 @@ func (h *Handler) updateProfile(w http.ResponseWriter, r *http.Request) {
 		fields = append(fields, "username")
 	}
 	if req.Name != nil {
+		if err := checkNameChars("name", *req.Name); err != nil {
+			h.fail(w, r, err)
+			return
+		}
 		v := strings.TrimSpace(*req.Name)
 		if len([]rune(v)) > 200 {
 			h.fail(w, r, errValidation("name must be at most 200 characters"))

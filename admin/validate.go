@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
@@ -216,16 +217,54 @@ func validateScopes(in scopeInput) (storage.Scopes, error) {
 	return out, nil
 }
 
-// validateName checks a key or plan name: non-blank, at most 100 characters.
+// validateName checks a key, plan or user name: valid UTF-8 without
+// control or invisible formatting characters, non-blank once trimmed, at
+// most 100 characters.
 func validateName(field, s string) (string, error) {
+	if err := checkNameChars(field, s); err != nil {
+		return "", err
+	}
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return "", errValidation("%s must not be empty", field)
 	}
-	if len([]rune(s)) > 100 {
+	if utf8.RuneCountInString(s) > 100 {
 		return "", errValidation("%s must be at most 100 characters", field)
 	}
 	return s, nil
+}
+
+// checkNameChars refuses invalid UTF-8 and the characters that would let a
+// name rewrite a log line, a terminal or the text around it: C0 and C1
+// controls (tab and newline included), DEL, bidi overrides and isolates and
+// zero-width characters.
+func checkNameChars(field, s string) error {
+	if !utf8.ValidString(s) {
+		return errValidation("%s must be valid UTF-8", field)
+	}
+	for _, r := range s {
+		if forbiddenNameRune(r) {
+			return errValidation("%s must not contain control, bidirectional or zero-width characters (found %U)", field, r)
+		}
+	}
+	return nil
+}
+
+// forbiddenNameRune reports whether r may not appear in a name.
+func forbiddenNameRune(r rune) bool {
+	switch {
+	case r < 0x20, r >= 0x7f && r <= 0x9f: // C0, DEL, C1
+		return true
+	case r >= 0x200b && r <= 0x200f: // zero-width space/joiners, LRM, RLM
+		return true
+	case r >= 0x202a && r <= 0x202e: // bidi embeddings and overrides
+		return true
+	case r >= 0x2060 && r <= 0x2069: // word joiner, invisible operators, bidi isolates
+		return true
+	case r == 0xfeff, r == 0x061c: // zero-width no-break space (BOM), Arabic letter mark
+		return true
+	}
+	return false
 }
 
 // clip bounds user input echoed in an error message.

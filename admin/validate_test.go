@@ -272,3 +272,43 @@ func toRecords(in []storageUsage) []storage.UsageRecord {
 	}
 	return out
 }
+
+func TestValidateName(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		status   int
+	}{
+		{"  my key  ", "my key", 0},
+		{"café ☕ 名前", "café ☕ 名前", 0},
+		{strings.Repeat("é", 100), strings.Repeat("é", 100), 0},
+		{strings.Repeat("é", 101), "", 422},
+		{"", "", 422},
+		{" \t ", "", 422},
+		{"a\x00b", "", 422},
+		{"line\nbreak", "", 422},
+		{"trailing\n", "", 422},
+		{"tab\there", "", 422},
+		{"esc\x1b[31mred", "", 422},
+		{"del\x7f", "", 422},
+		{"c1\u0085x", "", 422},
+		{"c1\u009bx", "", 422},
+		{"rtl\u202eevil", "", 422},
+		{"lre\u202ax", "", 422},
+		{"iso\u2066x", "", 422},
+		{"pdi\u2069x", "", 422},
+		{"zero\u200bwidth", "", 422},
+		{"zwj\u200dx", "", 422},
+		{"wj\u2060x", "", 422},
+		{"bom\ufeffx", "", 422},
+		{"bad\xffutf8", "", 422},
+		{"half\xc3", "", 422},
+	} {
+		got, err := validateName("key_name", tc.in)
+		if statusOf(err) != tc.status || got != tc.want {
+			t.Errorf("validateName(%q) = %q, %v; want %q status %d", tc.in, got, err, tc.want, tc.status)
+		}
+		if err != nil && !strings.Contains(err.Error(), "key_name") {
+			t.Errorf("validateName(%q) error %q does not name the field", tc.in, err)
+		}
+	}
+}
