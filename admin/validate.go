@@ -94,25 +94,40 @@ func validateIPAllowlist(list []string) ([]string, error) {
 }
 
 // validateDomains checks that every entry is a host name ("example.com"),
-// a wildcard ("*.example.com") or an IP literal, and returns them
-// lower-cased. Schemes, paths, ports and bare "*" are refused.
+// a wildcard ("*.example.com") or an IP literal, IPv6 bare or in brackets
+// ("::1", "[::1]"), and returns them lower-cased, IP literals in canonical
+// form without brackets ("::1"), the form the gateway matches the Origin
+// or Referer host against. Schemes, paths, ports, zones and bare "*" are
+// refused.
 func validateDomains(list []string) ([]string, error) {
 	out := make([]string, 0, len(list))
 	for _, raw := range list {
 		s := strings.ToLower(strings.TrimSpace(raw))
+		if ip, ok := ipLiteral(s); ok {
+			out = append(out, ip)
+			continue
+		}
 		host := strings.TrimPrefix(s, "*.")
-		ok := isHostname(host) || (host == s && isIPLiteral(host))
-		if !ok || (host != s && !strings.Contains(host, ".")) {
-			return nil, errValidation("domain_referrers entry %q must be a host name or *.host", clip(raw))
+		if !isHostname(host) || (host != s && !strings.Contains(host, ".")) {
+			return nil, errValidation("domain_referrers entry %q must be a host name, *.host or an IP address", clip(raw))
 		}
 		out = append(out, s)
 	}
 	return out, nil
 }
 
-func isIPLiteral(s string) bool {
-	_, err := netip.ParseAddr(s)
-	return err == nil
+// ipLiteral returns the canonical form of an IP address given bare or, for
+// IPv6, in brackets; false for anything else, zoned addresses included.
+func ipLiteral(s string) (string, bool) {
+	bracketed := strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]")
+	if bracketed {
+		s = s[1 : len(s)-1]
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" || (bracketed && !a.Is6()) {
+		return "", false
+	}
+	return a.String(), true
 }
 
 // parseTime accepts RFC 3339 (with a zone, "Z" included) and, like the

@@ -107,6 +107,17 @@ func TestValidateDomains(t *testing.T) {
 		{[]string{"a.*.example.com"}, nil, false},
 		{[]string{""}, nil, false},
 		{[]string{"*.127.0.0.1"}, []string{"*.127.0.0.1"}, true}, // syntactically a host name
+		{[]string{"::1"}, []string{"::1"}, true},
+		{[]string{"[::1]"}, []string{"::1"}, true},
+		{[]string{" [2001:DB8:0:0::1] "}, []string{"2001:db8::1"}, true},
+		{[]string{"2001:0db8::0001"}, []string{"2001:db8::1"}, true},
+		{[]string{"[::1]:8080"}, nil, false},
+		{[]string{"[127.0.0.1]"}, nil, false},
+		{[]string{"fe80::1%eth0"}, nil, false},
+		{[]string{"[fe80::1%eth0]"}, nil, false},
+		{[]string{"*.::1"}, nil, false},
+		{[]string{"[::1"}, nil, false},
+		{[]string{":::"}, nil, false},
 	} {
 		got, err := validateDomains(tc.in)
 		if tc.ok != (err == nil) || (tc.ok && !slices.Equal(got, tc.want)) {

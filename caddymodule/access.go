@@ -86,8 +86,11 @@ func ipAllowed(allow []netip.Prefix, clientIP string) bool {
 }
 
 // normalizeReferrerRules turns domain_referrers entries into lower-case
-// hosts ("example.com") or wildcards ("*.example.com"), tolerating a scheme,
-// port or path around them. nil when there are none.
+// hosts ("example.com"), wildcards ("*.example.com") or IP literals, IPv6
+// ones bare and in canonical form ("::1", from "::1", "[::1]" or
+// "[0:0::1]:8080"), tolerating a scheme, port or path around them. nil when
+// there are none. Browsers send IPv6 origins in that same canonical form
+// ("http://[::1]:8080"), whose host requestOriginHost returns bare.
 func normalizeReferrerRules(entries []string) []string {
 	var rules []string
 	for _, s := range entries {
@@ -101,8 +104,19 @@ func normalizeReferrerRules(entries []string) []string {
 		if i := strings.IndexAny(s, "/?#"); i >= 0 {
 			s = s[:i]
 		}
-		if i := strings.LastIndexByte(s, ':'); i >= 0 && !strings.Contains(s[i:], "]") {
-			s = s[:i]
+		switch {
+		case strings.HasPrefix(s, "["): // "[v6]" or "[v6]:port"
+			if j := strings.IndexByte(s, ']'); j > 0 {
+				s = canonicalIPRule(s[1:j])
+			} else {
+				s = ""
+			}
+		case strings.Count(s, ":") >= 2: // bare IPv6
+			s = canonicalIPRule(s)
+		default:
+			if i := strings.LastIndexByte(s, ':'); i >= 0 {
+				s = s[:i]
+			}
 		}
 		s = strings.TrimSuffix(s, ".")
 		if s == "" || s == "*." {
@@ -111,6 +125,16 @@ func normalizeReferrerRules(entries []string) []string {
 		rules = append(rules, s)
 	}
 	return rules
+}
+
+// canonicalIPRule returns the canonical form of an IP literal rule, or ""
+// (a rule matching nothing) when it is not one or carries a zone.
+func canonicalIPRule(s string) string {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return ""
+	}
+	return a.String()
 }
 
 // requestOriginHost returns the host of the Origin header, else of the

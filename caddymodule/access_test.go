@@ -70,6 +70,18 @@ func TestReferrerRules(t *testing.T) {
 		{"trailing dot", []string{"example.com."}, "example.com", true},
 		{"empty host", []string{"example.com"}, "", false},
 		{"second rule", []string{"a.test", "*.b.test"}, "x.b.test", true},
+		{"ipv6 bare", []string{"::1"}, "::1", true},
+		{"ipv6 bracketed", []string{"[::1]"}, "::1", true},
+		{"ipv6 bracketed with port", []string{"[::1]:8080"}, "::1", true},
+		{"ipv6 with scheme and port", []string{"http://[2001:DB8::1]:8443/app"}, "2001:db8::1", true},
+		{"ipv6 non-canonical rule", []string{"2001:0db8:0:0:0:0:0:1"}, "2001:db8::1", true},
+		{"ipv6 other address", []string{"::1"}, "::2", false},
+		{"ipv6 rule is not a port-stripped ':'", []string{"::1"}, ":", false},
+		{"ipv6 zone refused", []string{"fe80::1%eth0"}, "fe80::1", false},
+		{"ipv6 unclosed bracket", []string{"[::1"}, "::1", false},
+		{"ipv6 garbage", []string{"::g::"}, "::g::", false},
+		{"ipv4 literal", []string{"127.0.0.1"}, "127.0.0.1", true},
+		{"ipv4 literal with port", []string{"127.0.0.1:8080"}, "127.0.0.1", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
