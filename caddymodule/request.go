@@ -623,10 +623,16 @@ func (ir *inferenceRequest) streamOptionsWithUsage() []byte {
 // apply installs the (possibly rewritten) body on r; an unchanged body
 // that r still carries unread is left as it is.
 func (ir *inferenceRequest) apply(r *http.Request) {
-	if !ir.dirty && ir.body0 != nil && r.Body == ir.body0 && ir.body0.(*bodyReader).Len() == len(ir.raw) {
+	if !ir.rewritesBody(r) {
 		return
 	}
 	setBody(r, ir.body())
+}
+
+// rewritesBody reports whether apply(r) replaces r's body (and may set
+// its Content-Length header).
+func (ir *inferenceRequest) rewritesBody(r *http.Request) bool {
+	return ir.dirty || ir.body0 == nil || r.Body != ir.body0 || ir.body0.(*bodyReader).Len() != len(ir.raw)
 }
 
 // bodyReader is a request body over bytes.

@@ -355,8 +355,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		ir.setMaxTokens(plan.maxTokens, cfg.MaxTokensField)
 	}
 	strip := ir.injectIncludeUsage()
-	up := r.Clone(r.Context()) // the access log keeps the client's request
-	up.Header.Del("Accept-Encoding")
+	up := s.upstreamRequest(r)
 	ir.apply(up)
 
 	s.res, s.afterHold = res, afterHold
@@ -426,7 +425,26 @@ type settlement struct {
 	timeout   time.Duration
 	done      bool
 	log       meteringLog
-	hdrVals   [2]string // backing of the X-Request-Id and credits header values
+	hdrVals   [2]string    // backing of the X-Request-Id and credits header values
+	up        http.Request // the request handed to reverse_proxy (see upstreamRequest)
+}
+
+// upstreamRequest returns the request to hand to reverse_proxy: a shallow
+// copy of r held in the settlement (no allocation), so that the body the
+// gateway rewrites does not replace the client's request, which the access
+// log writes. The header map is copied only when it has to change: to drop
+// Accept-Encoding (the meter must see plaintext, caddy-notes §5.6) or to
+// set the Content-Length of a rewritten body. reverse_proxy clones the
+// request it sends upstream, so the shared URL and header stay unmodified.
+func (s *settlement) upstreamRequest(r *http.Request) *http.Request {
+	s.up = *r
+	up := &s.up
+	_, gzip := r.Header["Accept-Encoding"]
+	if gzip || s.ir.rewritesBody(r) {
+		up.Header = r.Header.Clone()
+		delete(up.Header, "Accept-Encoding")
+	}
+	return up
 }
 
 // meteringLog is the gateway's part of the request's access-log entry. It
@@ -639,8 +657,14 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 	s.done = true
 	u.TotalTokens = u.PromptTokens + u.CompletionTokens
 	cost := s.prices.cost(s.ir.Model, u.PromptTokens, u.CompletionTokens)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.r.Context()), s.timeout)
-	defer cancel()
+	ctx := context.WithoutCancel(s.r.Context())
+	if _, queued := s.g.state.store.(*storage.BoltStore); !queued {
+		// BoltStore.Settle only queues the durable write and never waits
+		// on ctx; another store may block, so bound it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
 	status := s.m.status
 	if status == 0 {
 		status = http.StatusOK

@@ -739,3 +739,48 @@ func BenchmarkMeteredStream(b *testing.B) {
 		}
 	})
 }
+
+// The gateway rewrites the body and drops Accept-Encoding on the request it
+// hands to reverse_proxy only: the client's request, which the access log
+// writes, keeps its headers and length.
+func TestUpstreamRequestLeavesClientRequest(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	setBalance(t, e, k.UserID, 1_000_000)
+	body := `{"model":"m","messages":[{"role":"user","content":"hello"}]}`
+	for _, gzip := range []bool{false, true} {
+		req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Content-Length", strconv.Itoa(len(body)))
+		if gzip {
+			req.Header.Set("Accept-Encoding", "gzip")
+		}
+		rec := httptest.NewRecorder()
+		req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, &caddyhttp.Server{})
+		var sent []byte
+		var upHeader http.Header
+		next := upstreamJSON(&sent, 5, 2)
+		err := e.g.ServeHTTP(rec, req, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			upHeader = r.Header.Clone()
+			return next(w, r)
+		}))
+		if err != nil || rec.Code != 200 {
+			t.Fatalf("gzip=%v: %v, status %d: %s", gzip, err, rec.Code, rec.Body)
+		}
+		if upHeader.Get("Accept-Encoding") != "" {
+			t.Fatalf("gzip=%v: Accept-Encoding forwarded", gzip)
+		}
+		if string(sent) == body {
+			t.Fatalf("gzip=%v: body not rewritten (max_tokens not set): %s", gzip, sent)
+		}
+		if upHeader.Get("Content-Length") != strconv.Itoa(len(sent)) {
+			t.Fatalf("gzip=%v: upstream Content-Length %q for %d bytes", gzip, upHeader.Get("Content-Length"), len(sent))
+		}
+		if req.Header.Get("Content-Length") != strconv.Itoa(len(body)) || req.ContentLength != int64(len(body)) {
+			t.Fatalf("gzip=%v: client request length changed: %q %d", gzip, req.Header.Get("Content-Length"), req.ContentLength)
+		}
+		if got := req.Header.Get("Accept-Encoding"); gzip && got != "gzip" {
+			t.Fatalf("client request lost Accept-Encoding: %q", got)
+		}
+	}
+}
