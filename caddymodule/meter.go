@@ -65,6 +65,7 @@ type meter struct {
 	sse         sseScanner // in use in modeStream
 	written     int64      // body bytes sent to the client
 	headerSent  bool
+	unflushed   bool // strip mode: header or bytes sent since the last flush
 	start       time.Time
 	firstHeader time.Duration // time from start to the upstream's header
 	writeErr    error
@@ -149,6 +150,7 @@ func (m *meter) sendHeader() {
 		return
 	}
 	m.headerSent = true
+	m.unflushed = true
 	if m.hook != nil {
 		m.hook.beforeHeader(m.status)
 	}
@@ -224,6 +226,7 @@ func (m *meter) flushOut() error {
 	n, err := m.ResponseWriter.Write(m.out)
 	m.written += int64(n)
 	m.writeErr = err
+	m.unflushed = true
 	if cap(m.out) > 64<<10 {
 		m.out = nil
 	} else {
@@ -254,6 +257,14 @@ func (m *meter) ReadFrom(r io.Reader) (int64, error) {
 func (m *meter) FlushError() error {
 	switch m.mode {
 	case modeStream, modeOverflow, modePass:
+		if m.mode == modeStream && m.sse.strip {
+			// reverse_proxy flushes after every upstream read; one that
+			// was stripped whole (the injected usage event) sent nothing.
+			if !m.unflushed {
+				return nil
+			}
+			m.unflushed = false
+		}
 		return http.NewResponseController(m.ResponseWriter).Flush()
 	}
 	return nil

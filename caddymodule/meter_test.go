@@ -53,8 +53,8 @@ func TestMeterStreamFlushesAndOrder(t *testing.T) {
 	want := []string{
 		"header 200",
 		"write data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n", "flush",
-		"flush", // partial usage line held: nothing written
-		"flush", // the usage event is stripped
+		// partial usage line held, then the usage event stripped:
+		// nothing written, so no flush either
 		"write data: [DONE]\n\n", "flush",
 	}
 	if strings.Join(ew.events, "|") != strings.Join(want, "|") {
@@ -145,5 +145,28 @@ func TestIsEventStream(t *testing.T) {
 		if got := isEventStream(http.Header{"Content-Type": {ct}}); got != want {
 			t.Errorf("isEventStream(%q) = %v, want %v", ct, got, want)
 		}
+	}
+}
+
+// In strip mode the flush after the header still goes out (the client sees
+// the stream start), but a flush with nothing sent since the last is dropped.
+func TestMeterStripFlushesHeaderOnce(t *testing.T) {
+	ew := &eventWriter{h: http.Header{}}
+	m := newMeter(ew, true, 0, nil)
+	m.Header().Set("Content-Type", "text/event-stream")
+	m.WriteHeader(200)
+	rc := http.NewResponseController(m)
+	for range 2 {
+		if err := rc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := io.WriteString(m, "data: x\n\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = rc.Flush()
+	want := []string{"header 200", "flush", "write data: x\n\n", "flush"}
+	if strings.Join(ew.events, "|") != strings.Join(want, "|") {
+		t.Fatalf("events:\n got %q\nwant %q", ew.events, want)
 	}
 }
