@@ -47,6 +47,7 @@ type backend interface {
 	SignupCredits() int64
 	RotationGrace() time.Duration
 	Authenticate(plaintext string) (*caddymodule.Identity, error)
+	CheckNetworkAccess(r *http.Request, id *caddymodule.Identity) error
 }
 
 // CaddyModule returns the Caddy module information.

@@ -69,7 +69,12 @@ func (h *Handler) withAuth(level authLevel, next http.HandlerFunc) http.HandlerF
 
 // requireUser authenticates an API key. Missing credentials: 401 with
 // WWW-Authenticate (not the reference's 403); unknown key: 401 "Invalid API
-// key"; inactive or expired: 401 saying which.
+// key"; inactive or expired: 401 saying which. The key's ip_allowlist and
+// domain_referrers then apply as on the gateway (caddymodule's
+// CheckNetworkAccess, which also records the security audit event): a
+// restricted key used from elsewhere gets 403 and cannot manage keys or read
+// the account. max_requests is not applied here: it caps inference requests
+// only, so a key at its cap can still be inspected, rotated or deleted.
 func (h *Handler) requireUser(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		token, ok := bearer(r)
@@ -92,6 +97,18 @@ func (h *Handler) requireUser(next http.HandlerFunc) http.HandlerFunc {
 		default:
 			h.logger.Error("authenticating API key", zap.Error(err))
 			writeErr(w, newError(http.StatusServiceUnavailable, "unavailable", "Service temporarily unavailable"))
+			return
+		}
+		switch err := h.app.CheckNetworkAccess(r, id); {
+		case err == nil:
+		case errors.Is(err, caddymodule.ErrIPNotAllowed):
+			writeErr(w, newError(http.StatusForbidden, "ip_not_allowed", "IP address not allowed for this API key"))
+			return
+		case errors.Is(err, caddymodule.ErrDomainNotAllowed):
+			writeErr(w, newError(http.StatusForbidden, "domain_not_allowed", "Domain not allowed for this API key"))
+			return
+		default:
+			writeErr(w, newError(http.StatusUnauthorized, "invalid_api_key", "Invalid API key"))
 			return
 		}
 		next(w, r.WithContext(context.WithValue(r.Context(), identityKey, id)))

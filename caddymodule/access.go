@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"errors"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -26,16 +28,66 @@ func checkAccess(e *keyEntry, r *http.Request, clientIP string, inference bool) 
 	if k.MaxRequests != nil && k.RequestsUsed+e.admitted.Load() >= *k.MaxRequests {
 		return errKeyRequestLimit, ""
 	}
-	if e.ipRestricted && !ipAllowed(e.allow, clientIP) {
+	switch networkDenied(e, r, clientIP) {
+	case auditIPDenied:
 		return errIPNotAllowed, auditIPDenied
-	}
-	if e.referrers != nil && !referrerAllowed(e.referrers, requestOriginHost(r)) {
+	case auditReferrerDenied:
 		return errDomainNotAllow, auditReferrerDenied
 	}
 	if inference && !k.Scopes.Allows("write", "chat") {
 		return errNoInference, ""
 	}
 	return nil, ""
+}
+
+// networkDenied applies the key's IP allowlist, then its referrer rules, to
+// the request, and returns the audit action of the refusal ("" when both
+// pass). The gateway and CheckNetworkAccess share it.
+func networkDenied(e *keyEntry, r *http.Request, clientIP string) string {
+	if e.ipRestricted && !ipAllowed(e.allow, clientIP) {
+		return auditIPDenied
+	}
+	if e.referrers != nil && !referrerAllowed(e.referrers, requestOriginHost(r)) {
+		return auditReferrerDenied
+	}
+	return ""
+}
+
+// Refusals of CheckNetworkAccess (test with errors.Is). Both are 403s.
+var (
+	ErrIPNotAllowed     = errors.New("IP address not allowed for this API key")
+	ErrDomainNotAllowed = errors.New("Domain not allowed for this API key")
+)
+
+// CheckNetworkAccess applies a key's ip_allowlist and domain_referrers to a
+// request exactly as the gateway does, for the management API: the client
+// IP is Caddy's (which honours trusted_proxies; the peer address outside
+// Caddy), then the allowlist, then the Origin/Referer host against the
+// referrer rules. A refusal is recorded as the same security audit event
+// the gateway records and returned as ErrIPNotAllowed or
+// ErrDomainNotAllowed. id is an identity returned by Authenticate; its
+// pre-parsed rules come from the key index. It does not apply max_requests,
+// which caps inference requests only.
+func (a *App) CheckNetworkAccess(r *http.Request, id *Identity) error {
+	if id == nil || id.Key == nil {
+		return ErrUnknownKey
+	}
+	e := a.state.index.entryFor(id)
+	ip := clientIP(r)
+	if ip == "" {
+		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+			ip = host
+		}
+	}
+	action := networkDenied(e, r, ip)
+	if action == "" {
+		return nil
+	}
+	recordSecurity(a.state.audit, action, e, r, ip, clockNow())
+	if action == auditIPDenied {
+		return ErrIPNotAllowed
+	}
+	return ErrDomainNotAllowed
 }
 
 // parseAllowlist parses IP allowlist entries (exact IPv4/IPv6 addresses and

@@ -1,8 +1,13 @@
 package caddymodule
 
 import (
+	"errors"
+	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
@@ -164,5 +169,59 @@ func TestCheckAccessOrder(t *testing.T) {
 	k.Scopes = storage.Scopes{"write": {"*"}}
 	if e, _ := check("10.1.1.1"); e != nil {
 		t.Fatalf("write/* allows inference: got %v", e)
+	}
+}
+
+func TestCheckNetworkAccess(t *testing.T) {
+	e := newTestEnv(t, nil)
+	plain, _ := e.newKey(t, "", func(k *storage.APIKey) {
+		k.IPAllowlist = []string{"10.0.0.0/8", "::1"}
+		k.DomainReferrers = []string{"app.example.com", "[::1]"}
+	})
+	id, err := e.app.Authenticate(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := func(remoteAddr, clientIP, origin string) *http.Request {
+		r := httptest.NewRequest("GET", "/user/api-keys", nil)
+		r.RemoteAddr = remoteAddr
+		if origin != "" {
+			r.Header.Set("Origin", origin)
+		}
+		r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), httptest.NewRecorder(), &caddyhttp.Server{})
+		if clientIP != "" {
+			caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, clientIP)
+		}
+		return r
+	}
+	for _, tt := range []struct {
+		name                         string
+		remoteAddr, clientIP, origin string
+		want                         error
+	}{
+		{"allowed ip and origin", "10.1.2.3:5000", "10.1.2.3", "https://app.example.com", nil},
+		{"ipv6 ip and origin", "[::1]:5000", "::1", "http://[::1]:8080", nil},
+		{"foreign ip", "192.0.2.1:5000", "192.0.2.1", "https://app.example.com", ErrIPNotAllowed},
+		{"client ip wins over peer (trusted proxy)", "10.1.2.3:5000", "192.0.2.1", "https://app.example.com", ErrIPNotAllowed},
+		{"peer address outside Caddy", "10.9.9.9:5000", "", "https://app.example.com", nil},
+		{"ip checked before referrer", "192.0.2.1:5000", "192.0.2.1", "", ErrIPNotAllowed},
+		{"no origin", "10.1.2.3:5000", "10.1.2.3", "", ErrDomainNotAllowed},
+		{"foreign origin", "10.1.2.3:5000", "10.1.2.3", "https://evil.example.com", ErrDomainNotAllowed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := e.app.CheckNetworkAccess(req(tt.remoteAddr, tt.clientIP, tt.origin), id); !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("CheckNetworkAccess = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	// An identity that is not the index's own (a copy, or one whose entry
+	// was replaced) still gets its key's rules.
+	k2 := *id.Key
+	stale := Identity{Key: &k2, User: id.User}
+	if err := e.app.CheckNetworkAccess(req("192.0.2.1:5000", "192.0.2.1", "https://app.example.com"), &stale); !errors.Is(err, ErrIPNotAllowed) {
+		t.Fatalf("stale identity: %v", err)
+	}
+	if err := e.app.CheckNetworkAccess(req("10.1.2.3:5000", "10.1.2.3", ""), nil); err == nil {
+		t.Fatal("nil identity allowed")
 	}
 }

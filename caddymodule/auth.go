@@ -92,7 +92,13 @@ func (g *Gateway) authenticate(r *http.Request, key, clientIP string, now time.T
 // recordSecurity queues a security audit event about a known key (never
 // the key itself: its id and masked prefix).
 func (g *Gateway) recordSecurity(action string, e *keyEntry, r *http.Request, clientIP string, now time.Time) {
-	g.state.audit.record(action, e.keyID+"|"+clientIP, &storage.AuditEntry{
+	recordSecurity(g.state.audit, action, e, r, clientIP, now)
+}
+
+// recordSecurity queues the audit event of a security refusal of key e (the
+// gateway's and the management API's alike).
+func recordSecurity(audit *auditor, action string, e *keyEntry, r *http.Request, clientIP string, now time.Time) {
+	audit.record(action, e.keyID+"|"+clientIP, &storage.AuditEntry{
 		UserID: e.id.Key.UserID,
 		KeyID:  e.id.Key.ID,
 		IP:     clientIP,

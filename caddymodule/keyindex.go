@@ -190,6 +190,20 @@ func (ix *keyIndex) load(ctx context.Context, hash []byte, gen uint64, now time.
 	return hashRef{e: e, prev: len(k.Hash) != len(hash) || string(k.Hash) != string(hash)}.resolve(now)
 }
 
+// entryFor returns the index entry of an identity returned by lookup (and
+// so Authenticate), with its pre-parsed rules; when that entry has since
+// been replaced or dropped, an entry derived from the identity's own
+// snapshot.
+func (ix *keyIndex) entryFor(id *Identity) *keyEntry {
+	ix.mu.RLock()
+	e := ix.byKeyID[id.Key.ID]
+	ix.mu.RUnlock()
+	if e != nil && e.id.Key == id.Key {
+		return e
+	}
+	return newKeyEntry(id.Key, id.User)
+}
+
 // removeLocked drops a key's entry and its hashes. ix.mu must be held.
 func (ix *keyIndex) removeLocked(keyID int64) {
 	e, ok := ix.byKeyID[keyID]

@@ -335,7 +335,10 @@ func TestAPIKeyCreateAndList(t *testing.T) {
 	if sf := out.obj("security_features"); sf.int("max_requests") != 50 || len(sf["ip_allowlist"].([]any)) != 2 {
 		t.Fatalf("security_features %v", sf)
 	}
-	e.expect(200, "GET", "/user/balance", ci, nil) // the new key works at once
+	// The new key authenticates at once; its ip_allowlist (10.0.0.0/8,
+	// 2001:db8::1) applies to the user routes too, so from 127.0.0.1 it is
+	// refused as a recognised, restricted key rather than an unknown one.
+	e.expect(403, "GET", "/user/balance", ci, nil, "IP address not allowed for this API key")
 
 	staging, _ := e.createKey(primary, map[string]any{"key_name": "stage", "environment_tag": "staging", "expiration_days": 30})
 	if !strings.HasPrefix(staging, "gw_staging_") {
