@@ -406,17 +406,26 @@ func (s *BoltStore) ListKeys(ctx context.Context, userID int64) ([]*APIKey, erro
 	return out, nil
 }
 
+// decodeBucket decodes every JSON value of the named bucket, in key order.
+// On a decode error it returns the records decoded so far with the error.
+func decodeBucket[T any](tx *bbolt.Tx, bucket []byte) ([]*T, error) {
+	var out []*T
+	err := tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+		rec := new(T)
+		if err := jsonUnmarshal(v, rec); err != nil {
+			return err
+		}
+		out = append(out, rec)
+		return nil
+	})
+	return out, err
+}
+
 func (s *BoltStore) AllKeys(ctx context.Context) ([]*APIKey, error) {
 	var out []*APIKey
-	err := s.view(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bKeys).ForEach(func(k, v []byte) error {
-			var ak APIKey
-			if err := jsonUnmarshal(v, &ak); err != nil {
-				return err
-			}
-			out = append(out, &ak)
-			return nil
-		})
+	err := s.view(func(tx *bbolt.Tx) (err error) {
+		out, err = decodeBucket[APIKey](tx, bKeys)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -569,15 +578,9 @@ func (s *BoltStore) GetPlan(ctx context.Context, id int64) (*Plan, error) {
 
 func (s *BoltStore) ListPlans(ctx context.Context) ([]*Plan, error) {
 	var out []*Plan
-	err := s.view(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bPlans).ForEach(func(k, v []byte) error {
-			var p Plan
-			if err := jsonUnmarshal(v, &p); err != nil {
-				return err
-			}
-			out = append(out, &p)
-			return nil
-		})
+	err := s.view(func(tx *bbolt.Tx) (err error) {
+		out, err = decodeBucket[Plan](tx, bPlans)
+		return err
 	})
 	return out, err
 }
