@@ -133,11 +133,8 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, errBadRequest("Max requests must be positive"))
 		return
 	}
-	env := "live"
-	if req.EnvironmentTag != nil {
-		env = *req.EnvironmentTag
-	}
-	if err := validateEnvironment(env); err != nil {
+	env, err := environmentOrLive(req.EnvironmentTag)
+	if err != nil {
 		h.fail(w, r, err)
 		return
 	}

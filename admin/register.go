@@ -69,11 +69,8 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	env := "live"
-	if req.EnvironmentTag != nil {
-		env = *req.EnvironmentTag
-	}
-	if err := validateEnvironment(env); err != nil {
+	env, err := environmentOrLive(req.EnvironmentTag)
+	if err != nil {
 		h.fail(w, r, err)
 		return
 	}

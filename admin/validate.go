@@ -27,6 +27,19 @@ func validateEnvironment(tag string) error {
 	return nil
 }
 
+// environmentOrLive returns the requested environment_tag, or "live" when
+// none is given, after checking it with validateEnvironment.
+func environmentOrLive(tag *string) (string, error) {
+	env := "live"
+	if tag != nil {
+		env = *tag
+	}
+	if err := validateEnvironment(env); err != nil {
+		return "", err
+	}
+	return env, nil
+}
+
 // validateEmail accepts a plain address "local@domain.tld" (no display
 // name, no comments) and returns it trimmed with the domain lower-cased.
 func validateEmail(s string) (string, error) {
