@@ -67,9 +67,8 @@ type addCreditsRequest struct {
 // answers as the first did (plus "replayed": true and the header
 // Idempotent-Replayed: true).
 func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
-	var req addCreditsRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[addCreditsRequest](h, w, r)
+	if !ok {
 		return
 	}
 	if req.Credits == nil {
@@ -271,9 +270,8 @@ type setLimitsRequest struct {
 // setLimits sets a user's rate limits (POST /admin/limit); the gateway
 // enforces them (per user, above the key's and the defaults).
 func (h *Handler) setLimits(w http.ResponseWriter, r *http.Request) {
-	var req setLimitsRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[setLimitsRequest](h, w, r)
+	if !ok {
 		return
 	}
 	in := rateLimitsInput{}
@@ -328,9 +326,8 @@ const maxDurationMonths = 1200
 // at least 1: 422 otherwise) months of 30 days (POST /admin/assign-plan).
 // An unknown user or plan is a 404; an inactive plan a 400.
 func (h *Handler) assignPlan(w http.ResponseWriter, r *http.Request) {
-	var req assignPlanRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[assignPlanRequest](h, w, r)
+	if !ok {
 		return
 	}
 	if req.UserID == nil || req.PlanID == nil {

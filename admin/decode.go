@@ -131,6 +131,18 @@ func (h *Handler) decodeJSON(w http.ResponseWriter, r *http.Request, dst any) er
 	return decodeBody(body, dst)
 }
 
+// decodeRequest decodes the request body into a T for a handler. When the
+// body is not acceptable it answers with the decoding error and reports
+// false, and the handler returns.
+func decodeRequest[T any](h *Handler, w http.ResponseWriter, r *http.Request) (T, bool) {
+	var req T
+	if err := h.decodeJSON(w, r, &req); err != nil {
+		h.fail(w, r, err)
+		return req, false
+	}
+	return req, true
+}
+
 // decodeBody is decodeJSON's pure part.
 func decodeBody(body []byte, dst any) error {
 	if len(bytes.TrimSpace(body)) == 0 {

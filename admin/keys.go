@@ -105,9 +105,8 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, errForbidden("Insufficient permissions to create API keys"))
 		return
 	}
-	var req createKeyRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[createKeyRequest](h, w, r)
+	if !ok {
 		return
 	}
 	now := h.now().UTC()

@@ -38,9 +38,8 @@ func (h *Handler) updateKey(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, errForbidden("Insufficient permissions to update API keys"))
 		return
 	}
-	var req updateKeyRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[updateKeyRequest](h, w, r)
+	if !ok {
 		return
 	}
 	target, err := h.ownedKey(r, id)

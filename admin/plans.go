@@ -209,9 +209,8 @@ func (h *Handler) planNameTaken(ctx context.Context, name string, id int64) (boo
 // createPlan adds a plan (POST /admin/plans). name is required and unique
 // (409); limits default to 0 (no limit), is_active to true.
 func (h *Handler) createPlan(w http.ResponseWriter, r *http.Request) {
-	var req planRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[planRequest](h, w, r)
+	if !ok {
 		return
 	}
 	if req.Name == nil {
@@ -252,9 +251,8 @@ func (h *Handler) updatePlan(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	var req planRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[planRequest](h, w, r)
+	if !ok {
 		return
 	}
 	// Validate on a scratch copy first, so the 4xx comes before any write.

@@ -111,9 +111,8 @@ func jsonObject(field string, raw json.RawMessage) (json.RawMessage, error) {
 // settings (PUT /user/profile). A taken email is a 409; no fields a 400.
 func (h *Handler) updateProfile(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
-	var req profileRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[profileRequest](h, w, r)
+	if !ok {
 		return
 	}
 	var fields []string

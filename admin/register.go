@@ -36,9 +36,8 @@ type registerRequest struct {
 // the response says so truthfully. key_name (default "Primary Key") is
 // honoured.
 func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
-	var req registerRequest
-	if err := h.decodeJSON(w, r, &req); err != nil {
-		h.fail(w, r, err)
+	req, ok := decodeRequest[registerRequest](h, w, r)
+	if !ok {
 		return
 	}
 	if req.Username == nil {
