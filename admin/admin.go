@@ -31,26 +31,17 @@ func (h *Handler) resolveUser(ctx context.Context, ref userRef) (*storage.User, 
 			return nil, nil, errNotFound("User not found")
 		}
 		k, err := st.KeyByHash(ctx, h.app.Keyring().Hash(key))
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil, nil, errNotFound("User not found")
-		}
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, notFoundAs(err, "User not found")
 		}
 		u, err := st.GetUser(ctx, k.UserID)
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil, nil, errNotFound("User not found")
-		}
-		return u, k, err
+		return u, k, notFoundAs(err, "User not found")
 	case ref.UserID != nil:
 		if *ref.UserID <= 0 {
 			return nil, nil, errValidation("user_id must be a positive integer")
 		}
 		u, err := st.GetUser(ctx, *ref.UserID)
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil, nil, errNotFound("User not found")
-		}
-		return u, nil, err
+		return u, nil, notFoundAs(err, "User not found")
 	}
 	return nil, nil, errValidation("Field \"api_key\" or \"user_id\" is required")
 }
@@ -345,19 +336,13 @@ func (h *Handler) assignPlan(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	st := h.app.Store()
 	u, err := st.GetUser(ctx, *req.UserID)
-	if errors.Is(err, storage.ErrNotFound) {
-		h.fail(w, r, errNotFound("User not found"))
-		return
-	} else if err != nil {
-		h.fail(w, r, err)
+	if err != nil {
+		h.fail(w, r, notFoundAs(err, "User not found"))
 		return
 	}
 	p, err := st.GetPlan(ctx, *req.PlanID)
-	if errors.Is(err, storage.ErrNotFound) {
-		h.fail(w, r, errNotFound("Plan not found"))
-		return
-	} else if err != nil {
-		h.fail(w, r, err)
+	if err != nil {
+		h.fail(w, r, notFoundAs(err, "Plan not found"))
 		return
 	}
 	if !p.IsActive {
@@ -367,11 +352,8 @@ func (h *Handler) assignPlan(w http.ResponseWriter, r *http.Request) {
 	now := h.now().UTC()
 	end := now.AddDate(0, 0, int(30*months))
 	up, err := st.AssignPlan(ctx, u.ID, p.ID, now, end)
-	if errors.Is(err, storage.ErrNotFound) {
-		h.fail(w, r, errNotFound("User or plan not found"))
-		return
-	} else if err != nil {
-		h.fail(w, r, err)
+	if err != nil {
+		h.fail(w, r, notFoundAs(err, "User or plan not found"))
 		return
 	}
 	if _, err := st.UpdateUser(ctx, u.ID, func(u *storage.User) error {
@@ -410,11 +392,8 @@ func (h *Handler) adminGetUser(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	st := h.app.Store()
 	u, err := st.GetUser(ctx, uid)
-	if errors.Is(err, storage.ErrNotFound) {
-		h.fail(w, r, errNotFound("User not found"))
-		return
-	} else if err != nil {
-		h.fail(w, r, err)
+	if err != nil {
+		h.fail(w, r, notFoundAs(err, "User not found"))
 		return
 	}
 	bal, err := st.Balance(ctx, uid)

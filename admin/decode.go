@@ -51,6 +51,15 @@ func errNotFound(detail string) *apiError {
 	return newError(http.StatusNotFound, "not_found", "%s", detail)
 }
 
+// notFoundAs turns the store's ErrNotFound into a 404 saying detail and
+// returns any other error (or nil) unchanged.
+func notFoundAs(err error, detail string) error {
+	if errors.Is(err, storage.ErrNotFound) {
+		return errNotFound(detail)
+	}
+	return err
+}
+
 func errForbidden(detail string) *apiError {
 	return newError(http.StatusForbidden, "forbidden", "%s", detail)
 }

@@ -198,10 +198,7 @@ func (h *Handler) applyUpdate(w http.ResponseWriter, r *http.Request, id *caddym
 			h.fail(w, r, errConflict("An API key with this name already exists"))
 			return
 		}
-		if errors.Is(err, storage.ErrNotFound) {
-			err = errNotFound("API key not found")
-		}
-		h.fail(w, r, err)
+		h.fail(w, r, notFoundAs(err, "API key not found"))
 		return
 	}
 	h.audit(r, &storage.AuditEntry{UserID: id.User.ID, KeyID: updated.ID, Action: actUpdate, Details: map[string]any{
@@ -254,10 +251,7 @@ func (h *Handler) rotateOne(w http.ResponseWriter, r *http.Request, target *stor
 	oldPrefix := maskedKey(target)
 	plaintext, updated, err := h.rotateKey(r.Context(), target.ID, id.User.ID)
 	if err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			err = errNotFound("API key not found")
-		}
-		h.fail(w, r, err)
+		h.fail(w, r, notFoundAs(err, "API key not found"))
 		return
 	}
 	now := h.now().UTC()
@@ -377,10 +371,7 @@ func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.app.Store().DeleteKey(r.Context(), target.ID); err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			err = errNotFound("API key not found")
-		}
-		h.fail(w, r, err)
+		h.fail(w, r, notFoundAs(err, "API key not found"))
 		return
 	}
 	now := h.now().UTC()
