@@ -198,6 +198,18 @@ func (h *harness) startCaddy(kind string) (*target, error) {
 	return t, nil
 }
 
+// printHold prints what a by-hand measurement needs (-hold).
+func (h *harness) printHold() {
+	fmt.Printf("mock     %s pid %d\n", h.mockAddr, h.mock.pid())
+	for _, t := range []*target{h.plain, h.gateway} {
+		if t != nil {
+			fmt.Printf("%-8s %s pid %d admin %s\n", t.name, t.addr, t.proc.pid(), t.admin)
+		}
+	}
+	fmt.Printf("path     %s\nheaders  %v\nbody     %s\nstream   %s\n", apiPath, h.headers(), load{}.body(), load{stream: true}.body())
+	fmt.Println("Ctrl-C to stop")
+}
+
 func (h *harness) headers() map[string]string {
 	key := h.apiKey
 	if key == "" {

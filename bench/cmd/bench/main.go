@@ -49,6 +49,7 @@ type config struct {
 	noLoads    bool
 	only       string
 	profLoads  string
+	hold       bool
 }
 
 func main() {
@@ -72,6 +73,7 @@ func main() {
 	flag.StringVar(&c.profLoads, "profile-loads", "32 conns", "profile the loads whose name contains this")
 	flag.StringVar(&c.only, "only", "", "run only the loads whose name contains this (e.g. SSE, \"32 conns\")")
 	flag.BoolVar(&c.noLoads, "no-loads", false, "skip the throughput and latency cases (streams and microbenchmarks only)")
+	flag.BoolVar(&c.hold, "hold", false, "set up the mock and both Caddys, print their addresses, PIDs and the API key, and wait for Ctrl-C (for profiling by hand)")
 	flag.Parse()
 
 	if *mockListen != "" {
@@ -160,6 +162,11 @@ func run(ctx context.Context, c config) error {
 	}
 	defer h.close()
 
+	if c.hold {
+		h.printHold()
+		<-ctx.Done()
+		return nil
+	}
 	rep := &report{cfg: c, machine: m}
 	if h.gateway != nil {
 		mc := checkMetering("http://"+h.gateway.addr, h.headers(), 20)
