@@ -122,7 +122,7 @@ func annotate(r *http.Request, e *keyEntry) {
 	caddyhttp.SetVar(ctx, "gatewayz_user_id", e.userIDVal)
 	caddyhttp.SetVar(ctx, "gatewayz_key_id", e.keyIDVal)
 	caddyhttp.SetVar(ctx, "gatewayz_env", e.envVal)
-	if extra, ok := ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+	if extra := accessLogFields(r); extra != nil {
 		extra.Add(zap.Inline(e))
 	}
 }

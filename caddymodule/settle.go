@@ -332,8 +332,10 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		g: g, adm: adm, ir: ir, reqID: requestID(r), r: r, w: w,
 		series: seriesFor(ir.Endpoint),
 	}
-	s.log.reqID = s.reqID
-	logFields(r, zap.Field{Key: "gatewayz", Type: zapcore.InlineMarshalerType, Interface: &s.log})
+	if extra := accessLogFields(r); extra != nil {
+		s.log.reqID = s.reqID
+		extra.Set(zap.Field{Key: "gatewayz", Type: zapcore.InlineMarshalerType, Interface: &s.log})
+	}
 
 	res, plan, afterHold, gerr := g.reserve(r.Context(), adm, cfg)
 	if gerr != nil {
@@ -744,13 +746,16 @@ func requestID(r *http.Request) string {
 	return hex.EncodeToString(b[:])
 }
 
-// logFields adds fields to this request's access-log entry.
-func logFields(r *http.Request, fields ...zap.Field) {
-	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		for _, f := range fields {
-			extra.Set(f)
-		}
+// accessLogFields returns the request's extra access-log fields, or nil
+// when its server writes no access log: the fields would go nowhere, and
+// every ExtraLogFields.Add or Set allocates.
+func accessLogFields(r *http.Request) *caddyhttp.ExtraLogFields {
+	ctx := r.Context()
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
+		return nil
 	}
+	extra, _ := ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	return extra
 }
 
 // maskedKey is the display form of a key for gateway_usage: its stored
