@@ -159,3 +159,50 @@ func processCPU() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkCommitBatch measures the group commit alone, with real fsync:
+// each iteration queues per settlements (spread over users) and flushes
+// them as one commit. It reports the process CPU per settlement, like
+// BenchmarkSettlePaced, without the pacing.
+func BenchmarkCommitBatch(b *testing.B) {
+	for _, c := range []struct{ users, per int }{{1, 20}, {1, 50}, {64, 50}} {
+		b.Run(fmt.Sprintf("users=%d/per=%d", c.users, c.per), func(b *testing.B) {
+			ctx := context.Background()
+			s, err := Open(filepath.Join(b.TempDir(), "bench.db"), Options{CommitWindow: time.Hour})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			var us []*User
+			var ks []*APIKey
+			for i := 0; i < c.users; i++ {
+				u, k := register(b, s, fmt.Sprintf("p%d@example.com", i), 1<<50)
+				us, ks = append(us, u), append(ks, k)
+			}
+			rec := UsageRecord{Model: "gpt-4o-mini", PromptTokens: 20, CompletionTokens: 40, TotalTokens: 60, RequestID: "chatcmpl-0123456789", Status: 200}
+			batch := func(n int) {
+				for i := 0; i < c.per; i++ {
+					j := (n*c.per + i) % c.users
+					r, _ := s.Reserve(ctx, ReserveRequest{UserID: us[j].ID, KeyID: ks[j].ID, Credits: 100})
+					if _, _, err := s.Settle(ctx, r, 60, rec); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := s.Flush(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for n := 0; n < 300; n++ { // a ledger of some depth
+				batch(n)
+			}
+			cpu0 := processCPU()
+			b.ResetTimer()
+			n := 0
+			for b.Loop() {
+				batch(n)
+				n++
+			}
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(time.Microsecond)/float64(b.N*c.per), "cpu-µs/settlement")
+		})
+	}
+}

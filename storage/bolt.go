@@ -72,12 +72,13 @@ var (
 	bUsage        = []byte("usage")
 	bAudit        = []byte("audit")
 	bUsageTotals  = []byte("usage_totals")
+	bKeyUsage     = []byte("key_usage")
 
 	kSchemaVersion = []byte("schema_version")
 )
 
 // SchemaVersion is the on-disk schema version this binary writes.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // migrations[i] upgrades a database from schema version i to i+1. Open runs
 // the ones above the stored version, in order, each in its own transaction.
@@ -94,6 +95,8 @@ var migrations = []func(tx *bbolt.Tx) error{
 	},
 	// 1 → 2: per-user day and month usage totals (see bolt_totals.go).
 	migrateUsageTotals,
+	// 2 → 3: per-key request counters (see bolt_keyusage.go).
+	migrateKeyUsage,
 }
 
 // BoltStore is the embedded Store, backed by a bbolt file.

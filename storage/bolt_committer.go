@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"time"
@@ -50,7 +51,8 @@ type committer struct {
 	mu       sync.Mutex
 	queue    []pendingOp
 	spare    []pendingOp
-	arena    []byte // encoded values of the batch being committed (committer goroutine only)
+	arena    []byte      // encoded values of the batch being committed (committer goroutine only)
+	st       commitState // scratch maps of the commit (committer goroutine only)
 	urgent   bool
 	stopping bool
 	err      error // sticky: a failed commit stops all later writes
@@ -215,6 +217,32 @@ type keyDelta struct {
 	last  time.Time
 }
 
+// commitState is the scratch state of one commit, kept by the committer
+// goroutine and cleared (not freed) between batches.
+type commitState struct {
+	userLedgers map[int64]*bbolt.Bucket
+	days        map[int64]*bbolt.Bucket
+	balances    map[int64]int64
+	keys        map[int64]keyDelta
+	totals      map[totalsID]totalsDelta
+}
+
+func (st *commitState) reset() {
+	if st.userLedgers == nil {
+		st.userLedgers = map[int64]*bbolt.Bucket{}
+		st.days = map[int64]*bbolt.Bucket{}
+		st.balances = map[int64]int64{}
+		st.keys = map[int64]keyDelta{}
+		st.totals = map[totalsID]totalsDelta{}
+		return
+	}
+	clear(st.userLedgers)
+	clear(st.days)
+	clear(st.balances)
+	clear(st.keys)
+	clear(st.totals)
+}
+
 // maxArena bounds the encoding buffer kept between batches.
 const maxArena = 4 << 20
 
@@ -222,30 +250,39 @@ func (c *committer) commit(batch []pendingOp) error {
 	// bbolt keeps references to put values until the transaction ends, so
 	// the arena is only reused by the next batch; a value's bytes never
 	// change once appended (growing the arena copies, leaving old arrays).
+	// Keys need no such care: bbolt copies them.
 	arena := c.arena[:0]
 	defer func() {
 		if cap(arena) <= maxArena {
 			c.arena = arena[:0]
 		}
 	}()
-	encode := func(enc func([]byte) ([]byte, error)) ([]byte, error) {
-		start := len(arena)
-		var err error
-		arena, err = enc(arena)
-		return arena[start:len(arena):len(arena)], err
-	}
+	st := &c.st
+	st.reset()
+	defer st.reset() // drop bucket references
+	var kbuf [16]byte
 	return c.s.db.Update(func(tx *bbolt.Tx) error {
 		ledger := tx.Bucket(bLedger)
 		usage := tx.Bucket(bUsage)
-		userLedgers := map[int64]*bbolt.Bucket{}
-		days := map[int64]*bbolt.Bucket{}
-		balances := map[int64]int64{}
-		keys := map[int64]*keyDelta{}
-		totals := map[totalsID]*totalsDelta{}
 		var maxEntry uint64
 
+		// One usage sequence range for the batch: the records get the
+		// numbers NextSequence would have given them one by one.
+		var settles uint64
+		for i := range batch {
+			if batch[i].kind == opSettle {
+				settles++
+			}
+		}
+		seq := usage.Sequence()
+		if settles > 0 {
+			if err := usage.SetSequence(seq + settles); err != nil {
+				return err
+			}
+		}
+
 		ledgerBucket := func(uid int64) (*bbolt.Bucket, error) {
-			if b := userLedgers[uid]; b != nil {
+			if b := st.userLedgers[uid]; b != nil {
 				return b, nil
 			}
 			b, err := ledger.CreateBucketIfNotExists(id8(uid))
@@ -253,7 +290,7 @@ func (c *committer) commit(batch []pendingOp) error {
 				return nil, err
 			}
 			b.FillPercent = 0.95
-			userLedgers[uid] = b
+			st.userLedgers[uid] = b
 			return b, nil
 		}
 		for i := range batch {
@@ -268,50 +305,48 @@ func (c *committer) commit(batch []pendingOp) error {
 				if op.kind == opSettle {
 					e.RequestID = op.rec.RequestID
 				}
-				v, err := encode(func(b []byte) ([]byte, error) { return appendLedgerEntry(b, &e) })
-				if err != nil {
+				start := len(arena)
+				if arena, err = appendLedgerEntry(arena, &e); err != nil {
 					return err
 				}
-				if err := b.Put(id8(int64(op.entryID)), v); err != nil {
+				binary.BigEndian.PutUint64(kbuf[:8], op.entryID)
+				if err := b.Put(kbuf[:8], arena[start:len(arena):len(arena)]); err != nil {
 					return err
 				}
 				maxEntry = max(maxEntry, op.entryID)
-				balances[op.userID] = op.balance
+				st.balances[op.userID] = op.balance
 			}
 			switch op.kind {
 			case opSettle:
 				day := dayNumber(op.day)
-				db := days[day]
+				db := st.days[day]
 				if db == nil {
 					var err error
 					if db, err = usage.CreateBucketIfNotExists(dayKey(op.day)); err != nil {
 						return err
 					}
 					db.FillPercent = 0.95
-					days[day] = db
+					st.days[day] = db
 				}
-				seq, err := usage.NextSequence()
-				if err != nil {
+				seq++
+				start := len(arena)
+				var err error
+				if arena, err = appendUsageRecord(arena, &op.rec); err != nil {
 					return err
 				}
-				v, err := encode(func(b []byte) ([]byte, error) { return appendUsageRecord(b, &op.rec) })
-				if err != nil {
+				binary.BigEndian.PutUint64(kbuf[:8], uint64(op.userID))
+				binary.BigEndian.PutUint64(kbuf[8:], seq)
+				if err := db.Put(kbuf[:16], arena[start:len(arena):len(arena)]); err != nil {
 					return err
 				}
-				if err := db.Put(pair(op.userID, int64(seq)), v); err != nil {
-					return err
-				}
-				addTotals(totals, op.userID, op.day, op.rec.TotalTokens)
+				addTotals(st.totals, op.userID, op.day, op.rec.TotalTokens)
 				if op.keyID != 0 {
-					d := keys[op.keyID]
-					if d == nil {
-						d = &keyDelta{}
-						keys[op.keyID] = d
-					}
+					d := st.keys[op.keyID]
 					d.count++
 					if op.time.After(d.last) {
 						d.last = op.time
 					}
+					st.keys[op.keyID] = d
 				}
 			case opCredit:
 				if op.idem != "" {
@@ -323,8 +358,11 @@ func (c *committer) commit(batch []pendingOp) error {
 			}
 		}
 		accounts := tx.Bucket(bAccounts)
-		for uid, bal := range balances {
-			if err := accounts.Put(id8(uid), encodeBalance(bal)); err != nil {
+		for uid, bal := range st.balances {
+			start := len(arena)
+			arena = binary.BigEndian.AppendUint64(arena, uint64(bal))
+			binary.BigEndian.PutUint64(kbuf[:8], uint64(uid))
+			if err := accounts.Put(kbuf[:8], arena[start:len(arena):len(arena)]); err != nil {
 				return err
 			}
 		}
@@ -333,27 +371,42 @@ func (c *committer) commit(batch []pendingOp) error {
 				return err
 			}
 		}
-		if err := applyTotals(tx.Bucket(bUsageTotals), totals); err != nil {
+		if err := applyTotals(tx.Bucket(bUsageTotals), st.totals); err != nil {
 			return err
 		}
-		kb := tx.Bucket(bKeys)
-		for kid, d := range keys {
-			var k APIKey
-			if err := getJSON(kb, id8(kid), &k); err != nil {
+		ku := tx.Bucket(bKeyUsage)
+		for kid, d := range st.keys {
+			binary.BigEndian.PutUint64(kbuf[:8], uint64(kid))
+			used, err := keyUsed(tx, ku, kbuf[:8])
+			if err != nil {
 				if err == ErrNotFound {
 					continue // deleted meanwhile
 				}
 				return err
 			}
-			k.RequestsUsed += d.count
-			last := d.last
-			k.LastUsedAt = &last
-			if err := putJSON(kb, id8(kid), &k); err != nil {
+			start := len(arena)
+			arena = appendKeyUsage(arena, used+d.count, &d.last)
+			if err := ku.Put(kbuf[:8], arena[start:len(arena):len(arena)]); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// keyUsed returns the committed requests_used of key id: its key usage
+// record, or the key's JSON if it has none yet (ErrNotFound if the key is
+// gone).
+func keyUsed(tx *bbolt.Tx, ku *bbolt.Bucket, id []byte) (int64, error) {
+	if v := ku.Get(id); v != nil {
+		used, _, err := decodeKeyUsage(v)
+		return used, err
+	}
+	var k APIKey
+	if err := getJSON(tx.Bucket(bKeys), id, &k); err != nil {
+		return 0, err
+	}
+	return k.RequestsUsed, nil
 }
 
 func dayNumber(t time.Time) int64 {

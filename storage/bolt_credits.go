@@ -87,7 +87,7 @@ func (s *BoltStore) keyCounter(keyID int64) (*keyCounter, error) {
 		return kc.(*keyCounter), nil
 	}
 	var k APIKey
-	err := s.view(func(tx *bbolt.Tx) error { return getJSON(tx.Bucket(bKeys), id8(keyID), &k) })
+	err := s.view(func(tx *bbolt.Tx) error { return getKey(tx, id8(keyID), &k) })
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			err = fmt.Errorf("storage: unknown key %d: %w", keyID, ErrNotFound)

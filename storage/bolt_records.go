@@ -266,12 +266,11 @@ func allHashes(k *APIKey) [][]byte {
 
 func userKeys(tx *bbolt.Tx, userID int64) ([]*APIKey, error) {
 	var out []*APIKey
-	keys := tx.Bucket(bKeys)
 	prefix := id8(userID)
 	c := tx.Bucket(bKeysByUser).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		var ak APIKey
-		if err := getJSON(keys, k[8:16], &ak); err != nil {
+		if err := getKey(tx, k[8:16], &ak); err != nil {
 			if err == ErrNotFound {
 				continue
 			}
@@ -304,14 +303,13 @@ func putNewKey(tx *bbolt.Tx, k *APIKey, now time.Time) error {
 			return fmt.Errorf("storage: key hash already indexed: %w", ErrDuplicate)
 		}
 	}
-	keys := tx.Bucket(bKeys)
-	id, err := nextID(keys)
+	id, err := nextID(tx.Bucket(bKeys))
 	if err != nil {
 		return err
 	}
 	k.ID = id
 	k.CreatedAt, k.UpdatedAt = now, now
-	if err := putJSON(keys, id8(id), k); err != nil {
+	if err := putKey(tx, k); err != nil {
 		return err
 	}
 	for _, h := range indexedHashes(k, now) {
@@ -334,6 +332,9 @@ func deleteKeyTx(tx *bbolt.Tx, k *APIKey) error {
 	if err := tx.Bucket(bKeysByUser).Delete(pair(k.UserID, k.ID)); err != nil {
 		return err
 	}
+	if err := tx.Bucket(bKeyUsage).Delete(id8(k.ID)); err != nil {
+		return err
+	}
 	return tx.Bucket(bKeys).Delete(id8(k.ID))
 }
 
@@ -353,7 +354,7 @@ func (s *BoltStore) CreateKey(ctx context.Context, k *APIKey) error {
 
 func (s *BoltStore) GetKey(ctx context.Context, id int64) (*APIKey, error) {
 	var k APIKey
-	err := s.view(func(tx *bbolt.Tx) error { return getJSON(tx.Bucket(bKeys), id8(id), &k) })
+	err := s.view(func(tx *bbolt.Tx) error { return getKey(tx, id8(id), &k) })
 	if err != nil {
 		return nil, err
 	}
@@ -371,7 +372,7 @@ func (s *BoltStore) KeyByHash(ctx context.Context, hash []byte) (*APIKey, error)
 		if id == nil {
 			return ErrNotFound
 		}
-		return getJSON(tx.Bucket(bKeys), id, &k)
+		return getKey(tx, id, &k)
 	})
 	if err != nil {
 		return nil, err
@@ -424,8 +425,15 @@ func decodeBucket[T any](tx *bbolt.Tx, bucket []byte) ([]*T, error) {
 func (s *BoltStore) AllKeys(ctx context.Context) ([]*APIKey, error) {
 	var out []*APIKey
 	err := s.view(func(tx *bbolt.Tx) (err error) {
-		out, err = decodeBucket[APIKey](tx, bKeys)
-		return err
+		if out, err = decodeBucket[APIKey](tx, bKeys); err != nil {
+			return err
+		}
+		for _, k := range out {
+			if err := overlayKeyUsage(tx, k); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -444,8 +452,7 @@ func (s *BoltStore) UpdateKey(ctx context.Context, id int64, fn func(*APIKey) er
 	var gone [][]byte
 	var usedDelta int64
 	err := s.update(func(tx *bbolt.Tx) error {
-		keys := tx.Bucket(bKeys)
-		if err := getJSON(keys, id8(id), &k); err != nil {
+		if err := getKey(tx, id8(id), &k); err != nil {
 			return err
 		}
 		old := k
@@ -494,7 +501,7 @@ func (s *BoltStore) UpdateKey(ctx context.Context, id int64, fn func(*APIKey) er
 			}
 		}
 		usedDelta = k.RequestsUsed - old.RequestsUsed
-		return putJSON(keys, id8(id), &k)
+		return putKey(tx, &k)
 	})
 	if err != nil {
 		return nil, err
@@ -527,7 +534,7 @@ func (s *BoltStore) DeleteKey(ctx context.Context, id int64) error {
 	}
 	var k APIKey
 	err := s.update(func(tx *bbolt.Tx) error {
-		if err := getJSON(tx.Bucket(bKeys), id8(id), &k); err != nil {
+		if err := getKey(tx, id8(id), &k); err != nil {
 			return err
 		}
 		return deleteKeyTx(tx, &k)

@@ -471,7 +471,7 @@ func TestUpdateKeyRequestsUsed(t *testing.T) {
 		t.Fatal(err)
 	}
 	var onDisk APIKey
-	if err := s.view(func(tx *bbolt.Tx) error { return getJSON(tx.Bucket(bKeys), id8(k.ID), &onDisk) }); err != nil || onDisk.RequestsUsed != 1 {
+	if err := s.view(func(tx *bbolt.Tx) error { return getKey(tx, id8(k.ID), &onDisk) }); err != nil || onDisk.RequestsUsed != 1 {
 		t.Fatalf("on disk requests_used = %d, %v", onDisk.RequestsUsed, err)
 	}
 }

@@ -61,20 +61,17 @@ type totalsID struct {
 }
 
 // addTotals adds one settled request of tokens to the user's day and month.
-func addTotals(m map[totalsID]*totalsDelta, userID int64, day time.Time, tokens int64) {
+func addTotals(m map[totalsID]totalsDelta, userID int64, day time.Time, tokens int64) {
 	for _, id := range [2]totalsID{{userID, totalsDay, dayNum(day)}, {userID, totalsMonth, monthNum(day)}} {
 		d := m[id]
-		if d == nil {
-			d = &totalsDelta{}
-			m[id] = d
-		}
 		d.requests++
 		d.tokens += tokens
+		m[id] = d
 	}
 }
 
 // applyTotals writes accumulated deltas (read-modify-write in tx).
-func applyTotals(b *bbolt.Bucket, m map[totalsID]*totalsDelta) error {
+func applyTotals(b *bbolt.Bucket, m map[totalsID]totalsDelta) error {
 	for id, d := range m {
 		k := totalsKey(id.userID, id.kind, id.n)
 		req, tok, err := decodeTotals(b.Get(k))
@@ -144,7 +141,7 @@ func migrateUsageTotals(tx *bbolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	m := map[totalsID]*totalsDelta{}
+	m := map[totalsID]totalsDelta{}
 	usage := tx.Bucket(bUsage)
 	err = usage.ForEachBucket(func(name []byte) error {
 		return usage.Bucket(name).ForEach(func(k, v []byte) error {
