@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -61,7 +62,7 @@ type meter struct {
 	mode        meterMode
 	buf         bytes.Buffer
 	tail        []byte
-	out         []byte     // stream bytes to forward (strip mode)
+	out         stripOut   // stream bytes to forward (strip mode)
 	sse         sseScanner // in use in modeStream
 	written     int64      // body bytes sent to the client
 	headerSent  bool
@@ -170,7 +171,7 @@ func (m *meter) Write(p []byte) (int, error) {
 			m.sse.feed(p[:n], nil)
 			return n, err
 		}
-		m.sse.feed(p, m.emit)
+		m.sse.feed(p, &m.out)
 		if err := m.flushOut(); err != nil {
 			return 0, err
 		}
@@ -214,24 +215,85 @@ func (m *meter) writeThrough(p []byte) (int, error) {
 	return n, err
 }
 
-// emit collects stream bytes to forward in strip mode; flushOut writes
-// them in one Write per upstream write.
-func (m *meter) emit(b []byte) { m.out = append(m.out, b...) }
+// stripOut collects what one upstream Write forwards in strip mode, so
+// that it goes downstream in one Write: normally a single run of the
+// caller's p, written as it is; only when held bytes or a stripped line
+// split it are the pieces gathered, in a pooled buffer.
+type stripOut struct {
+	run []byte  // the only piece so far (aliases the caller's p)
+	buf *[]byte // gathered pieces, when there is more than one
+}
 
+// stripBufPool recycles the gather buffers of stripOut.
+var stripBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 1024)
+	return &b
+}}
+
+func (o *stripOut) forward(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if o.buf == nil {
+		if o.run == nil {
+			o.run = b
+			return
+		}
+		o.gather()
+	}
+	*o.buf = append(*o.buf, b...)
+}
+
+func (o *stripOut) forwardHeld(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if o.buf == nil {
+		o.gather()
+	}
+	*o.buf = append(*o.buf, b...)
+}
+
+// gather switches to the pooled buffer, starting with the run so far.
+func (o *stripOut) gather() {
+	o.buf = stripBufPool.Get().(*[]byte)
+	*o.buf = append((*o.buf)[:0], o.run...)
+	o.run = nil
+}
+
+// bytes returns what was collected.
+func (o *stripOut) bytes() []byte {
+	if o.buf != nil {
+		return *o.buf
+	}
+	return o.run
+}
+
+// reset forgets what was collected (the run aliases the caller's buffer and
+// must not outlive its Write) and returns the gather buffer to its pool.
+func (o *stripOut) reset() {
+	o.run = nil
+	if o.buf != nil {
+		if cap(*o.buf) <= maxPooledLine {
+			*o.buf = (*o.buf)[:0]
+			stripBufPool.Put(o.buf)
+		}
+		o.buf = nil
+	}
+}
+
+// flushOut writes what the scanner forwarded in one Write.
 func (m *meter) flushOut() error {
-	if len(m.out) == 0 || m.writeErr != nil {
-		m.out = m.out[:0]
+	out := m.out.bytes()
+	if len(out) == 0 || m.writeErr != nil {
+		m.out.reset()
 		return m.writeErr
 	}
-	n, err := m.ResponseWriter.Write(m.out)
+	n, err := m.ResponseWriter.Write(out)
+	m.out.reset()
 	m.written += int64(n)
 	m.writeErr = err
 	m.unflushed = true
-	if cap(m.out) > 64<<10 {
-		m.out = nil
-	} else {
-		m.out = m.out[:0]
-	}
 	return err
 }
 
@@ -265,17 +327,40 @@ func (m *meter) FlushError() error {
 			}
 			m.unflushed = false
 		}
-		return http.NewResponseController(m.ResponseWriter).Flush()
+		return flush(m.ResponseWriter)
 	}
 	return nil
 }
 
-// finishStream forwards a last incomplete line at the end of a stream.
+// flush flushes w as http.ResponseController does, without allocating
+// one for the common writers that flush themselves.
+func flush(w http.ResponseWriter) error {
+	switch f := w.(type) {
+	case interface{ FlushError() error }:
+		return f.FlushError()
+	case http.Flusher:
+		f.Flush()
+		return nil
+	}
+	return http.NewResponseController(w).Flush() // unwraps, or reports unsupported
+}
+
+// finishStream forwards a last incomplete line at the end of a stream and
+// returns the stream's buffers to their pools.
 func (m *meter) finishStream() {
 	if m.mode == modeStream && m.sse.strip {
-		m.sse.finish(m.emit)
+		m.sse.finish(&m.out)
 		_ = m.flushOut()
 	}
+	m.release()
+}
+
+// release returns the meter's pooled buffers at the end of a stream (a
+// line still held is dropped: finishStream forwards it first). It may be
+// called more than once; a later write would just take a buffer again.
+func (m *meter) release() {
+	m.out.reset()
+	m.sse.release()
 }
 
 // writeBuffered sends a buffered response with body (which may differ from

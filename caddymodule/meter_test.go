@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -169,4 +170,70 @@ func TestMeterStripFlushesHeaderOnce(t *testing.T) {
 	if strings.Join(ew.events, "|") != strings.Join(want, "|") {
 		t.Fatalf("events:\n got %q\nwant %q", ew.events, want)
 	}
+}
+
+// errFlusher flushes with an error result; plainWriter cannot flush;
+// unwrapper only reaches a flusher through Unwrap.
+type errFlusher struct {
+	http.ResponseWriter
+	flushes int
+}
+
+func (e *errFlusher) FlushError() error { e.flushes++; return nil }
+
+type plainWriter struct{ http.ResponseWriter }
+
+type unwrapper struct{ w http.ResponseWriter }
+
+func (u unwrapper) Header() http.Header         { return u.w.Header() }
+func (u unwrapper) Write(p []byte) (int, error) { return u.w.Write(p) }
+func (u unwrapper) WriteHeader(s int)           { u.w.WriteHeader(s) }
+func (u unwrapper) Unwrap() http.ResponseWriter { return u.w }
+
+// The meter flushes the writer it wraps as http.ResponseController would:
+// FlushError first, then Flush, then through Unwrap; a writer that cannot
+// flush gives http.ErrNotSupported.
+func TestMeterFlushReachesWriter(t *testing.T) {
+	stream := func(w http.ResponseWriter) error {
+		m := newMeter(w, false, 0, nil)
+		m.Header().Set("Content-Type", "text/event-stream")
+		m.WriteHeader(200)
+		_, _ = m.Write([]byte("data: x\n\n"))
+		return http.NewResponseController(m).Flush()
+	}
+	ef := &errFlusher{ResponseWriter: httptest.NewRecorder()}
+	if err := stream(ef); err != nil || ef.flushes != 1 {
+		t.Fatalf("FlushError writer: %v, %d flushes", err, ef.flushes)
+	}
+	ew := &eventWriter{h: http.Header{}}
+	if err := stream(unwrapper{ew}); err != nil || ew.events[len(ew.events)-1] != "flush" {
+		t.Fatalf("unwrapped Flusher: %v, %q", err, ew.events)
+	}
+	if err := stream(plainWriter{httptest.NewRecorder()}); !errors.Is(err, http.ErrNotSupported) {
+		t.Fatalf("writer without flush: %v", err)
+	}
+}
+
+// A strip-mode stream whose events arrive split across writes forwards
+// each completed line in one downstream write, and its pooled buffers are
+// returned at the end.
+func TestMeterStripSplitEvents(t *testing.T) {
+	ew := &eventWriter{h: http.Header{}}
+	m := newMeter(ew, true, 0, nil)
+	m.Header().Set("Content-Type", "text/event-stream")
+	m.WriteHeader(200)
+	for _, c := range []string{"data: {\"a\"", ":1}\n\ndata: {\"b\"", ":2}\n\ndata: [DO", "NE]"} {
+		if _, err := io.WriteString(m, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.finishStream()
+	want := []string{"header 200", "write data: {\"a\":1}\n\n", "write data: {\"b\":2}\n\n", "write data: [DONE]"}
+	if strings.Join(ew.events, "|") != strings.Join(want, "|") {
+		t.Fatalf("events:\n got %q\nwant %q", ew.events, want)
+	}
+	if m.sse.line != nil || m.sse.lineBuf != nil || m.out.buf != nil || m.out.run != nil {
+		t.Fatal("buffers kept after the stream finished")
+	}
+	m.release() // again: harmless
 }

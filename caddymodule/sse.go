@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"sync"
 )
 
 // SSE line bounds.
@@ -26,9 +27,10 @@ const (
 type sseScanner struct {
 	strip bool
 
-	line     []byte // the current incomplete line (held for output when strip)
-	overflow bool   // the current line exceeded maxSSELine: passing it through
-	dropping bool   // inside a stripped event: drop lines up to its blank line
+	line     []byte  // the current incomplete line (held for output when strip)
+	lineBuf  *[]byte // the pooled buffer line was taken from
+	overflow bool    // the current line exceeded maxSSELine: passing it through
+	dropping bool    // inside a stripped event: drop lines up to its blank line
 
 	usage     usage
 	haveUsage bool
@@ -37,73 +39,127 @@ type sseScanner struct {
 	sawDone   bool
 }
 
-// feed scans p. With strip off the caller has already written p; with strip
-// on, emit receives every byte to forward, in order (emit may be called
-// several times; slices are only valid during the call).
-func (s *sseScanner) feed(p []byte, emit func([]byte)) {
-	for len(p) > 0 {
-		var seg []byte
-		nl := bytes.IndexByte(p, '\n')
+// sseSink receives the bytes a strip-mode scanner forwards, in order.
+type sseSink interface {
+	// forward is given a run of the p passed to feed. Runs come in order
+	// and are maximal: two runs of one feed are separated by a stripped
+	// line.
+	forward(run []byte)
+	// forwardHeld is given bytes held from an earlier write (the start of
+	// a line completed now, or a line found too long); they come before
+	// any run of the current write and are valid only during the call.
+	forwardHeld(b []byte)
+}
+
+// sseLinePool recycles the buffers that hold a line split across writes.
+var sseLinePool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 1024)
+	return &b
+}}
+
+// maxPooledLine bounds the buffers returned to sseLinePool.
+const maxPooledLine = 64 << 10
+
+// feed scans p. With strip off the caller has already written p (out may
+// be nil); with strip on, out receives every byte to forward, in order:
+// normally a single run of p, with no copy.
+func (s *sseScanner) feed(p []byte, out sseSink) {
+	run, stop := 0, len(p) // strip: p[run:stop] is yet to be forwarded
+	for i := 0; i < len(p); {
+		end := len(p)
+		nl := bytes.IndexByte(p[i:], '\n')
 		complete := nl >= 0
 		if complete {
-			seg, p = p[:nl+1], p[nl+1:]
-		} else {
-			seg, p = p, nil
+			end = i + nl + 1
 		}
 		if s.overflow {
-			if s.strip {
-				emit(seg)
-			}
-			if complete {
-				s.overflow = false
-			}
+			s.overflow = !complete
+			i = end
 			continue
 		}
-		if len(s.line)+len(seg) > maxSSELine {
-			if s.strip {
-				if len(s.line) > 0 {
-					emit(s.line)
-				}
-				emit(seg)
+		// A held line is only ever completed by the first segment (i is
+		// 0), so what is held goes out before any run of p.
+		if len(s.line)+end-i > maxSSELine {
+			if s.strip && len(s.line) > 0 {
+				out.forwardHeld(s.line)
 			}
 			s.line = s.line[:0]
 			s.overflow = !complete
+			i = end
 			continue
 		}
 		if !complete {
-			s.line = append(s.line, seg...)
-			continue
+			s.hold(p[i:])
+			stop = i
+			break
 		}
-		line := seg
-		if len(s.line) > 0 {
-			s.line = append(s.line, seg...)
-			line = s.line
+		var drop bool
+		if held := len(s.line); held > 0 {
+			s.line = append(s.line, p[i:end]...)
+			drop = s.processLine(s.line)
+			if !drop && s.strip {
+				out.forwardHeld(s.line[:held])
+			}
+			s.line = s.line[:0]
+		} else {
+			drop = s.processLine(p[i:end])
 		}
-		if !s.processLine(line) && s.strip {
-			emit(line)
+		if drop { // strip mode only
+			if i > run {
+				out.forward(p[run:i])
+			}
+			run = end
 		}
-		s.line = s.line[:0]
+		i = end
 	}
+	if s.strip && stop > run {
+		out.forward(p[run:stop])
+	}
+}
+
+// hold appends an incomplete line to the held one.
+func (s *sseScanner) hold(seg []byte) {
+	if s.lineBuf == nil {
+		s.lineBuf = sseLinePool.Get().(*[]byte)
+		s.line = (*s.lineBuf)[:0]
+	}
+	s.line = append(s.line, seg...)
 }
 
 // finish processes a last line left without a newline when the stream
 // ends, and forwards it (unless stripped) when strip is on.
-func (s *sseScanner) finish(emit func([]byte)) {
+func (s *sseScanner) finish(out sseSink) {
 	if len(s.line) == 0 {
 		return
 	}
 	line := s.line
-	s.line = nil
+	s.line = s.line[:0]
 	if !s.processLine(line) && s.strip {
-		emit(line)
+		out.forwardHeld(line)
 	}
+}
+
+// release returns the line buffer to its pool at the end of the stream; a
+// line held then is dropped (finish forwards it first).
+func (s *sseScanner) release() {
+	if s.lineBuf == nil {
+		return
+	}
+	if cap(s.line) <= maxPooledLine {
+		*s.lineBuf = s.line[:0]
+		sseLinePool.Put(s.lineBuf)
+	}
+	s.line, s.lineBuf = nil, nil
 }
 
 // processLine inspects one line (with its line ending) and reports whether
 // it must be dropped from the client's stream (strip mode only).
 func (s *sseScanner) processLine(line []byte) (drop bool) {
-	content := bytes.TrimRight(line, "\r\n")
-	if len(content) == 0 { // blank line: end of event
+	n := len(line)
+	for n > 0 && (line[n-1] == '\n' || line[n-1] == '\r') {
+		n--
+	}
+	if n == 0 { // blank line: end of event
 		if s.dropping {
 			s.dropping = false
 			return true
@@ -113,7 +169,7 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 	if s.dropping {
 		return true
 	}
-	data, ok := bytes.CutPrefix(content, []byte("data:"))
+	data, ok := bytes.CutPrefix(line[:n], []byte("data:"))
 	if !ok {
 		return false // comment, event:, id:, retry:
 	}
@@ -125,13 +181,20 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 		return false
 	}
 	s.events++
-	if usageObjectAt(data) < 0 {
-		countGeneratedText(data, &s.generated)
+	// One pass counts the generated text and looks for a usage object; the
+	// count is kept unless this is the usage-only event.
+	var text textCounter
+	usageObj, exact := scanGenerated(data, &text)
+	if !exact {
+		usageObj = hasUsageObject(data)
+	}
+	if !usageObj {
+		s.generated.add(text)
 		return false
 	}
 	u, hasUsage, hasChoices, ok := decodeUsageEvent(data)
 	if !ok || !hasUsage {
-		countGeneratedText(data, &s.generated)
+		s.generated.add(text)
 		return false
 	}
 	if u, ok := u.normalize(); ok {
@@ -140,7 +203,7 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 		s.usage, s.haveUsage = u, true
 	}
 	if hasChoices {
-		countGeneratedText(data, &s.generated)
+		s.generated.add(text)
 		return false
 	}
 	if s.strip {

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -26,20 +27,39 @@ var testStreamStripped = strings.Replace(testStream,
 // + "{}" (2), plus the empty role delta.
 const testStreamASCII, testStreamOther = 17, 1
 
+// bufSink collects what a strip-mode scanner forwards, and counts the calls.
+type bufSink struct {
+	out         bytes.Buffer
+	runs, helds int
+}
+
+func (b *bufSink) forward(run []byte) {
+	if len(run) == 0 {
+		panic("empty run forwarded")
+	}
+	b.runs++
+	b.out.Write(run)
+}
+
+func (b *bufSink) forwardHeld(p []byte) {
+	b.helds++
+	b.out.Write(p)
+}
+
 func runScanner(strip bool, chunks [][]byte) (*sseScanner, []byte) {
 	s := &sseScanner{strip: strip}
-	var out bytes.Buffer
-	emit := func(b []byte) { out.Write(b) }
+	var sink bufSink
 	for _, c := range chunks {
 		if !strip {
-			out.Write(c) // the meter writes first, then scans
+			sink.out.Write(c) // the meter writes first, then scans
 			s.feed(c, nil)
 		} else {
-			s.feed(c, emit)
+			s.feed(c, &sink)
 		}
 	}
-	s.finish(emit)
-	return s, out.Bytes()
+	s.finish(&sink)
+	s.release()
+	return s, sink.out.Bytes()
 }
 
 func checkScan(t *testing.T, name string, strip bool, s *sseScanner, out []byte) {
@@ -180,7 +200,7 @@ func TestSSEScannerLongLine(t *testing.T) {
 }
 
 func BenchmarkSSEScan(b *testing.B) {
-	ev := []byte("data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" token\"},\"finish_reason\":null}],\"usage\":null}\n\n")
+	ev := []byte("data: " + benchSSEData + "\n\n")
 	for _, strip := range []bool{false, true} {
 		name := "passthrough"
 		if strip {
@@ -188,12 +208,263 @@ func BenchmarkSSEScan(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			s := &sseScanner{strip: strip}
-			emit := func([]byte) {}
+			var sink discardSink
 			b.SetBytes(int64(len(ev)))
 			b.ReportAllocs()
 			for b.Loop() {
-				s.feed(ev, emit)
+				s.feed(ev, &sink)
 			}
 		})
 	}
+}
+
+// benchSSEData is the data of a typical content event.
+const benchSSEData = `{"id":"chatcmpl-abc","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":" token"},"finish_reason":null}],"usage":null}`
+
+type discardSink struct{}
+
+func (discardSink) forward([]byte)     {}
+func (discardSink) forwardHeld([]byte) {}
+
+// Whole events in one write go out as one run per stretch between stripped
+// events, without copying.
+func TestSSEScannerForwardsRuns(t *testing.T) {
+	s := &sseScanner{strip: true}
+	var sink bufSink
+	s.feed([]byte(testStream), &sink)
+	if sink.out.String() != testStreamStripped || sink.runs != 2 || sink.helds != 0 {
+		t.Fatalf("runs %d helds %d: %q", sink.runs, sink.helds, sink.out.String())
+	}
+	// A split line: the held start of the line, then one run.
+	s, sink = &sseScanner{strip: true}, bufSink{}
+	s.feed([]byte(testStream[:30]), &sink)
+	s.feed([]byte(testStream[30:200]), &sink)
+	if sink.runs != 1 || sink.helds != 1 || sink.out.String() != testStream[:len(sink.out.String())] {
+		t.Fatalf("runs %d helds %d: %q", sink.runs, sink.helds, sink.out.String())
+	}
+	s.release()
+	if s.line != nil || s.lineBuf != nil {
+		t.Fatal("line buffer kept after release")
+	}
+}
+
+// sseScannerRef is the scanner as it was before it forwarded runs of the
+// caller's buffer, with the reference byte scanners: the differential
+// tests hold the current one to its output and results.
+type sseScannerRef struct {
+	strip     bool
+	line      []byte
+	overflow  bool
+	dropping  bool
+	usage     usage
+	haveUsage bool
+	generated textCounter
+	events    int64
+	sawDone   bool
+}
+
+func (s *sseScannerRef) feed(p []byte, emit func([]byte)) {
+	for len(p) > 0 {
+		var seg []byte
+		nl := bytes.IndexByte(p, '\n')
+		complete := nl >= 0
+		if complete {
+			seg, p = p[:nl+1], p[nl+1:]
+		} else {
+			seg, p = p, nil
+		}
+		if s.overflow {
+			if s.strip {
+				emit(seg)
+			}
+			if complete {
+				s.overflow = false
+			}
+			continue
+		}
+		if len(s.line)+len(seg) > maxSSELine {
+			if s.strip {
+				if len(s.line) > 0 {
+					emit(s.line)
+				}
+				emit(seg)
+			}
+			s.line = s.line[:0]
+			s.overflow = !complete
+			continue
+		}
+		if !complete {
+			s.line = append(s.line, seg...)
+			continue
+		}
+		line := seg
+		if len(s.line) > 0 {
+			s.line = append(s.line, seg...)
+			line = s.line
+		}
+		if !s.processLine(line) && s.strip {
+			emit(line)
+		}
+		s.line = s.line[:0]
+	}
+}
+
+func (s *sseScannerRef) finish(emit func([]byte)) {
+	if len(s.line) == 0 {
+		return
+	}
+	line := s.line
+	s.line = nil
+	if !s.processLine(line) && s.strip {
+		emit(line)
+	}
+}
+
+func (s *sseScannerRef) processLine(line []byte) (drop bool) {
+	content := bytes.TrimRight(line, "\r\n")
+	if len(content) == 0 {
+		if s.dropping {
+			s.dropping = false
+			return true
+		}
+		return false
+	}
+	if s.dropping {
+		return true
+	}
+	data, ok := bytes.CutPrefix(content, []byte("data:"))
+	if !ok {
+		return false
+	}
+	if len(data) > 0 && data[0] == ' ' {
+		data = data[1:]
+	}
+	if string(data) == "[DONE]" {
+		s.sawDone = true
+		return false
+	}
+	s.events++
+	if usageObjectAtRef(data) < 0 {
+		countGeneratedTextRef(data, &s.generated)
+		return false
+	}
+	u, hasUsage, hasChoices, ok := decodeUsageEvent(data)
+	if !ok || !hasUsage {
+		countGeneratedTextRef(data, &s.generated)
+		return false
+	}
+	if u, ok := u.normalize(); ok {
+		s.usage, s.haveUsage = u, true
+	}
+	if hasChoices {
+		countGeneratedTextRef(data, &s.generated)
+		return false
+	}
+	if s.strip {
+		s.dropping = true
+		return true
+	}
+	return false
+}
+
+// splitAt cuts stream at the given offsets (taken modulo its length, kept
+// in order); each chunk is a copy with no spare capacity.
+func splitAt(stream []byte, cuts ...uint16) [][]byte {
+	var chunks [][]byte
+	prev := 0
+	for _, c := range cuts {
+		i := max(prev, int(c)%(len(stream)+1))
+		chunks = append(chunks, bytes.Clone(stream[prev:i]))
+		prev = i
+	}
+	return append(chunks, bytes.Clone(stream[prev:]))
+}
+
+// checkScannerMatchesReference runs the scanner, the reference scanner and
+// a strip-mode meter over the same chunks: same bytes out, same results,
+// and at most one downstream write per upstream write.
+func checkScannerMatchesReference(t *testing.T, chunks [][]byte, strip bool) {
+	t.Helper()
+	ref := &sseScannerRef{strip: strip}
+	var want bytes.Buffer
+	emit := func(b []byte) { want.Write(b) }
+	for _, c := range chunks {
+		if !strip {
+			want.Write(c)
+		}
+		ref.feed(c, emit)
+	}
+	ref.finish(emit)
+	got, out := runScanner(strip, chunks)
+	if !bytes.Equal(out, want.Bytes()) {
+		t.Fatalf("output %q, reference %q", out, want.Bytes())
+	}
+	if got.usage != ref.usage || got.haveUsage != ref.haveUsage || got.generated != ref.generated ||
+		got.events != ref.events || got.sawDone != ref.sawDone || got.dropping != ref.dropping || got.overflow != ref.overflow {
+		t.Fatalf("results %+v, reference %+v", got, ref)
+	}
+	if !strip {
+		return
+	}
+	ew := &eventWriter{h: http.Header{"Content-Type": {"text/event-stream"}}}
+	m := newMeter(ew, true, 0, nil)
+	m.WriteHeader(200)
+	for _, c := range chunks {
+		if n, err := m.Write(c); n != len(c) || err != nil {
+			t.Fatalf("meter write: %d, %v", n, err)
+		}
+	}
+	m.finishStream()
+	if !bytes.Equal(ew.body.Bytes(), want.Bytes()) {
+		t.Fatalf("meter output %q, reference %q", ew.body.Bytes(), want.Bytes())
+	}
+	if writes := len(ew.events) - 1; writes > len(chunks)+1 { // +1: finishStream
+		t.Fatalf("%d downstream writes for %d upstream writes", writes, len(chunks))
+	}
+	if m.sse.usage != ref.usage || m.sse.generated != ref.generated || m.sse.events != ref.events {
+		t.Fatalf("meter results %+v, reference %+v", m.sse, ref)
+	}
+}
+
+func TestSSEScannerMatchesReference(t *testing.T) {
+	streams := []string{
+		testStream,
+		strings.ReplaceAll(testStream, "\n", "\r\n"),
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2}}\ndata: x\n\ndata: [DONE]",
+		"id: 7\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n\n\n: c\ndata: {\"content\":\"\\u00e9\"}",
+	}
+	for _, st := range streams {
+		b := []byte(st)
+		for _, strip := range []bool{false, true} {
+			for i := 0; i <= len(b); i += 3 {
+				for j := i; j <= len(b); j += 11 {
+					checkScannerMatchesReference(t, splitAt(b, uint16(i), uint16(j)), strip)
+				}
+			}
+		}
+	}
+	// lines around maxSSELine, split and whole
+	long := "data: {\"content\":\"" + strings.Repeat("a", maxSSELine-20) + "\"}\n\n"
+	in := []byte(long + long[:maxSSELine/2] + "\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n")
+	for _, cuts := range [][]uint16{{}, {100}, {4096, 65535}} {
+		chunks := splitAt(in, cuts...)
+		for off := 0; off < len(in); off += maxSSELine / 3 {
+			chunks = append(chunks[:0], bytes.Clone(in[:off]), bytes.Clone(in[off:]))
+			checkScannerMatchesReference(t, chunks, true)
+		}
+		checkScannerMatchesReference(t, splitAt(in, cuts...), true)
+		checkScannerMatchesReference(t, splitAt(in, cuts...), false)
+	}
+}
+
+// FuzzSSEScannerReference holds the scanner (and the strip-mode meter) to
+// the reference scanner on any stream cut in up to three writes.
+func FuzzSSEScannerReference(f *testing.F) {
+	f.Add([]byte(testStream), uint16(17), uint16(200), true)
+	f.Add([]byte(testStream), uint16(300), uint16(301), false)
+	f.Add([]byte("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\n\r\ndata: [DONE]"), uint16(5), uint16(60), true)
+	f.Add([]byte("data:{\"content\":\"\\u00e9\\\"\"}\n\n:comment\nevent: x\n"), uint16(9), uint16(0), true)
+	f.Fuzz(func(t *testing.T, stream []byte, cut1, cut2 uint16, strip bool) {
+		checkScannerMatchesReference(t, splitAt(stream, cut1, cut2), strip)
+	})
 }

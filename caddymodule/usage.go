@@ -2,7 +2,9 @@ package caddymodule
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"math/bits"
 	"strconv"
 	"unicode/utf8"
 )
@@ -218,28 +220,47 @@ var usageKey = []byte(`"usage"`)
 // hasUsageObject reports whether b contains "usage" followed by ':' and an
 // object (not null), by byte scan only.
 func hasUsageObject(b []byte) bool {
-	return usageObjectAt(b) >= 0
+	for i := 0; ; {
+		k := bytes.Index(b[i:], usageKey)
+		if k < 0 {
+			return false
+		}
+		i += k
+		if usageObjectAfter(b, i) >= 0 {
+			return true
+		}
+		// "usage" overlaps itself only at its quotes: the next candidate
+		// starts at the closing quote at the earliest.
+		i += len(usageKey) - 1
+	}
 }
 
 // usageObjectAt returns the offset of the '{' of the last "usage": {…}
 // object in b, or -1.
 func usageObjectAt(b []byte) int {
-	if !bytes.Contains(b, usageKey) { // the common case, and faster than LastIndex
-		return -1
+	last := -1
+	for i := 0; ; {
+		k := bytes.Index(b[i:], usageKey)
+		if k < 0 {
+			return last
+		}
+		i += k
+		if j := usageObjectAfter(b, i); j >= 0 {
+			last = j
+		}
+		i += len(usageKey) - 1
 	}
-	for end := len(b); end > 0; {
-		i := bytes.LastIndex(b[:end], usageKey)
-		if i < 0 {
-			return -1
+}
+
+// usageObjectAfter returns the offset of the '{' when the "usage" at i is
+// followed by ':' and an object, or -1.
+func usageObjectAfter(b []byte, i int) int {
+	j := skipSpace(b, i+len(usageKey))
+	if j < len(b) && b[j] == ':' {
+		j = skipSpace(b, j+1)
+		if j < len(b) && b[j] == '{' {
+			return j
 		}
-		j := skipSpace(b, i+len(usageKey))
-		if j < len(b) && b[j] == ':' {
-			j = skipSpace(b, j+1)
-			if j < len(b) && b[j] == '{' {
-				return j
-			}
-		}
-		end = i
 	}
 	return -1
 }
@@ -365,20 +386,48 @@ func isGeneratedTextKey(k []byte) bool {
 
 // countGeneratedText adds to tc the characters of every string value whose
 // key is a generated-text key (isGeneratedTextKey), anywhere in the JSON
-// text b. It is a single byte pass without decoding; escapes count as the
-// character they stand for.
+// text b. It is a single byte pass without decoding (jumping from quote to
+// quote); escapes count as the character they stand for.
 // It never fails: malformed input simply counts less.
 func countGeneratedText(b []byte, tc *textCounter) {
-	for i := 0; i < len(b); {
-		if b[i] != '"' {
-			i++
-			continue
+	scanGenerated(b, tc)
+}
+
+// scanGenerated is countGeneratedText that also answers hasUsageObject(b)
+// from the same pass, when it can: exact is false when the pass skipped an
+// escaped quote (a quote the raw "usage" match may start or end at), and
+// then usageObj is to be found with hasUsageObject.
+//
+// Every other quote of b bounds a string the pass walks over, so two
+// consecutive ones enclose either a string's contents or the bytes between
+// two strings: a raw "usage" is one of those spans.
+func scanGenerated(b []byte, tc *textCounter) (usageObj, exact bool) {
+	exact = true
+	isUsage := func(open, close int) bool {
+		return !usageObj && close-open == len(usageKey)-1 && string(b[open+1:close]) == "usage" &&
+			usageObjectAfter(b, open) >= 0
+	}
+	prevClose := -1 // closing quote of the last string
+	for i := 0; ; {
+		q := indexQuote(b, i)
+		if q < 0 {
+			return usageObj, exact
 		}
-		kStart := i + 1
-		kEnd := stringEnd(b, kStart)
+		if prevClose >= 0 && isUsage(prevClose, q) {
+			usageObj = true
+		}
+		kStart := q + 1
+		kEnd, esc := stringEndEsc(b, kStart)
+		if esc {
+			exact = false
+		}
 		if kEnd < 0 {
-			return
+			return usageObj, exact
 		}
+		if isUsage(q, kEnd) {
+			usageObj = true
+		}
+		prevClose = kEnd
 		j := skipSpace(b, kEnd+1)
 		if j >= len(b) || b[j] != ':' {
 			i = kEnd + 1 // a string value, not a key
@@ -389,10 +438,17 @@ func countGeneratedText(b []byte, tc *textCounter) {
 			i = j
 			continue
 		}
-		vEnd := stringEnd(b, j+1)
-		if vEnd < 0 {
-			return
+		vEnd, esc := stringEndEsc(b, j+1)
+		if esc {
+			exact = false
 		}
+		if vEnd < 0 {
+			return usageObj, exact
+		}
+		if isUsage(j, vEnd) {
+			usageObj = true
+		}
+		prevClose = vEnd
 		if isGeneratedTextKey(b[kStart:kEnd]) {
 			countJSONString(b[j+1:vEnd], tc)
 		}
@@ -400,20 +456,106 @@ func countGeneratedText(b []byte, tc *textCounter) {
 	}
 }
 
+// The scanners below look for quotes and backslashes eight bytes at a time
+// (SWAR): JSON keys, ids and the gaps between strings are short, and there a
+// word loop beats a call to bytes.IndexByte. Past longRun bytes without a
+// match they hand the rest to bytes.IndexByte (SIMD).
+const (
+	swarOnes  = 0x0101010101010101
+	swarHighs = 0x8080808080808080
+	swarQuote = '"' * swarOnes
+	swarSlash = '\\' * swarOnes
+	longRun   = 32
+)
+
+// zeroBytes flags the zero bytes of x: the lowest flag is exact (flags
+// above a zero byte may be spurious), which is all the scanners use.
+func zeroBytes(x uint64) uint64 {
+	return (x - swarOnes) &^ x & swarHighs
+}
+
+// indexQuote returns the index of the first '"' at or after i (i <=
+// len(b)), or -1.
+func indexQuote(b []byte, i int) int {
+	for n := min(len(b), i+longRun); i+8 <= n; i += 8 {
+		if m := zeroBytes(binary.LittleEndian.Uint64(b[i:]) ^ swarQuote); m != 0 {
+			return i + bits.TrailingZeros64(m)>>3
+		}
+	}
+	if q := bytes.IndexByte(b[i:], '"'); q >= 0 {
+		return i + q
+	}
+	return -1
+}
+
 // stringEnd returns the index of the closing quote of the JSON string whose
-// contents start at i, or -1.
+// contents start at i, or -1. A backslash escapes the byte after it.
 func stringEnd(b []byte, i int) int {
+	e, _ := stringEndEsc(b, i)
+	return e
+}
+
+// stringEndEsc is stringEnd that also reports whether an escaped quote was
+// skipped.
+func stringEndEsc(b []byte, i int) (end int, escQuote bool) {
+	plain := 0 // words in a row without a quote or backslash
+	for i+8 <= len(b) {
+		x := binary.LittleEndian.Uint64(b[i:])
+		m := zeroBytes(x^swarQuote) | zeroBytes(x^swarSlash)
+		if m == 0 {
+			i += 8
+			if plain++; plain == longRun/8 {
+				return stringEndLong(b, i, escQuote)
+			}
+			continue
+		}
+		plain = 0
+		i += bits.TrailingZeros64(m) >> 3
+		if b[i] == '"' {
+			return i, escQuote
+		}
+		if i+1 < len(b) && b[i+1] == '"' {
+			escQuote = true
+		}
+		i += 2
+	}
 	for i < len(b) {
 		switch b[i] {
-		case '\\':
-			i += 2
 		case '"':
-			return i
+			return i, escQuote
+		case '\\':
+			if i+1 < len(b) && b[i+1] == '"' {
+				escQuote = true
+			}
+			i += 2
 		default:
 			i++
 		}
 	}
-	return -1
+	return -1, escQuote
+}
+
+// stringEndLong is stringEndEsc with bytes.IndexByte, for long strings.
+func stringEndLong(b []byte, i int, escQuote bool) (int, bool) {
+	for i < len(b) {
+		q := bytes.IndexByte(b[i:], '"')
+		if q < 0 {
+			return -1, escQuote
+		}
+		e := i + q
+		for {
+			k := bytes.IndexByte(b[i:e], '\\')
+			if k < 0 {
+				return e, escQuote
+			}
+			i += k + 2
+			if i > e { // the quote at e was escaped: look further
+				escQuote = true
+				break
+			}
+		}
+	}
+	return -1, escQuote
 }
 
 // countJSONString counts the characters of the contents of a JSON string
@@ -449,12 +591,47 @@ func countJSONString(s []byte, tc *textCounter) {
 		if s[j] == '\\' { // a lone backslash at the end
 			j++
 		}
-		for j < len(s) && s[j] != '\\' {
-			j++
+		if k := bytes.IndexByte(s[j:], '\\'); k >= 0 {
+			j += k
+		} else {
+			j = len(s)
 		}
-		tc.addBytes(s[i:j])
+		countUTF8(s[i:j], tc)
 		i = j
 	}
+}
+
+// add adds the counts of o.
+func (c *textCounter) add(o textCounter) {
+	c.ascii += o.ascii
+	c.other += o.other
+}
+
+// countUTF8 counts b as textCounter.addBytes does (ASCII bytes, and other
+// characters as utf8.DecodeRune steps over them), eight ASCII bytes at a
+// time.
+func countUTF8(b []byte, tc *textCounter) {
+	const high = 0x8080808080808080
+	ascii, other := int64(0), int64(0)
+	for i := 0; i < len(b); {
+		for i+8 <= len(b) && binary.LittleEndian.Uint64(b[i:])&high == 0 {
+			i += 8
+			ascii += 8
+		}
+		if i >= len(b) {
+			break
+		}
+		if b[i] < utf8.RuneSelf {
+			ascii++
+			i++
+			continue
+		}
+		_, size := utf8.DecodeRune(b[i:])
+		other++
+		i += size
+	}
+	tc.ascii += ascii
+	tc.other += other
 }
 
 // hex4 decodes four hex digits, or returns -1.

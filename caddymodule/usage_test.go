@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -165,5 +166,227 @@ func TestAddGatewayUsageMatchesMarshal(t *testing.T) {
 		if got, ok := addGatewayUsage([]byte(bad), gatewayUsage{}); ok || string(got) != bad {
 			t.Errorf("addGatewayUsage(%s) = %s, %v", bad, got, ok)
 		}
+	}
+}
+
+// Reference implementations: the straightforward byte-by-byte scanners the
+// jumping ones in usage.go replaced. The differential tests below hold the
+// fast ones to exactly their results.
+
+func countGeneratedTextRef(b []byte, tc *textCounter) {
+	for i := 0; i < len(b); {
+		if b[i] != '"' {
+			i++
+			continue
+		}
+		kStart := i + 1
+		kEnd := stringEndRef(b, kStart)
+		if kEnd < 0 {
+			return
+		}
+		j := skipSpace(b, kEnd+1)
+		if j >= len(b) || b[j] != ':' {
+			i = kEnd + 1
+			continue
+		}
+		j = skipSpace(b, j+1)
+		if j >= len(b) || b[j] != '"' {
+			i = j
+			continue
+		}
+		vEnd := stringEndRef(b, j+1)
+		if vEnd < 0 {
+			return
+		}
+		if isGeneratedTextKey(b[kStart:kEnd]) {
+			countJSONStringRef(b[j+1:vEnd], tc)
+		}
+		i = vEnd + 1
+	}
+}
+
+func stringEndRef(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case '\\':
+			i += 2
+		case '"':
+			return i
+		default:
+			i++
+		}
+	}
+	return -1
+}
+
+func countJSONStringRef(s []byte, tc *textCounter) {
+	for i := 0; i < len(s); {
+		if s[i] == '\\' && i+1 < len(s) {
+			if s[i+1] == 'u' && i+6 <= len(s) {
+				v := hex4(s[i+2 : i+6])
+				switch {
+				case v < 0:
+					tc.other++
+				case v < 0x80:
+					tc.ascii++
+				case v >= 0xD800 && v < 0xDC00 && i+12 <= len(s) && s[i+6] == '\\' && s[i+7] == 'u':
+					tc.other++
+					if lo := hex4(s[i+8 : i+12]); lo >= 0xDC00 && lo <= 0xDFFF {
+						i += 6
+					}
+				default:
+					tc.other++
+				}
+				i += 6
+				continue
+			}
+			tc.ascii++
+			i += 2
+			continue
+		}
+		j := i
+		if s[j] == '\\' {
+			j++
+		}
+		for j < len(s) && s[j] != '\\' {
+			j++
+		}
+		tc.addBytes(s[i:j])
+		i = j
+	}
+}
+
+func usageObjectAtRef(b []byte) int {
+	if !bytes.Contains(b, usageKey) {
+		return -1
+	}
+	for end := len(b); end > 0; {
+		i := bytes.LastIndex(b[:end], usageKey)
+		if i < 0 {
+			return -1
+		}
+		j := skipSpace(b, i+len(usageKey))
+		if j < len(b) && b[j] == ':' {
+			j = skipSpace(b, j+1)
+			if j < len(b) && b[j] == '{' {
+				return j
+			}
+		}
+		end = i
+	}
+	return -1
+}
+
+// scanCases are inputs for the scanners: real shapes, escapes at every
+// awkward place, invalid UTF-8, truncations and usage look-alikes.
+var scanCases = []string{
+	``, `"`, `\`, `"\`, `"\"`, `"a\\"`, `"\\\"`, `{"content":"\`, `{"content":"a\"`,
+	`{"content":"\\"}`, `{"content":"\u00"}`, `{"content":"\uZZZZ"}`, `{"content":"\ud83d"}`,
+	`{"content":"\ud83d\u"}`, `{"content":"\ud83d\ude00\ud83d"}`, `{"content":"\ud83dx\ude00"}`,
+	"{\"content\":\"a\xffb\xe6\x97\"}", "{\"content\":\"日本語 and more ascii text here\xe2\x82\"}",
+	`{"content":"` + strings.Repeat(`ab\n`, 40) + `"}`,
+	`{"content":"` + strings.Repeat("0123456789", 30) + `é"}`,
+	`{"text"  :  "x" , "text":"y","arguments":"{\"a\":\"b\"}"}`, `{"content"::"x"}`, `{"content":"x"`,
+	`{"a":"content","content":"b"}`, `"content":"x"`, `{"content":1,"text":"z"}`,
+	`{"usage":{}}`, `{"usage" : {`, `"usage"usage":{`, `"usage":{"usage":{`, `{"x":"\"usage\":{"}`,
+	`{"usage":null,"a":"\"usage\"  :{"}`, `"usage"`, `"usage":`, "\"usage\"\t:\r\n{",
+	`{"a":"b"usage":{}}`, `{"a":1}"usage" :{`, `{"a":"\\"usage":{"x":1}}`, `"\"usage\"`, `{"k":"\"usage":{"}`,
+	`{"content":"x","usage":{"prompt_tokens":1}}`, `{"usage":"usage":{}}`, `"usage""usage":{`,
+	testStream,
+}
+
+func TestScannersMatchReference(t *testing.T) {
+	for _, s := range scanCases {
+		checkScannersMatchReference(t, []byte(s))
+	}
+}
+
+func checkScannersMatchReference(t *testing.T, b []byte) {
+	t.Helper()
+	var got, want textCounter
+	countGeneratedText(b, &got)
+	countGeneratedTextRef(b, &want)
+	if got != want {
+		t.Fatalf("countGeneratedText(%q) = %+v, reference %+v", b, got, want)
+	}
+	got, want = textCounter{}, textCounter{}
+	countJSONString(b, &got)
+	countJSONStringRef(b, &want)
+	if got != want {
+		t.Fatalf("countJSONString(%q) = %+v, reference %+v", b, got, want)
+	}
+	got = textCounter{}
+	countUTF8(b, &got)
+	want = textCounter{}
+	want.addBytes(b)
+	if got != want {
+		t.Fatalf("countUTF8(%q) = %+v, addBytes %+v", b, got, want)
+	}
+	for i := 0; i <= len(b); i++ {
+		if g, w := stringEnd(b, i), stringEndRef(b, i); g != w {
+			t.Fatalf("stringEnd(%q, %d) = %d, reference %d", b, i, g, w)
+		}
+	}
+	if g, w := usageObjectAt(b), usageObjectAtRef(b); g != w {
+		t.Fatalf("usageObjectAt(%q) = %d, reference %d", b, g, w)
+	}
+	if g, w := hasUsageObject(b), usageObjectAtRef(b) >= 0; g != w {
+		t.Fatalf("hasUsageObject(%q) = %v, reference %v", b, g, w)
+	}
+	got = textCounter{}
+	obj, exact := scanGenerated(b, &got)
+	if exact && obj != (usageObjectAtRef(b) >= 0) {
+		t.Fatalf("scanGenerated(%q) found usage object %v, reference %v", b, obj, !obj)
+	}
+	if !exact && !bytes.Contains(b, []byte(`\"`)) {
+		t.Fatalf("scanGenerated(%q) not exact without an escaped quote", b)
+	}
+	if got != want0(b) {
+		t.Fatalf("scanGenerated(%q) counted %+v, reference %+v", b, got, want0(b))
+	}
+}
+
+func want0(b []byte) (tc textCounter) {
+	countGeneratedTextRef(b, &tc)
+	return tc
+}
+
+// FuzzScannersReference holds the jumping scanners to the byte-by-byte
+// reference implementations.
+func FuzzScannersReference(f *testing.F) {
+	for _, s := range scanCases {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		checkScannersMatchReference(t, b)
+	})
+}
+
+func BenchmarkCountGeneratedText(b *testing.B) {
+	ev := []byte(benchSSEData)
+	b.SetBytes(int64(len(ev)))
+	b.ReportAllocs()
+	var tc textCounter
+	for b.Loop() {
+		countGeneratedText(ev, &tc)
+	}
+}
+
+func BenchmarkUsageObjectAt(b *testing.B) {
+	ev := []byte(benchSSEData)
+	b.SetBytes(int64(len(ev)))
+	for b.Loop() {
+		if hasUsageObject(ev) {
+			b.Fatal("usage:null taken for an object")
+		}
+	}
+}
+
+func BenchmarkCountGeneratedTextRef(b *testing.B) {
+	ev := []byte(benchSSEData)
+	b.SetBytes(int64(len(ev)))
+	var tc textCounter
+	for b.Loop() {
+		countGeneratedTextRef(ev, &tc)
 	}
 }
