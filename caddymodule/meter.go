@@ -348,9 +348,13 @@ func flush(w http.ResponseWriter) error {
 // finishStream forwards a last incomplete line at the end of a stream and
 // returns the stream's buffers to their pools.
 func (m *meter) finishStream() {
-	if m.mode == modeStream && m.sse.strip {
+	if m.mode == modeStream {
+		// A last line without its newline is scanned in both modes (its
+		// usage counts); only strip mode holds it and must forward it.
 		m.sse.finish(&m.out)
-		_ = m.flushOut()
+		if m.sse.strip {
+			_ = m.flushOut()
+		}
 	}
 	m.release()
 }

@@ -237,3 +237,25 @@ func TestMeterStripSplitEvents(t *testing.T) {
 	}
 	m.release() // again: harmless
 }
+
+// A stream whose last line has no newline is scanned at the end in both
+// modes: its usage counts whether or not the client asked for usage.
+func TestMeterFinalLineWithoutNewline(t *testing.T) {
+	const usageLine = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}"
+	for _, strip := range []bool{false, true} {
+		ew := &eventWriter{h: http.Header{}}
+		m := newMeter(ew, strip, 0, nil)
+		m.Header().Set("Content-Type", "text/event-stream")
+		m.WriteHeader(200)
+		if _, err := io.WriteString(m, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"+usageLine); err != nil {
+			t.Fatal(err)
+		}
+		m.finishStream()
+		if !m.sse.haveUsage || m.sse.usage != (usage{PromptTokens: 2, CompletionTokens: 3, TotalTokens: 5}) {
+			t.Errorf("strip=%v: usage %+v (%v), want 2+3", strip, m.sse.usage, m.sse.haveUsage)
+		}
+		if got := ew.body.String(); strip == strings.Contains(got, "usage") {
+			t.Errorf("strip=%v: client got %q", strip, got)
+		}
+	}
+}

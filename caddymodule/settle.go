@@ -531,6 +531,7 @@ func (s *settlement) complete(err error) error {
 // abort settles when the handler panicked (client disconnect, upstream
 // read failure): what was delivered is billed, nothing is written.
 func (s *settlement) abort() {
+	defer s.m.release()
 	if s.done {
 		return
 	}
