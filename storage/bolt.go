@@ -150,9 +150,13 @@ func Open(path string, opts Options) (*BoltStore, error) {
 		}
 	}
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
-		Timeout:         opts.LockTimeout,
-		NoSync:          opts.NoSync,
-		NoFreelistSync:  true,
+		Timeout: opts.LockTimeout,
+		NoSync:  opts.NoSync,
+		// The freelist is written with every commit (one page, no
+		// measurable cost) so that Open reads it instead of walking every
+		// page of the file: without it, opening a multi-GiB database takes
+		// seconds and maps the whole file into the process's RSS.
+		NoFreelistSync:  false,
 		FreelistType:    bbolt.FreelistMapType,
 		InitialMmapSize: opts.InitialMmapSize,
 	})
