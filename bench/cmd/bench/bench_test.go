@@ -152,3 +152,14 @@ Duration: 5s, Total samples = 3.10s (61.98%)
 		t.Fatalf("breakdown:\n%s", md)
 	}
 }
+
+func TestParseGoMem(t *testing.T) {
+	in := "heap profile: 1: 2 [3: 4] @ heap/1048576\n\n# runtime.MemStats\n# Alloc = 100\n# HeapInuse = 8192000\n# Stack = 655360 / 655360\n# MSpan = 1\n"
+	heap, stack, err := parseGoMem(strings.NewReader(in))
+	if err != nil || heap != 8192000 || stack != 655360 {
+		t.Fatalf("parseGoMem = %d, %d, %v", heap, stack, err)
+	}
+	if _, _, err := parseGoMem(strings.NewReader("goroutine profile: total 3\n")); err == nil {
+		t.Fatal("no error without MemStats lines")
+	}
+}

@@ -420,6 +420,8 @@ type streamResult struct {
 	idleRSS, rss, peakRSS  int64
 	idleGoroutines, gorout int
 	openTime               time.Duration
+	// Go heap and goroutine stacks in use, idle and with the streams open
+	idleHeap, idleStack, heap, stack int64
 }
 
 // maxStreamRSS is the RSS at which the slow-stream case gives up.
@@ -458,6 +460,7 @@ func (h *harness) slowStreams(ctx context.Context, rep *report) error {
 		time.Sleep(time.Second)
 		res.idleRSS, _, _ = memStatus(t.proc.pid())
 		res.idleGoroutines, _ = goroutines(t.admin)
+		res.idleHeap, res.idleStack, _ = goMem(t.admin)
 		resetPeakRSS(t.proc.pid())
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 		// The machine is shared: a Caddy that balloons is stopped rather
@@ -506,6 +509,9 @@ func (h *harness) slowStreams(ctx context.Context, rep *report) error {
 		res.gorout, err = goroutines(t.admin)
 		if err != nil {
 			log.Printf("goroutines of %s: %v", kind, err)
+		}
+		if res.heap, res.stack, err = goMem(t.admin); err != nil {
+			log.Printf("Go memory of %s: %v", kind, err)
 		}
 		if h.cfg.keep {
 			// Where the memory and the CPU go while the streams are open.

@@ -189,6 +189,45 @@ func goroutines(adminAddr string) (int, error) {
 	return strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, prefix)))
 }
 
+// goMem reads the Go runtime's heap and stack memory in use
+// (runtime.MemStats HeapInuse and StackInuse) from the text heap profile on
+// Caddy's admin endpoint.
+func goMem(adminAddr string) (heap, stack int64, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+adminAddr+"/debug/pprof/heap?debug=1", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	return parseGoMem(resp.Body)
+}
+
+// parseGoMem finds "# HeapInuse = N" and "# Stack = N / M" in a debug=1
+// heap profile.
+func parseGoMem(r io.Reader) (heap, stack int64, err error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "# HeapInuse = "); ok {
+			heap, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+		if v, ok := strings.CutPrefix(line, "# Stack = "); ok {
+			v, _, _ = strings.Cut(v, "/")
+			stack, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, err
+	}
+	if heap == 0 || stack == 0 {
+		return 0, 0, fmt.Errorf("no HeapInuse or Stack line in the heap profile")
+	}
+	return heap, stack, nil
+}
+
 // raiseNoFile raises the soft open-file limit to the hard limit for this
 // process and the children it starts.
 func raiseNoFile() (uint64, error) {

@@ -275,6 +275,15 @@ func (r *report) markdown() string {
 			fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %s | %s | %s | %d | %d |\n", s.target, s.streams, s.open, s.failed,
 				mib(s.idleRSS), mib(s.rss), mib(s.peakRSS), per, s.idleGoroutines, s.gorout)
 		}
+		b.WriteString("\nPer open stream (with streams − idle, divided by the open streams): Go heap in use (runtime HeapInuse) and goroutine stacks (StackInuse).\n\n")
+		b.WriteString("| target | heap per stream | stacks per stream |\n|---|---:|---:|\n")
+		for _, s := range r.streams {
+			if s.open == 0 || s.heap == 0 {
+				continue
+			}
+			kib := func(v int64) string { return fmt.Sprintf("%.1f KiB", float64(v)/1024/float64(s.open)) }
+			fmt.Fprintf(&b, "| %s | %s | %s |\n", s.target, kib(s.heap-s.idleHeap), kib(s.stack-s.idleStack))
+		}
 		if len(r.streams) == 2 && r.streams[0].rss > 0 {
 			fmt.Fprintf(&b, "\nGateway/plain RSS with streams open: %.2f; goroutines: %.2f.\n",
 				float64(r.streams[1].rss)/float64(r.streams[0].rss), float64(r.streams[1].gorout)/float64(max(1, r.streams[0].gorout)))
