@@ -163,3 +163,24 @@ func TestParseGoMem(t *testing.T) {
 		t.Fatal("no error without MemStats lines")
 	}
 }
+
+func TestRoundOrderBalancesThePair(t *testing.T) {
+	ts := []*target{{name: "direct"}, {name: "plain"}, {name: "gateway"}}
+	afterDirect := map[string]int{}
+	for r := range 6 {
+		order := roundOrder(ts, r)
+		if len(order) != 3 || order[0].name != "direct" {
+			t.Fatalf("round %d: %v", r, order)
+		}
+		afterDirect[order[1].name]++
+	}
+	if afterDirect["plain"] != 3 || afterDirect["gateway"] != 3 {
+		t.Fatalf("after direct over 6 rounds: %v", afterDirect)
+	}
+	if ts[1].name != "plain" {
+		t.Fatal("roundOrder changed its argument")
+	}
+	if got := roundOrder(ts[:2], 1); got[1].name != "plain" {
+		t.Fatalf("without a gateway: %v", got)
+	}
+}

@@ -58,7 +58,7 @@ func main() {
 	mockListen := flag.String("serve-mock", "", "internal: serve the mock upstream on this address")
 	var c config
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: 1 round of 1s per case, 500 streams, no microbenchmarks, docs not written")
-	flag.IntVar(&c.rounds, "rounds", 5, "interleaved A/B rounds (many short rounds pair better than few long ones on a noisy machine)")
+	flag.IntVar(&c.rounds, "rounds", 6, "interleaved A/B rounds, plain and gateway alternating which runs first (use an even number; many short rounds pair better than few long ones on a noisy machine)")
 	flag.DurationVar(&c.duration, "duration", 3*time.Second, "measured time per case and round (whole seconds with wrk)")
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured warm-up before each case")
 	flag.IntVar(&c.streams, "streams", 5000, "concurrent slow streams to hold (0: skip)")
