@@ -733,18 +733,45 @@ func (g *Gateway) logStoreError(msg string, err error, fields ...zap.Field) {
 	}
 }
 
-// requestID is Caddy's per-request UUID ({http.request.uuid}), so the
-// access log, the usage record and the x-request-id header agree; a random
-// one when no replacer is present.
+// requestID returns the request's id, which is also its
+// {http.request.uuid} placeholder, so the access log, the usage record and
+// the x-request-id header agree: the id Caddy made already when something
+// before the gateway used the placeholder, else a new random UUID set as
+// the placeholder's value. Setting it is cheaper than asking Caddy for one
+// (a walk through the replacer's providers, plus an access-log field that
+// gatewayz_request_id already carries).
 func requestID(r *http.Request) string {
-	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+	ctx := r.Context()
+	repl, _ := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl != nil && caddyhttp.GetVar(ctx, "uuid") != nil {
 		if v, ok := repl.GetString("http.request.uuid"); ok && v != "" {
 			return v
 		}
 	}
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	id := newUUID()
+	if repl != nil {
+		repl.Set("http.request.uuid", id)
+	}
+	return id
+}
+
+// newUUID returns a random (version 4) UUID in its 36-character form.
+func newUUID() string {
+	var u [16]byte
+	_, _ = rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+	var b [36]byte
+	hex.Encode(b[0:8], u[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], u[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], u[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], u[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:], u[10:])
+	return string(b[:])
 }
 
 // accessLogFields returns the request's extra access-log fields, or nil

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -782,5 +783,37 @@ func TestUpstreamRequestLeavesClientRequest(t *testing.T) {
 		if got := req.Header.Get("Accept-Encoding"); gzip && got != "gzip" {
 			t.Fatalf("client request lost Accept-Encoding: %q", got)
 		}
+	}
+}
+
+// The request id is the {http.request.uuid} placeholder: the gateway sets
+// a fresh UUID when nothing made one yet, and keeps Caddy's when a handler
+// before it used the placeholder.
+func TestRequestIDIsThePlaceholder(t *testing.T) {
+	uuidForm := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	newReq := func() *http.Request {
+		r := httptest.NewRequest("POST", "/v1/chat/completions", nil)
+		return caddyhttp.PrepareRequest(r, caddy.NewReplacer(), httptest.NewRecorder(), &caddyhttp.Server{})
+	}
+
+	r := newReq()
+	id := requestID(r)
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if got, _ := repl.GetString("http.request.uuid"); got != id || !uuidForm.MatchString(id) {
+		t.Fatalf("requestID = %q, placeholder %q", id, got)
+	}
+	if again := requestID(newReq()); again == id {
+		t.Fatal("two requests got the same id")
+	}
+
+	r = newReq()
+	repl = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	caddys, _ := repl.GetString("http.request.uuid") // e.g. a header directive before the gateway
+	if got := requestID(r); got != caddys || got == "" {
+		t.Fatalf("requestID = %q, want Caddy's %q", got, caddys)
+	}
+
+	if got := requestID(httptest.NewRequest("GET", "/", nil)); !uuidForm.MatchString(got) {
+		t.Fatalf("without a replacer: %q", got)
 	}
 }
