@@ -50,7 +50,14 @@ func run(m *testing.M) int {
 	binary = filepath.Join(tmp, "caddy")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if err := Build(ctx, repoRoot, binary); err != nil {
+	// Under -race the gateway is built with it too: it shares the race
+	// build of Caddy with the other packages' tests (one compile of the
+	// dependencies less on a cold cache) and its own races are caught.
+	var flags []string
+	if raceEnabled {
+		flags = append(flags, "-race")
+	}
+	if err := Build(ctx, repoRoot, binary, flags...); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
