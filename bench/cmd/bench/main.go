@@ -156,15 +156,6 @@ func run(ctx context.Context, c config) error {
 	m.loadgen = rn.name()
 	log.Printf("%s; %d cores; %s; load average %s", m.cpu, m.nproc, m.goVersion, m.loadStart)
 
-	// The microbenchmarks run first, on a quiet machine: run right after
-	// the loads they measured 30-60% slower (BenchmarkAdmission 2.3-2.7
-	// against 1.6-1.8 µs/op), while the machine was still settling.
-	var micro []microResult
-	var microErr error
-	if c.micro && !c.hold {
-		micro, microErr = runMicro(ctx, c.microBench)
-	}
-
 	h, err := newHarness(ctx, c, dir, caddyBin)
 	if err != nil {
 		return err
@@ -200,7 +191,9 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 	h.close()
-	rep.micro, rep.microErr = micro, microErr
+	if c.micro {
+		rep.micro, rep.microErr = runMicro(ctx, c.microBench)
+	}
 	rep.machine.loadEnd = loadAvg()
 	rep.elapsed = time.Since(start).Round(time.Second)
 	out := rep.text()
