@@ -377,7 +377,7 @@ func (c *committer) commit(batch []pendingOp) error {
 		ku := tx.Bucket(bKeyUsage)
 		for kid, d := range st.keys {
 			binary.BigEndian.PutUint64(kbuf[:8], uint64(kid))
-			used, err := keyUsed(tx, ku, kbuf[:8])
+			used, err := keyUsed(ku, kbuf[:8])
 			if err != nil {
 				if err == ErrNotFound {
 					continue // deleted meanwhile
@@ -394,19 +394,15 @@ func (c *committer) commit(batch []pendingOp) error {
 	})
 }
 
-// keyUsed returns the committed requests_used of key id: its key usage
-// record, or the key's JSON if it has none yet (ErrNotFound if the key is
-// gone).
-func keyUsed(tx *bbolt.Tx, ku *bbolt.Bucket, id []byte) (int64, error) {
-	if v := ku.Get(id); v != nil {
-		used, _, err := decodeKeyUsage(v)
-		return used, err
+// keyUsed returns the committed requests_used of key id, from its key
+// usage record (ErrNotFound if the key is gone).
+func keyUsed(ku *bbolt.Bucket, id []byte) (int64, error) {
+	v := ku.Get(id)
+	if v == nil {
+		return 0, ErrNotFound // putKey writes a record with every key; DeleteKey removes both
 	}
-	var k APIKey
-	if err := getJSON(tx.Bucket(bKeys), id, &k); err != nil {
-		return 0, err
-	}
-	return k.RequestsUsed, nil
+	used, _, err := decodeKeyUsage(v)
+	return used, err
 }
 
 func dayNumber(t time.Time) int64 {

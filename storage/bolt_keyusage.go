@@ -2,6 +2,7 @@ package storage
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -9,13 +10,12 @@ import (
 )
 
 // Per-key request counters (schema 3): a key's requests_used and
-// last_used_at live in bKeyUsage, a small fixed-size record beside the key,
-// so the group committer bumps them without decoding and re-encoding the
-// whole key record on every commit. A key's record, when present, is
-// authoritative; the same fields in the key's JSON are then ignored (they
-// keep whatever was last written with the key). A key without a record
-// (written before schema 3 and not used since) has its counters in its
-// JSON. Every reader goes through getKey or overlayKeyUsage.
+// last_used_at live only in bKeyUsage, a small fixed-size record beside the
+// key, so the group committer bumps them without decoding and re-encoding
+// the whole key record on every commit. The key's JSON is stored without
+// them (the upgrade to schema 3 moved them out), so there is one copy of
+// each counter at rest. Every reader goes through getKey or
+// overlayKeyUsage; every writer through putKey.
 //
 // Key: key id (8 bytes). Value: requests used (8 bytes), then, if the key
 // was ever used, last use as Unix seconds (8 bytes) and nanoseconds
@@ -74,18 +74,39 @@ func getKey(tx *bbolt.Tx, id []byte, k *APIKey) error {
 	return overlayKeyUsage(tx, k)
 }
 
-// putKey writes k and its counters.
+// putKey writes k: its counters to its key usage record, the rest to its
+// JSON.
 func putKey(tx *bbolt.Tx, k *APIKey) error {
 	id := id8(k.ID)
-	if err := putJSON(tx.Bucket(bKeys), id, k); err != nil {
+	rest := *k
+	rest.RequestsUsed, rest.LastUsedAt = 0, nil
+	if err := putJSON(tx.Bucket(bKeys), id, &rest); err != nil {
 		return err
 	}
 	return tx.Bucket(bKeyUsage).Put(id, appendKeyUsage(make([]byte, 0, keyUsageLong), k.RequestsUsed, k.LastUsedAt))
 }
 
-// migrateKeyUsage creates the key usage bucket (schema 2 → 3). Existing
-// keys keep their counters in their JSON until first used.
+// migrateKeyUsage (schema 2 → 3) creates the key usage bucket and moves
+// every key's counters out of its JSON into its record.
 func migrateKeyUsage(tx *bbolt.Tx) error {
-	_, err := tx.CreateBucketIfNotExists(bKeyUsage)
-	return err
+	if _, err := tx.CreateBucketIfNotExists(bKeyUsage); err != nil {
+		return err
+	}
+	var keys []APIKey
+	if err := tx.Bucket(bKeys).ForEach(func(_, v []byte) error {
+		var k APIKey
+		if err := json.Unmarshal(v, &k); err != nil {
+			return err
+		}
+		keys = append(keys, k)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for i := range keys {
+		if err := putKey(tx, &keys[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

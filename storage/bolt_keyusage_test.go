@@ -33,8 +33,9 @@ func TestKeyUsageRecordRoundTrip(t *testing.T) {
 	}
 }
 
-// A schema 2 database keeps a key's counters in its JSON; after the
-// upgrade they read the same and later settlements count on from them.
+// A schema 2 database keeps a key's counters in its JSON; the upgrade moves
+// them into the key usage record (the JSON keeps no copy), they read the
+// same, and later settlements count on from them.
 func TestMigrationKeepsKeyCounters(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "gw.db")
@@ -68,6 +69,18 @@ func TestMigrationKeepsKeyCounters(t *testing.T) {
 	got, err := s.GetKey(ctx, k.ID)
 	if err != nil || got.RequestsUsed != 41 || got.LastUsedAt == nil || !got.LastUsedAt.Equal(lastUsed) {
 		t.Fatalf("after upgrade: %+v, %v", got, err)
+	}
+	if err := s.db.View(func(tx *bbolt.Tx) error {
+		var raw APIKey
+		if err := getJSON(tx.Bucket(bKeys), id8(k.ID), &raw); err != nil {
+			return err
+		}
+		if raw.RequestsUsed != 0 || raw.LastUsedAt != nil {
+			t.Errorf("the key's JSON still holds counters after the upgrade: %d, %v", raw.RequestsUsed, raw.LastUsedAt)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 1, MaxRequests: 41}); err != ErrRequestLimit {
 		t.Fatalf("limit from the JSON counter not applied: %v", err)
