@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -24,10 +25,15 @@ type Options struct {
 	// it instead of hanging. Default 1s.
 	LockTimeout time.Duration
 	// CommitWindow is the longest a settlement waits in memory before the
-	// group committer writes it (one transaction and fsync for many
-	// settlements), which bounds what a crash can lose. A window that fills
-	// MaxBatch commits at once. Default 10ms.
+	// group committer writes it (one append and fdatasync of the
+	// write-ahead log for many settlements), which bounds what a crash can
+	// lose. A window that fills MaxBatch commits at once. Default 10ms.
 	CommitWindow time.Duration
+	// CheckpointInterval is how often the logged settlements are applied
+	// to the database file (one bbolt transaction for all of them), which
+	// bounds the log's length and what Open replays. Reads that need them
+	// (usage, ledger, backups) apply them first. Default 1s.
+	CheckpointInterval time.Duration
 	// MaxBatch commits early once that many writes are queued. Default 1024.
 	MaxBatch int
 	// NoSync skips fsync. Only for tests: a crash may lose data.
@@ -46,6 +52,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.CommitWindow <= 0 {
 		o.CommitWindow = 10 * time.Millisecond
+	}
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = time.Second
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 1024
@@ -78,7 +87,7 @@ var (
 )
 
 // SchemaVersion is the on-disk schema version this binary writes.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrations[i] upgrades a database from schema version i to i+1. Open runs
 // the ones above the stored version, in order, each in its own transaction.
@@ -97,17 +106,22 @@ var migrations = []func(tx *bbolt.Tx) error{
 	migrateUsageTotals,
 	// 2 → 3: per-key request counters (see bolt_keyusage.go).
 	migrateKeyUsage,
+	// 3 → 4: the write-ahead log (see bolt_wal.go). An older build, which
+	// would not replay the log, refuses the upgraded file.
+	migrateWAL,
 }
 
 // BoltStore is the embedded Store, backed by a bbolt file.
 //
 // Crash semantics: reservations live only in memory, so a restart releases
 // them all (nothing was charged for them). Settlements update the in-memory
-// balance at once and are written by a group committer, one transaction and
-// fsync per batch; a crash loses at most the settlements accepted in the
-// last CommitWindow (those not yet covered by a Flush), never part of one:
-// the charge entry, balance snapshot, usage record and key counters of a
-// settlement commit together. Every other mutation (AddCredits included)
+// balance at once and are written by a group committer, one write-ahead
+// log append and fdatasync per batch, and applied to the database file
+// about once a second (Open replays what was logged and not applied); a
+// crash loses at most the settlements accepted in the last CommitWindow
+// (those not yet covered by a Flush), never part of one: the charge entry,
+// balance snapshot, usage record and key counters of a settlement are
+// logged and applied together. Every other mutation (AddCredits included)
 // is durable when it returns. The stored balance always equals the sum of
 // the ledger (VerifyLedger checks it). After a failed commit (disk full, I/O
 // error) the store refuses further writes and Ping reports the error.
@@ -172,15 +186,51 @@ func Open(path string, opts Options) (*BoltStore, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.recover(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := db.View(func(tx *bbolt.Tx) error {
 		s.ledgerID.Store(tx.Bucket(bLedger).Sequence())
 		return nil
 	}); err != nil {
+		s.c.wal.close(false)
 		db.Close()
 		return nil, fmt.Errorf("storage: reading %s: %w", path, err)
 	}
-	s.c = newCommitter(s)
+	s.c.start()
 	return s, nil
+}
+
+// recover opens the write-ahead log, applies what it holds that the
+// database file lacks, and sets up the committer.
+func (s *BoltStore) recover() error {
+	var ws walState
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		m := tx.Bucket(bMeta)
+		ws.id = bytes.Clone(m.Get(kWALID))
+		if v := m.Get(kWALApplied); len(v) == 8 {
+			ws.applied = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("storage: reading the write-ahead log state of %s: %w", s.path, err)
+	}
+	if len(ws.id) != 8 {
+		return fmt.Errorf("storage: %s has no write-ahead log id", s.path)
+	}
+	w, unapplied, seq, err := openWAL(walPath(s.path), ws, s.opts.NoSync)
+	if err != nil {
+		return fmt.Errorf("storage: opening the write-ahead log of %s: %w", s.path, err)
+	}
+	s.c = newCommitter(s, w, seq)
+	s.c.log = unapplied
+	if err := s.c.checkpoint(); err != nil {
+		w.close(false)
+		return fmt.Errorf("storage: replaying the write-ahead log of %s: %w", s.path, err)
+	}
+	return nil
 }
 
 func (s *BoltStore) migrate() error {
@@ -249,6 +299,10 @@ func (s *BoltStore) Ping(ctx context.Context) error {
 // grow the file's memory map past InitialMmapSize waits for the copy to
 // end, so the copy stops as soon as ctx is cancelled.
 func (s *BoltStore) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	// The copy is of the database file alone: apply the log first.
+	if err := s.Flush(ctx); err != nil {
+		return 0, err
+	}
 	var n int64
 	err := s.view(func(tx *bbolt.Tx) error {
 		var err error

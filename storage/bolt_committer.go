@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,41 +39,66 @@ type pendingOp struct {
 	day       time.Time
 	idem      string
 	time      time.Time
-	acct      *account   // its pending count drops once committed
+	acct      *account   // its pending count drops once applied to bbolt
 	done      chan error // nil for settlements
+	// logOnly, on a marker, says its waiter needs the batch durable in
+	// the log, not applied to bbolt.
+	logOnly bool
 }
 
-// committer writes queued ops in group commits: one bbolt transaction (and
-// fsync) for everything queued within CommitWindow, or MaxBatch ops.
+// committer writes queued ops in group commits: everything queued within
+// CommitWindow (or MaxBatch ops) is one record appended to the write-ahead
+// log and one fdatasync (see bolt_wal.go). The logged batches are applied
+// to bbolt in one transaction (a checkpoint) about once per
+// CheckpointInterval, and at once when a waiter needs bbolt current.
 type committer struct {
 	s        *BoltStore
 	window   time.Duration
 	maxBatch int
+	every    time.Duration // checkpoint interval
+	wal      *walFile
 
 	mu       sync.Mutex
 	queue    []pendingOp
 	spare    []pendingOp
-	arena    []byte      // encoded values of the batch being committed (committer goroutine only)
-	st       commitState // scratch maps of the commit (committer goroutine only)
 	urgent   bool
 	stopping bool
-	err      error // sticky: a failed commit stops all later writes
+	err      error // sticky: a failed write stops all later writes
 
 	wake    chan struct{}
 	stopped chan struct{}
+
+	// The committer goroutine's own state (Open's, before it starts).
+	log      []byte     // records not yet applied to bbolt, oldest first
+	held     []*account // accounts of the ops in log
+	seq      uint64     // sequence of the last batch in log (or applied)
+	lastCkpt time.Time
+	arena    []byte      // small values written by a checkpoint
+	st       commitState // scratch maps of a checkpoint
 }
 
-func newCommitter(s *BoltStore) *committer {
-	c := &committer{
+// maxLog bounds the log held between checkpoints: a fuller one is applied
+// at once. maxArena bounds the buffers kept between checkpoints.
+const (
+	maxLog   = 4 << 20
+	maxArena = 4 << 20
+)
+
+func newCommitter(s *BoltStore, wal *walFile, seq uint64) *committer {
+	return &committer{
 		s:        s,
 		window:   s.opts.CommitWindow,
 		maxBatch: s.opts.MaxBatch,
+		every:    s.opts.CheckpointInterval,
+		wal:      wal,
+		seq:      seq,
+		lastCkpt: time.Now(),
 		wake:     make(chan struct{}, 1),
 		stopped:  make(chan struct{}),
 	}
-	go c.run()
-	return c
 }
+
+func (c *committer) start() { go c.run() }
 
 func (c *committer) signal() {
 	select {
@@ -110,9 +137,23 @@ func (c *committer) failure() error {
 	return c.err
 }
 
-// flush waits until every op queued before the call is committed.
-func (c *committer) flush(ctx context.Context) error {
-	op := pendingOp{kind: opMarker, done: make(chan error, 1)}
+func (c *committer) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = fmt.Errorf("storage: writing to %s: %w", c.s.path, err)
+	}
+	c.mu.Unlock()
+}
+
+// flush waits until every op queued before the call is applied to bbolt.
+func (c *committer) flush(ctx context.Context) error { return c.wait(ctx, false) }
+
+// sync waits until every op queued before the call is durable (in the
+// log at least).
+func (c *committer) sync(ctx context.Context) error { return c.wait(ctx, true) }
+
+func (c *committer) wait(ctx context.Context, logOnly bool) error {
+	op := pendingOp{kind: opMarker, done: make(chan error, 1), logOnly: logOnly}
 	if err := c.enqueue(&op); err != nil {
 		return err
 	}
@@ -127,14 +168,18 @@ func (c *committer) flush(ctx context.Context) error {
 	}
 }
 
-// stop commits what is queued and ends the committer.
+// stop applies what is queued and logged, and ends the committer.
 func (c *committer) stop() error {
 	c.mu.Lock()
 	c.stopping = true
 	c.mu.Unlock()
 	c.signal()
 	<-c.stopped
-	return c.failure()
+	err := c.failure()
+	if cerr := c.wal.close(err == nil); err == nil && cerr != nil {
+		err = fmt.Errorf("storage: closing the write-ahead log of %s: %w", c.s.path, cerr)
+	}
+	return err
 }
 
 func (c *committer) run() {
@@ -142,7 +187,21 @@ func (c *committer) run() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
-		<-c.wake
+		if len(c.log) > 0 && c.failure() == nil {
+			// Logged batches are applied on time even if no more come.
+			timer.Reset(time.Until(c.lastCkpt.Add(c.every)))
+			select {
+			case <-c.wake:
+				timer.Stop()
+			case <-timer.C:
+				if err := c.checkpoint(); err != nil {
+					c.fail(err)
+				}
+				continue
+			}
+		} else {
+			<-c.wake
+		}
 		c.mu.Lock()
 		if len(c.queue) > 0 && !c.urgent && !c.stopping && len(c.queue) < c.maxBatch {
 			c.mu.Unlock()
@@ -165,16 +224,7 @@ func (c *committer) run() {
 		c.mu.Unlock()
 
 		if len(batch) > 0 {
-			err := c.commit(batch)
-			if err != nil {
-				err = fmt.Errorf("storage: committing %d writes to %s: %w", len(batch), c.s.path, err)
-				c.mu.Lock()
-				if c.err == nil {
-					c.err = err
-				}
-				c.mu.Unlock()
-			}
-			finish(batch, err)
+			c.process(batch, false)
 			clear(batch)
 			c.mu.Lock()
 			c.spare = batch[:0]
@@ -182,12 +232,10 @@ func (c *committer) run() {
 		}
 		if stopping {
 			c.mu.Lock()
-			rest := c.queue
+			rest := c.queue // enqueued between our swap and stopping
 			c.queue = nil
 			c.mu.Unlock()
-			if len(rest) > 0 { // enqueued between our swap and stopping
-				finish(rest, c.commit(rest))
-			}
+			c.process(rest, true)
 			return
 		}
 		c.mu.Lock()
@@ -199,17 +247,73 @@ func (c *committer) run() {
 	}
 }
 
-// finish reports a batch's outcome to its waiters.
-func finish(batch []pendingOp, err error) {
-	for i := range batch {
-		op := &batch[i]
-		if op.acct != nil {
-			op.acct.pending.Add(-1)
-		}
-		if op.done != nil {
-			op.done <- err
+// process logs a batch, or applies it with everything logged before it
+// when a waiter needs bbolt current, the checkpoint is due or force is
+// set, then reports the outcome to the batch's waiters.
+func (c *committer) process(batch []pendingOp, force bool) {
+	err := c.failure()
+	if err == nil {
+		err = c.write(batch, force)
+		if err != nil {
+			c.fail(err)
+			err = c.failure()
 		}
 	}
+	for i := range batch {
+		if done := batch[i].done; done != nil {
+			done <- err
+		}
+	}
+}
+
+func (c *committer) write(batch []pendingOp, force bool) error {
+	ckpt := force || len(c.log) >= maxLog || time.Since(c.lastCkpt) >= c.every
+	for i := range batch {
+		if batch[i].done != nil && !batch[i].logOnly {
+			ckpt = true
+		}
+	}
+	start := len(c.log)
+	log, n, err := appendWALRecord(c.log, c.seq+1, batch)
+	c.log = log
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		c.seq++
+		for i := range batch {
+			if a := batch[i].acct; a != nil {
+				c.held = append(c.held, a)
+			}
+		}
+	}
+	if ckpt {
+		return c.checkpoint()
+	}
+	if n == 0 {
+		return nil
+	}
+	return c.wal.append(c.log[start:])
+}
+
+// checkpoint applies the log to bbolt and empties it.
+func (c *committer) checkpoint() error {
+	c.lastCkpt = time.Now()
+	if len(c.log) > 0 {
+		if err := c.apply(c.log, c.seq); err != nil {
+			return err
+		}
+	}
+	for _, a := range c.held {
+		a.pending.Add(-1)
+	}
+	clear(c.held)
+	c.held = c.held[:0]
+	if cap(c.log) > 2*maxLog {
+		c.log = nil
+	}
+	c.log = c.log[:0]
+	return c.wal.reset()
 }
 
 type keyDelta struct {
@@ -217,20 +321,29 @@ type keyDelta struct {
 	last  time.Time
 }
 
-// commitState is the scratch state of one commit, kept by the committer
-// goroutine and cleared (not freed) between batches.
+// commitState is the scratch state of one checkpoint, kept by the
+// committer and cleared (not freed) between checkpoints.
 type commitState struct {
 	userLedgers map[int64]*bbolt.Bucket
-	days        map[int64]*bbolt.Bucket
+	days        map[uint32]*bbolt.Bucket
 	balances    map[int64]int64
 	keys        map[int64]keyDelta
 	totals      map[totalsID]totalsDelta
+	usage       []usagePut
+}
+
+// usagePut is a usage record a checkpoint writes.
+type usagePut struct {
+	day       uint32
+	b         *bbolt.Bucket
+	user, seq uint64
+	v         []byte
 }
 
 func (st *commitState) reset() {
 	if st.userLedgers == nil {
 		st.userLedgers = map[int64]*bbolt.Bucket{}
-		st.days = map[int64]*bbolt.Bucket{}
+		st.days = map[uint32]*bbolt.Bucket{}
 		st.balances = map[int64]int64{}
 		st.keys = map[int64]keyDelta{}
 		st.totals = map[totalsID]totalsDelta{}
@@ -241,16 +354,18 @@ func (st *commitState) reset() {
 	clear(st.balances)
 	clear(st.keys)
 	clear(st.totals)
+	clear(st.usage)
+	st.usage = st.usage[:0]
+	if cap(st.usage) > 1<<16 {
+		st.usage = nil
+	}
 }
 
-// maxArena bounds the encoding buffer kept between batches.
-const maxArena = 4 << 20
-
-func (c *committer) commit(batch []pendingOp) error {
-	// bbolt keeps references to put values until the transaction ends, so
-	// the arena is only reused by the next batch; a value's bytes never
-	// change once appended (growing the arena copies, leaving old arrays).
-	// Keys need no such care: bbolt copies them.
+// apply writes the logged ops in log to bbolt in one transaction, with
+// seq as the last applied batch. The values put point into log, which
+// must not change until the transaction ends (bbolt copies keys, not
+// values).
+func (c *committer) apply(log []byte, seq uint64) error {
 	arena := c.arena[:0]
 	defer func() {
 		if cap(arena) <= maxArena {
@@ -266,17 +381,18 @@ func (c *committer) commit(batch []pendingOp) error {
 		usage := tx.Bucket(bUsage)
 		var maxEntry uint64
 
-		// One usage sequence range for the batch: the records get the
-		// numbers NextSequence would have given them one by one.
+		// One usage sequence range for all: the records get the numbers
+		// NextSequence would have given them one by one.
 		var settles uint64
-		for i := range batch {
-			if batch[i].kind == opSettle {
-				settles++
-			}
+		if err := walRecords(log, func(_, n int, _ *walReader) error {
+			settles += uint64(n)
+			return nil
+		}); err != nil {
+			return err
 		}
-		seq := usage.Sequence()
+		useq := usage.Sequence()
 		if settles > 0 {
-			if err := usage.SetSequence(seq + settles); err != nil {
+			if err := usage.SetSequence(useq + settles); err != nil {
 				return err
 			}
 		}
@@ -293,68 +409,75 @@ func (c *committer) commit(batch []pendingOp) error {
 			st.userLedgers[uid] = b
 			return b, nil
 		}
-		for i := range batch {
-			op := &batch[i]
-			if op.entryKind != "" {
-				b, err := ledgerBucket(op.userID)
-				if err != nil {
+		var op walOp
+		err := walRecords(log, func(n, _ int, r *walReader) error {
+			for ; n > 0; n-- {
+				if err := r.op(&op); err != nil {
 					return err
 				}
-				e := LedgerEntry{ID: int64(op.entryID), UserID: op.userID, Kind: op.entryKind, Amount: op.amount,
-					BalanceAfter: op.balance, KeyID: op.keyID, IdempotencyKey: op.idem, Note: op.note, Time: op.time}
-				if op.kind == opSettle {
-					e.RequestID = op.rec.RequestID
+				if op.entryID != 0 {
+					b, err := ledgerBucket(op.userID)
+					if err != nil {
+						return err
+					}
+					binary.BigEndian.PutUint64(kbuf[:8], op.entryID)
+					if err := b.Put(kbuf[:8], op.entry); err != nil {
+						return err
+					}
+					maxEntry = max(maxEntry, op.entryID)
+					st.balances[op.userID] = op.balance
 				}
-				start := len(arena)
-				if arena, err = appendLedgerEntry(arena, &e); err != nil {
-					return err
+				switch op.kind {
+				case opSettle:
+					day := dayNum(op.day)
+					db := st.days[day]
+					if db == nil {
+						var err error
+						if db, err = usage.CreateBucketIfNotExists(dayKey(op.day)); err != nil {
+							return err
+						}
+						db.FillPercent = 0.95
+						st.days[day] = db
+					}
+					useq++
+					st.usage = append(st.usage, usagePut{day: day, b: db, user: uint64(op.userID), seq: useq, v: op.usage})
+					addTotals(st.totals, op.userID, op.day, op.tokens)
+					if op.keyID != 0 {
+						d := st.keys[op.keyID]
+						d.count++
+						if op.lastUsed.After(d.last) {
+							d.last = op.lastUsed
+						}
+						st.keys[op.keyID] = d
+					}
+				case opCredit:
+					if op.idemKey != nil {
+						if err := tx.Bucket(bIdempotency).Put(op.idemKey, op.idemVal); err != nil {
+							return err
+						}
+					}
 				}
-				binary.BigEndian.PutUint64(kbuf[:8], op.entryID)
-				if err := b.Put(kbuf[:8], arena[start:len(arena):len(arena)]); err != nil {
-					return err
-				}
-				maxEntry = max(maxEntry, op.entryID)
-				st.balances[op.userID] = op.balance
 			}
-			switch op.kind {
-			case opSettle:
-				day := dayNumber(op.day)
-				db := st.days[day]
-				if db == nil {
-					var err error
-					if db, err = usage.CreateBucketIfNotExists(dayKey(op.day)); err != nil {
-						return err
-					}
-					db.FillPercent = 0.95
-					st.days[day] = db
-				}
-				seq++
-				start := len(arena)
-				var err error
-				if arena, err = appendUsageRecord(arena, &op.rec); err != nil {
-					return err
-				}
-				binary.BigEndian.PutUint64(kbuf[:8], uint64(op.userID))
-				binary.BigEndian.PutUint64(kbuf[8:], seq)
-				if err := db.Put(kbuf[:16], arena[start:len(arena):len(arena)]); err != nil {
-					return err
-				}
-				addTotals(st.totals, op.userID, op.day, op.rec.TotalTokens)
-				if op.keyID != 0 {
-					d := st.keys[op.keyID]
-					d.count++
-					if op.time.After(d.last) {
-						d.last = op.time
-					}
-					st.keys[op.keyID] = d
-				}
-			case opCredit:
-				if op.idem != "" {
-					rec := idemRecord{UserID: op.userID, Amount: op.amount, Balance: op.balance, EntryID: int64(op.entryID), Time: op.time}
-					if err := putJSON(tx.Bucket(bIdempotency), idemKey(op.userID, op.idem), &rec); err != nil {
-						return err
-					}
-				}
+			if len(r.b) != 0 {
+				return errWALCorrupt
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// In key order: bbolt splits nodes only when it commits, so puts in
+		// the middle of a node that a large checkpoint keeps growing would
+		// each move the rest of it.
+		slices.SortFunc(st.usage, func(a, b usagePut) int {
+			return cmp.Or(cmp.Compare(a.day, b.day), cmp.Compare(a.user, b.user), cmp.Compare(a.seq, b.seq))
+		})
+		for i := range st.usage {
+			p := &st.usage[i]
+			binary.BigEndian.PutUint64(kbuf[:8], p.user)
+			binary.BigEndian.PutUint64(kbuf[8:], p.seq)
+			if err := p.b.Put(kbuf[:16], p.v); err != nil {
+				return err
 			}
 		}
 		accounts := tx.Bucket(bAccounts)
@@ -390,7 +513,7 @@ func (c *committer) commit(batch []pendingOp) error {
 				return err
 			}
 		}
-		return nil
+		return tx.Bucket(bMeta).Put(kWALApplied, u64(seq))
 	})
 }
 
@@ -403,11 +526,6 @@ func keyUsed(ku *bbolt.Bucket, id []byte) (int64, error) {
 	}
 	used, _, err := decodeKeyUsage(v)
 	return used, err
-}
-
-func dayNumber(t time.Time) int64 {
-	y, m, d := t.Date()
-	return int64(y)*10000 + int64(m)*100 + int64(d)
 }
 
 func dayKey(t time.Time) []byte { return []byte(t.UTC().Format("20060102")) }

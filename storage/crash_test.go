@@ -16,11 +16,22 @@ import (
 
 // TestCrashKeepsLedgerConsistent kills (SIGKILL) a process that is settling
 // with real fsync, then checks the reopened store: the ledger adds up to
-// every stored balance, and everything reported durable by Flush survived.
+// every stored balance, and everything reported durable survived. In
+// "flush" mode the child reports settlements durable after Flush (applied
+// to the database file) and checkpoints every 2ms as well, so the kill can
+// land in a checkpoint; in "log" mode after they are synced to the
+// write-ahead log, with no checkpoint at all, so the reopened store has
+// them only by replaying the log.
 func TestCrashKeepsLedgerConsistent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns a child process")
 	}
+	for _, mode := range []string{"flush", "log"} {
+		t.Run(mode, func(t *testing.T) { crashAndCheck(t, mode) })
+	}
+}
+
+func crashAndCheck(t *testing.T, mode string) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "crash.db")
 	s := openTestStore(t, path)
@@ -31,7 +42,7 @@ func TestCrashKeepsLedgerConsistent(t *testing.T) {
 	}
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "GW_CRASH_DB="+path, fmt.Sprintf("GW_CRASH_IDS=%d,%d", u.ID, k.ID))
+	cmd.Env = append(os.Environ(), "GW_CRASH_DB="+path, "GW_CRASH_MODE="+mode, fmt.Sprintf("GW_CRASH_IDS=%d,%d", u.ID, k.ID))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -106,9 +117,18 @@ func TestCrashChild(t *testing.T) {
 	var uid, kid int64
 	fmt.Sscanf(os.Getenv("GW_CRASH_IDS"), "%d,%d", &uid, &kid)
 	ctx := context.Background()
-	s, err := Open(path, Options{CommitWindow: 200 * time.Microsecond})
+	mode := os.Getenv("GW_CRASH_MODE")
+	opts := Options{CommitWindow: 200 * time.Microsecond, CheckpointInterval: 2 * time.Millisecond}
+	if mode == "log" {
+		opts.CheckpointInterval = time.Hour
+	}
+	s, err := Open(path, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	durable := s.Flush
+	if mode == "log" {
+		durable = s.c.sync
 	}
 	var count, charged int64
 	for i := 0; ; i++ {
@@ -123,7 +143,7 @@ func TestCrashChild(t *testing.T) {
 		count++
 		charged += c
 		if i%500 == 499 {
-			if err := s.Flush(ctx); err != nil {
+			if err := durable(ctx); err != nil {
 				t.Fatal(err)
 			}
 			fmt.Printf("durable %d %d\n", count, charged)
