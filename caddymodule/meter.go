@@ -60,7 +60,8 @@ type meter struct {
 
 	status      int
 	mode        meterMode
-	buf         bytes.Buffer
+	buf         bytes.Buffer // buffered body (modeBuffer, modeError)
+	bufPtr      *[]byte      // the pooled slice buf started from
 	tail        []byte
 	out         stripOut   // stream bytes to forward (strip mode)
 	sse         sseScanner // in use in modeStream
@@ -178,6 +179,7 @@ func (m *meter) Write(p []byte) (int, error) {
 		return len(p), nil
 	case modeBuffer:
 		if m.buf.Len()+len(p) <= m.maxBuffer {
+			m.takeBuf()
 			return m.buf.Write(p)
 		}
 		// Too large to buffer: send what we have and pass the rest
@@ -189,12 +191,13 @@ func (m *meter) Write(p []byte) (int, error) {
 		if _, err := m.writeThrough(held); err != nil {
 			return 0, err
 		}
-		m.buf = bytes.Buffer{}
+		m.releaseBuf()
 		return m.writeOverflow(p)
 	case modeOverflow:
 		return m.writeOverflow(p)
 	case modeError:
 		if room := maxErrorBody - m.buf.Len(); room > 0 {
+			m.takeBuf()
 			m.buf.Write(p[:min(room, len(p))])
 		}
 		return len(p), nil
@@ -213,6 +216,40 @@ func (m *meter) writeThrough(p []byte) (int, error) {
 	n, err := m.ResponseWriter.Write(p)
 	m.written += int64(n)
 	return n, err
+}
+
+// respBufPool recycles the buffers of buffered response bodies. A
+// buffered body's gateway_usage copy is built in the same buffer's spare
+// capacity, so a typical JSON answer allocates neither.
+var respBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 4096)
+	return &b
+}}
+
+// maxPooledResponse bounds the buffers returned to respBufPool.
+const maxPooledResponse = 64 << 10
+
+// takeBuf starts the body buffer from a pooled slice, once.
+func (m *meter) takeBuf() {
+	if m.bufPtr != nil || m.buf.Cap() > 0 {
+		return
+	}
+	m.bufPtr = respBufPool.Get().(*[]byte)
+	m.buf = *bytes.NewBuffer((*m.bufPtr)[:0])
+}
+
+// releaseBuf forgets the body buffer and returns it to its pool: what it
+// held must have been written (or dropped) already.
+func (m *meter) releaseBuf() {
+	if m.bufPtr != nil {
+		m.buf.Reset()
+		if b := m.buf.AvailableBuffer(); cap(b) <= maxPooledResponse {
+			*m.bufPtr = b
+			respBufPool.Put(m.bufPtr)
+		}
+		m.bufPtr = nil
+	}
+	m.buf = bytes.Buffer{}
 }
 
 // stripOut collects what one upstream Write forwards in strip mode, so
@@ -359,12 +396,14 @@ func (m *meter) finishStream() {
 	m.release()
 }
 
-// release returns the meter's pooled buffers at the end of a stream (a
-// line still held is dropped: finishStream forwards it first). It may be
-// called more than once; a later write would just take a buffer again.
+// release returns the meter's pooled buffers at the end of the response
+// (a line still held is dropped: finishStream forwards it first; a
+// buffered body must have been written). It may be called more than once;
+// a later write would just take a buffer again.
 func (m *meter) release() {
 	m.out.reset()
 	m.sse.release()
+	m.releaseBuf()
 }
 
 // writeBuffered sends a buffered response with body (which may differ from

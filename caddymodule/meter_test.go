@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -256,6 +257,27 @@ func TestMeterFinalLineWithoutNewline(t *testing.T) {
 		}
 		if got := ew.body.String(); strip == strings.Contains(got, "usage") {
 			t.Errorf("strip=%v: client got %q", strip, got)
+		}
+	}
+}
+
+// Buffered answers reuse pooled buffers: one answer's bytes never show up
+// in the next, whatever their sizes.
+func TestBufferedAnswersReusePooledBuffers(t *testing.T) {
+	for i, n := range []int{3000, 10, 70 << 10, 500, 4096, 1} {
+		rec := httptest.NewRecorder()
+		m := newMeter(rec, false, 0, nil)
+		want := `{"id":"` + strings.Repeat(string(rune('a'+i)), n) + `"}`
+		_, _ = m.Write([]byte(want))
+		body, ok := appendGatewayUsage(m.buf.AvailableBuffer(), m.buf.Bytes(), gatewayUsage{TokensCharged: int64(n)})
+		if !ok {
+			t.Fatalf("answer %d not an object", i)
+		}
+		m.writeBuffered(body)
+		m.release()
+		wantOut := want[:len(want)-1] + `,"gateway_usage":{"tokens_charged":` + strconv.Itoa(n) + `,"credits_charged":0,"user_balance_after":0,"user_api_key":""}}`
+		if rec.Body.String() != wantOut || m.bufPtr != nil || m.buf.Cap() != 0 {
+			t.Fatalf("answer %d (%d bytes): got %d bytes, buffer kept: %v", i, n, rec.Body.Len(), m.bufPtr != nil)
 		}
 	}
 }

@@ -487,6 +487,7 @@ func (l *meteringLog) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 // still to be answered (buffered bodies, errors) and settles.
 func (s *settlement) complete(err error) error {
 	m := &s.m
+	defer m.release() // the answer is written: the buffers go back
 	if m.mode != modeNone {
 		s.observeLatency()
 	}
@@ -586,7 +587,8 @@ func (s *settlement) settleBuffered() {
 	s.setHeader(h, 0, hdrRequestID, s.reqID)
 	if settled {
 		s.setHeader(h, 1, hdrCreditsRemaining, strconv.FormatInt(balance, 10))
-		if out, ok := addGatewayUsage(body, gatewayUsage{
+		// Built in the buffer's spare capacity, after the body.
+		if out, ok := appendGatewayUsage(m.buf.AvailableBuffer(), body, gatewayUsage{
 			TokensCharged:    u.PromptTokens + u.CompletionTokens,
 			CreditsCharged:   charged,
 			UserBalanceAfter: balance,

@@ -302,6 +302,13 @@ type gatewayUsage struct {
 // first byte closes at the last one), not a full validation: a valid body
 // stays valid, and an invalid one is not made any worse.
 func addGatewayUsage(body []byte, gu gatewayUsage) ([]byte, bool) {
+	return appendGatewayUsage(nil, body, gu)
+}
+
+// appendGatewayUsage is addGatewayUsage writing the new body to dst[:0]'s
+// spare capacity (allocating when it is too small or nil); dst must not
+// overlap body.
+func appendGatewayUsage(dst, body []byte, gu gatewayUsage) ([]byte, bool) {
 	trimmed := bytes.TrimRight(body, " \t\r\n")
 	start := skipSpace(trimmed, 0)
 	if len(trimmed)-start < 2 || trimmed[start] != '{' || trimmed[len(trimmed)-1] != '}' ||
@@ -309,7 +316,10 @@ func addGatewayUsage(body []byte, gu gatewayUsage) ([]byte, bool) {
 		return body, false
 	}
 	empty := skipSpace(trimmed, start+1) == len(trimmed)-1
-	out := make([]byte, 0, len(body)+160+len(gu.UserAPIKey))
+	out := dst[:0]
+	if need := len(body) + 160 + len(gu.UserAPIKey); cap(out) < need {
+		out = make([]byte, 0, need)
+	}
 	out = append(out, trimmed[:len(trimmed)-1]...)
 	if !empty {
 		out = append(out, ',')

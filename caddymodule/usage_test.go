@@ -81,6 +81,16 @@ func TestAddGatewayUsage(t *testing.T) {
 		if ok && !json.Valid(got) {
 			t.Errorf("addGatewayUsage(%q) produced invalid JSON %q", tt.in, got)
 		}
+		// Built in the spare capacity after the body (as settleBuffered
+		// does with the meter's buffer), or in a new slice when too small.
+		for _, spare := range []int{0, 16, 512} {
+			buf := append(make([]byte, 0, len(tt.in)+spare), tt.in...)
+			body := buf[:len(tt.in)]
+			got, ok := appendGatewayUsage(buf[len(buf):], body, gu)
+			if ok != tt.ok || string(got) != tt.want || string(body) != tt.in {
+				t.Errorf("appendGatewayUsage(%q) with %d spare = %q, %v (body now %q); want %q, %v", tt.in, spare, got, ok, body, tt.want, tt.ok)
+			}
+		}
 	}
 }
 
