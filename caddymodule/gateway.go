@@ -120,7 +120,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return g.refuse(w, adm, gerr, now)
 	}
 	if rt.metered() {
-		if adm.req, gerr = readInference(w, r, rt.endpoint, g.MaxBodySize); gerr != nil {
+		if adm.req, gerr = readInferenceInto(adm.newRequest(), w, r, rt.endpoint, g.MaxBodySize); gerr != nil {
 			return g.refuse(w, adm, gerr, now)
 		}
 		if gerr := adm.checkModel(); gerr != nil {
@@ -239,7 +239,32 @@ type admission struct {
 	planCounted bool
 	ends        [numPeriods]int64
 	recorded    bool
-	headerVals  [6]string // backing of the x-ratelimit-* header values
+	headerVals  [6]string       // backing of the x-ratelimit-* header values
+	metered     *meteredRequest // the allocation this admission is part of, on metered routes
+}
+
+// meteredRequest is what a metered request needs, allocated as one
+// object: its admission, parsed request and settlement.
+type meteredRequest struct {
+	adm admission
+	ir  inferenceRequest
+	s   settlement
+}
+
+// newRequest returns the (zero) inference request to parse the body into.
+func (a *admission) newRequest() *inferenceRequest {
+	if a.metered != nil {
+		return &a.metered.ir
+	}
+	return new(inferenceRequest)
+}
+
+// newSettlement returns the (zero) settlement of the request.
+func (a *admission) newSettlement() *settlement {
+	if a.metered != nil {
+		return &a.metered.s
+	}
+	return new(settlement)
 }
 
 // recordTokens replaces the estimated tokens counted at admission by the

@@ -593,7 +593,15 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 		return nil, errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
 	}
 	ent := pol.entitlementsAt(now, e.env, g.app.TrialModels)
-	a := &admission{
+	var a *admission
+	var mr *meteredRequest
+	if rt.metered() {
+		mr = new(meteredRequest)
+		a = &mr.adm
+	} else {
+		a = new(admission)
+	}
+	*a = admission{
 		key:         e.id.Key,
 		user:        e.id.User,
 		rl:          g.resolveLimits(e, pol),
@@ -605,6 +613,7 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 		planLimits:  ent.limits,
 		lim:         g.state.limiter,
 		planCounted: rt.metered(),
+		metered:     mr,
 	}
 	return a, nil
 }

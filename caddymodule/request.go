@@ -84,6 +84,11 @@ type fieldSpan struct {
 // bytes. Malformed JSON and validation failures give a 400 in OpenAI's
 // invalid_request_error shape; a body over maxBody gives 413.
 func readInference(w http.ResponseWriter, r *http.Request, endpoint string, maxBody int64) (*inferenceRequest, *gatewayError) {
+	return readInferenceInto(new(inferenceRequest), w, r, endpoint, maxBody)
+}
+
+// readInferenceInto is readInference parsing into ir, which must be zero.
+func readInferenceInto(ir *inferenceRequest, w http.ResponseWriter, r *http.Request, endpoint string, maxBody int64) (*inferenceRequest, *gatewayError) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, errBadRequest("request body is required")
 	}
@@ -99,7 +104,7 @@ func readInference(w http.ResponseWriter, r *http.Request, endpoint string, maxB
 	}
 	// Whatever happens next, the body stays readable with the same bytes.
 	setBody(r, body)
-	ir, gerr := parseInference(body, endpoint)
+	ir, gerr := parseInferenceInto(ir, body, endpoint)
 	if gerr != nil {
 		return nil, gerr
 	}
@@ -128,7 +133,12 @@ func readBody(w http.ResponseWriter, r *http.Request, maxBody int64) ([]byte, er
 // its top-level members picks the fields metering needs, and only those
 // values are decoded.
 func parseInference(body []byte, endpoint string) (*inferenceRequest, *gatewayError) {
-	ir := &inferenceRequest{Endpoint: endpoint, raw: body, choices: 1}
+	return parseInferenceInto(new(inferenceRequest), body, endpoint)
+}
+
+// parseInferenceInto is parseInference filling ir, which must be zero.
+func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*inferenceRequest, *gatewayError) {
+	ir.Endpoint, ir.raw, ir.choices = endpoint, body, 1
 	ir.spans = ir.spansBuf[:0]
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, errBadRequest("request body is required")

@@ -328,10 +328,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	}
 	ir := adm.req
 	cfg := g.Metering.meteringConfig()
-	s := &settlement{
-		g: g, adm: adm, ir: ir, reqID: requestID(r), r: r, w: w,
-		series: seriesFor(ir.Endpoint),
-	}
+	s := adm.newSettlement()
+	s.g, s.adm, s.ir, s.reqID, s.r, s.w = g, adm, ir, requestID(r), r, w
+	s.series = seriesFor(ir.Endpoint)
 	if extra := accessLogFields(r); extra != nil {
 		s.log.reqID = s.reqID
 		extra.Set(zap.Field{Key: "gatewayz", Type: zapcore.InlineMarshalerType, Interface: &s.log})
