@@ -64,6 +64,13 @@ type inferenceRequest struct {
 	usageOn  bool  // set stream_options.include_usage=true
 	dirty    bool
 	body0    io.ReadCloser // the reader readInference installed
+
+	// reader is body0 (the client's bytes) and upCL backs the
+	// Content-Length value of the upstream request's own header, so that
+	// neither is a separate allocation. (The metered request holding ir
+	// is just within a malloc size class: mind its size when adding.)
+	reader bodyReader
+	upCL   [1]string
 }
 
 // Rewritable fields.
@@ -103,7 +110,8 @@ func readInferenceInto(ir *inferenceRequest, w http.ResponseWriter, r *http.Requ
 		return nil, errBadRequest("could not read the request body")
 	}
 	// Whatever happens next, the body stays readable with the same bytes.
-	setBody(r, body)
+	ir.reader.Reset(body)
+	setBody(r, body, &ir.reader, nil)
 	ir, gerr := parseInferenceInto(ir, body, endpoint)
 	if gerr != nil {
 		return nil, gerr
@@ -550,10 +558,6 @@ func (ir *inferenceRequest) body() []byte {
 	}
 	raw := ir.raw
 	out := make([]byte, 0, len(raw)+64)
-	var soValue []byte
-	if ir.usageOn {
-		soValue = ir.streamOptionsWithUsage()
-	}
 	pos := 0
 	var seen uint8
 	for _, sp := range ir.spans { // in body order
@@ -563,7 +567,7 @@ func (ir *inferenceRequest) body() []byte {
 			out = strconv.AppendInt(out, ir.newCap, 10)
 		case sp.field == fieldStreamOptions && ir.usageOn:
 			out = append(out, raw[pos:sp.start]...)
-			out = append(out, soValue...)
+			out = ir.appendStreamOptionsWithUsage(out)
 		default:
 			continue
 		}
@@ -592,14 +596,15 @@ func (ir *inferenceRequest) body() []byte {
 	}
 	if ir.usageOn && seen&fieldStreamOptions == 0 {
 		add("stream_options")
-		out = append(out, soValue...)
+		out = ir.appendStreamOptionsWithUsage(out)
 	}
 	return append(out, raw[ir.end:]...)
 }
 
-// streamOptionsWithUsage is the client's last stream_options object with
-// include_usage set to true (every occurrence of it), or a new object.
-func (ir *inferenceRequest) streamOptionsWithUsage() []byte {
+// appendStreamOptionsWithUsage appends the client's last stream_options
+// object with include_usage set to true (every occurrence of it), or a new
+// object.
+func (ir *inferenceRequest) appendStreamOptionsWithUsage(out []byte) []byte {
 	var last []byte
 	for _, sp := range ir.spans {
 		if sp.field == fieldStreamOptions {
@@ -607,9 +612,8 @@ func (ir *inferenceRequest) streamOptionsWithUsage() []byte {
 		}
 	}
 	if last == nil || last[0] != '{' {
-		return []byte(`{"include_usage":true}`)
+		return append(out, `{"include_usage":true}`...)
 	}
-	out := make([]byte, 0, len(last)+24)
 	pos, found := 0, false
 	it := objIter{b: last}
 	for it.next() {
@@ -631,12 +635,14 @@ func (ir *inferenceRequest) streamOptionsWithUsage() []byte {
 }
 
 // apply installs the (possibly rewritten) body on r; an unchanged body
-// that r still carries unread is left as it is.
+// that r still carries unread is left as it is. r's header must be its own
+// (not the client request's): its Content-Length value is backed by ir.
 func (ir *inferenceRequest) apply(r *http.Request) {
 	if !ir.rewritesBody(r) {
 		return
 	}
-	setBody(r, ir.body())
+	b := ir.body()
+	setBody(r, b, newBodyReader(b), &ir.upCL)
 }
 
 // rewritesBody reports whether apply(r) replaces r's body (and may set
@@ -656,13 +662,21 @@ func newBodyReader(b []byte) *bodyReader {
 	return br
 }
 
-// setBody makes b the request body and keeps every description of the body
-// consistent with it (caddy-notes §2, §5.8): Body, ContentLength, the
-// Content-Length header, GetBody, and no chunked transfer encoding.
-func setBody(r *http.Request, b []byte) {
-	r.Body = newBodyReader(b)
+// setBody makes b the request body, read through br (a reader over b), and
+// keeps every description of the body consistent with it (caddy-notes §2,
+// §5.8): Body, ContentLength, the Content-Length header, GetBody, and no
+// chunked transfer encoding. When cl is not nil, it backs the
+// Content-Length value if that has to change.
+func setBody(r *http.Request, b []byte, br *bodyReader, cl *[1]string) {
+	r.Body = br
 	if v := r.Header["Content-Length"]; len(v) != 1 || !isDecimal(v[0], int64(len(b))) {
-		r.Header.Set("Content-Length", strconv.Itoa(len(b)))
+		n := strconv.Itoa(len(b))
+		if cl != nil {
+			cl[0] = n
+			r.Header["Content-Length"] = cl[:] // canonical key, as Set stores it
+		} else {
+			r.Header.Set("Content-Length", n)
+		}
 	}
 	r.ContentLength = int64(len(b))
 	r.GetBody = func() (io.ReadCloser, error) { return newBodyReader(b), nil }
