@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -360,5 +361,68 @@ func TestLogWriteFailureStopsWrites(t *testing.T) {
 	}
 	if err := s.Close(); err == nil {
 		t.Fatal("Close after a failed append reported no error")
+	}
+}
+
+// TestWALOverwritesAppliedRecords checks replay when new records overwrite
+// applied ones in place (the log is not truncated after a checkpoint):
+// only the new ones are applied, whether they are shorter than, longer
+// than or as long as the records they overwrite.
+func TestWALOverwritesAppliedRecords(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct{ before, after []int }{
+		{[]int{5}, []int{2}},
+		{[]int{2}, []int{5}},
+		{[]int{2, 2}, []int{2}},       // same length: an applied record follows
+		{[]int{1, 1, 1}, []int{1, 1}}, // (entry ids and balances keep their digits)
+		{[]int{1, 1, 1}, []int{1, 4}},
+	} {
+		t.Run(fmt.Sprint(tc.before, tc.after), func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "gw.db")
+			s, err := Open(path, Options{CheckpointInterval: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// One instant for all: records of as many ops are as long, so
+			// a new one can end exactly where an applied one begins.
+			at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+			s.now = func() time.Time { return at }
+			u, k := register(t, s, "over@example.com", 1000)
+			total := 0
+			for _, n := range tc.before {
+				settleN(t, s, u.ID, k.ID, n, 1)
+				if err := s.c.sync(ctx); err != nil {
+					t.Fatal(err)
+				}
+				total += n
+			}
+			if err := s.Flush(ctx); err != nil { // applied; the log starts over
+				t.Fatal(err)
+			}
+			for _, n := range tc.after {
+				settleN(t, s, u.ID, k.ID, n, 1)
+				if err := s.c.sync(ctx); err != nil {
+					t.Fatal(err)
+				}
+				total += n
+			}
+			crash := filepath.Join(dir, "crash.db")
+			copyFile(t, path, crash)
+			copyFile(t, walPath(path), walPath(crash))
+			s.Close()
+
+			s = openTestStore(t, crash)
+			defer s.Close()
+			if b := mustBalance(t, s, u.ID); b.Credits != int64(1000-total) {
+				t.Fatalf("balance %d, want %d", b.Credits, 1000-total)
+			}
+			if usage, err := s.ListUsage(ctx, UsageFilter{UserID: u.ID}); err != nil || len(usage) != total {
+				t.Fatalf("%d usage records, want %d (%v)", len(usage), total, err)
+			}
+			if err := s.VerifyLedger(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
