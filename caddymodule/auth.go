@@ -110,20 +110,58 @@ func recordSecurity(audit *auditor, action string, e *keyEntry, r *http.Request,
 	}, now)
 }
 
+// requestCtx is what the gateway uses of a request's context, looked up
+// once per request (each lookup walks the chain of context values):
+// Caddy's replacer and vars (nil outside Caddy), and the extra access-log
+// fields (nil when the server writes no access log: the fields would go
+// nowhere, and every ExtraLogFields.Add or Set allocates).
+type requestCtx struct {
+	repl  *caddy.Replacer
+	vars  map[string]any
+	extra *caddyhttp.ExtraLogFields
+}
+
+func newRequestCtx(r *http.Request) requestCtx {
+	ctx := r.Context()
+	var rc requestCtx
+	rc.repl, _ = ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	rc.vars, _ = ctx.Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); !ok || srv.Logs != nil {
+		rc.extra, _ = ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	}
+	return rc
+}
+
+// setVar sets a Caddy var as caddyhttp.SetVar does.
+func (rc *requestCtx) setVar(key string, v any) {
+	if rc.vars == nil {
+		return
+	}
+	if v == nil {
+		delete(rc.vars, key)
+		return
+	}
+	rc.vars[key] = v
+}
+
 // annotate exposes who is calling, never the key: the {http.auth.user.id}
 // placeholder (the access log's user_id), the vars gatewayz_user_id,
 // gatewayz_key_id and gatewayz_env ({http.vars.*}, `vars` matcher), and the
 // same as extra access-log fields.
 func annotate(r *http.Request, e *keyEntry) {
-	ctx := r.Context()
-	if repl, ok := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.auth.user.id", e.userIDVal)
+	rc := newRequestCtx(r)
+	rc.annotate(e)
+}
+
+func (rc *requestCtx) annotate(e *keyEntry) {
+	if rc.repl != nil {
+		rc.repl.Set("http.auth.user.id", e.userIDVal)
 	}
-	caddyhttp.SetVar(ctx, "gatewayz_user_id", e.userIDVal)
-	caddyhttp.SetVar(ctx, "gatewayz_key_id", e.keyIDVal)
-	caddyhttp.SetVar(ctx, "gatewayz_env", e.envVal)
-	if extra := accessLogFields(r); extra != nil {
-		extra.Add(zap.Inline(e))
+	rc.setVar("gatewayz_user_id", e.userIDVal)
+	rc.setVar("gatewayz_key_id", e.keyIDVal)
+	rc.setVar("gatewayz_env", e.envVal)
+	if rc.extra != nil {
+		rc.extra.Add(zap.Inline(e))
 	}
 }
 
@@ -131,5 +169,10 @@ func annotate(r *http.Request, e *keyEntry) {
 // server's trusted_proxies).
 func clientIP(r *http.Request) string {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	return ip
+}
+
+func (rc *requestCtx) clientIP() string {
+	ip, _ := rc.vars[caddyhttp.ClientIPVarKey].(string)
 	return ip
 }

@@ -106,12 +106,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if gerr != nil {
 		return g.refuse(w, nil, gerr, now)
 	}
-	ip := clientIP(r)
+	rc := newRequestCtx(r)
+	ip := rc.clientIP()
 	e, gerr := g.authenticate(r, credentials(r), ip, now)
 	if gerr != nil {
 		return g.refuse(w, nil, gerr, now)
 	}
-	annotate(r, e)
+	rc.annotate(e)
 	adm, gerr := g.newAdmission(r, e, rt, ip, now)
 	if gerr != nil {
 		return g.refuse(w, nil, gerr, now)
@@ -130,7 +131,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if gerr := g.admit(r, adm, now, w.Header()); gerr != nil {
 		return g.refuse(w, adm, gerr, now)
 	}
-	return g.proxy(w, r, next, adm)
+	return g.proxy(w, r, next, adm, &rc)
 }
 
 // refuse answers with the refusal, with the x-ratelimit-* headers of the

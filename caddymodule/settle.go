@@ -313,7 +313,7 @@ func (m *Metering) meteringConfig() *Metering {
 // settles exactly once in a deferred step that also runs when the client
 // disconnects (reverse_proxy panics with http.ErrAbortHandler: recovered,
 // settled, re-panicked).
-func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, adm *admission) error {
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, adm *admission, rc *requestCtx) error {
 	delete(r.Header, hdrAuthorization)
 	delete(r.Header, hdrAPIKey)
 	if adm.req == nil { // free route: not metered
@@ -321,7 +321,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		if err := next.ServeHTTP(w, r); err != nil {
 			// As on metered routes: an unreachable upstream gets an
 			// OpenAI-shaped answer, not Caddy's empty error page.
-			g.logUpstreamUnavailable(requestID(r), err)
+			g.logUpstreamUnavailable(rc.requestID(), err)
 			writeError(w, upstreamUnavailable(err))
 		}
 		return nil
@@ -329,9 +329,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	ir := adm.req
 	cfg := g.Metering.meteringConfig()
 	s := adm.newSettlement()
-	s.g, s.adm, s.ir, s.reqID, s.r, s.w = g, adm, ir, requestID(r), r, w
+	s.g, s.adm, s.ir, s.reqID, s.r, s.w = g, adm, ir, rc.requestID(), r, w
 	s.series = seriesFor(ir.Endpoint)
-	if extra := accessLogFields(r); extra != nil {
+	if extra := rc.extra; extra != nil {
 		s.log.reqID = s.reqID
 		extra.Set(zap.Field{Key: "gatewayz", Type: zapcore.InlineMarshalerType, Interface: &s.log})
 	}
@@ -742,16 +742,19 @@ func (g *Gateway) logStoreError(msg string, err error, fields ...zap.Field) {
 // (a walk through the replacer's providers, plus an access-log field that
 // gatewayz_request_id already carries).
 func requestID(r *http.Request) string {
-	ctx := r.Context()
-	repl, _ := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl != nil && caddyhttp.GetVar(ctx, "uuid") != nil {
-		if v, ok := repl.GetString("http.request.uuid"); ok && v != "" {
+	rc := newRequestCtx(r)
+	return rc.requestID()
+}
+
+func (rc *requestCtx) requestID() string {
+	if rc.repl != nil && rc.vars["uuid"] != nil {
+		if v, ok := rc.repl.GetString("http.request.uuid"); ok && v != "" {
 			return v
 		}
 	}
 	id := newUUID()
-	if repl != nil {
-		repl.Set("http.request.uuid", id)
+	if rc.repl != nil {
+		rc.repl.Set("http.request.uuid", id)
 	}
 	return id
 }
@@ -773,18 +776,6 @@ func newUUID() string {
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
 	return string(b[:])
-}
-
-// accessLogFields returns the request's extra access-log fields, or nil
-// when its server writes no access log: the fields would go nowhere, and
-// every ExtraLogFields.Add or Set allocates.
-func accessLogFields(r *http.Request) *caddyhttp.ExtraLogFields {
-	ctx := r.Context()
-	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
-		return nil
-	}
-	extra, _ := ctx.Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
-	return extra
 }
 
 // maskedKey is the display form of a key for gateway_usage: its stored
