@@ -71,6 +71,7 @@ type meter struct {
 	start       time.Time
 	firstHeader time.Duration // time from start to the upstream's header
 	writeErr    error
+	clValue     [1]string // backing of the Content-Length value writeBuffered sets
 }
 
 // headerHook is called just before the meter sends a header straight
@@ -109,7 +110,7 @@ func (m *meter) init(w http.ResponseWriter, strip bool, maxBuffer int, hook head
 
 // isEventStream reports whether the Content-Type is text/event-stream.
 func isEventStream(h http.Header) bool {
-	ct := h.Get("Content-Type")
+	ct := headerValue(h, "Content-Type")
 	if !strings.ContainsRune(ct, ';') { // no parameters: no parsing needed
 		return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
 	}
@@ -135,7 +136,7 @@ func (m *meter) WriteHeader(status int) {
 		m.mode = modeStream
 		m.sse.strip = m.streamStrip
 		if m.streamStrip {
-			m.Header().Del("Content-Length") // the body changes length
+			delete(m.Header(), "Content-Length") // the body changes length
 		}
 		m.sendHeader()
 	case status >= 200 && status < 300 && status != http.StatusNoContent:
@@ -410,10 +411,20 @@ func (m *meter) release() {
 // what was buffered) and a Content-Length matching it.
 func (m *meter) writeBuffered(body []byte) {
 	h := m.Header()
-	h.Del("Transfer-Encoding")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
+	delete(h, "Transfer-Encoding")
+	m.clValue[0] = strconv.Itoa(len(body))
+	h["Content-Length"] = m.clValue[:] // as Set stores it, without the allocation
 	m.sendHeader()
 	_, _ = m.writeThrough(body)
+}
+
+// headerValue is h.Get(key) for a key already in canonical form (no
+// canonicalisation on the hot path).
+func headerValue(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // writerOnly hides every method but Write, so io.Copy cannot bypass it.

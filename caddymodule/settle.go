@@ -329,7 +329,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	ir := adm.req
 	cfg := g.Metering.meteringConfig()
 	s := adm.newSettlement()
-	s.g, s.adm, s.ir, s.reqID, s.r, s.w = g, adm, ir, rc.requestID(), r, w
+	s.g, s.adm, s.ir, s.reqID, s.r = g, adm, ir, rc.requestID(), r
 	s.series = seriesFor(ir.Endpoint)
 	if extra := rc.extra; extra != nil {
 		s.log.reqID = s.reqID
@@ -383,11 +383,11 @@ func (s *settlement) setHeader(h http.Header, slot int, key, v string) {
 // beforeHeader sets the gateway's response headers just before a header
 // goes straight through (streams, pass-through, errors written by the meter).
 func (s *settlement) beforeHeader(status int) {
-	h := s.w.Header()
+	h := s.m.Header()
 	s.setHeader(h, 0, hdrRequestID, s.reqID)
 	// Streams get the balance after the reservation hold; buffered
 	// responses have set the balance after settlement already.
-	if status < 400 && h.Get(hdrCreditsRemaining) == "" {
+	if status < 400 && headerValue(h, hdrCreditsRemaining) == "" {
 		s.setHeader(h, 1, hdrCreditsRemaining, strconv.FormatInt(max(s.afterHold, 0), 10))
 	}
 }
@@ -416,8 +416,7 @@ type settlement struct {
 	adm       *admission
 	ir        *inferenceRequest
 	res       *storage.Reservation
-	m         meter
-	w         http.ResponseWriter
+	m         meter // writes to the client's response writer
 	r         *http.Request
 	series    *endpointSeries
 	reqID     string
@@ -597,7 +596,7 @@ func (s *settlement) settleBuffered() {
 			body = out
 		}
 	} else {
-		h.Del(hdrCreditsRemaining)
+		delete(h, hdrCreditsRemaining)
 	}
 	m.writeBuffered(body)
 }
