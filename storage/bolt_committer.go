@@ -78,10 +78,14 @@ type committer struct {
 }
 
 // maxLog bounds the log held between checkpoints: a fuller one is applied
-// at once. maxArena bounds the buffers kept between checkpoints.
+// at once. A batch of directBatch ops or more is applied at once too: a
+// bbolt transaction's fixed cost is small next to its work then, and
+// logging it first would only add a second write. maxArena bounds the
+// buffers kept between checkpoints.
 const (
-	maxLog   = 4 << 20
-	maxArena = 4 << 20
+	maxLog      = 4 << 20
+	directBatch = 256
+	maxArena    = 4 << 20
 )
 
 func newCommitter(s *BoltStore, wal *walFile, seq uint64) *committer {
@@ -278,6 +282,9 @@ func (c *committer) write(batch []pendingOp, force bool) error {
 	c.log = log
 	if err != nil {
 		return err
+	}
+	if n >= directBatch {
+		ckpt = true
 	}
 	if n > 0 {
 		c.seq++
