@@ -378,13 +378,13 @@ func (r *walReader) byte() byte {
 	return c
 }
 
+// varint reads what binary.AppendVarint wrote (a zig-zag uvarint).
 func (r *walReader) varint() int64 {
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.fail()
-		return 0
+	u := r.uvarint()
+	v := int64(u >> 1)
+	if u&1 != 0 {
+		v = ^v
 	}
-	r.b = r.b[n:]
 	return v
 }
 

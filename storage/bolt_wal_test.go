@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -424,5 +425,29 @@ func TestWALOverwritesAppliedRecords(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+func TestWALReaderVarints(t *testing.T) {
+	vals := []int64{0, 1, -1, 63, -64, 64, -65, 1 << 40, -(1 << 40), 1<<63 - 1, -1 << 63}
+	var b []byte
+	for _, v := range vals {
+		b = binary.AppendVarint(b, v)
+		b = binary.AppendUvarint(b, uint64(v))
+	}
+	r := walReader{b: b}
+	for _, v := range vals {
+		if got := r.varint(); got != v {
+			t.Fatalf("varint: %d, want %d", got, v)
+		}
+		if got := r.uvarint(); got != uint64(v) {
+			t.Fatalf("uvarint: %d, want %d", got, uint64(v))
+		}
+	}
+	if r.err != nil || len(r.b) != 0 {
+		t.Fatalf("err %v, %d bytes left", r.err, len(r.b))
+	}
+	if r.varint(); r.err == nil {
+		t.Fatal("reading past the end did not fail")
 	}
 }
