@@ -209,6 +209,7 @@ func (s *BoltStore) recover() error {
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		m := tx.Bucket(bMeta)
 		ws.id = bytes.Clone(m.Get(kWALID))
+		ws.prevID = bytes.Clone(m.Get(kWALPrevID))
 		if v := m.Get(kWALApplied); len(v) == 8 {
 			ws.applied = binary.BigEndian.Uint64(v)
 		}
@@ -299,16 +300,20 @@ func (s *BoltStore) Ping(ctx context.Context) error {
 // grow the file's memory map past InitialMmapSize waits for the copy to
 // end, so the copy stops as soon as ctx is cancelled.
 func (s *BoltStore) Backup(ctx context.Context, w io.Writer) (int64, error) {
-	// The copy is of the database file alone: apply the log first.
-	if err := s.Flush(ctx); err != nil {
-		return 0, err
+	if s.closed.Load() {
+		return 0, ErrClosed
 	}
-	var n int64
-	err := s.view(func(tx *bbolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(ctxWriter{ctx, w})
-		return err
-	})
+	// The copy is of the database file alone: from a transaction that
+	// sees the log applied (and after which the log goes on under a new
+	// id, see committer.snapshot).
+	tx, err := s.c.snapshotTx()
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	n, err := tx.WriteTo(ctxWriter{ctx, w})
+	if rerr := tx.Rollback(); err == nil {
+		err = mapErr(rerr)
+	}
 	if err != nil && ctx != nil && ctx.Err() != nil {
 		err = fmt.Errorf("storage: backup stopped: %w", ctx.Err()) // bbolt does not wrap it
 	}

@@ -1,8 +1,10 @@
 package storage
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -44,6 +46,9 @@ type pendingOp struct {
 	// logOnly, on a marker, says its waiter needs the batch durable in
 	// the log, not applied to bbolt.
 	logOnly bool
+	// snapshot, on a marker, receives a read transaction that sees
+	// everything queued before it applied (see snapshot).
+	snapshot chan *bbolt.Tx
 }
 
 // committer writes queued ops in group commits: everything queued within
@@ -156,6 +161,32 @@ func (c *committer) flush(ctx context.Context) error { return c.wait(ctx, false)
 // log at least).
 func (c *committer) sync(ctx context.Context) error { return c.wait(ctx, true) }
 
+// snapshotTx returns a read transaction that sees every op queued before
+// the call applied; the caller rolls it back. It does not honour a
+// cancelled context: the transaction is made at once and must reach the
+// caller to be closed.
+func (c *committer) snapshotTx() (*bbolt.Tx, error) {
+	out := make(chan *bbolt.Tx, 1)
+	op := pendingOp{kind: opMarker, done: make(chan error, 1), snapshot: out}
+	if err := c.enqueue(&op); err != nil {
+		return nil, err
+	}
+	err := <-op.done
+	select {
+	case tx := <-out:
+		if err != nil {
+			tx.Rollback()
+			return nil, err
+		}
+		return tx, nil
+	default:
+		if err == nil {
+			err = ErrClosed
+		}
+		return nil, err
+	}
+}
+
 func (c *committer) wait(ctx context.Context, logOnly bool) error {
 	op := pendingOp{kind: opMarker, done: make(chan error, 1), logOnly: logOnly}
 	if err := c.enqueue(&op); err != nil {
@@ -264,10 +295,50 @@ func (c *committer) process(batch []pendingOp, force bool) {
 		}
 	}
 	for i := range batch {
-		if done := batch[i].done; done != nil {
-			done <- err
+		op := &batch[i]
+		if op.snapshot != nil && err == nil {
+			if serr := c.snapshot(op.snapshot); serr != nil {
+				c.fail(serr)
+				err = c.failure()
+			}
+		}
+		if op.done != nil {
+			op.done <- err
 		}
 	}
+}
+
+// snapshot hands a read transaction over the just-applied state to out,
+// then gives the database a new log id (keeping the old one as the
+// previous id) and writes it into the log's header. A copy made from the
+// transaction thus carries an id no later log record is written under, so
+// a backup restored beside a log left by a later crash refuses that log
+// instead of replaying records that do not continue it.
+//
+// The transaction goes out before the id changes: should the change have
+// to grow bbolt's memory map, it waits for the copy to end, on this
+// goroutine only.
+func (c *committer) snapshot(out chan<- *bbolt.Tx) error {
+	tx, err := c.s.db.Begin(false)
+	if err != nil {
+		return err
+	}
+	out <- tx
+	id := make([]byte, 8)
+	if _, err := rand.Read(id); err != nil {
+		return err
+	}
+	err = c.s.db.Update(func(tx *bbolt.Tx) error {
+		m := tx.Bucket(bMeta)
+		if err := m.Put(kWALPrevID, bytes.Clone(m.Get(kWALID))); err != nil {
+			return err
+		}
+		return m.Put(kWALID, id)
+	})
+	if err != nil {
+		return err
+	}
+	return c.wal.setID(id)
 }
 
 func (c *committer) write(batch []pendingOp, force bool) error {

@@ -44,6 +44,7 @@ const (
 var (
 	kWALApplied = []byte("wal_applied") // sequence of the last batch applied to bbolt
 	kWALID      = []byte("wal_id")      // random id tying a log file to this database
+	kWALPrevID  = []byte("wal_prev_id") // the id before the last backup (see committer.snapshot)
 
 	walCRC = crc32.MakeTable(crc32.Castagnoli)
 )
@@ -78,6 +79,15 @@ func (w *walFile) reset() error {
 	return nil
 }
 
+// setID writes a new id into the log's header. The log holds no record
+// that is not applied when it is called.
+func (w *walFile) setID(id []byte) error {
+	if _, err := w.f.WriteAt(append([]byte(walMagic), id...), 0); err != nil {
+		return err
+	}
+	return w.sync()
+}
+
 func (w *walFile) sync() error {
 	if w.noSync {
 		return nil
@@ -98,6 +108,7 @@ func (w *walFile) close(remove bool) error {
 // walState is what Open reads from bbolt about the log.
 type walState struct {
 	id      []byte
+	prevID  []byte // the id before the last backup, if any
 	applied uint64
 }
 
@@ -122,12 +133,20 @@ func openWAL(path string, st walState, noSync bool) (w *walFile, unapplied []byt
 	}
 	w = &walFile{f: f, off: int64(walHeaderLen), noSync: noSync}
 	hdr := append([]byte(walMagic), st.id...)
+	prev := append([]byte(walMagic), st.prevID...)
 	switch {
 	case len(data) >= walHeaderLen && bytes.Equal(data[:walHeaderLen], hdr):
 		var end int
 		unapplied, end, lastSeq = scanWAL(data[walHeaderLen:], st.applied)
 		w.off += int64(end)
 		return w, unapplied, lastSeq, nil
+	case len(st.prevID) == 8 && len(data) >= walHeaderLen && bytes.Equal(data[:walHeaderLen], prev):
+		// A crash between a backup's id change and the header's rewrite:
+		// everything in the log was applied before the change.
+		if err := w.setID(st.id); err != nil {
+			return nil, nil, 0, err
+		}
+		return w, nil, lastSeq, nil
 	case tornHeader(data, hdr):
 	default:
 		// Another database's log (or not a log at all): never replay it

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -449,5 +450,104 @@ func TestWALReaderVarints(t *testing.T) {
 	}
 	if r.varint(); r.err == nil {
 		t.Fatal("reading past the end did not fail")
+	}
+}
+
+// TestBackupRotatesLogID checks that a backup restored beside a log left
+// by a later crash refuses that log (its records do not continue the
+// backup: the live database went on under a new log id), and opens once
+// the log is moved away, with the backup's state.
+func TestBackupRotatesLogID(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "gw.db")
+	s, err := Open(path, Options{NoSync: true, CheckpointInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, k := register(t, s, "bk@example.com", 1000)
+	settleN(t, s, u.ID, k.ID, 3, 10)
+	backup := filepath.Join(dir, "backup.db")
+	f, err := os.Create(backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Backup(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	settleN(t, s, u.ID, k.ID, 2, 10) // logged under the new id only
+	if err := s.c.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, walPath(path), walPath(backup)) // as a crash would leave it
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := Open(backup, Options{NoSync: true}); err == nil || !strings.Contains(err.Error(), "not the write-ahead log of this database") {
+		t.Fatalf("Open of a backup beside a later log: %v", err)
+	}
+	if err := os.Remove(walPath(backup)); err != nil {
+		t.Fatal(err)
+	}
+	b := openTestStore(t, backup)
+	defer b.Close()
+	if bal := mustBalance(t, b, u.ID); bal.Credits != 970 {
+		t.Fatalf("restored balance %d, want 970", bal.Credits)
+	}
+	if err := b.VerifyLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The original database still opens with its own log.
+	s = openTestStore(t, path)
+	defer s.Close()
+	if bal := mustBalance(t, s, u.ID); bal.Credits != 950 {
+		t.Fatalf("balance %d, want 950", bal.Credits)
+	}
+}
+
+// TestLogUnderPreviousIDAccepted covers a crash between a backup's id
+// change and the rewrite of the log's header: the log (all applied) is
+// taken, and its header brought up to date.
+func TestLogUnderPreviousIDAccepted(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "gw.db")
+	s := openTestStore(t, path)
+	u, k := register(t, s, "prev@example.com", 100)
+	settleN(t, s, u.ID, k.ID, 2, 1)
+	if _, err := s.Backup(ctx, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var prev []byte
+	s.db.View(func(tx *bbolt.Tx) error {
+		prev = bytes.Clone(tx.Bucket(bMeta).Get(kWALPrevID))
+		return nil
+	})
+	if len(prev) != 8 {
+		t.Fatalf("previous log id %x", prev)
+	}
+	stale, err := os.ReadFile(walPath(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	copy(stale[len(walMagic):], prev)
+	if err := os.WriteFile(walPath(path), stale, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = openTestStore(t, path)
+	defer s.Close()
+	if bal := mustBalance(t, s, u.ID); bal.Credits != 98 {
+		t.Fatalf("balance %d, want 98", bal.Credits)
+	}
+	head, _ := os.ReadFile(walPath(path))
+	var id []byte
+	s.db.View(func(tx *bbolt.Tx) error {
+		id = bytes.Clone(tx.Bucket(bMeta).Get(kWALID))
+		return nil
+	})
+	if !bytes.Equal(head[len(walMagic):walHeaderLen], id) {
+		t.Fatal("log header not rewritten to the current id")
 	}
 }
