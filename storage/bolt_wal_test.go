@@ -143,6 +143,17 @@ func TestWALOpRoundTrip(t *testing.T) {
 	}
 }
 
+// openLogOnly opens a store that applies its log only when a caller
+// needs bbolt current (no checkpoint timer in practice).
+func openLogOnly(t testing.TB, path string) *BoltStore {
+	t.Helper()
+	s, err := Open(path, Options{NoSync: true, CheckpointInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // copyFile copies src to dst.
 func copyFile(t *testing.T, src, dst string) {
 	t.Helper()
@@ -178,10 +189,7 @@ func TestWALReplay(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "gw.db")
-	s, err := Open(path, Options{NoSync: true, CheckpointInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openLogOnly(t, path)
 	u, k := register(t, s, "wal@example.com", 1000)
 	settleN(t, s, u.ID, k.ID, 10, 7)
 	if err := s.c.sync(ctx); err != nil {
@@ -277,11 +285,7 @@ func TestForeignWALRefused(t *testing.T) {
 // when a read needs one, so every read of logged data must apply it.
 func TestBoltConformanceLogOnly(t *testing.T) {
 	runStoreConformance(t, func(t *testing.T) Store {
-		s, err := Open(filepath.Join(t.TempDir(), "gw.db"), Options{NoSync: true, CheckpointInterval: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+		return openLogOnly(t, filepath.Join(t.TempDir(), "gw.db"))
 	})
 }
 
@@ -342,10 +346,7 @@ func TestIdleLogIsApplied(t *testing.T) {
 // reported to waiters, to Ping and to every later write.
 func TestLogWriteFailureStopsWrites(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(filepath.Join(t.TempDir(), "gw.db"), Options{NoSync: true, CheckpointInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openLogOnly(t, filepath.Join(t.TempDir(), "gw.db"))
 	u, k := register(t, s, "fail@example.com", 100)
 	s.c.wal.f.Close() // every append now fails
 	settleN(t, s, u.ID, k.ID, 1, 1)
@@ -461,10 +462,7 @@ func TestBackupRotatesLogID(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "gw.db")
-	s, err := Open(path, Options{NoSync: true, CheckpointInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openLogOnly(t, path)
 	u, k := register(t, s, "bk@example.com", 1000)
 	settleN(t, s, u.ID, k.ID, 3, 10)
 	backup := filepath.Join(dir, "backup.db")
