@@ -162,26 +162,30 @@ func (c *committer) flush(ctx context.Context) error { return c.wait(ctx, false)
 func (c *committer) sync(ctx context.Context) error { return c.wait(ctx, true) }
 
 // snapshotTx returns a read transaction that sees every op queued before
-// the call applied; the caller rolls it back. It does not honour a
-// cancelled context: the transaction is made at once and must reach the
-// caller to be closed.
+// the call applied; the caller rolls it back. It returns as soon as the
+// transaction is made, without waiting for the id change that follows
+// (which may wait for the transaction to end). It does not honour a
+// cancelled context: the transaction must reach the caller to be closed.
 func (c *committer) snapshotTx() (*bbolt.Tx, error) {
 	out := make(chan *bbolt.Tx, 1)
 	op := pendingOp{kind: opMarker, done: make(chan error, 1), snapshot: out}
 	if err := c.enqueue(&op); err != nil {
 		return nil, err
 	}
-	err := <-op.done
 	select {
 	case tx := <-out:
-		if err != nil {
-			tx.Rollback()
-			return nil, err
-		}
 		return tx, nil
-	default:
-		if err == nil {
-			err = ErrClosed
+	case err := <-op.done:
+		select {
+		case tx := <-out: // made, then the id change failed
+			if err == nil {
+				return tx, nil
+			}
+			tx.Rollback()
+		default:
+			if err == nil {
+				err = ErrClosed
+			}
 		}
 		return nil, err
 	}

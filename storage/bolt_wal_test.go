@@ -517,6 +517,9 @@ func TestLogUnderPreviousIDAccepted(t *testing.T) {
 	if _, err := s.Backup(ctx, io.Discard); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Flush(ctx); err != nil { // the id change follows the copy
+		t.Fatal(err)
+	}
 	var prev []byte
 	s.db.View(func(tx *bbolt.Tx) error {
 		prev = bytes.Clone(tx.Bucket(bMeta).Get(kWALPrevID))
