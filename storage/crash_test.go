@@ -19,9 +19,10 @@ import (
 // every stored balance, and everything reported durable survived. In
 // "flush" mode the child reports settlements durable after Flush (applied
 // to the database file) and checkpoints every 2ms as well, so the kill can
-// land in a checkpoint; in "log" mode after they are synced to the
-// write-ahead log, with no checkpoint at all, so the reopened store has
-// them only by replaying the log.
+// land in a checkpoint; in "log" mode once they are synced to the
+// write-ahead log, with no timed checkpoint (only the log's size bound
+// applies it now and then), so the reopened store has the latest ones only
+// by replaying the log.
 func TestCrashKeepsLedgerConsistent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns a child process")
