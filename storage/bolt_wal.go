@@ -16,22 +16,27 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// The write-ahead log makes each group commit one sequential append and
-// one fdatasync instead of a bbolt transaction (a dozen scattered pages and
-// two syncs). The committer writes every batch to the log when its window
+// The write-ahead log makes each group commit one sequential write and one
+// fdatasync instead of a bbolt transaction (a dozen scattered pages and two
+// syncs). The committer writes every batch to the log when its window
 // closes, and applies the logged batches to bbolt together, in one
 // transaction, about once per CheckpointInterval (and whenever a caller
-// needs bbolt to be current: Flush, AddCredits, Close). That transaction
-// also stores the last applied batch's sequence number, so replaying the
-// log on Open applies exactly the batches bbolt lacks.
+// needs bbolt to be current: Flush, AddCredits, Backup, Close; a batch of
+// directBatch ops or more is applied at once instead of logged). That
+// transaction also stores the last applied batch's sequence number, so
+// replaying the log on Open applies exactly the batches bbolt lacks.
 //
 // File: a header (walMagic, then the database's log id, 8 bytes), then
 // records: payload length (4 bytes), CRC-32C of the payload (4 bytes),
 // payload. Payload: batch sequence (8 bytes), op count and settlement count
-// (4 bytes each), the ops (appendWALOp). Replay stops at the first record
-// that is short, fails its checksum or does not follow the previous one: a
-// crash can tear only the last append, and a record the crash kept after a
-// torn one was never reported durable.
+// (4 bytes each), the ops (appendWALOp). After a checkpoint new records
+// overwrite the applied ones from the start (see reset). Replay stops at
+// the first record that is short, fails its checksum or does not follow
+// the previous one: a crash can tear only the last write, and a record the
+// crash kept after a torn one was never reported durable.
+//
+// The log id changes with every backup (see committer.snapshot), so a
+// restored backup never takes a log written after it.
 
 const walMagic = "GWZWAL1\n"
 
