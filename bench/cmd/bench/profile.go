@@ -90,7 +90,9 @@ var breakdown = []part{
 		}
 		return g - cumOf(c, sfxProxy)
 	}},
-	{"· · request body read, parse, rewrite", func(c map[string]float64, t float64) float64 { return cumOf(c, "caddymodule.readInference", "caddymodule.readInferenceInto") }},
+	{"· · request body read, parse, rewrite", func(c map[string]float64, t float64) float64 {
+		return cumOf(c, "caddymodule.readInferenceInto") // readInference wraps it: counting both would count twice
+	}},
 	{"· · auth, access, plan, rate limits, reservation", func(c map[string]float64, t float64) float64 {
 		return cumOf(c, "caddymodule.(*Gateway).authenticate", "caddymodule.(*Gateway).newAdmission", "caddymodule.(*Gateway).checkAccess",
 			"caddymodule.(*Gateway).admit", "caddymodule.(*Gateway).reserve")
