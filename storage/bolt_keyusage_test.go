@@ -85,15 +85,7 @@ func TestMigrationKeepsKeyCounters(t *testing.T) {
 	if _, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 1, MaxRequests: 41}); err != ErrRequestLimit {
 		t.Fatalf("limit from the JSON counter not applied: %v", err)
 	}
-	for i := 0; i < 3; i++ {
-		r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := s.Settle(ctx, r, 1, UsageRecord{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	settleN(t, s, u.ID, k.ID, 3, 1)
 	s.Close()
 
 	s = openTestStore(t, path)
@@ -120,15 +112,7 @@ func TestKeyUsageFollowsKeyWrites(t *testing.T) {
 	s := openTestStore(t, filepath.Join(t.TempDir(), "gw.db"))
 	defer s.Close()
 	u, k := register(t, s, "kw@example.com", 1000)
-	for i := 0; i < 2; i++ {
-		r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := s.Settle(ctx, r, 1, UsageRecord{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	settleN(t, s, u.ID, k.ID, 2, 1)
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -161,13 +145,7 @@ func TestKeyUsageFollowsKeyWrites(t *testing.T) {
 		return nil
 	})
 	// A settlement queued for the deleted key writes no counters record.
-	r, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.Settle(ctx, r, 1, UsageRecord{}); err != nil {
-		t.Fatal(err)
-	}
+	settleN(t, s, u.ID, k.ID, 1, 1)
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,21 @@ func openTestStore(t testing.TB, path string) *BoltStore {
 	return s
 }
 
+// settleN settles n requests of cost each for the user's key.
+func settleN(t *testing.T, s *BoltStore, uid, kid int64, n int, cost int64) {
+	t.Helper()
+	ctx := context.Background()
+	for i := 0; i < n; i++ {
+		r, err := s.Reserve(ctx, ReserveRequest{UserID: uid, KeyID: kid, Credits: cost})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.Settle(ctx, r, cost, UsageRecord{Model: "m", TotalTokens: cost, RequestID: "r"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestBoltConformance(t *testing.T) {
 	runStoreConformance(t, func(t *testing.T) Store {
 		return openTestStore(t, filepath.Join(t.TempDir(), "gw.db"))

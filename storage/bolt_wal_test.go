@@ -166,21 +166,6 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 }
 
-// settleN settles n requests of cost each for the user's key.
-func settleN(t *testing.T, s *BoltStore, uid, kid int64, n int, cost int64) {
-	t.Helper()
-	ctx := context.Background()
-	for i := 0; i < n; i++ {
-		r, err := s.Reserve(ctx, ReserveRequest{UserID: uid, KeyID: kid, Credits: cost})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := s.Settle(ctx, r, cost, UsageRecord{Model: "m", TotalTokens: cost, RequestID: "r"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // TestWALReplay builds the state a crash leaves (settlements in the log,
 // not in the database file) from copies of both files, and checks that
 // Open applies them once: a second replay of the same log (a truncation
