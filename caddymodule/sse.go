@@ -37,6 +37,80 @@ type sseScanner struct {
 	generated textCounter // characters of generated text seen in deltas
 	events    int64       // data events seen (excluding [DONE])
 	sawDone   bool
+
+	shape     *eventShape // the last content event counted in full (pooled)
+	shapeHits int64       // events counted from the kept shape
+}
+
+// eventShape is the last content event (no usage object, no escaped
+// quote) that the scanner counted in full, kept so that the next event
+// need not be scanned again where it repeats it. A stream's content events
+// are one JSON text with another string in the same place: ids, model,
+// timestamps and keys stay. An event whose bytes equal the kept one's up
+// to the first generated-text string is, there, where the full scan of the
+// kept event was, so only that string and what follows it are scanned; and
+// what follows is known too when it equals the kept event's, byte for byte.
+type eventShape struct {
+	data  []byte      // the kept event's data; empty: none
+	span  textSpan    // its first generated-text string
+	after textCounter // the generated text after that string
+}
+
+// shapePool recycles the shapes (and their buffers) of ended streams.
+var shapePool = sync.Pool{New: func() any { return &eventShape{data: make([]byte, 0, 512)} }}
+
+// maxShape bounds the events kept as a shape.
+const maxShape = 4 << 10
+
+// count counts the generated text of an event of the kept shape; ok is
+// false when the event needs a full scan (another shape, a usage object
+// or an escaped quote after the shape's prefix).
+func (sh *eventShape) count(d []byte) (tc textCounter, ok bool) {
+	if sh == nil || len(sh.data) == 0 {
+		return tc, false
+	}
+	open := sh.span.open
+	if len(d) <= open || !bytes.Equal(d[:open], sh.data[:open]) {
+		return tc, false
+	}
+	end, escQuote := stringEndEsc(d, open)
+	if end < 0 || escQuote || string(d[open:end]) == "usage" { // the scan checks what follows "usage"
+		return tc, false
+	}
+	countJSONString(d[open:end], &tc)
+	if bytes.Equal(d[end:], sh.data[sh.span.close:]) {
+		tc.add(sh.after)
+		return tc, true
+	}
+	var after textCounter
+	if usageObj, exact := scanGeneratedFrom(d, end+1, end, &after, nil); usageObj || !exact {
+		return textCounter{}, false
+	}
+	sh.keep(d, textSpan{open: open, close: end}, after)
+	tc.add(after)
+	return tc, true
+}
+
+// keep makes d, whose first generated-text string is at span and which has
+// the generated text after after it, the kept shape.
+func (sh *eventShape) keep(d []byte, span textSpan, after textCounter) {
+	if len(d) > maxShape {
+		sh.data = sh.data[:0]
+		return
+	}
+	sh.data = append(sh.data[:0], d...)
+	sh.span, sh.after = span, after
+}
+
+// keepShape keeps d as the stream's shape (see eventShape).
+func (s *sseScanner) keepShape(d []byte, span textSpan, after textCounter) {
+	if s.shape == nil {
+		if len(d) > maxShape {
+			return
+		}
+		s.shape = shapePool.Get().(*eventShape)
+	}
+	s.shape.keep(d, span, after)
 }
 
 // sseSink receives the bytes a strip-mode scanner forwards, in order.
@@ -139,9 +213,17 @@ func (s *sseScanner) finish(out sseSink) {
 	}
 }
 
-// release returns the line buffer to its pool at the end of the stream; a
-// line held then is dropped (finish forwards it first).
+// release returns the line buffer and the kept shape to their pools at the
+// end of the stream; a line held then is dropped (finish forwards it
+// first).
 func (s *sseScanner) release() {
+	if sh := s.shape; sh != nil {
+		s.shape = nil
+		if cap(sh.data) <= maxPooledLine {
+			*sh = eventShape{data: sh.data[:0]}
+			shapePool.Put(sh)
+		}
+	}
 	if s.lineBuf == nil {
 		return
 	}
@@ -181,14 +263,26 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 		return false
 	}
 	s.events++
+	if text, ok := s.shape.count(data); ok {
+		s.shapeHits++
+		s.generated.add(text)
+		return false
+	}
 	// One pass counts the generated text and looks for a usage object; the
 	// count is kept unless this is the usage-only event.
 	var text textCounter
-	usageObj, exact := scanGenerated(data, &text)
+	first := textSpan{open: -1}
+	usageObj, exact := scanGeneratedFrom(data, 0, -1, &text, &first)
 	if !exact {
 		usageObj = hasUsageObject(data)
 	}
 	if !usageObj {
+		if exact && first.open >= 0 {
+			// The text before the first generated-text string is none.
+			var mid textCounter
+			countJSONString(data[first.open:first.close], &mid)
+			s.keepShape(data, first, textCounter{ascii: text.ascii - mid.ascii, other: text.other - mid.other})
+		}
 		s.generated.add(text)
 		return false
 	}

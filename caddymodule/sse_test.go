@@ -199,6 +199,10 @@ func TestSSEScannerLongLine(t *testing.T) {
 	}
 }
 
+// BenchmarkSSEScan measures the scan per event: passthrough and strip feed
+// one content event again and again (after the first, counted from the kept
+// shape, as most events of a stream are); full makes every event a full
+// scan.
 func BenchmarkSSEScan(b *testing.B) {
 	ev := []byte("data: " + benchSSEData + "\n\n")
 	for _, strip := range []bool{false, true} {
@@ -216,6 +220,24 @@ func BenchmarkSSEScan(b *testing.B) {
 			}
 		})
 	}
+	// Events of two shapes in turn: each one is scanned in full.
+	other := []byte("data: " + strings.Replace(benchSSEData, `"index":0,`, "", 1) + "\n\n")
+	b.Run("full", func(b *testing.B) {
+		s := &sseScanner{}
+		b.SetBytes(int64(len(ev)))
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if i++; i&1 == 0 {
+				s.feed(ev, nil)
+			} else {
+				s.feed(other, nil)
+			}
+		}
+		if s.shapeHits != 0 {
+			b.Fatalf("%d shape hits", s.shapeHits)
+		}
+	})
 }
 
 // benchSSEData is the data of a typical content event.
@@ -466,5 +488,68 @@ func FuzzSSEScannerReference(f *testing.F) {
 	f.Add([]byte("data:{\"content\":\"\\u00e9\\\"\"}\n\n:comment\nevent: x\n"), uint16(9), uint16(0), true)
 	f.Fuzz(func(t *testing.T, stream []byte, cut1, cut2 uint16, strip bool) {
 		checkScannerMatchesReference(t, splitAt(stream, cut1, cut2), strip)
+	})
+}
+
+// repeatedStream is a stream of events that repeat one shape: event i is
+// prefix, contents[i] and suffixes[i%len(suffixes)], then [DONE].
+func repeatedStream(prefix string, suffixes, contents []string) []byte {
+	var b bytes.Buffer
+	for i, c := range contents {
+		b.WriteString("data: " + prefix + c + suffixes[i%len(suffixes)] + "\n\n")
+	}
+	b.WriteString("data: [DONE]\n\n")
+	return b.Bytes()
+}
+
+// Streams whose events repeat a shape count the same as the reference,
+// whether the kept shape is reused whole (same tail), reused up to its
+// string (another tail: OpenAI's obfuscation padding) or refused (an
+// escaped quote, a string "usage", a usage object in a content event).
+func TestSSEScannerRepeatedShapes(t *testing.T) {
+	mockPrefix := `{"choices":[{"delta":{"content":"`
+	mockTail := `"},"finish_reason":null,"index":0}],"created":1735689600,"id":"chatcmpl-mock","model":"m","object":"chat.completion.chunk"}`
+	oaPrefix := `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"`
+	oaTail := `"},"logprobs":null,"finish_reason":null}],"usage":null`
+	words := []string{"Hello", ",", " w\u00f6rld", "", " \\n", "\\u00e9", "usage", " again", "x", "y"}
+	cases := []struct {
+		name     string
+		stream   []byte
+		minHits  int64
+		ascii    int64
+		other    int64
+		hasUsage bool
+	}{
+		{"same tail", repeatedStream(mockPrefix, []string{mockTail}, words), 7, 26, 2, false},
+		{"tails vary", repeatedStream(oaPrefix, []string{oaTail + `,"obfuscation":"ab"}`, oaTail + `,"obfuscation":"abcdef"}`, oaTail + `}`}, words), 7, 26, 2, false},
+		{"escaped quotes", repeatedStream(mockPrefix, []string{mockTail}, []string{"a", `\"`, "b", `c\"d`, "e"}), 2, 7, 0, false},
+		{"generated text in the tail", repeatedStream(`{"choices":[{"delta":{"content":"`, []string{`","reasoning":"hm"}}]}`, `","reasoning":"hmm"}}]}`}, words), 7, 26 + 25, 2, false},
+		{"same length, other text in the tail", repeatedStream(mockPrefix, []string{`","reasoning":"abcdef"}`, `","reasoning":"\u00e9"}`}, words), 7, 26 + 5*6, 2 + 5, false},
+		{"usage in a content event", repeatedStream(oaPrefix, []string{oaTail + "}", `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}`}, []string{"a", "b", "c", "d"}), 1, 4, 0, true},
+	}
+	for _, tc := range cases {
+		for _, strip := range []bool{false, true} {
+			s, _ := runScanner(strip, [][]byte{tc.stream})
+			if s.shapeHits < tc.minHits || s.generated != (textCounter{ascii: tc.ascii, other: tc.other}) || s.haveUsage != tc.hasUsage {
+				t.Errorf("%s (strip %v): %d shape hits (want >= %d), generated %+v (want %d, %d), usage %v",
+					tc.name, strip, s.shapeHits, tc.minHits, s.generated, tc.ascii, tc.other, s.haveUsage)
+			}
+			for cut := 0; cut < len(tc.stream); cut += 7 {
+				checkScannerMatchesReference(t, splitAt(tc.stream, uint16(cut), uint16(cut+90)), strip)
+			}
+		}
+	}
+}
+
+// FuzzSSEScannerRepeatedEvents holds the scanner to the reference on
+// streams of events that repeat a shape with other strings in it (NUL
+// separates the contents), with tails that change every other event: the
+// events the kept shape (eventShape) counts.
+func FuzzSSEScannerRepeatedEvents(f *testing.F) {
+	f.Add(`{"choices":[{"delta":{"content":"`, `"},"index":0}],"usage":null}`, `,"obfuscation":"x"}`, "hi\x00 there\x00usage\x00\\\"\x00\u00e9", uint16(50), false)
+	f.Add(`{"id":"a","choices":[{"delta":{"role":"assistant","content":"`, `"}}],"usage":{"total_tokens":`, `4}}`, "a\x00b\x00c", uint16(0), true)
+	f.Fuzz(func(t *testing.T, prefix, tail, extra, contents string, cut uint16, strip bool) {
+		stream := repeatedStream(prefix, []string{tail, tail + extra}, strings.Split(contents, "\x00"))
+		checkScannerMatchesReference(t, splitAt(stream, cut, cut+300), strip)
 	})
 }

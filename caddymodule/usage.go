@@ -412,13 +412,24 @@ func countGeneratedText(b []byte, tc *textCounter) {
 // consecutive ones enclose either a string's contents or the bytes between
 // two strings: a raw "usage" is one of those spans.
 func scanGenerated(b []byte, tc *textCounter) (usageObj, exact bool) {
+	return scanGeneratedFrom(b, 0, -1, tc, nil)
+}
+
+// textSpan is where the contents of a JSON string lie in a scanned text:
+// b[open:close], with its closing quote at close.
+type textSpan struct{ open, close int }
+
+// scanGeneratedFrom is scanGenerated resumed at offset i, where prevClose
+// is the closing quote of the last string walked over (-1: none). When
+// first is not nil, it receives the span of the first generated-text string
+// counted (first.open stays -1 when there is none).
+func scanGeneratedFrom(b []byte, i, prevClose int, tc *textCounter, first *textSpan) (usageObj, exact bool) {
 	exact = true
 	isUsage := func(open, close int) bool {
 		return !usageObj && close-open == len(usageKey)-1 && string(b[open+1:close]) == "usage" &&
 			usageObjectAfter(b, open) >= 0
 	}
-	prevClose := -1 // closing quote of the last string
-	for i := 0; ; {
+	for {
 		q := indexQuote(b, i)
 		if q < 0 {
 			return usageObj, exact
@@ -460,6 +471,9 @@ func scanGenerated(b []byte, tc *textCounter) (usageObj, exact bool) {
 		}
 		prevClose = vEnd
 		if isGeneratedTextKey(b[kStart:kEnd]) {
+			if first != nil && first.open < 0 {
+				*first = textSpan{open: j + 1, close: vEnd}
+			}
 			countJSONString(b[j+1:vEnd], tc)
 		}
 		i = vEnd + 1
