@@ -14,7 +14,7 @@ import (
 )
 
 // meterMode is how the meter handles the response body.
-type meterMode int
+type meterMode uint8
 
 const (
 	modeNone     meterMode = iota // no header yet
@@ -34,6 +34,9 @@ const (
 	// overflowTail is how much of an overflowing response is kept to find
 	// its usage object.
 	overflowTail = 64 << 10
+	// lateHeaderDelay bounds how long a stream's response header waits for
+	// the first event to go out with it (see meter.holdHeader).
+	lateHeaderDelay = time.Second
 )
 
 // meter wraps the response writer of a metered request. It embeds
@@ -42,8 +45,10 @@ const (
 // Write, ReadFrom and FlushError:
 //
 //   - 2xx event streams are written through immediately (flushes
-//     preserved) while an sseScanner reads usage and counts generated text;
-//     it strips the injected usage chunk when the client did not ask for it;
+//     preserved, except that the header waits for the first event: see
+//     holdHeader) while an sseScanner reads usage and counts generated
+//     text; it strips the injected usage chunk when the client did not ask
+//     for it;
 //   - other 2xx bodies are buffered (up to maxBuffer) so the handler can
 //     settle and add gateway_usage with a correct Content-Length;
 //   - error statuses are buffered (bounded) so the handler can pass them on
@@ -54,24 +59,37 @@ const (
 type meter struct {
 	caddyhttp.ResponseWriterWrapper
 
-	streamStrip bool // strip the usage-only event (client did not ask for usage)
-	maxBuffer   int
-	hook        headerHook
+	maxBuffer int
+	hook      headerHook
 
 	status      int
 	mode        meterMode
+	streamStrip bool // strip the usage-only event (client did not ask for usage)
+	headerSent  bool
+	unflushed   bool         // strip mode: header or bytes sent since the last flush
+	bodyStarted bool         // stream mode: bytes were written to the client
 	buf         bytes.Buffer // buffered body (modeBuffer, modeError)
 	bufPtr      *[]byte      // the pooled slice buf started from
 	tail        []byte
-	out         stripOut   // stream bytes to forward (strip mode)
-	sse         sseScanner // in use in modeStream
-	written     int64      // body bytes sent to the client
-	headerSent  bool
-	unflushed   bool // strip mode: header or bytes sent since the last flush
+	out         stripOut    // stream bytes to forward (strip mode)
+	sse         sseScanner  // in use in modeStream
+	written     int64       // body bytes sent to the client
+	late        *lateHeader // a stream's header held for its first event (holdHeader)
 	start       time.Time
 	firstHeader time.Duration // time from start to the upstream's header
 	writeErr    error
 	clValue     [1]string // backing of the Content-Length value writeBuffered sets
+}
+
+// lateHeader is a stream's response header held back for its first event,
+// with the timer that flushes it if no event comes in time. Its lock
+// orders that flush, which runs on the timer's goroutine, with the
+// handler's first write and the end of the response.
+type lateHeader struct {
+	mu    sync.Mutex
+	done  bool // the body started, the header was flushed, or the response ended
+	timer *time.Timer
+	w     http.ResponseWriter
 }
 
 // headerHook is called just before the meter sends a header straight
@@ -168,6 +186,9 @@ func (m *meter) Write(p []byte) (int, error) {
 	switch m.mode {
 	case modeStream:
 		if !m.sse.strip {
+			if !m.bodyStarted {
+				m.startBody()
+			}
 			n, err := m.ResponseWriter.Write(p)
 			m.written += int64(n)
 			m.sse.feed(p[:n], nil)
@@ -327,6 +348,9 @@ func (m *meter) flushOut() error {
 		m.out.reset()
 		return m.writeErr
 	}
+	if !m.bodyStarted {
+		m.startBody()
+	}
 	n, err := m.ResponseWriter.Write(out)
 	m.out.reset()
 	m.written += int64(n)
@@ -357,6 +381,9 @@ func (m *meter) ReadFrom(r io.Reader) (int64, error) {
 func (m *meter) FlushError() error {
 	switch m.mode {
 	case modeStream, modeOverflow, modePass:
+		if m.mode == modeStream && !m.bodyStarted && m.holdHeader() {
+			return nil
+		}
 		if m.mode == modeStream && m.sse.strip {
 			// reverse_proxy flushes after every upstream read; one that
 			// was stripped whole (the injected usage event) sent nothing.
@@ -368,6 +395,55 @@ func (m *meter) FlushError() error {
 		return flush(m.ResponseWriter)
 	}
 	return nil
+}
+
+// holdHeader reports whether a flush of a stream whose body has not
+// started is to be skipped: its header then goes out with the first event,
+// in one write and one packet instead of two (reverse_proxy flushes the
+// header on its own as soon as it is written). An upstream slow to send
+// its first event gets the header flushed after lateHeaderDelay, so
+// clients and proxies waiting for a response header are not kept waiting
+// for the model.
+func (m *meter) holdHeader() bool {
+	if m.late == nil {
+		l := &lateHeader{w: m.ResponseWriter}
+		l.timer = time.AfterFunc(lateHeaderDelay, l.flush)
+		m.late = l
+		return true
+	}
+	m.late.mu.Lock()
+	defer m.late.mu.Unlock()
+	return !m.late.done
+}
+
+// flush flushes the held header when no event came in time. It does
+// nothing once the body started or the response ended (end).
+func (l *lateHeader) flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return
+	}
+	l.done = true
+	_ = flush(l.w)
+}
+
+// end stops the wait: after it returns, the timer no longer touches the
+// response.
+func (l *lateHeader) end() {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.done = true
+	l.mu.Unlock()
+	l.timer.Stop()
+}
+
+// startBody ends the wait for the first event before it is written.
+func (m *meter) startBody() {
+	m.bodyStarted = true
+	m.late.end()
 }
 
 // flush flushes w as http.ResponseController does, without allocating
@@ -402,6 +478,7 @@ func (m *meter) finishStream() {
 // buffered body must have been written). It may be called more than once;
 // a later write would just take a buffer again.
 func (m *meter) release() {
+	m.late.end()
 	m.out.reset()
 	m.sse.release()
 	m.releaseBuf()

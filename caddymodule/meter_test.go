@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // eventWriter records the order of header writes, body writes and flushes.
@@ -150,26 +151,93 @@ func TestIsEventStream(t *testing.T) {
 	}
 }
 
-// In strip mode the flush after the header still goes out (the client sees
-// the stream start), but a flush with nothing sent since the last is dropped.
-func TestMeterStripFlushesHeaderOnce(t *testing.T) {
+// A stream's header goes out with its first event: flushes before it are
+// held back (reverse_proxy flushes right after the header), and in strip
+// mode a flush with nothing sent since the last is dropped.
+func TestMeterStreamHeaderGoesWithFirstEvent(t *testing.T) {
+	for _, strip := range []bool{true, false} {
+		ew := &eventWriter{h: http.Header{}}
+		m := newMeter(ew, strip, 0, nil)
+		m.Header().Set("Content-Type", "text/event-stream")
+		m.WriteHeader(200)
+		rc := http.NewResponseController(m)
+		for range 2 {
+			if err := rc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if m.late == nil || m.late.timer == nil {
+			t.Fatalf("strip %v: no timer for the held header", strip)
+		}
+		if _, err := io.WriteString(m, "data: x\n\n"); err != nil {
+			t.Fatal(err)
+		}
+		_ = rc.Flush()
+		m.late.flush() // a timer that fired after the first event does nothing
+		m.finishStream()
+		want := []string{"header 200", "write data: x\n\n", "flush"}
+		if strings.Join(ew.events, "|") != strings.Join(want, "|") {
+			t.Fatalf("strip %v: events:\n got %q\nwant %q", strip, ew.events, want)
+		}
+	}
+}
+
+// flushSignal reports its flushes on a channel (they may come from a timer).
+type flushSignal struct {
+	http.ResponseWriter
+	flushes chan struct{}
+}
+
+func (f *flushSignal) Flush() { f.flushes <- struct{}{} }
+
+// An upstream that sends its header but no event gets the header flushed
+// after lateHeaderDelay, once; the first event then flushes as usual.
+func TestMeterStreamLateHeader(t *testing.T) {
+	fs := &flushSignal{ResponseWriter: httptest.NewRecorder(), flushes: make(chan struct{}, 4)}
+	m := newMeter(fs, true, 0, nil)
+	m.Header().Set("Content-Type", "text/event-stream")
+	m.WriteHeader(200)
+	if err := m.FlushError(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-fs.flushes:
+	case <-time.After(lateHeaderDelay + 5*time.Second):
+		t.Fatal("the held header was never flushed")
+	}
+	if err := m.FlushError(); err != nil { // header already out: flushes now
+		t.Fatal(err)
+	}
+	<-fs.flushes
+	if _, err := io.WriteString(m, "data: x\n\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.FlushError(); err != nil {
+		t.Fatal(err)
+	}
+	<-fs.flushes
+	m.finishStream()
+	if len(fs.flushes) != 0 {
+		t.Fatalf("%d flushes more than asked for", len(fs.flushes))
+	}
+}
+
+// The end of a response whose header is held (no event came) stops the
+// timer, so nothing touches the response after the handler returned.
+func TestMeterStreamEndStopsLateHeader(t *testing.T) {
 	ew := &eventWriter{h: http.Header{}}
 	m := newMeter(ew, true, 0, nil)
 	m.Header().Set("Content-Type", "text/event-stream")
 	m.WriteHeader(200)
-	rc := http.NewResponseController(m)
-	for range 2 {
-		if err := rc.Flush(); err != nil {
-			t.Fatal(err)
-		}
+	_ = m.FlushError()
+	l := m.late
+	m.finishStream()
+	if l.timer.Stop() {
+		t.Fatal("timer still running after the response ended")
 	}
-	if _, err := io.WriteString(m, "data: x\n\n"); err != nil {
-		t.Fatal(err)
-	}
-	_ = rc.Flush()
-	want := []string{"header 200", "flush", "write data: x\n\n", "flush"}
-	if strings.Join(ew.events, "|") != strings.Join(want, "|") {
-		t.Fatalf("events:\n got %q\nwant %q", ew.events, want)
+	l.flush() // as if it had fired at the end
+	if strings.Join(ew.events, "|") != "header 200" {
+		t.Fatalf("events after the end: %q", ew.events)
 	}
 }
 

@@ -18,11 +18,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // sseUpstream is an OpenAI-compatible upstream that streams chat
 // completions. The model name selects a behaviour:
 //   - "hold": one event, then waits for release before finishing;
+//   - "late": the header alone, then waits for release before the events;
 //   - "abandon": two events, then waits until the request is cancelled;
 //   - "err500" / "err429": an error response;
 //   - anything else: three events, the usage chunk when asked, [DONE].
@@ -81,6 +83,11 @@ func (u *sseUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	event := func(content string) {
 		fmt.Fprintf(w, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":%q},\"finish_reason\":null}]}\n\n", content)
 		_ = rc.Flush()
+	}
+	if req.Model == "late" {
+		_ = rc.Flush() // the header alone
+		u.started <- struct{}{}
+		<-u.release
 	}
 	event("Hello")
 	u.started <- struct{}{}
@@ -227,6 +234,51 @@ func TestMeteringStream(t *testing.T) {
 	}
 	if n, credits := g.monitor(key); n != 2 || credits != 24 {
 		t.Fatalf("monitor: %d requests, %d credits", n, credits)
+	}
+}
+
+// A stream's header waits for its first event, but not for long: an
+// upstream that sends its header and then nothing still gets it to the
+// client (after lateHeaderDelay), and the stream is metered as usual.
+func TestMeteringStreamHeaderBeforeFirstEvent(t *testing.T) {
+	up := startSSEUpstream(t)
+	g := startGateway(t, gatewayConfig{Upstream: up.hostPort()})
+	key, _ := g.registerUser("late@example.com")
+
+	js, _ := json.Marshal(streamBody("late", false))
+	req, _ := http.NewRequest("POST", gatewayBase+"/v1/chat/completions", strings.NewReader(string(js)))
+	req.Header.Set("Authorization", "Bearer "+key)
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := g.tester.Client.Do(req)
+		got <- result{resp, err}
+	}()
+	<-up.started // the upstream sent its header and holds the events back
+	var res result
+	select {
+	case res = <-got:
+	case <-time.After(30 * time.Second): // the header is due after about a second
+		close(up.release)
+		if r := <-got; r.resp != nil {
+			r.resp.Body.Close()
+		}
+		t.Fatal("no response header while the upstream sent no event")
+	}
+	if res.err != nil || res.resp.StatusCode != 200 || res.resp.Header.Get("X-Request-Id") == "" {
+		t.Fatalf("response %v, %v", res.resp, res.err)
+	}
+	close(up.release)
+	body, err := io.ReadAll(res.resp.Body)
+	res.resp.Body.Close()
+	if err != nil || !strings.HasPrefix(string(body), "data: ") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+		t.Fatalf("body %q, %v", body, err)
+	}
+	if c, reserved := g.balance(key); c != 1000-12 || reserved != 0 {
+		t.Fatalf("balance %d reserved %d", c, reserved)
 	}
 }
 
