@@ -242,6 +242,9 @@ func TestMeteringStream(t *testing.T) {
 // client (after lateHeaderDelay), and the stream is metered as usual.
 func TestMeteringStreamHeaderBeforeFirstEvent(t *testing.T) {
 	up := startSSEUpstream(t)
+	var released sync.Once
+	release := func() { released.Do(func() { close(up.release) }) }
+	t.Cleanup(release) // before the upstream's Close, which waits for its handler
 	g := startGateway(t, gatewayConfig{Upstream: up.hostPort()})
 	key, _ := g.registerUser("late@example.com")
 
@@ -262,18 +265,17 @@ func TestMeteringStreamHeaderBeforeFirstEvent(t *testing.T) {
 	select {
 	case res = <-got:
 	case <-time.After(30 * time.Second): // the header is due after about a second
-		close(up.release)
-		if r := <-got; r.resp != nil {
-			r.resp.Body.Close()
-		}
 		t.Fatal("no response header while the upstream sent no event")
 	}
-	if res.err != nil || res.resp.StatusCode != 200 || res.resp.Header.Get("X-Request-Id") == "" {
-		t.Fatalf("response %v, %v", res.resp, res.err)
+	if res.err != nil {
+		t.Fatal(res.err)
 	}
-	close(up.release)
+	defer res.resp.Body.Close()
+	if res.resp.StatusCode != 200 || res.resp.Header.Get("X-Request-Id") == "" {
+		t.Fatalf("response %d %v", res.resp.StatusCode, res.resp.Header)
+	}
+	release()
 	body, err := io.ReadAll(res.resp.Body)
-	res.resp.Body.Close()
 	if err != nil || !strings.HasPrefix(string(body), "data: ") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
 		t.Fatalf("body %q, %v", body, err)
 	}
