@@ -271,17 +271,15 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 	// One pass counts the generated text and looks for a usage object; the
 	// count is kept unless this is the usage-only event.
 	var text textCounter
-	first := textSpan{open: -1}
+	first := firstText{span: textSpan{open: -1}}
 	usageObj, exact := scanGeneratedFrom(data, 0, -1, &text, &first)
 	if !exact {
 		usageObj = hasUsageObject(data)
 	}
 	if !usageObj {
-		if exact && first.open >= 0 {
-			// The text before the first generated-text string is none.
-			var mid textCounter
-			countJSONString(data[first.open:first.close], &mid)
-			s.keepShape(data, first, textCounter{ascii: text.ascii - mid.ascii, other: text.other - mid.other})
+		if exact && first.span.open >= 0 {
+			after := textCounter{ascii: text.ascii - first.through.ascii, other: text.other - first.through.other}
+			s.keepShape(data, first.span, after)
 		}
 		s.generated.add(text)
 		return false

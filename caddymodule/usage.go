@@ -419,11 +419,18 @@ func scanGenerated(b []byte, tc *textCounter) (usageObj, exact bool) {
 // b[open:close], with its closing quote at close.
 type textSpan struct{ open, close int }
 
+// firstText is the first generated-text string a scan counted, and what
+// tc held once it was counted.
+type firstText struct {
+	span    textSpan
+	through textCounter
+}
+
 // scanGeneratedFrom is scanGenerated resumed at offset i, where prevClose
 // is the closing quote of the last string walked over (-1: none). When
-// first is not nil, it receives the span of the first generated-text string
-// counted (first.open stays -1 when there is none).
-func scanGeneratedFrom(b []byte, i, prevClose int, tc *textCounter, first *textSpan) (usageObj, exact bool) {
+// first is not nil, it receives the first generated-text string counted
+// (first.span.open stays -1 when there is none).
+func scanGeneratedFrom(b []byte, i, prevClose int, tc *textCounter, first *firstText) (usageObj, exact bool) {
 	exact = true
 	isUsage := func(open, close int) bool {
 		return !usageObj && close-open == len(usageKey)-1 && string(b[open+1:close]) == "usage" &&
@@ -471,10 +478,10 @@ func scanGeneratedFrom(b []byte, i, prevClose int, tc *textCounter, first *textS
 		}
 		prevClose = vEnd
 		if isGeneratedTextKey(b[kStart:kEnd]) {
-			if first != nil && first.open < 0 {
-				*first = textSpan{open: j + 1, close: vEnd}
-			}
 			countJSONString(b[j+1:vEnd], tc)
+			if first != nil && first.span.open < 0 {
+				*first = firstText{span: textSpan{open: j + 1, close: vEnd}, through: *tc}
+			}
 		}
 		i = vEnd + 1
 	}
