@@ -277,9 +277,18 @@ func (h *Handler) keysUsage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := h.now()
+	byKey, err := h.keyUsageThisMonth(r, id.User.ID, now)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	out := make([]map[string]any, 0, len(keys))
 	for _, k := range keys {
 		v := keyView(k, now)
+		month := byKey[k.ID]
+		if month == nil {
+			month = new(usageTotals)
+		}
 		out = append(out, map[string]any{
 			"key_id":             k.ID,
 			"api_key":            v["api_key"],
@@ -293,6 +302,7 @@ func (h *Handler) keysUsage(w http.ResponseWriter, r *http.Request) {
 			"environment_tag":    k.EnvironmentTag,
 			"created_at":         v["created_at"],
 			"last_used_at":       v["last_used_at"],
+			"usage_this_month":   month,
 		})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
@@ -307,4 +317,23 @@ func (h *Handler) keysUsage(w http.ResponseWriter, r *http.Request) {
 		},
 		"phase4_integration": true,
 	})
+}
+
+// keyUsageThisMonth totals the user's metered usage per key since the 1st
+// of the month (UTC), cached prompt tokens apart.
+func (h *Handler) keyUsageThisMonth(r *http.Request, userID int64, now time.Time) (map[int64]*usageTotals, error) {
+	recs, err := h.app.Store().ListUsage(r.Context(), storage.UsageFilter{UserID: userID, Since: monthStart(now)})
+	if err != nil {
+		return nil, err
+	}
+	byKey := map[int64]*usageTotals{}
+	for i := range recs {
+		t := byKey[recs[i].KeyID]
+		if t == nil {
+			t = new(usageTotals)
+			byKey[recs[i].KeyID] = t
+		}
+		t.add(&recs[i])
+	}
+	return byKey, nil
 }

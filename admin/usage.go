@@ -58,6 +58,8 @@ type usageTotals struct {
 	Tokens           int64 `json:"tokens"`
 	PromptTokens     int64 `json:"prompt_tokens"`
 	CompletionTokens int64 `json:"completion_tokens"`
+	CachedTokens     int64 `json:"cached_tokens"`
+	CacheWriteTokens int64 `json:"cache_write_tokens"`
 	Credits          int64 `json:"credits"`
 }
 
@@ -66,6 +68,8 @@ func (t *usageTotals) add(rec *storage.UsageRecord) {
 	t.Tokens += rec.TotalTokens
 	t.PromptTokens += rec.PromptTokens
 	t.CompletionTokens += rec.CompletionTokens
+	t.CachedTokens += rec.CachedTokens
+	t.CacheWriteTokens += rec.CacheWriteTokens
 	t.Credits += rec.Credits
 }
 
@@ -213,7 +217,8 @@ func (b *breakdown) rows(label string) []map[string]any {
 		t := b.by[k]
 		out = append(out, map[string]any{
 			label: k, "requests": t.Requests, "tokens": t.Tokens, "prompt_tokens": t.PromptTokens,
-			"completion_tokens": t.CompletionTokens, "credits": t.Credits,
+			"completion_tokens": t.CompletionTokens, "cached_tokens": t.CachedTokens,
+			"cache_write_tokens": t.CacheWriteTokens, "credits": t.Credits,
 		})
 	}
 	return out
@@ -263,6 +268,7 @@ func (h *Handler) userMonitor(w http.ResponseWriter, r *http.Request) {
 		"usage_metrics": map[string]any{
 			"total_requests": total.Requests, "total_tokens": total.Tokens, "total_credits": total.Credits,
 			"prompt_tokens": total.PromptTokens, "completion_tokens": total.CompletionTokens,
+			"cached_tokens": total.CachedTokens, "cache_write_tokens": total.CacheWriteTokens,
 			"requests_today": today.Requests, "tokens_today": today.Tokens, "credits_today": today.Credits,
 			"average_tokens_per_request": avg, "last_request_time": last,
 		},
@@ -370,7 +376,8 @@ func (h *Handler) adminMonitor(w http.ResponseWriter, r *http.Request) {
 		}
 		recent = append(recent, map[string]any{
 			"api_key": p, "key_id": rec.KeyID, "user_id": rec.UserID, "model": rec.Model,
-			"tokens_used": rec.TotalTokens, "cost": rec.Credits, "timestamp": rec.Time.UTC(),
+			"tokens_used": rec.TotalTokens, "cached_tokens": rec.CachedTokens, "cache_write_tokens": rec.CacheWriteTokens,
+			"cost": rec.Credits, "timestamp": rec.Time.UTC(),
 		})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
@@ -388,6 +395,7 @@ func (h *Handler) adminMonitor(w http.ResponseWriter, r *http.Request) {
 				"requests_this_month": month.Requests, "tokens_this_month": month.Tokens,
 				"cost_this_month": month.Credits, "average_tokens_per_request": avg,
 				"most_used_model": strings.TrimSpace(mostUsed), "last_request_time": last,
+				"cached_tokens": all.CachedTokens, "cache_write_tokens": all.CacheWriteTokens,
 			},
 			"usage_by_model":     byModel.rows("model"),
 			"top_users_by_usage": top,

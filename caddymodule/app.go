@@ -107,6 +107,7 @@ type App struct {
 	signupCredits int64
 	ctx           caddy.Context
 	logger        *zap.Logger
+	prices        *priceBook // the active price table
 }
 
 // CaddyModule returns the Caddy module information.
@@ -178,10 +179,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if err := validateGlob(p.Model); err != nil {
 			return fmt.Errorf("gatewayz: price: %v", err)
 		}
-		if p.PromptPer1K < 0 || p.CompletionPer1K < 0 {
+		if p.PromptPer1K < 0 || p.CompletionPer1K < 0 || negative(p.CacheReadPer1K) || negative(p.CacheWritePer1K) {
 			return fmt.Errorf("gatewayz: price for %q must not be negative", p.Model)
 		}
+		if max(p.PromptPer1K, p.CompletionPer1K, deref(p.CacheReadPer1K), deref(p.CacheWritePer1K)) > maxPricePer1K {
+			return fmt.Errorf("gatewayz: price for %q is too large", p.Model)
+		}
 	}
+	a.prices = newPriceBook(configPricing(a.Prices))
 	for _, m := range a.TrialModels {
 		if err := validateGlob(m); err != nil {
 			return fmt.Errorf("gatewayz: trial_models: %v", err)
@@ -288,8 +293,15 @@ func (a *App) SignupCredits() int64 { return a.signupCredits }
 // working.
 func (a *App) RotationGrace() time.Duration { return time.Duration(a.RotationGracePeriod) }
 
-// Pricing returns the configured model prices.
-func (a *App) Pricing() pricing { return pricing(a.Prices) }
+// Pricing returns the active price table.
+func (a *App) Pricing() pricing {
+	if a.prices != nil {
+		if p := a.prices.table.Load(); p != nil {
+			return *p
+		}
+	}
+	return configPricing(a.Prices)
+}
 
 // DatabasePath returns the absolute path of the database file.
 func (a *App) DatabasePath() string { return a.dbPath }

@@ -39,7 +39,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //	    default_limits {
 //	        requests_per_minute <n>    # and _hour, _day, tokens_per_*
 //	    }
-//	    price <model-glob> <prompt_per_1k> <completion_per_1k>
+//	    price <model-glob> <prompt_per_1k> <completion_per_1k> [<cache_read_per_1k> [<cache_write_per_1k>]]
 //	}
 //
 // Use runtime placeholders ({env.VAR}) for secrets, not {$VAR}: the latter
@@ -130,19 +130,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "price":
-			var model, prompt, completion string
-			if !d.AllArgs(&model, &prompt, &completion) {
-				return d.ArgErr()
+			mp, err := parsePrice(d)
+			if err != nil {
+				return err
 			}
-			if err := validateGlob(model); err != nil {
-				return d.Errf("price: %v", err)
-			}
-			p, err1 := strconv.ParseInt(prompt, 10, 64)
-			c, err2 := strconv.ParseInt(completion, 10, 64)
-			if err1 != nil || err2 != nil || p < 0 || c < 0 {
-				return d.Errf("price %s: prices must be non-negative integers (credits per 1,000 tokens)", model)
-			}
-			a.Prices = append(a.Prices, ModelPrice{Model: model, PromptPer1K: p, CompletionPer1K: c})
+			a.Prices = append(a.Prices, mp)
 		default:
 			return d.Errf("unknown gatewayz option %q", name)
 		}
@@ -157,3 +149,33 @@ func isPlaceholder(s string) bool {
 
 // Interface guards
 var _ caddyfile.Unmarshaler = (*App)(nil)
+
+// parsePrice parses the arguments of a price line: a model glob, then the
+// prompt, completion, cache-read and cache-write prices in credits per
+// 1,000 tokens; the cache prices are optional (default: the prompt price).
+func parsePrice(d *caddyfile.Dispenser) (ModelPrice, error) {
+	args := d.RemainingArgs()
+	if len(args) < 3 || len(args) > 5 {
+		return ModelPrice{}, d.ArgErr()
+	}
+	model := args[0]
+	if err := validateGlob(model); err != nil {
+		return ModelPrice{}, d.Errf("price: %v", err)
+	}
+	var n [4]int64
+	for i, s := range args[1:] {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v < 0 || v > maxPricePer1K {
+			return ModelPrice{}, d.Errf("price %s: prices must be non-negative integers (credits per 1,000 tokens), got %q", model, s)
+		}
+		n[i] = v
+	}
+	mp := ModelPrice{Model: model, PromptPer1K: n[0], CompletionPer1K: n[1]}
+	if len(args) > 3 {
+		mp.CacheReadPer1K = &n[2]
+	}
+	if len(args) > 4 {
+		mp.CacheWritePer1K = &n[3]
+	}
+	return mp, nil
+}

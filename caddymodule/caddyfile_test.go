@@ -180,6 +180,19 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad duration", input: `gatewayz {
 			rotation_grace soon
 		}`, wantErr: "bad rotation_grace"},
+		{name: "cache prices", input: `gatewayz {
+			price claude-* 3000 15000 300 3750
+			price gpt-4o* 2500 10000 1250
+		}`, want: App{Prices: []ModelPrice{
+			{Model: "claude-*", PromptPer1K: 3000, CompletionPer1K: 15000, CacheReadPer1K: new(int64(300)), CacheWritePer1K: new(int64(3750))},
+			{Model: "gpt-4o*", PromptPer1K: 2500, CompletionPer1K: 10000, CacheReadPer1K: new(int64(1250))},
+		}}},
+		{name: "price takes at most five args", input: `gatewayz {
+			price m 1 2 3 4 5
+		}`, wantErr: "wrong argument count"},
+		{name: "cache price must be integer", input: `gatewayz {
+			price m 1 2 0.1
+		}`, wantErr: "non-negative integers"},
 		{name: "price needs three args", input: `gatewayz {
 			price gpt-4o 1
 		}`, wantErr: "wrong argument count"},

@@ -47,6 +47,8 @@ func FuzzUsageFromJSON(f *testing.F) {
 	f.Add([]byte(`{"usage":{"total_tokens":9}}`))
 	f.Add([]byte(`{"usage":null,"choices":[{"message":{"content":"usage"}}]}`))
 	f.Add([]byte(`{"usage":{"input_tokens":3,"output_tokens":"4"}}`))
+	f.Add([]byte(`{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":2},"prompt_tokens_details":null}}`))
+	f.Add([]byte(`{"usage":{"input_tokens":3,"cache_read_input_tokens":8,"cache_creation_input_tokens":"2","input_tokens_details":{"cached_tokens":1}}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		u, ok := usageFromJSON(body)
 		// On valid JSON the byte scan must agree with a full decode.
@@ -72,7 +74,8 @@ func FuzzUsageFromJSON(f *testing.F) {
 			}
 			return
 		}
-		if u.PromptTokens < 0 || u.CompletionTokens < 0 || u.TotalTokens != u.PromptTokens+u.CompletionTokens {
+		if u.PromptTokens < 0 || u.CompletionTokens < 0 || u.TotalTokens != u.PromptTokens+u.CompletionTokens ||
+			u.CacheReadTokens < 0 || u.CacheWriteTokens < 0 || u.CacheReadTokens+u.CacheWriteTokens > u.PromptTokens {
 			t.Fatalf("inconsistent usage %+v", u)
 		}
 		if out, ok := addGatewayUsage(body, gatewayUsage{TokensCharged: u.TotalTokens}); ok && json.Valid(body) && !json.Valid(out) {

@@ -211,7 +211,7 @@ type reservationPlan struct {
 func (m *Metering) planReservation(p pricing, ir *inferenceRequest, available int64) (reservationPlan, *gatewayError) {
 	if ir.Endpoint == endpointEmbeddings {
 		est := (ir.PromptTokens*m.EmbeddingsReservePercent + 99) / 100
-		need := p.cost(ir.Model, est, 0)
+		need := p.reserveCost(ir.Model, est, 0)
 		if need > available {
 			return reservationPlan{}, errInsufficientCredits(fmt.Sprintf(
 				"Insufficient credits: this request needs up to %d credits, %d available", need, max(available, 0)))
@@ -224,7 +224,7 @@ func (m *Metering) planReservation(p pricing, ir *inferenceRequest, available in
 	if !clientCap {
 		cap = m.DefaultMaxTokens
 	}
-	need := p.cost(ir.Model, ir.PromptTokens, cap*n)
+	need := p.reserveCost(ir.Model, ir.PromptTokens, cap*n)
 	if need <= available {
 		plan := reservationPlan{credits: need}
 		if !clientCap {
@@ -246,7 +246,7 @@ func (m *Metering) planReservation(p pricing, ir *inferenceRequest, available in
 			"Insufficient credits: max_tokens %d needs up to %d credits, %d available; lower max_tokens to at most %d",
 			cap, need, available, afford))
 	}
-	return reservationPlan{credits: p.cost(ir.Model, ir.PromptTokens, afford*n), maxTokens: afford}, nil
+	return reservationPlan{credits: p.reserveCost(ir.Model, ir.PromptTokens, afford*n), maxTokens: afford}, nil
 }
 
 // Refusals of the metering step.
@@ -592,6 +592,8 @@ func (s *settlement) settleBuffered() {
 			UserBalanceAfter: balance,
 			UserAPIKey:       maskedKey(s.adm.key),
 			Estimated:        !ok,
+			CachedTokens:     u.CacheReadTokens,
+			CacheWriteTokens: u.CacheWriteTokens,
 		}); ok {
 			body = out
 		}
@@ -659,7 +661,7 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 	}
 	s.done = true
 	u.TotalTokens = u.PromptTokens + u.CompletionTokens
-	cost := s.prices.cost(s.ir.Model, u.PromptTokens, u.CompletionTokens)
+	cost := s.prices.usageCost(s.ir.Model, u)
 	ctx := context.WithoutCancel(s.r.Context())
 	if _, queued := s.g.state.store.(*storage.BoltStore); !queued {
 		// BoltStore.Settle only queues the durable write and never waits
@@ -682,6 +684,8 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 		Status:           status,
 		Estimated:        estimated,
 		Endpoint:         s.ir.Endpoint,
+		CachedTokens:     u.CacheReadTokens,
+		CacheWriteTokens: u.CacheWriteTokens,
 	})
 	if err != nil {
 		// ErrClosed: the store went away (a reload to another database)

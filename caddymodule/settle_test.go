@@ -24,7 +24,7 @@ import (
 )
 
 func TestPlanReservation(t *testing.T) {
-	p := pricing{{Model: "dear", PromptPer1K: 2000, CompletionPer1K: 3000}}
+	p := configPricing([]ModelPrice{{Model: "dear", PromptPer1K: 2000, CompletionPer1K: 3000}})
 	m := Metering{}
 	m.provisionMetering()
 	lower := m

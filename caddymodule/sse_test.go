@@ -129,18 +129,18 @@ func TestSSEScannerCases(t *testing.T) {
 		{
 			name: "usage attached to a content chunk is kept", strip: true,
 			in:        "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n",
-			haveUsage: true, usage: usage{1, 2, 3},
+			haveUsage: true, usage: usage{PromptTokens: 1, CompletionTokens: 2, TotalTokens: 3},
 		},
 		{
 			name: "cumulative usage: last wins", strip: true,
 			in:        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n",
 			want:      "data: [DONE]\n\n",
-			haveUsage: true, usage: usage{1, 5, 6},
+			haveUsage: true, usage: usage{PromptTokens: 1, CompletionTokens: 5, TotalTokens: 6},
 		},
 		{
 			name: "client asked for usage: not stripped", strip: false,
 			in:        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}\n\ndata: [DONE]\n\n",
-			haveUsage: true, usage: usage{2, 3, 5},
+			haveUsage: true, usage: usage{PromptTokens: 2, CompletionTokens: 3, TotalTokens: 5},
 		},
 		{
 			name: "final line without newline", strip: true,
@@ -150,7 +150,7 @@ func TestSSEScannerCases(t *testing.T) {
 			name: "usage-only event with id line", strip: true,
 			in:        "id: 1\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}\n\ndata: [DONE]\n\n",
 			want:      "id: 1\ndata: [DONE]\n\n",
-			haveUsage: true, usage: usage{2, 3, 5},
+			haveUsage: true, usage: usage{PromptTokens: 2, CompletionTokens: 3, TotalTokens: 5},
 		},
 		{
 			name: "malformed usage ignored", strip: true,

@@ -9,11 +9,16 @@ import (
 	"unicode/utf8"
 )
 
-// usage is the token usage of one request.
+// usage is the token usage of one request. PromptTokens counts every
+// prompt token, those read from or written to the upstream's prompt cache
+// included; CacheReadTokens and CacheWriteTokens are the parts of it that
+// were, priced at their own rates.
 type usage struct {
 	PromptTokens     int64
 	CompletionTokens int64
 	TotalTokens      int64
+	CacheReadTokens  int64
+	CacheWriteTokens int64
 }
 
 // usageJSON is the OpenAI usage object. Counts are decoded as json.Number so
@@ -25,6 +30,17 @@ type usageJSON struct {
 	// Anthropic-compatible names, accepted as fallbacks.
 	InputTokens  json.Number `json:"input_tokens"`
 	OutputTokens json.Number `json:"output_tokens"`
+	// Prompt cache counts (see usageFields).
+	CacheReadInputTokens     json.Number       `json:"cache_read_input_tokens"`
+	CacheCreationInputTokens json.Number       `json:"cache_creation_input_tokens"`
+	PromptTokensDetails      *cacheDetailsJSON `json:"prompt_tokens_details"`
+	InputTokensDetails       *cacheDetailsJSON `json:"input_tokens_details"`
+}
+
+// cacheDetailsJSON is a *_tokens_details object.
+type cacheDetailsJSON struct {
+	CachedTokens     json.Number `json:"cached_tokens"`
+	CacheWriteTokens json.Number `json:"cache_write_tokens"`
 }
 
 // normalize turns a decoded usage object into counts (see
@@ -36,14 +52,37 @@ func (u usageJSON) normalize() (usage, bool) {
 		}
 		return []byte(n)
 	}
-	return usageFields{b(u.PromptTokens), b(u.CompletionTokens), b(u.TotalTokens), b(u.InputTokens), b(u.OutputTokens)}.normalize()
+	f := usageFields{prompt: b(u.PromptTokens), completion: b(u.CompletionTokens), total: b(u.TotalTokens),
+		input: b(u.InputTokens), output: b(u.OutputTokens),
+		cacheReadExtra: b(u.CacheReadInputTokens), cacheWriteExtra: b(u.CacheCreationInputTokens)}
+	for i, d := range [...]*cacheDetailsJSON{u.PromptTokensDetails, u.InputTokensDetails} {
+		if d != nil {
+			f.details[i] = cacheDetails{b(d.CachedTokens), b(d.CacheWriteTokens)}
+		}
+	}
+	return f.normalize()
 }
 
 // usageFields are the counts of a usage object as their JSON number text
 // (the contents of a quoted count included); nil when absent. It is what
 // decoding into usageJSON gives, without allocating.
+//
+// The cache counts come in two conventions: OpenAI's and the Responses
+// API's prompt_tokens_details / input_tokens_details.cached_tokens (and
+// cache_write_tokens) are parts of the prompt count; Anthropic's
+// cache_read_input_tokens and cache_creation_input_tokens are counted
+// beside input_tokens, not in it.
 type usageFields struct {
 	prompt, completion, total, input, output []byte
+	cacheReadExtra, cacheWriteExtra          []byte // beside the prompt count (Anthropic)
+	// details are prompt_tokens_details and input_tokens_details, whose
+	// counts are parts of the prompt count.
+	details [2]cacheDetails
+}
+
+// cacheDetails are the cache counts of a *_tokens_details object.
+type cacheDetails struct {
+	cached, cacheWrite []byte
 }
 
 // normalize turns a decoded usage object into counts. It reports false when
@@ -68,8 +107,18 @@ func (u usageFields) normalize() (usage, bool) {
 	p, okP := num(u.prompt, u.input)
 	c, okC := num(u.completion, u.output)
 	t, okT := num(u.total, nil)
-	if !okP && !okC && !okT {
+	readX, okRX := num(u.cacheReadExtra, nil)
+	writeX, okWX := num(u.cacheWriteExtra, nil)
+	if !okP && !okC && !okT && !okRX && !okWX {
 		return usage{}, false
+	}
+	var read, write int64
+	if okRX || okWX { // Anthropic: the cache counts add to input_tokens
+		p += readX + writeX
+		read, write = readX, writeX
+	} else {
+		read, _ = num(u.details[0].cached, u.details[1].cached)
+		write, _ = num(u.details[0].cacheWrite, u.details[1].cacheWrite)
 	}
 	if okT && t > p+c {
 		if !okP && !okC {
@@ -79,7 +128,9 @@ func (u usageFields) normalize() (usage, bool) {
 			c = t - p
 		}
 	}
-	return usage{PromptTokens: p, CompletionTokens: c, TotalTokens: p + c}, true
+	read = min(read, p)
+	write = min(write, p-read)
+	return usage{PromptTokens: p, CompletionTokens: c, TotalTokens: p + c, CacheReadTokens: read, CacheWriteTokens: write}, true
 }
 
 // decodeUsageObject decodes the valid JSON object obj into u as
@@ -101,25 +152,78 @@ func decodeUsageObject(obj []byte, u *usageFields) bool {
 			dst = &u.input
 		case keyFold(k, "output_tokens"):
 			dst = &u.output
+		case keyFold(k, "cache_read_input_tokens"):
+			dst = &u.cacheReadExtra
+		case keyFold(k, "cache_creation_input_tokens"):
+			dst = &u.cacheWriteExtra
+		case keyFold(k, "prompt_tokens_details"):
+			if !decodeCacheDetails(it.val, &u.details[0]) {
+				return false
+			}
+			continue
+		case keyFold(k, "input_tokens_details"):
+			if !decodeCacheDetails(it.val, &u.details[1]) {
+				return false
+			}
+			continue
 		default:
 			continue
 		}
-		v := it.val
-		switch c := v[0]; {
-		case c == 'n': // null
-		case c == '-' || (c >= '0' && c <= '9'):
-			*dst = v
-		case c == '"':
-			inner := v[1 : len(v)-1]
-			if bytes.IndexByte(inner, '\\') >= 0 {
-				s, _ := decodeString(v)
-				inner = []byte(s)
-			}
-			if len(inner) == 0 || scanNumber(inner, 0) != len(inner) {
-				return false
-			}
-			*dst = inner
+		if !decodeCount(it.val, dst) {
+			return false
+		}
+	}
+	return true
+}
+
+// decodeCount reads a count as encoding/json decodes a json.Number: null
+// leaves dst as it was; a number or a string holding one is kept; anything
+// else is an error.
+func decodeCount(v []byte, dst *[]byte) bool {
+	switch c := v[0]; {
+	case c == 'n': // null
+	case c == '-' || (c >= '0' && c <= '9'):
+		*dst = v
+	case c == '"':
+		inner := v[1 : len(v)-1]
+		if bytes.IndexByte(inner, '\\') >= 0 {
+			s, _ := decodeString(v)
+			inner = []byte(s)
+		}
+		if len(inner) == 0 || scanNumber(inner, 0) != len(inner) {
+			return false
+		}
+		*dst = inner
+	default:
+		return false
+	}
+	return true
+}
+
+// decodeCacheDetails reads cached_tokens and cache_write_tokens of a
+// prompt_tokens_details or input_tokens_details object as encoding/json
+// decodes it into a pointer to a struct of those two json.Numbers: null
+// forgets what an earlier occurrence gave, an object merges into it.
+func decodeCacheDetails(v []byte, u *cacheDetails) bool {
+	switch v[0] {
+	case 'n':
+		*u = cacheDetails{}
+		return true
+	case '{':
+	default:
+		return false
+	}
+	for it := (objIter{b: v}); it.next(); {
+		var dst *[]byte
+		switch {
+		case keyFold(it.key, "cached_tokens"):
+			dst = &u.cached
+		case keyFold(it.key, "cache_write_tokens"):
+			dst = &u.cacheWrite
 		default:
+			continue
+		}
+		if !decodeCount(it.val, dst) {
 			return false
 		}
 	}
@@ -272,11 +376,11 @@ func usageFromTail(tail []byte) (usage, bool) {
 	if i < 0 {
 		return usage{}, false
 	}
-	var u usageJSON
-	if json.NewDecoder(bytes.NewReader(tail[i:])).Decode(&u) != nil {
+	end := valueEnd(tail, i)
+	if end < 0 {
 		return usage{}, false
 	}
-	return u.normalize()
+	return decodeUsage(tail[i:end])
 }
 
 func skipSpace(b []byte, i int) int {
@@ -293,6 +397,8 @@ type gatewayUsage struct {
 	UserBalanceAfter int64  `json:"user_balance_after"`
 	UserAPIKey       string `json:"user_api_key"`
 	Estimated        bool   `json:"estimated,omitempty"`
+	CachedTokens     int64  `json:"cached_tokens,omitempty"`
+	CacheWriteTokens int64  `json:"cache_write_tokens,omitempty"`
 }
 
 // addGatewayUsage returns body with a top-level "gateway_usage" member
@@ -334,6 +440,14 @@ func appendGatewayUsage(dst, body []byte, gu gatewayUsage) ([]byte, bool) {
 	out = appendJSONString(out, gu.UserAPIKey)
 	if gu.Estimated {
 		out = append(out, `,"estimated":true`...)
+	}
+	if gu.CachedTokens > 0 {
+		out = append(out, `,"cached_tokens":`...)
+		out = strconv.AppendInt(out, gu.CachedTokens, 10)
+	}
+	if gu.CacheWriteTokens > 0 {
+		out = append(out, `,"cache_write_tokens":`...)
+		out = strconv.AppendInt(out, gu.CacheWriteTokens, 10)
 	}
 	out = append(out, "}}"...)
 	out = append(out, body[len(trimmed):]...)

@@ -14,22 +14,35 @@ func TestUsageFromJSON(t *testing.T) {
 		want usage
 		ok   bool
 	}{
-		{"openai chat", `{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`, usage{10, 5, 15}, true},
-		{"embeddings", `{"data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":8,"total_tokens":8}}`, usage{8, 0, 8}, true},
-		{"total only", `{"usage":{"total_tokens":9}}`, usage{9, 0, 9}, true},
-		{"total above parts billed as completion", `{"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":9}}`, usage{4, 5, 9}, true},
-		{"total missing", `{"usage":{"prompt_tokens":4,"completion_tokens":2}}`, usage{4, 2, 6}, true},
-		{"anthropic names", `{"usage":{"input_tokens":3,"output_tokens":4}}`, usage{3, 4, 7}, true},
-		{"whitespace", "{ \"usage\" :\n { \"prompt_tokens\" : 1 , \"completion_tokens\" : 1 } }", usage{1, 1, 2}, true},
+		{"openai chat", `{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`, usage{PromptTokens: 10, CompletionTokens: 5, TotalTokens: 15}, true},
+		{"embeddings", `{"data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":8,"total_tokens":8}}`, usage{PromptTokens: 8, CompletionTokens: 0, TotalTokens: 8}, true},
+		{"total only", `{"usage":{"total_tokens":9}}`, usage{PromptTokens: 9, CompletionTokens: 0, TotalTokens: 9}, true},
+		{"total above parts billed as completion", `{"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":9}}`, usage{PromptTokens: 4, CompletionTokens: 5, TotalTokens: 9}, true},
+		{"total missing", `{"usage":{"prompt_tokens":4,"completion_tokens":2}}`, usage{PromptTokens: 4, CompletionTokens: 2, TotalTokens: 6}, true},
+		{"anthropic names", `{"usage":{"input_tokens":3,"output_tokens":4}}`, usage{PromptTokens: 3, CompletionTokens: 4, TotalTokens: 7}, true},
+		{"whitespace", "{ \"usage\" :\n { \"prompt_tokens\" : 1 , \"completion_tokens\" : 1 } }", usage{PromptTokens: 1, CompletionTokens: 1, TotalTokens: 2}, true},
 		{"usage null", `{"usage":null}`, usage{}, false},
-		{"duplicate: last wins", `{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}`, usage{2, 0, 2}, true},
+		{"openai cached", `{"usage":{"prompt_tokens":100,"completion_tokens":5,"total_tokens":105,"prompt_tokens_details":{"cached_tokens":64,"audio_tokens":0}}}`,
+			usage{PromptTokens: 100, CompletionTokens: 5, TotalTokens: 105, CacheReadTokens: 64}, true},
+		{"openai cache write", `{"usage":{"prompt_tokens":100,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":"10","cache_write_tokens":20}}}`,
+			usage{PromptTokens: 100, CompletionTokens: 5, TotalTokens: 105, CacheReadTokens: 10, CacheWriteTokens: 20}, true},
+		{"responses cached", `{"usage":{"input_tokens":50,"input_tokens_details":{"cached_tokens":30},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":57}}`,
+			usage{PromptTokens: 50, CompletionTokens: 7, TotalTokens: 57, CacheReadTokens: 30}, true},
+		{"anthropic cache beside input", `{"usage":{"input_tokens":5,"cache_creation_input_tokens":100,"cache_read_input_tokens":200,"output_tokens":9}}`,
+			usage{PromptTokens: 305, CompletionTokens: 9, TotalTokens: 314, CacheReadTokens: 200, CacheWriteTokens: 100}, true},
+		{"cached above prompt clamped", `{"usage":{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":64}}}`,
+			usage{PromptTokens: 10, TotalTokens: 10, CacheReadTokens: 10}, true},
+		{"details null forgets", `{"usage":{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":4},"prompt_tokens_details":null}}`,
+			usage{PromptTokens: 10, TotalTokens: 10}, true},
+		{"bad details", `{"usage":{"prompt_tokens":10,"prompt_tokens_details":5}}`, usage{}, false},
+		{"duplicate: last wins", `{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}`, usage{PromptTokens: 2, CompletionTokens: 0, TotalTokens: 2}, true},
 		{"duplicate: later null wins", `{"usage":{"prompt_tokens":1},"usage":null}`, usage{}, false},
-		{"usage after nested usage", `{"choices":[{"usage":{"prompt_tokens":9}}],"x":"\"usage\":{","usage":{"prompt_tokens":3}}`, usage{3, 0, 3}, true},
+		{"usage after nested usage", `{"choices":[{"usage":{"prompt_tokens":9}}],"x":"\"usage\":{","usage":{"prompt_tokens":3}}`, usage{PromptTokens: 3, CompletionTokens: 0, TotalTokens: 3}, true},
 		{"no usage", `{"choices":[]}`, usage{}, false},
 		{"nested usage only", `{"choices":[{"usage":{"prompt_tokens":1}}]}`, usage{}, false},
 		{"negative", `{"usage":{"prompt_tokens":-5}}`, usage{}, false},
-		{"fraction", `{"usage":{"prompt_tokens":1.5,"completion_tokens":2}}`, usage{0, 2, 2}, true},
-		{"quoted count", `{"usage":{"prompt_tokens":"7"}}`, usage{7, 0, 7}, true},
+		{"fraction", `{"usage":{"prompt_tokens":1.5,"completion_tokens":2}}`, usage{PromptTokens: 0, CompletionTokens: 2, TotalTokens: 2}, true},
+		{"quoted count", `{"usage":{"prompt_tokens":"7"}}`, usage{PromptTokens: 7, CompletionTokens: 0, TotalTokens: 7}, true},
 		{"huge count", `{"usage":{"prompt_tokens":99999999999999999}}`, usage{}, false},
 		{"not json", `usage: 5`, usage{}, false},
 		{"truncated", `{"usage":{"prompt_tokens":1`, usage{}, false},
@@ -49,7 +62,7 @@ func TestUsageFromJSON(t *testing.T) {
 func TestUsageFromTail(t *testing.T) {
 	body := `{"data":[` + strings.Repeat(`{"embedding":[0.1,0.2]},`, 1000) + `{"embedding":[]}],"model":"m","usage":{"prompt_tokens":42,"total_tokens":42}}`
 	got, ok := usageFromTail([]byte(body[len(body)-200:]))
-	if !ok || got != (usage{42, 0, 42}) {
+	if !ok || got != (usage{PromptTokens: 42, CompletionTokens: 0, TotalTokens: 42}) {
 		t.Fatalf("usageFromTail = %+v, %v", got, ok)
 	}
 	if _, ok := usageFromTail([]byte(`"usage":{"prompt_tok`)); ok {

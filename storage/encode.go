@@ -152,5 +152,11 @@ func appendUsageRecord(b []byte, r *UsageRecord) ([]byte, error) {
 	if r.Endpoint != "" {
 		b = appendJSONString(appendField(b, "endpoint"), r.Endpoint)
 	}
+	if r.CachedTokens != 0 {
+		b = appendIntField(b, "cached_tokens", r.CachedTokens)
+	}
+	if r.CacheWriteTokens != 0 {
+		b = appendIntField(b, "cache_write_tokens", r.CacheWriteTokens)
+	}
 	return append(b, '}'), nil
 }

@@ -55,7 +55,8 @@ func TestEncodeMatchesMarshal(t *testing.T) {
 			e2 := LedgerEntry{ID: 1, Kind: LedgerCharge, Time: tm} // omitted fields
 			sameAsMarshal(t, &e2, func(b []byte) ([]byte, error) { return appendLedgerEntry(b, &e2) })
 			r := UsageRecord{UserID: n, KeyID: -n, Model: s, PromptTokens: int64(i), CompletionTokens: n, TotalTokens: int64(j),
-				Credits: n, RequestID: encodeStrings[j%len(encodeStrings)], Time: tm, Status: int(n % 1000), Estimated: (i+j)%2 == 0, Endpoint: s}
+				Credits: n, RequestID: encodeStrings[j%len(encodeStrings)], Time: tm, Status: int(n % 1000), Estimated: (i+j)%2 == 0, Endpoint: s,
+				CachedTokens: int64(j), CacheWriteTokens: n}
 			sameAsMarshal(t, &r, func(b []byte) ([]byte, error) { return appendUsageRecord(b, &r) })
 		}
 	}

@@ -211,6 +211,10 @@ type UsageRecord struct {
 	Status           int       `json:"status"`    // HTTP status returned to the client
 	Estimated        bool      `json:"estimated"` // usage estimated rather than reported by the upstream
 	Endpoint         string    `json:"endpoint,omitempty"`
+	// CachedTokens and CacheWriteTokens are the parts of PromptTokens the
+	// upstream read from and wrote to its prompt cache (priced apart).
+	CachedTokens     int64 `json:"cached_tokens,omitempty"`
+	CacheWriteTokens int64 `json:"cache_write_tokens,omitempty"`
 }
 
 // UsageFilter selects usage records. Zero fields do not filter.
