@@ -29,6 +29,7 @@ func parseGatewayDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	gatewayz {
 //	    max_body_size <size>
 //	    free_paths <glob...>
+//	    responses [on|off]
 //	    default_max_tokens <n>
 //	    min_completion_tokens <n>
 //	    lower_max_tokens [on|off]
@@ -70,6 +71,12 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			g.FreePaths = append(g.FreePaths, args...)
+		case "responses":
+			on, err := parseOnOff(d)
+			if err != nil {
+				return err
+			}
+			g.Responses = on
 		case "limits":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -88,6 +95,19 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseOnOff parses the arguments of a switch: none, on or true turn it
+// on; off or false turn it off.
+func parseOnOff(d *caddyfile.Dispenser) (bool, error) {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 0 || (len(args) == 1 && (args[0] == "on" || args[0] == "true")):
+		return true, nil
+	case len(args) == 1 && (args[0] == "off" || args[0] == "false"):
+		return false, nil
+	}
+	return false, d.ArgErr()
 }
 
 // parseRateLimits parses a block of rate-limit fields into l.

@@ -50,15 +50,7 @@ func errInsufficientCredits(msg string) *gatewayError {
 // writeError writes e as an OpenAI-shaped JSON error. The caller returns nil
 // afterwards: returning an error to Caddy as well would write twice.
 func writeError(w http.ResponseWriter, e *gatewayError) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Del("Content-Length")
-	if e.Status == http.StatusUnauthorized {
-		h.Set("WWW-Authenticate", `Bearer realm="gatewayz"`)
-	}
-	if e.RetryAfter > 0 {
-		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
-	}
+	setErrorHeaders(w.Header(), e)
 	body, _ := json.Marshal(struct {
 		Error struct {
 			Message string `json:"message"`
@@ -72,4 +64,16 @@ func writeError(w http.ResponseWriter, e *gatewayError) {
 	}{e.Message, e.Type, e.Code}})
 	w.WriteHeader(e.Status)
 	_, _ = w.Write(body)
+}
+
+// setErrorHeaders sets the headers of a refusal, whatever its shape.
+func setErrorHeaders(h http.Header, e *gatewayError) {
+	h.Set("Content-Type", "application/json")
+	h.Del("Content-Length")
+	if e.Status == http.StatusUnauthorized {
+		h.Set("WWW-Authenticate", `Bearer realm="gatewayz"`)
+	}
+	if e.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
 }

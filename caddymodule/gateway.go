@@ -23,8 +23,10 @@ func init() {
 // upstream: key validation, access control (IP allowlist, referrer domains,
 // scope), plan entitlements, rate limits, then metering and credits.
 //
-// Routes: POST /v1/chat/completions, /v1/completions and /v1/embeddings are
-// metered; GET /v1/models (and /v1/models/*) is free for any valid key; paths
+// Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings and
+// /v1/messages (Anthropic) are metered, and POST /v1/responses when
+// responses is on (then GET /v1/responses/{id} is free for a valid key);
+// GET /v1/models (and /v1/models/*) is free for any valid key; paths
 // matching free_paths are free too; every other path is answered 404
 // without reaching the upstream.
 type Gateway struct {
@@ -41,6 +43,12 @@ type Gateway struct {
 	// proxied for any valid key without metering: no body read, no credit,
 	// no plan counting (rate limits still count requests).
 	FreePaths []string `json:"free_paths,omitempty"`
+
+	// Responses meters POST /v1/responses (the OpenAI Responses API) and
+	// passes GET /v1/responses/{id} free for a valid key. Turn it on only
+	// for an upstream that serves the Responses API; off (the default),
+	// those paths are a 404 like any unknown route.
+	Responses bool `json:"responses,omitempty"`
 
 	// Metering settings (settle.go): default_max_tokens,
 	// min_completion_tokens, lower_max_tokens, max_tokens_field,
@@ -104,43 +112,49 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	now := clockNow()
 	rt, gerr := g.route(r)
 	if gerr != nil {
-		return g.refuse(w, nil, gerr, now)
+		return g.refuse(w, r, nil, gerr, now)
 	}
 	rc := newRequestCtx(r)
 	ip := rc.clientIP()
 	e, gerr := g.authenticate(r, credentials(r), ip, now)
 	if gerr != nil {
-		return g.refuse(w, nil, gerr, now)
+		return g.refuse(w, r, nil, gerr, now)
 	}
 	rc.annotate(e)
 	adm, gerr := g.newAdmission(r, e, rt, ip, now)
 	if gerr != nil {
-		return g.refuse(w, nil, gerr, now)
+		return g.refuse(w, r, nil, gerr, now)
 	}
 	if gerr := g.checkAccess(r, e, ip, rt, now); gerr != nil {
-		return g.refuse(w, adm, gerr, now)
+		return g.refuse(w, r, adm, gerr, now)
 	}
 	if rt.metered() {
 		if adm.req, gerr = readInferenceInto(adm.newRequest(), w, r, rt.endpoint, g.MaxBodySize); gerr != nil {
-			return g.refuse(w, adm, gerr, now)
+			return g.refuse(w, r, adm, gerr, now)
 		}
 		if gerr := adm.checkModel(); gerr != nil {
-			return g.refuse(w, adm, gerr, now)
+			return g.refuse(w, r, adm, gerr, now)
 		}
 	}
 	if gerr := g.admit(r, adm, now, w.Header()); gerr != nil {
-		return g.refuse(w, adm, gerr, now)
+		return g.refuse(w, r, adm, gerr, now)
+	}
+	if rt.endpoint == endpointMessages {
+		setAnthropicRateLimitHeaders(w.Header(), now)
 	}
 	return g.proxy(w, r, next, adm, &rc)
 }
 
 // refuse answers with the refusal, with the x-ratelimit-* headers of the
 // caller when known. It returns nil: the response is written.
-func (g *Gateway) refuse(w http.ResponseWriter, adm *admission, gerr *gatewayError, now time.Time) error {
+func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, adm *admission, gerr *gatewayError, now time.Time) error {
 	if adm != nil && w.Header()[hdrLimitRequests] == nil {
 		g.state.limiter.peek(adm, now, w.Header())
 	}
-	writeError(w, gerr)
+	if isAnthropicPath(r.URL.Path) {
+		setAnthropicRateLimitHeaders(w.Header(), now)
+	}
+	writeErrorFor(w, r.URL.Path, gerr)
 	return nil
 }
 
@@ -164,6 +178,12 @@ func (g *Gateway) route(r *http.Request) (route, *gatewayError) {
 		endpoint = endpointCompletions
 	case "/v1/embeddings":
 		endpoint = endpointEmbeddings
+	case "/v1/messages":
+		endpoint = endpointMessages
+	case "/v1/responses":
+		if g.Responses {
+			endpoint = endpointResponses
+		}
 	}
 	if endpoint != "" {
 		if r.Method != http.MethodPost {
@@ -171,7 +191,7 @@ func (g *Gateway) route(r *http.Request) (route, *gatewayError) {
 		}
 		return route{endpoint: endpoint}, nil
 	}
-	if p == "/v1/models" || strings.HasPrefix(p, "/v1/models/") {
+	if p == "/v1/models" || strings.HasPrefix(p, "/v1/models/") || (g.Responses && isResponseRetrieval(p)) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			return route{}, errMethodNotAllowed(r.Method, p)
 		}

@@ -15,6 +15,8 @@ const (
 	endpointChat        = "chat"
 	endpointCompletions = "completions"
 	endpointEmbeddings  = "embeddings"
+	endpointMessages    = "messages"  // Anthropic Messages API (messages.go)
+	endpointResponses   = "responses" // OpenAI Responses API (responses.go)
 )
 
 // Request validation bounds.
@@ -78,6 +80,7 @@ const (
 	capMaxTokens           = 1 << 0
 	capMaxCompletionTokens = 1 << 1
 	fieldStreamOptions     = 1 << 2
+	capMaxOutputTokens     = 1 << 3 // the Responses API's cap
 )
 
 // fieldSpan is the value of one occurrence of a rewritable field.
@@ -155,6 +158,12 @@ func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*in
 	if body[start] != '{' || !validJSON(body) {
 		return nil, errBadRequest("request body must be a JSON object")
 	}
+	switch endpoint {
+	case endpointMessages:
+		return parseMessages(ir, body, start)
+	case endpointResponses:
+		return parseResponses(ir, body, start)
+	}
 	// The last occurrence of each field wins, as in encoding/json.
 	var model, messages, tools, functions, responseFormat, prompt, suffix, input,
 		maxTok, maxCompl, nVal, bestOf, stream, streamOpts []byte
@@ -202,17 +211,10 @@ func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*in
 	}
 	ir.end = it.i
 
-	if model == nil || isNull(model) {
-		return nil, errBadRequest("'model' is required")
+	var gerr *gatewayError
+	if ir.Model, gerr = parseModel(model); gerr != nil {
+		return nil, gerr
 	}
-	m, ok := decodeString(model)
-	if !ok {
-		return nil, errBadRequest("'model' must be a string")
-	}
-	if m == "" {
-		return nil, errBadRequest("'model' must not be empty")
-	}
-	ir.Model = m
 
 	var tc textCounter
 	var fixed int64 // tokens counted exactly or by fixed estimates
@@ -268,15 +270,12 @@ func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*in
 		v    []byte
 		bit  uint8
 	}{{"max_tokens", maxTok, capMaxTokens}, {"max_completion_tokens", maxCompl, capMaxCompletionTokens}} {
-		if c.v == nil || isNull(c.v) {
+		n, ok, gerr := parseCap(c.name, c.v)
+		if gerr != nil {
+			return nil, gerr
+		}
+		if !ok {
 			continue
-		}
-		n, err := parseNonNegInt(c.v)
-		if err != nil {
-			return nil, errBadRequest("'" + c.name + "' must be a non-negative integer")
-		}
-		if n > maxTokensLimit {
-			return nil, errBadRequest("'" + c.name + "' is too large")
 		}
 		ir.capKeys |= c.bit
 		ir.MaxTokens = max(ir.MaxTokens, n)
@@ -294,14 +293,8 @@ func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*in
 		}
 		ir.choices = max(ir.choices, n)
 	}
-	if stream != nil && !isNull(stream) {
-		switch string(stream) {
-		case "true":
-			ir.Stream = true
-		case "false":
-		default:
-			return nil, errBadRequest("'stream' must be a boolean")
-		}
+	if ir.Stream, gerr = parseStream(stream); gerr != nil {
+		return nil, gerr
 	}
 	if streamOpts != nil && !isNull(streamOpts) {
 		if streamOpts[0] != '{' {
@@ -325,6 +318,51 @@ func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*in
 		}
 	}
 	return ir, nil
+}
+
+// parseModel validates the model field.
+func parseModel(model []byte) (string, *gatewayError) {
+	if model == nil || isNull(model) {
+		return "", errBadRequest("'model' is required")
+	}
+	m, ok := decodeString(model)
+	if !ok {
+		return "", errBadRequest("'model' must be a string")
+	}
+	if m == "" {
+		return "", errBadRequest("'model' must not be empty")
+	}
+	return m, nil
+}
+
+// parseStream validates the stream field (absent or null: false).
+func parseStream(stream []byte) (bool, *gatewayError) {
+	if stream == nil || isNull(stream) {
+		return false, nil
+	}
+	switch string(stream) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, errBadRequest("'stream' must be a boolean")
+}
+
+// parseCap validates a completion cap field: a non-negative integer no
+// larger than maxTokensLimit; ok is false when absent or null.
+func parseCap(name string, v []byte) (n int64, ok bool, gerr *gatewayError) {
+	if v == nil || isNull(v) {
+		return 0, false, nil
+	}
+	n, err := parseNonNegInt(v)
+	if err != nil {
+		return 0, false, errBadRequest("'" + name + "' must be a non-negative integer")
+	}
+	if n > maxTokensLimit {
+		return 0, false, errBadRequest("'" + name + "' is too large")
+	}
+	return n, true, nil
 }
 
 // countMessages validates a chat messages array and counts its text into tc;
@@ -529,7 +567,10 @@ func (ir *inferenceRequest) setMaxTokens(n int64, key string) {
 	ir.capField = ir.capKeys
 	if ir.capField == 0 {
 		ir.capField = capMaxTokens
-		if key == maxTokensFieldCompletionOnly {
+		switch {
+		case ir.Endpoint == endpointResponses:
+			ir.capField = capMaxOutputTokens
+		case key == maxTokensFieldCompletionOnly:
 			ir.capField = capMaxCompletionTokens
 		}
 	}
@@ -540,8 +581,8 @@ func (ir *inferenceRequest) setMaxTokens(n int64, key string) {
 // request whose client did not ask for usage, keeping any other
 // stream_options. It reports whether it changed the request.
 func (ir *inferenceRequest) injectIncludeUsage() bool {
-	if !ir.Stream || ir.ClientIncludeUsage {
-		return false
+	if !ir.Stream || ir.ClientIncludeUsage || ir.Endpoint == endpointMessages || ir.Endpoint == endpointResponses {
+		return false // their streams always end with the usage
 	}
 	ir.usageOn = true
 	ir.dirty = true
@@ -588,7 +629,7 @@ func (ir *inferenceRequest) body() []byte {
 	for _, c := range [...]struct {
 		bit  uint8
 		name string
-	}{{capMaxTokens, "max_tokens"}, {capMaxCompletionTokens, "max_completion_tokens"}} {
+	}{{capMaxTokens, "max_tokens"}, {capMaxCompletionTokens, "max_completion_tokens"}, {capMaxOutputTokens, "max_output_tokens"}} {
 		if ir.capField&c.bit != 0 && seen&c.bit == 0 {
 			add(c.name)
 			out = strconv.AppendInt(out, ir.newCap, 10)

@@ -152,16 +152,9 @@ func (m *Metering) unmarshalMeteringOption(d *caddyfile.Dispenser) (bool, error)
 	case "embeddings_reserve_percent":
 		return true, posInt(&m.EmbeddingsReservePercent)
 	case "lower_max_tokens":
-		args := d.RemainingArgs()
-		switch {
-		case len(args) == 0 || (len(args) == 1 && (args[0] == "on" || args[0] == "true")):
-			m.LowerMaxTokens = true
-		case len(args) == 1 && (args[0] == "off" || args[0] == "false"):
-			m.LowerMaxTokens = false
-		default:
-			return true, d.ArgErr()
-		}
-		return true, nil
+		on, err := parseOnOff(d)
+		m.LowerMaxTokens = on
+		return true, err
 	case "max_tokens_field":
 		if !d.AllArgs(&m.MaxTokensField) {
 			return true, d.ArgErr()
@@ -322,7 +315,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			// As on metered routes: an unreachable upstream gets an
 			// OpenAI-shaped answer, not Caddy's empty error page.
 			g.logUpstreamUnavailable(rc.requestID(), err)
-			writeError(w, upstreamUnavailable(err))
+			writeErrorFor(w, r.URL.Path, upstreamUnavailable(err))
 		}
 		return nil
 	}
@@ -348,7 +341,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		s.series.requests[outcome].Inc()
 		adm.recordRefund()
 		w.Header().Set(hdrRequestID, s.reqID)
-		writeError(w, gerr)
+		writeErrorFor(w, r.URL.Path, gerr)
 		return nil
 	}
 
@@ -362,6 +355,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	s.res, s.afterHold = res, afterHold
 	s.prices, s.timeout = g.app.Pricing(), time.Duration(cfg.SettleTimeout)
 	s.m.init(w, strip, int(cfg.MaxResponseBuffer), s)
+	s.m.sse.dialect = dialectFor(ir.Endpoint)
 	defer func() {
 		if v := recover(); v != nil {
 			s.abort()
@@ -497,7 +491,7 @@ func (s *settlement) complete(err error) error {
 			s.g.logUpstreamUnavailable(s.reqID, err)
 			s.refund(outcomeUpstreamUnavailable)
 			s.m.Header().Set(hdrRequestID, s.reqID)
-			writeError(m.ResponseWriter, upstreamUnavailable(err))
+			writeErrorFor(m.ResponseWriter, s.r.URL.Path, upstreamUnavailable(err))
 			return nil
 		}
 		s.refund(outcomeNoContent)
@@ -545,15 +539,21 @@ func (s *settlement) abort() {
 }
 
 // settleStream bills a stream: upstream usage when it arrived, else the
-// prompt estimate plus an estimate of the text streamed; nothing when no
-// event was delivered.
+// prompt (as the upstream reported it at the stream's start when it did,
+// else the estimate) plus an estimate of the text streamed; nothing when
+// no event was delivered.
 func (s *settlement) settleStream() {
 	sc := &s.m.sse
 	switch {
 	case sc.haveUsage:
 		s.charge(sc.usage, false)
 	case sc.events > 0:
-		s.charge(usage{PromptTokens: s.ir.PromptTokens, CompletionTokens: sc.generated.tokens()}, true)
+		u := usage{PromptTokens: s.ir.PromptTokens}
+		if sc.havePrompt {
+			u = sc.prompt
+		}
+		u.CompletionTokens = sc.generated.tokens()
+		s.charge(u, true)
 	default:
 		s.refund(outcomeNoContent)
 	}
@@ -622,7 +622,7 @@ func (s *settlement) writeUpstreamError() {
 		return
 	}
 	body := m.buf.Bytes()
-	if isOpenAIError(body) && h.Get("Content-Encoding") == "" {
+	if s.upstreamErrorShaped(body) && h.Get("Content-Encoding") == "" {
 		h.Set("Content-Type", "application/json")
 		m.writeBuffered(body)
 		return
@@ -636,11 +636,25 @@ func (s *settlement) writeWrapped(status int, gerr *gatewayError) {
 	h.Del("Content-Encoding")
 	h.Del("Transfer-Encoding")
 	h.Set("Content-Type", "application/json")
-	body, _ := json.Marshal(map[string]any{"error": map[string]string{
-		"message": gerr.Message, "type": gerr.Type, "code": gerr.Code,
-	}})
+	var body []byte
+	if s.ir.Endpoint == endpointMessages {
+		body = anthropicErrorBody(gerr)
+	} else {
+		body, _ = json.Marshal(map[string]any{"error": map[string]string{
+			"message": gerr.Message, "type": gerr.Type, "code": gerr.Code,
+		}})
+	}
 	s.m.status = status
 	s.m.writeBuffered(body)
+}
+
+// upstreamErrorShaped reports whether an upstream error body is in the
+// route's error shape already (Anthropic's on /v1/messages, else OpenAI's).
+func (s *settlement) upstreamErrorShaped(body []byte) bool {
+	if s.ir.Endpoint == endpointMessages {
+		return isAnthropicError(body)
+	}
+	return isOpenAIError(body)
 }
 
 // isOpenAIError reports whether body is {"error":{"message":"…",…}}.

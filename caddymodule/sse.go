@@ -25,7 +25,8 @@ const (
 // complete lines go out at once and only an incomplete trailing line (which
 // the client could not parse yet anyway) waits for its newline.
 type sseScanner struct {
-	strip bool
+	strip   bool
+	dialect sseDialect // whose events these are (sse_anthropic.go)
 
 	line     []byte  // the current incomplete line (held for output when strip)
 	lineBuf  *[]byte // the pooled buffer line was taken from
@@ -40,6 +41,13 @@ type sseScanner struct {
 
 	shape     *eventShape // the last content event counted in full (pooled)
 	shapeHits int64       // events counted from the kept shape
+
+	// The Anthropic dialect's usage so far: message_start gives the
+	// prompt side (prompt, with its cache counts, is billed from it when
+	// the stream ends early), message_delta the final counts.
+	anthropic  anthropicUsage
+	prompt     usage
+	havePrompt bool
 }
 
 // eventShape is the last content event (no usage object, no escaped
@@ -263,6 +271,10 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 		return false
 	}
 	s.events++
+	if s.dialect != dialectOpenAI {
+		s.dialectEvent(data)
+		return false
+	}
 	if text, ok := s.shape.count(data); ok {
 		s.shapeHits++
 		s.generated.add(text)

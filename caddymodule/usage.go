@@ -92,17 +92,10 @@ type cacheDetails struct {
 // reported total, as the reference charges total_tokens.
 func (u usageFields) normalize() (usage, bool) {
 	num := func(primary, fallback []byte) (int64, bool) {
-		for _, n := range [...][]byte{primary, fallback} {
-			if n == nil {
-				continue
-			}
-			v, err := strconv.ParseInt(string(n), 10, 64)
-			if err != nil || v < 0 || v > 1<<40 {
-				continue
-			}
+		if v, ok := parseCount(primary); ok {
 			return v, true
 		}
-		return 0, false
+		return parseCount(fallback)
 	}
 	p, okP := num(u.prompt, u.input)
 	c, okC := num(u.completion, u.output)
@@ -131,6 +124,19 @@ func (u usageFields) normalize() (usage, bool) {
 	read = min(read, p)
 	write = min(write, p-read)
 	return usage{PromptTokens: p, CompletionTokens: c, TotalTokens: p + c, CacheReadTokens: read, CacheWriteTokens: write}, true
+}
+
+// parseCount parses a count's number text: an integer from 0 to 2⁴⁰;
+// false when absent (nil) or anything else.
+func parseCount(n []byte) (int64, bool) {
+	if n == nil {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(string(n), 10, 64)
+	if err != nil || v < 0 || v > 1<<40 {
+		return 0, false
+	}
+	return v, true
 }
 
 // decodeUsageObject decodes the valid JSON object obj into u as
