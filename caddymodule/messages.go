@@ -17,33 +17,9 @@ import (
 // parseMessages validates a Messages API request body (a valid JSON object
 // starting at body[start]) into ir.
 func parseMessages(ir *inferenceRequest, body []byte, start int) (*inferenceRequest, *gatewayError) {
-	var model, messages, system, tools, maxTok, stream []byte
-	it := objIter{b: body, i: start}
-	for it.next() {
-		k, v := it.key, it.val
-		switch {
-		case keyIs(k, "model"):
-			model = v
-		case keyIs(k, "messages"):
-			messages = v
-		case keyIs(k, "system"):
-			system = v
-		case keyIs(k, "tools"):
-			tools = v
-		case keyIs(k, "max_tokens"):
-			maxTok = v
-			ir.spans = append(ir.spans, fieldSpan{field: capMaxTokens, start: it.valStart, end: it.valStart + len(v)})
-		case keyIs(k, "stream"):
-			stream = v
-		}
-	}
-	ir.end = it.i
-
-	var gerr *gatewayError
-	if ir.Model, gerr = parseModel(model); gerr != nil {
-		return nil, gerr
-	}
-	n, ok, gerr := parseCap("max_tokens", maxTok)
+	var messages, system, tools []byte
+	n, ok, gerr := ir.parseCommon(body, start, "max_tokens", capMaxTokens,
+		fieldPick{"messages", &messages}, fieldPick{"system", &system}, fieldPick{"tools", &tools})
 	if gerr != nil {
 		return nil, gerr
 	}
@@ -51,9 +27,6 @@ func parseMessages(ir *inferenceRequest, body []byte, start int) (*inferenceRequ
 		return nil, errBadRequest("'max_tokens' is required and must be at least 1")
 	}
 	ir.MaxTokens, ir.capKeys = n, capMaxTokens
-	if ir.Stream, gerr = parseStream(stream); gerr != nil {
-		return nil, gerr
-	}
 
 	var tc textCounter
 	fixed := int64(replyPrimingTokens)

@@ -320,6 +320,51 @@ func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*in
 	return ir, nil
 }
 
+// fieldPick asks parseCommon for the value of a top-level field.
+type fieldPick struct {
+	name string
+	dst  *[]byte
+}
+
+// parseCommon walks the top-level members of the JSON object at
+// body[start] for the requests whose only rewritten field is their cap
+// (capName, recorded as capBit): it sets ir's model and stream, returns
+// the cap (ok false when absent), and stores the picked fields' values
+// (the last occurrence wins, as in encoding/json).
+func (ir *inferenceRequest) parseCommon(body []byte, start int, capName string, capBit uint8, picks ...fieldPick) (capVal int64, ok bool, gerr *gatewayError) {
+	var model, capRaw, stream []byte
+	it := objIter{b: body, i: start}
+	for it.next() {
+		k, v := it.key, it.val
+		switch {
+		case keyIs(k, "model"):
+			model = v
+		case keyIs(k, capName):
+			capRaw = v
+			ir.spans = append(ir.spans, fieldSpan{field: capBit, start: it.valStart, end: it.valStart + len(v)})
+		case keyIs(k, "stream"):
+			stream = v
+		default:
+			for _, p := range picks {
+				if keyIs(k, p.name) {
+					*p.dst = v
+				}
+			}
+		}
+	}
+	ir.end = it.i
+	if ir.Model, gerr = parseModel(model); gerr != nil {
+		return 0, false, gerr
+	}
+	if capVal, ok, gerr = parseCap(capName, capRaw); gerr != nil {
+		return 0, false, gerr
+	}
+	if ir.Stream, gerr = parseStream(stream); gerr != nil {
+		return 0, false, gerr
+	}
+	return capVal, ok, nil
+}
+
 // parseModel validates the model field.
 func parseModel(model []byte) (string, *gatewayError) {
 	if model == nil || isNull(model) {

@@ -21,41 +21,14 @@ import (
 // parseResponses validates a Responses API request body (a valid JSON
 // object starting at body[start]) into ir.
 func parseResponses(ir *inferenceRequest, body []byte, start int) (*inferenceRequest, *gatewayError) {
-	var model, input, instructions, tools, maxOut, stream []byte
-	it := objIter{b: body, i: start}
-	for it.next() {
-		k, v := it.key, it.val
-		switch {
-		case keyIs(k, "model"):
-			model = v
-		case keyIs(k, "input"):
-			input = v
-		case keyIs(k, "instructions"):
-			instructions = v
-		case keyIs(k, "tools"):
-			tools = v
-		case keyIs(k, "max_output_tokens"):
-			maxOut = v
-			ir.spans = append(ir.spans, fieldSpan{field: capMaxOutputTokens, start: it.valStart, end: it.valStart + len(v)})
-		case keyIs(k, "stream"):
-			stream = v
-		}
-	}
-	ir.end = it.i
-
-	var gerr *gatewayError
-	if ir.Model, gerr = parseModel(model); gerr != nil {
-		return nil, gerr
-	}
-	n, ok, gerr := parseCap("max_output_tokens", maxOut)
+	var input, instructions, tools []byte
+	n, ok, gerr := ir.parseCommon(body, start, "max_output_tokens", capMaxOutputTokens,
+		fieldPick{"input", &input}, fieldPick{"instructions", &instructions}, fieldPick{"tools", &tools})
 	if gerr != nil {
 		return nil, gerr
 	}
 	if ok {
 		ir.MaxTokens, ir.capKeys = n, capMaxOutputTokens
-	}
-	if ir.Stream, gerr = parseStream(stream); gerr != nil {
-		return nil, gerr
 	}
 
 	var tc textCounter
