@@ -94,7 +94,9 @@ func FuzzReadInference(f *testing.F) {
 	f.Add([]byte(`{"model":"m","prompt":[[1,2],[3]],"best_of":2}`), uint8(1))
 	f.Add([]byte(`{"model":"e","input":["a","b"]}`), uint8(2))
 	f.Add([]byte(`{"model":"m","messages":[],"stream_options":{"include_usage":false,"x":[1]},"stream":true}`), uint8(0))
-	endpoints := []string{endpointChat, endpointCompletions, endpointEmbeddings}
+	f.Add([]byte(`{"model":"c","max_tokens":9,"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":[{"type":"tool_result","content":[{"type":"text","text":"x"}]}]}]}`), uint8(3))
+	f.Add([]byte(`{"model":"r","input":[{"role":"user","content":[{"type":"input_text","text":"a"}]}],"instructions":"i","max_output_tokens":3}`), uint8(4))
+	endpoints := []string{endpointChat, endpointCompletions, endpointEmbeddings, endpointMessages, endpointResponses}
 	f.Fuzz(func(t *testing.T, body []byte, ep uint8) {
 		endpoint := endpoints[int(ep)%len(endpoints)]
 		r := httptest.NewRequest("POST", "/v1/x", bytes.NewReader(body))
