@@ -42,7 +42,7 @@ type Gateway struct {
 	// no plan counting (rate limits still count requests).
 	FreePaths []string `json:"free_paths,omitempty"`
 
-	// Metering settings (settle.go): default_max_tokens,
+	// Metering settings (metering.go): default_max_tokens,
 	// min_completion_tokens, lower_max_tokens, max_tokens_field,
 	// embeddings_reserve_percent, max_response_buffer, settle_timeout.
 	Metering
