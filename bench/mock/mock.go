@@ -2,7 +2,8 @@
 //
 // It answers POST /v1/chat/completions and /v1/completions (JSON, or an SSE
 // stream when the request has "stream": true), POST /v1/embeddings and GET
-// /v1/models. Response bodies are built once per model and reused, so the mock
+// /v1/models, and the agent APIs: POST /v1/messages (Anthropic) and POST
+// /v1/responses, JSON or streams in their own event shapes (agents.go). Response bodies are built once per model and reused, so the mock
 // costs little CPU next to the proxy under test.
 //
 // Faults can be injected for every request through Options, or per request
@@ -66,6 +67,9 @@ type Options struct {
 	CutStreamAfter int
 	// OmitUsage leaves usage out of JSON answers and streams.
 	OmitUsage bool
+	// CachedTokens and CacheWriteTokens are the parts of PromptTokens the
+	// agent APIs report as read from and written to the prompt cache.
+	CachedTokens, CacheWriteTokens int
 	// IgnoreHeaders disables the X-Mock-* per-request overrides.
 	IgnoreHeaders bool
 
@@ -258,6 +262,7 @@ type request struct {
 	Model         string `json:"model"`
 	Stream        bool   `json:"stream"`
 	MaxTokens     int    `json:"max_tokens"`
+	MaxOutput     int    `json:"max_output_tokens"`
 	StreamOptions *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
@@ -323,6 +328,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveCompletion(w, r)
 	case "/v1/embeddings", "/embeddings":
 		h.serveEmbeddings(w, r)
+	case "/v1/messages":
+		h.serveAgent(w, r, anthropicDialect)
+	case "/v1/responses":
+		h.serveAgent(w, r, responsesDialect)
 	case "/v1/models", "/models":
 		if h.opts.OnRequest != nil {
 			h.opts.OnRequest(r, nil)
