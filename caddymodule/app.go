@@ -66,6 +66,10 @@ type App struct {
 	// entry whose model glob matches wins. Default: 1 credit per token.
 	Prices []ModelPrice `json:"prices,omitempty"`
 
+	// UpstreamPrices, when set, loads model prices from the upstream's
+	// model list (pricing_upstream.go); Prices override them.
+	UpstreamPrices *UpstreamPrices `json:"upstream_prices,omitempty"`
+
 	// TrialModels are the model globs callable without an active plan.
 	// Empty means every model.
 	TrialModels []string `json:"trial_models,omitempty"`
@@ -108,6 +112,7 @@ type App struct {
 	ctx           caddy.Context
 	logger        *zap.Logger
 	prices        *priceBook // the active price table
+	priceStatus   *priceStatus
 }
 
 // CaddyModule returns the Caddy module information.
@@ -187,6 +192,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	a.prices = newPriceBook(configPricing(a.Prices))
+	a.priceStatus = new(priceStatus)
+	if up := a.UpstreamPrices; up != nil {
+		if up.CreditsPerUSD <= 0 || up.CreditsPerUSD > 1<<30 {
+			return fmt.Errorf("gatewayz: upstream_prices: credits_per_usd must be a positive integer")
+		}
+		if strings.TrimSpace(up.URL) == "" {
+			return fmt.Errorf("gatewayz: upstream_prices: url is required")
+		}
+	}
 	for _, m := range a.TrialModels {
 		if err := validateGlob(m); err != nil {
 			return fmt.Errorf("gatewayz: trial_models: %v", err)
@@ -240,6 +254,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 func (a *App) Start() error {
 	if a.UsageRetention > 0 && a.state != nil {
 		go a.pruneUsage(a.ctx, time.Duration(a.UsageRetention))
+	}
+	if a.UpstreamPrices != nil && a.prices != nil {
+		a.startUpstreamPrices(a.ctx)
 	}
 	return nil
 }

@@ -40,6 +40,12 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //	        requests_per_minute <n>    # and _hour, _day, tokens_per_*
 //	    }
 //	    price <model-glob> <prompt_per_1k> <completion_per_1k> [<cache_read_per_1k> [<cache_write_per_1k>]]
+//	    upstream_prices {
+//	        url <model-list-url>     # e.g. {env.GATEWAYZ_UPSTREAM}/v1/models
+//	        api_key <key>            # a placeholder: {env.GATEWAYZ_API_KEY}
+//	        credits_per_usd <n>
+//	        refresh <duration>       # default 1h
+//	    }
 //	}
 //
 // Use runtime placeholders ({env.VAR}) for secrets, not {$VAR}: the latter
@@ -129,6 +135,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := parseRateLimits(d, &a.DefaultLimits); err != nil {
 				return err
 			}
+		case "upstream_prices":
+			up, err := parseUpstreamPricesBlock(d)
+			if err != nil {
+				return err
+			}
+			a.UpstreamPrices = up
 		case "price":
 			mp, err := parsePrice(d)
 			if err != nil {
@@ -178,4 +190,40 @@ func parsePrice(d *caddyfile.Dispenser) (ModelPrice, error) {
 		mp.CacheWritePer1K = &n[3]
 	}
 	return mp, nil
+}
+
+// parseUpstreamPricesBlock parses an upstream_prices block.
+func parseUpstreamPricesBlock(d *caddyfile.Dispenser) (*UpstreamPrices, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	up := new(UpstreamPrices)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		var s string
+		if !d.AllArgs(&s) {
+			return nil, d.ArgErr()
+		}
+		switch name {
+		case "url":
+			up.URL = s
+		case "api_key":
+			up.APIKey = s
+		case "credits_per_usd":
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n <= 0 {
+				return nil, d.Errf("credits_per_usd must be a positive integer, got %q", s)
+			}
+			up.CreditsPerUSD = n
+		case "refresh":
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("bad refresh %q", s)
+			}
+			up.Refresh = caddy.Duration(dur)
+		default:
+			return nil, d.Errf("unknown upstream_prices option %q", name)
+		}
+	}
+	return up, nil
 }
