@@ -142,6 +142,9 @@ var gatewayRoutes = []string{
 	"POST /v1/embeddings",
 	"GET /v1/models",
 	"GET /v1/models/{model}",
+	"POST /v1/messages",
+	"POST /v1/responses",
+	"GET /v1/responses/{response_id}",
 }
 
 // documentedOperations lists "METHOD /path" of every operation in doc.
@@ -259,6 +262,9 @@ func TestDocsOpenAPIErrorShapes(t *testing.T) {
 			if v1 {
 				want = openai
 			}
+			if strings.Contains(key, " /v1/messages") {
+				want = doc.Components.Schemas["AnthropicError"].Value
+			}
 			if key == "GET /health" && code == "503" {
 				// Health reports its own state, in its own shape.
 				want = doc.Components.Schemas["HealthResponse"].Value
@@ -293,7 +299,7 @@ func TestDocsOpenAPIGatewayRoutes(t *testing.T) {
 	if !slices.Equal(v1, want) {
 		t.Fatalf("documented /v1 operations %v, want %v", v1, want)
 	}
-	metered := []string{"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings"}
+	metered := []string{"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings", "POST /v1/messages", "POST /v1/responses"}
 	for _, key := range v1 {
 		op := ops[key]
 		var schemes []string
@@ -823,6 +829,8 @@ func TestDocsResponsesMatchHandlers(t *testing.T) {
 	c.do(docsCall{method: "GET", template: "/admin/audit-logs/export", bearer: admin, want: 200})
 	c.do(docsCall{method: "GET", template: "/admin/security", path: "/admin/security?expiring_within_days=30", bearer: admin, want: 200})
 	c.do(docsCall{method: "GET", template: "/admin/backup", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/prices", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/pricing", want: 200})
 	c.do(docsCall{method: "DELETE", template: "/admin/plans/{plan_id}", path: "/admin" + planPath, bearer: admin, want: 200})
 
 	// Bulk rotation replaces the calling key too: continue with its new secret.

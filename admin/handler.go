@@ -48,6 +48,7 @@ type backend interface {
 	RotationGrace() time.Duration
 	Authenticate(plaintext string) (*caddymodule.Identity, error)
 	CheckNetworkAccess(r *http.Request, id *caddymodule.Identity) error
+	PriceTable() caddymodule.PriceTable
 }
 
 // CaddyModule returns the Caddy module information.

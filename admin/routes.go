@@ -20,6 +20,7 @@ func (h *Handler) routes() []route {
 		{"POST", "/auth/register", public, h.register},
 		{"GET", "/plans", public, h.listPlans},
 		{"GET", "/plans/{plan_id}", public, h.getPlan},
+		{"GET", "/pricing", public, h.pricing},
 
 		// Documentation (docs.go)
 		{"GET", "/openapi.json", public, h.openAPI},
@@ -59,6 +60,7 @@ func (h *Handler) routes() []route {
 		{"GET", "/admin/audit-logs/export", admin, h.exportAudit},
 		{"GET", "/admin/security", admin, h.securityDashboard},
 		{"GET", "/admin/backup", admin, h.backup},
+		{"GET", "/admin/prices", admin, h.adminPrices},
 	}
 }
 

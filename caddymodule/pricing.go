@@ -93,10 +93,13 @@ type priceEntry struct {
 	source string // priceSourceConfig or priceSourceUpstream
 }
 
+// PriceSourceUpstream marks a price loaded from the upstream's model list.
+const PriceSourceUpstream = "upstream"
+
 // Where a price came from.
 const (
 	priceSourceConfig   = "config"
-	priceSourceUpstream = "upstream"
+	priceSourceUpstream = PriceSourceUpstream
 	priceSourceDefault  = "default"
 )
 
