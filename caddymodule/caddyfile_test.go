@@ -187,6 +187,25 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			{Model: "claude-*", PromptPer1K: 3000, CompletionPer1K: 15000, CacheReadPer1K: new(int64(300)), CacheWritePer1K: new(int64(3750))},
 			{Model: "gpt-4o*", PromptPer1K: 2500, CompletionPer1K: 10000, CacheReadPer1K: new(int64(1250))},
 		}}},
+		{name: "upstream prices", input: `gatewayz {
+			upstream_prices {
+				url {env.GATEWAYZ_UPSTREAM}/v1/models
+				api_key {env.GATEWAYZ_API_KEY}
+				credits_per_usd 1000
+				refresh 30m
+			}
+		}`, want: App{UpstreamPrices: &UpstreamPrices{URL: "{env.GATEWAYZ_UPSTREAM}/v1/models", APIKey: "{env.GATEWAYZ_API_KEY}",
+			CreditsPerUSD: 1000, Refresh: caddy.Duration(30 * 60e9)}}},
+		{name: "upstream prices: bad rate", input: `gatewayz {
+			upstream_prices {
+				credits_per_usd 0.5
+			}
+		}`, wantErr: "credits_per_usd must be a positive integer"},
+		{name: "upstream prices: unknown option", input: `gatewayz {
+			upstream_prices {
+				currency eur
+			}
+		}`, wantErr: "unknown upstream_prices option"},
 		{name: "price takes at most five args", input: `gatewayz {
 			price m 1 2 3 4 5
 		}`, wantErr: "wrong argument count"},

@@ -394,26 +394,54 @@ func TestMeteredInsufficientCredits(t *testing.T) {
 // never goes below zero, every 200 is billed exactly once, refusals cost
 // nothing, and the ledger adds up to the balance.
 func TestMeteringInvariant(t *testing.T) {
-	e := newTestEnv(t, nil)
+	e := newTestEnv(t, func(a *App, g *Gateway) {
+		g.Responses = true
+		a.Prices = []ModelPrice{{Model: "claude-m", PromptPer1K: 1, CompletionPer1K: 1}}
+	})
 	key, k := e.newKey(t, "", nil)
-	const start = 100
+	const start = 5000
 	setBalance(t, e, k.UserID, start)
 
+	// A mix of the three APIs under concurrency: JSON answers, streams
+	// and abandoned streams of chat, Anthropic messages (whose upstream
+	// usage exceeds the reservation: prompt caching) and responses.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	oks, refused, aborted := 0, 0, 0
-	for i := range 64 {
+	for i := range 96 {
 		wg.Go(func() {
+			target := "/v1/chat/completions"
 			body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":10}`
 			next := upstreamJSON(nil, 5, 6)
-			if i%2 == 1 {
-				body = `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":10}`
-				next = sseUpstream(nil, 0)
-				if i%4 == 3 {
-					next = sseUpstream(nil, 1)
+			stream := i%2 == 1
+			switch i % 3 {
+			case 0:
+				if stream {
+					body = `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":10}`
+					next = sseUpstream(nil, 0)
+					if i%4 == 3 {
+						next = sseUpstream(nil, 1)
+					}
 				}
+			case 1:
+				target = "/v1/messages"
+				body = strings.Replace(messagesBody, "claude-x", "claude-m", 1)
+				if stream {
+					body = strings.Replace(body, `"max_tokens"`, `"stream":true,"max_tokens"`, 1)
+				}
+				next = anthropicUpstream(nil, nil, 0)
+				if i%4 == 3 {
+					next = anthropicUpstream(nil, nil, 4)
+				}
+			case 2:
+				target = "/v1/responses"
+				body = `{"model":"m","input":"hi","max_output_tokens":10}`
+				if stream {
+					body = `{"model":"m","input":"hi","max_output_tokens":10,"stream":true}`
+				}
+				next = responsesUpstream(nil)
 			}
-			rec, p := meterDo(t, e, "/v1/chat/completions", body, next, bearer(key))
+			rec, p := meterDo(t, e, target, body, next, bearer(key))
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -421,7 +449,7 @@ func TestMeteringInvariant(t *testing.T) {
 				aborted++
 			case rec.Code == 200:
 				oks++
-			case rec.Code == http.StatusPaymentRequired:
+			case rec.Code == http.StatusPaymentRequired || rec.Code == http.StatusTooManyRequests: // credits, or the trial's daily tokens
 				refused++
 			default:
 				t.Errorf("unexpected status %d: %s", rec.Code, rec.Body)
@@ -438,8 +466,13 @@ func TestMeteringInvariant(t *testing.T) {
 		t.Fatalf("%d usage records for %d successes and %d billed aborts (%d refused)", len(recs), oks, aborted, refused)
 	}
 	var billed int64
+	endpoints := map[string]int{}
 	for _, r := range recs {
 		billed += r.Credits
+		endpoints[r.Endpoint]++
+	}
+	if endpoints[endpointChat] == 0 || endpoints[endpointMessages] == 0 || endpoints[endpointResponses] == 0 {
+		t.Fatalf("records by endpoint %v: the mix did not reach every API", endpoints)
 	}
 	if billed != start-b.Credits {
 		t.Fatalf("records bill %d, balance moved %d", billed, start-b.Credits)
@@ -471,9 +504,13 @@ func TestMeteringCaddyfile(t *testing.T) {
 		embeddings_reserve_percent 200
 		max_response_buffer 2MiB
 		settle_timeout 3s
+		responses
 	}`)
 	if err := g.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
+	}
+	if !g.Responses {
+		t.Fatal("responses not on")
 	}
 	want := Metering{DefaultMaxTokens: 512, MinCompletionTokens: 8, LowerMaxTokens: true, MaxTokensField: "max_completion_tokens",
 		EmbeddingsReservePercent: 200, MaxResponseBuffer: 2 << 20, SettleTimeout: caddy.Duration(3 * time.Second)}
@@ -490,6 +527,7 @@ func TestMeteringCaddyfile(t *testing.T) {
 		"gatewayz {\n lower_max_tokens maybe\n}",
 		"gatewayz {\n max_response_buffer lots\n}",
 		"gatewayz {\n settle_timeout never\n}",
+		"gatewayz {\n responses sometimes\n}",
 	} {
 		if err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
