@@ -44,7 +44,7 @@ const (
 )
 
 // docsCaddyfile serves the management API (with its docs) and the gateway's
-// /v1 routes, as Caddyfile.example does, in front of the upstream given
+// /v1 routes (/v1/responses too), as Caddyfile.example does, in front of the upstream given
 // (127.0.0.1:9, a closed port, when a test never gets that far).
 const docsCaddyfile = `{
 	skip_install_trust
@@ -60,7 +60,9 @@ const docsCaddyfile = `{
 
 http://localhost:9080 {
 	handle /v1/* {
-		gatewayz
+		gatewayz {
+			responses
+		}
 		reverse_proxy %s
 	}
 	handle {
@@ -380,6 +382,7 @@ func TestDocsGatewayRoutesServed(t *testing.T) {
 		}
 		v1++
 		p = strings.ReplaceAll(p, "{model}", "gpt-4o-mini")
+		p = strings.ReplaceAll(p, "{response_id}", "resp_1")
 		status, body := docsRequest(t, tester, method, p)
 		if status != http.StatusUnauthorized || !strings.Contains(body, `"error"`) {
 			t.Errorf("%s %s without a key: %d %s, want the gateway's 401", method, p, status, body)
