@@ -1,14 +1,18 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/gatewayz/caddy-gatewayz/bench/mock"
 )
 
 // parseExpecting parses body for endpoint: a 400 whose message contains
@@ -518,6 +522,44 @@ func FuzzDialectScanners(f *testing.F) {
 		}
 		if whole.generated.ascii < 0 || whole.generated.other < 0 {
 			t.Fatal("negative count")
+		}
+	})
+}
+
+// BenchmarkMeteredMessagesStream is BenchmarkMeteredStream for the
+// Anthropic Messages API: bench/mock's stream (16 deltas), rendered once
+// and replayed event by event with a flush after each, as the chat one.
+func BenchmarkMeteredMessagesStream(b *testing.B) {
+	body := `{"model":"mock-model","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello to the benchmark."}]}`
+	rendered := httptest.NewRecorder()
+	mock.NewHandler(mock.Options{PromptTokens: 12, StreamChunks: 16, CachedTokens: 8}).
+		ServeHTTP(rendered, httptest.NewRequest("POST", "/v1/messages", strings.NewReader(body)))
+	var events [][]byte
+	for _, ev := range bytes.SplitAfter(rendered.Body.Bytes(), []byte("\n\n")) {
+		if len(ev) > 0 {
+			events = append(events, ev)
+		}
+	}
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.WriteHeader(200)
+		rc := http.NewResponseController(w)
+		for _, ev := range events {
+			if _, err := w.Write(ev); err != nil {
+				return err
+			}
+			if err := rc.Flush(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	end := events[len(events)-1]
+	benchMeteredAt(b, "/v1/messages", body, next, func(rec *httptest.ResponseRecorder) {
+		if !bytes.HasSuffix(rec.Body.Bytes(), end) {
+			b.Fatalf("stream %s", rec.Body)
 		}
 	})
 }

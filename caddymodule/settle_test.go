@@ -688,11 +688,16 @@ func benchEnv(b *testing.B) (*testEnv, string) {
 // to next, as the benchmark's load generator does. The settlement's store
 // encoding is included; its group commit runs in the background.
 func benchMetered(b *testing.B, body string, next caddyhttp.HandlerFunc, check func(*httptest.ResponseRecorder)) {
+	benchMeteredAt(b, "/v1/chat/completions", body, next, check)
+}
+
+// benchMeteredAt is benchMetered on the route at target.
+func benchMeteredAt(b *testing.B, target, body string, next caddyhttp.HandlerFunc, check func(*httptest.ResponseRecorder)) {
 	e, key := benchEnv(b)
 	auth := "Bearer " + key
 	b.ReportAllocs()
 	for b.Loop() {
-		req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
+		req := httptest.NewRequest("POST", target, strings.NewReader(body))
 		req.RemoteAddr = "192.0.2.10:40000"
 		req.Header.Set("Authorization", auth)
 		req.Header.Set("Content-Type", "application/json")
