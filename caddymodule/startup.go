@@ -64,8 +64,7 @@ type gatewayRoutes struct {
 func findGatewayRoutes(app *caddyhttp.App) gatewayRoutes {
 	var found gatewayRoutes
 	for _, srv := range app.Servers {
-		before := len(found.upstreams)
-		if found.walk(srv.Routes, false) || len(found.upstreams) > before {
+		if found.walk(srv.Routes, false) {
 			found.listen = append(found.listen, srv.Listen...)
 		}
 	}
@@ -76,25 +75,26 @@ func findGatewayRoutes(app *caddyhttp.App) gatewayRoutes {
 	return found
 }
 
-// walk visits routes in order; after says a gatewayz handler came before.
-// It reports whether one was met.
-func (f *gatewayRoutes) walk(routes caddyhttp.RouteList, after bool) bool {
-	met := after
+// walk visits routes in order; after says a gatewayz handler came before
+// them. A gateway inside a subroute (a `handle` block) is followed by what
+// comes after it there, not by its sibling blocks. It reports whether a
+// gateway was met.
+func (f *gatewayRoutes) walk(routes caddyhttp.RouteList, after bool) (found bool) {
 	for _, rt := range routes {
 		for _, h := range rt.Handlers {
 			switch h := h.(type) {
 			case *Gateway:
-				met = true
+				after, found = true, true
 			case *caddyhttp.Subroute:
-				met = f.walk(h.Routes, met) || met
+				found = f.walk(h.Routes, after) || found
 			case *reverseproxy.Handler:
-				if met {
+				if after {
 					f.addProxy(h)
 				}
 			}
 		}
 	}
-	return met
+	return found
 }
 
 // credentialHeaders are request headers that carry an upstream key.
@@ -125,5 +125,5 @@ func emptyCredential(repl *caddy.Replacer, v string) bool {
 	}
 	resolved := strings.TrimSpace(repl.ReplaceKnown(v, ""))
 	scheme, rest, _ := strings.Cut(resolved, " ")
-	return resolved == "" || (strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(rest) == "") || strings.EqualFold(resolved, "Bearer")
+	return resolved == "" || strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(rest) == ""
 }
