@@ -222,25 +222,12 @@ func (s *scopeInput) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// validateScopes checks permission names (read, write, admin) and resource
-// names, and returns the scopes to store.
+// validateScopes returns the canonical form of a scope a client sent (see
+// storage.ParseScopes); anything it refuses is a 422 naming the field.
 func validateScopes(in scopeInput) (storage.Scopes, error) {
-	out := make(storage.Scopes, len(in))
-	for perm, resources := range in {
-		switch perm {
-		case "read", "write", "admin":
-		default:
-			return nil, errValidation("Unknown permission %q in scope_permissions (use read, write or admin)", clip(perm))
-		}
-		list := make([]string, 0, len(resources))
-		for _, r := range resources {
-			r = strings.TrimSpace(r)
-			if r == "" || len(r) > 64 {
-				return nil, errValidation("scope_permissions.%s has an empty or too long resource name", perm)
-			}
-			list = append(list, r)
-		}
-		out[perm] = list
+	out, err := storage.ParseScopes(in)
+	if err != nil {
+		return nil, errValidation("%s", err.Error())
 	}
 	return out, nil
 }
