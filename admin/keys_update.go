@@ -54,10 +54,6 @@ func (h *Handler) updateKey(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, errWiderKey("modify"))
 			return
 		}
-		if req.ScopePerms != nil && target.ID == id.Key.ID {
-			h.fail(w, r, errForbidden("A key cannot change its own scope_permissions; use a key whose scope covers it"))
-			return
-		}
 		h.applyUpdate(w, r, id, target, &req)
 	case "rotate":
 		if !id.Key.Scopes.Covers(target.Scopes) {
@@ -180,6 +176,10 @@ func (h *Handler) applyUpdate(w http.ResponseWriter, r *http.Request, id *caddym
 	u, err := validateKeyUpdate(req, id.Key.Scopes, now)
 	if err != nil {
 		h.fail(w, r, err)
+		return
+	}
+	if u.scopes != nil && target.ID == id.Key.ID {
+		h.fail(w, r, errForbidden("A key cannot change its own scope_permissions; use a key whose scope covers it"))
 		return
 	}
 	var oldVals, newVals map[string]any
