@@ -371,6 +371,25 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 
 	f := newMatrixFixture(t, g, &seq, planID)
+
+	// The gateway serves nothing the document does not list: the other
+	// OpenAI paths a new route would most likely take answer 404 to a full
+	// key, without reaching the upstream.
+	for _, p := range []string{"/v1/responses", "/v1/images/generations", "/v1/audio/speech", "/v1/audio/transcriptions",
+		"/v1/moderations", "/v1/files", "/v1/batches", "/v1/assistants", "/v1/fine_tuning/jobs", "/v1/chat", "/v1/engines"} {
+		if documented["POST "+p] || documented["GET "+p] {
+			continue
+		}
+		n := len(up.requests())
+		for _, method := range []string{"GET", "POST"} {
+			if r := g.do(method, p, map[string]any{"model": "gpt-4o-mini"}, bearer(f.keys[callerPrimary])); r.Status != 404 {
+				t.Errorf("%s %s (undocumented): status %d, want 404", method, p, r.Status)
+			}
+		}
+		if len(up.requests()) != n {
+			t.Errorf("%s (undocumented) reached the upstream", p)
+		}
+	}
 	for _, op := range cases {
 		rt, ok := matrixRoutes[op.key]
 		if !ok {
