@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"encoding/json"
 	"errors"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -151,4 +153,44 @@ func TestParseScopesProperties(t *testing.T) {
 			t.Fatalf("equal grants, different canonical forms: %v, %v", a, b)
 		}
 	}
+}
+
+// FuzzParseScopes: any scope a client can send either is refused with a
+// ScopeError or parses to a canonical scope of known names, which parses
+// to itself again.
+func FuzzParseScopes(f *testing.F) {
+	for _, seed := range []string{
+		`{}`, `{"read":[]}`, `{"read":["*"],"write":["*"],"admin":["*"]}`, `{"WRITE":[" API_*"]}`,
+		`{"read":["models","usage","profile"],"write":["chat","completions","profile_update"]}`,
+		`{"read":["[a-"]}`, `{"root":["*"]}`, `{"read":["**","chat"]}`, `{"read":["u?age","*s"]}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var in map[string][]string
+		if json.Unmarshal(b, &in) != nil {
+			return
+		}
+		got, err := ParseScopes(in)
+		if err != nil {
+			var se *ScopeError
+			if !errors.As(err, &se) {
+				t.Fatalf("ParseScopes(%s): %T %v", b, err, err)
+			}
+			return
+		}
+		for perm, resources := range got {
+			if !slices.Contains(ScopePermissions, perm) || len(resources) == 0 {
+				t.Fatalf("ParseScopes(%s) = %v: permission %q", b, got, perm)
+			}
+			for _, r := range resources {
+				if r != "*" && !slices.Contains(ScopeResources, r) {
+					t.Fatalf("ParseScopes(%s) = %v: resource %q", b, got, r)
+				}
+			}
+		}
+		if again, err := ParseScopes(got); err != nil || !reflect.DeepEqual(again, got) {
+			t.Fatalf("ParseScopes(%s) = %v, parsed again %v, %v", b, got, again, err)
+		}
+	})
 }
