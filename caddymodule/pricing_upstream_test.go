@@ -94,9 +94,11 @@ func TestRefreshUpstreamPrices(t *testing.T) {
 	defer srv.Close()
 	e := newTestEnv(t, func(a *App, _ *Gateway) {
 		a.Prices = []ModelPrice{{Model: "claude-*", PromptPer1K: 1, CompletionPer1K: 2}} // overrides the upstream
-		a.UpstreamPrices = &UpstreamPrices{URL: srv.URL, CreditsPerUSD: 1000}
 	})
 	a := e.app
+	// Set after Start, so that no timer loads concurrently: the test
+	// drives the loads itself.
+	a.UpstreamPrices = &UpstreamPrices{URL: srv.URL, CreditsPerUSD: 1000}
 	a.refreshPrices(context.Background(), srv.Client(), srv.URL, "sk-op")
 	if auth.Load() != "Bearer sk-op" {
 		t.Fatalf("authorization %v", auth.Load())
