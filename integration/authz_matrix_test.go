@@ -91,6 +91,7 @@ var matrixRoutes = map[string]matrixRoute{
 	"GET /redoc":              {ok: 200},
 	"GET /docs/assets/{file}": {ok: 200, path: func(*matrixFixture) string { return "/docs/assets/swagger-init.js" }},
 	"GET /plans":              {ok: 200},
+	"GET /pricing":            {ok: 200},
 	"GET /plans/{plan_id}":    {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/plans/%d", f.planID) }},
 	"POST /auth/register": {ok: 200, body: func(f *matrixFixture) any {
 		return map[string]any{"username": "r", "email": f.unique("reg") + "@example.com"}
@@ -127,13 +128,19 @@ var matrixRoutes = map[string]matrixRoute{
 	"GET /admin/audit-logs/export":  {ok: 200},
 	"GET /admin/security":           {ok: 200},
 	"GET /admin/backup":             {ok: 200},
+	"GET /admin/prices":             {ok: 200},
 	"POST /v1/chat/completions":     {ok: 200, body: func(*matrixFixture) any { return chatBody("gpt-4o-mini") }},
 	"POST /v1/completions": {ok: 200, body: func(*matrixFixture) any {
 		return map[string]any{"model": "gpt-4o-mini", "prompt": "hi", "max_tokens": 16}
 	}},
-	"POST /v1/embeddings":    {ok: 200, body: func(*matrixFixture) any { return map[string]any{"model": "text-embedding-3-small", "input": "hi"} }},
-	"GET /v1/models":         {ok: 200},
-	"GET /v1/models/{model}": {ok: 200, path: func(*matrixFixture) string { return "/v1/models/gpt-4o-mini" }},
+	"POST /v1/embeddings": {ok: 200, body: func(*matrixFixture) any { return map[string]any{"model": "text-embedding-3-small", "input": "hi"} }},
+	"GET /v1/models":      {ok: 200},
+	"POST /v1/messages": {ok: 200, body: func(*matrixFixture) any {
+		return map[string]any{"model": "gpt-4o-mini", "max_tokens": 16, "messages": []any{map[string]any{"role": "user", "content": "hi"}}}
+	}},
+	"POST /v1/responses":              {ok: 200, body: func(*matrixFixture) any { return map[string]any{"model": "gpt-4o-mini", "input": "hi"} }},
+	"GET /v1/responses/{response_id}": {ok: 200, path: func(*matrixFixture) string { return "/v1/responses/resp_1" }},
+	"GET /v1/models/{model}":          {ok: 200, path: func(*matrixFixture) string { return "/v1/models/gpt-4o-mini" }},
 }
 
 // generousLimits keep the matrix's requests clear of the rate limits.
@@ -337,7 +344,7 @@ func (f *matrixFixture) headers(c matrixCaller) []string {
 
 func TestAuthorizationMatrix(t *testing.T) {
 	up := startFakeOpenAI(t)
-	g := startGateway(t, gatewayConfig{Upstream: up.hostPort(),
+	g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), GatewayBlock: "responses",
 		SiteOptions: "@docs path /docs /docs/* /redoc /openapi.json\n\thandle @docs {\n\t\tgatewayz_api\n\t}"})
 	plan := g.do("POST", "/admin/plans", map[string]any{"name": "Matrix", "daily_request_limit": 100000, "monthly_request_limit": 100000,
 		"daily_token_limit": 100000000, "monthly_token_limit": 100000000}, adminAuth()).mustStatus(t, 200, "plan").json()

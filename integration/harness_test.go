@@ -169,7 +169,7 @@ func gatewayCaddyfile(t *testing.T, c gatewayConfig) (string, string) {
 
 http://localhost:9080 {
 	%s
-	@api path /auth/* /user/* /admin/* /plans /plans/* /health
+	@api path /auth/* /user/* /admin/* /plans /plans/* /pricing /health
 	handle @api {
 		gatewayz_api
 	}
