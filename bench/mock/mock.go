@@ -3,7 +3,9 @@
 // It answers POST /v1/chat/completions and /v1/completions (JSON, or an SSE
 // stream when the request has "stream": true), POST /v1/embeddings and GET
 // /v1/models. Response bodies are built once per model and reused, so the mock
-// costs little CPU next to the proxy under test.
+// costs little CPU next to the proxy under test. Chat completions answer the
+// tiny answer by default, or one shaped and sized as OpenAI sends it (Answer,
+// answer.go).
 //
 // Faults can be injected for every request through Options, or per request
 // through X-Mock-* headers (see the Header* constants) unless
