@@ -76,13 +76,61 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 		return 0, 0, err
 	}
 	var status string
-	err = s.pool.QueryRow(ctx, `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		int64(res.ID), cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time)/100, rec.TotalTokens, rec.RequestID, string(doc),
-	).Scan(&charged, &balanceAfter, &status)
+	call := heldCall{settleSQL, []any{int64(res.ID), cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
+		rec.TotalTokens, rec.RequestID, string(doc)}}
+	err = s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balanceAfter, &status)
 	if err != nil {
-		return 0, 0, mapErr(err)
+		return 0, 0, s.retryLater(call, mapErr(err))
 	}
 	return s.settled(status, charged, balanceAfter)
+}
+
+const (
+	settleSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+	refundSQL = `SELECT 0::bigint, 0::bigint, gw_refund($1)`
+)
+
+// heldCall is a settlement or refund of a hold: a call of gw_settle or
+// gw_refund answering (charged, balance, status).
+type heldCall struct {
+	sql  string
+	args []any
+}
+
+// retryLater keeps a settlement or refund that failed because the database
+// could not be reached, for keepAlive to apply once it is back, and returns
+// err. A repeat is harmless: if the first call did commit, the hold row is
+// gone and the repeat finds nothing to do.
+func (s *Store) retryLater(call heldCall, err error) error {
+	if errors.Is(err, storage.ErrUnavailable) {
+		s.retryMu.Lock()
+		s.retries = append(s.retries, call)
+		s.retryMu.Unlock()
+	}
+	return err
+}
+
+// retryHeld applies the kept settlements and refunds, keeping those that
+// fail again because the database is still unreachable.
+func (s *Store) retryHeld(ctx context.Context) {
+	s.retryMu.Lock()
+	calls := s.retries
+	s.retries = nil
+	s.retryMu.Unlock()
+	for i, call := range calls {
+		var charged, balance int64
+		var status string
+		err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status)
+		if errors.Is(mapErr(err), storage.ErrUnavailable) {
+			s.retryMu.Lock()
+			s.retries = append(s.retries, calls[i:]...)
+			s.retryMu.Unlock()
+			return
+		}
+		if err == nil {
+			s.settled(status, charged, balance)
+		}
+	}
 }
 
 // settled turns gw_settle's and gw_refund's status into Settle's results.
@@ -105,9 +153,11 @@ func (s *Store) Refund(ctx context.Context, res *storage.Reservation) error {
 	if res == nil {
 		return fmt.Errorf("storage: nil reservation: %w", storage.ErrInvalid)
 	}
+	var charged, balance int64
 	var status string
-	if err := s.pool.QueryRow(ctx, `SELECT gw_refund($1)`, int64(res.ID)).Scan(&status); err != nil {
-		return mapErr(err)
+	call := heldCall{refundSQL, []any{int64(res.ID)}}
+	if err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status); err != nil {
+		return s.retryLater(call, mapErr(err))
 	}
 	_, _, err := s.settled(status, 0, 0)
 	return err

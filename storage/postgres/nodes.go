@@ -12,7 +12,8 @@ const releasedRetention = 24 * time.Hour
 // keepAlive heartbeats every third of the lease and, on the same beat,
 // releases the holds of nodes silent for longer than the lease (any node
 // may; the rows are locked with SKIP LOCKED, so two nodes reaping at once
-// split the work). Once a minute it drops old change log rows, forgotten
+// split the work) and applies the settlements and refunds that failed
+// while the database was unreachable. Once a minute it drops old change log rows, forgotten
 // released holds and long-dead nodes.
 func (s *Store) keepAlive(ctx context.Context) {
 	beat := time.NewTicker(s.opts.Lease / 3)
@@ -27,6 +28,7 @@ func (s *Store) keepAlive(ctx context.Context) {
 		tick, cancel := context.WithTimeout(ctx, s.opts.Lease)
 		s.pool.Exec(tick, `UPDATE gw_nodes SET heartbeat_at = now() WHERE id = $1`, s.node)
 		s.releaseDead(tick)
+		s.retryHeld(tick)
 		if time.Since(lastTidy) > time.Minute {
 			lastTidy = time.Now()
 			s.tidy(tick)

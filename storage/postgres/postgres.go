@@ -90,6 +90,9 @@ type Store struct {
 
 	openN atomic.Int64 // holds this handle made and has not settled or refunded
 
+	retryMu sync.Mutex
+	retries []heldCall // settlements and refunds to apply once the database is back
+
 	subMu  sync.Mutex
 	subs   map[int]func(storage.Change)
 	subSeq int
