@@ -2,8 +2,8 @@
 // the package starts in a temporary directory (initdb and pg_ctl of the
 // installed PostgreSQL, a free port on 127.0.0.1, the unix socket in the
 // same directory, fsync off), or the one GATEWAYZ_TEST_DATABASE_URL points
-// at. Each test gets a database of its own, created from an empty template
-// and dropped when the test ends.
+// at. Each test gets a database of its own, created from a template (empty,
+// or as the package's Main prepared it) and dropped when the test ends.
 //
 // A test package calls Main from its TestMain, so the private server is
 // started at most once (on the first test that asks for a database) and
@@ -42,7 +42,7 @@ import (
 // server instead of a private one. Its user needs the CREATEDB privilege.
 const EnvDatabaseURL = "GATEWAYZ_TEST_DATABASE_URL"
 
-// templateName is the empty database every test database is copied from.
+// templateName is the database every test database is copied from.
 const templateName = "gw_tmpl"
 
 var (
@@ -53,9 +53,17 @@ var (
 	dbSeq      atomic.Int64
 )
 
+// prepareTemplate, when set by Main, runs once on the template database
+// (e.g. to create a schema every test database then starts with).
+var prepareTemplate func(ctx context.Context, url string) error
+
 // Main runs the package's tests and stops the private server, if one was
-// started. Use it from TestMain.
-func Main(m *testing.M) int {
+// started. Use it from TestMain. prepare, if given, runs once on the
+// template every test database is copied from.
+func Main(m *testing.M, prepare ...func(ctx context.Context, url string) error) int {
+	if len(prepare) > 0 {
+		prepareTemplate = prepare[0]
+	}
 	code := m.Run()
 	if shared != nil {
 		if err := shared.Close(); err != nil {
@@ -132,14 +140,24 @@ func adminExec(baseURL, sql string) error {
 	return err
 }
 
-// createTemplate creates the empty template database, if missing.
+// createTemplate creates the template database afresh (a template left
+// by an earlier run may hold an older schema).
 func createTemplate(baseURL string) error {
-	err := adminExec(baseURL, "CREATE DATABASE "+templateName)
-	var exists interface{ SQLState() string }
-	if errors.As(err, &exists) && exists.SQLState() == "42P04" { // duplicate_database
+	if err := adminExec(baseURL, "DROP DATABASE IF EXISTS "+templateName+" WITH (FORCE)"); err != nil {
+		return err
+	}
+	if err := adminExec(baseURL, "CREATE DATABASE "+templateName); err != nil {
+		return err
+	}
+	if prepareTemplate == nil {
 		return nil
 	}
-	return err
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := prepareTemplate(ctx, withDatabase(baseURL, templateName)); err != nil {
+		return fmt.Errorf("preparing the template database: %w", err)
+	}
+	return nil
 }
 
 // Server is a private PostgreSQL server in a temporary directory.
@@ -184,7 +202,7 @@ func Start() (*Server, error) {
 	}
 	// The settings go to the configuration file, so Restart keeps them.
 	conf := fmt.Sprintf("\nlisten_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\n"+
-		"fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n", s.port, s.dir)
+		"fsync = off\nfull_page_writes = off\nmax_connections = 200\n", s.port, s.dir)
 	f, err := os.OpenFile(filepath.Join(s.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err == nil {
 		_, err = f.WriteString(conf)

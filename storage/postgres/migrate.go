@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
 // migrationFiles are the schema versions, migrations/NNNN_name.sql: file
@@ -60,6 +62,17 @@ func migrations() ([]migration, error) {
 func SchemaVersion() int {
 	ms, _ := migrations()
 	return len(ms)
+}
+
+// Migrate creates or upgrades the schema of the database at dsn, as Open
+// does, without registering a node.
+func Migrate(ctx context.Context, dsn string) error {
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("storage: the PostgreSQL DSN does not parse: %w", storage.ErrInvalid)
+	}
+	defer pool.Close()
+	return migrate(ctx, pool)
 }
 
 // migrate brings the schema to SchemaVersion, each version in its own

@@ -12,7 +12,8 @@ import (
 	"github.com/gatewayz/caddy-gatewayz/storage/storetest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+// Every test database starts with the schema (migrated once, in the template).
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, postgres.Migrate)) }
 
 // testOptions are short intervals, so that feed and lease tests end soon.
 var testOptions = postgres.Options{Node: "test", PollInterval: 100 * time.Millisecond, Lease: time.Second}
