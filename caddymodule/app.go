@@ -39,6 +39,14 @@ type App struct {
 	// an empty result means the default.
 	DBPath string `json:"db_path,omitempty"`
 
+	// DatabaseURL, when it resolves to a non-empty value at run time,
+	// selects the PostgreSQL storage (gatewayz.storage.postgres) with this
+	// DSN instead of the bbolt file, usually
+	// "{env.GATEWAYZ_DATABASE_URL}": one environment variable moves a
+	// configuration from the file to the database. PostgreSQL needs an
+	// explicit Secret.
+	DatabaseURL string `json:"database_url,omitempty"`
+
 	// Secret is the server secret from which the key-lookup hash and the
 	// key encryption are derived (at least 16 characters), usually
 	// "{env.GATEWAYZ_SECRET}". When it resolves to empty, a random secret
@@ -145,6 +153,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
 
+	pg := &PostgresStorage{DSN: a.DatabaseURL}
+	dsn := pg.resolvedDSN()
 	dbPath := strings.TrimSpace(repl.ReplaceAll(a.DBPath, ""))
 	if dbPath == "" {
 		dbPath = filepath.Join(caddy.AppDataDir(), defaultDBName)
@@ -153,7 +163,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("gatewayz: db_path %q: %v", dbPath, err)
 	}
-	a.dbPath = abs
+	if dsn == "" {
+		a.dbPath = abs
+	}
 
 	a.adminKey = strings.TrimSpace(repl.ReplaceAll(a.AdminKeyValue, ""))
 
@@ -188,8 +200,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 
-	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
-		return fmt.Errorf("gatewayz: creating database directory: %v", err)
+	if dsn == "" {
+		if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
+			return fmt.Errorf("gatewayz: creating database directory: %v", err)
+		}
 	}
 	var secret []byte
 	if s := repl.ReplaceAll(a.Secret, ""); s != "" {
@@ -197,6 +211,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if secret == nil {
 			return fmt.Errorf("gatewayz: secret must be at least %d characters", storage.MinSecretStringLen)
 		}
+	} else if dsn != "" {
+		return errPostgresNeedsSecret
 	} else {
 		secret, err = storage.LoadOrCreateSecret(abs + ".secret")
 		if err != nil {
@@ -215,17 +231,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	cfg := sharedConfig{negativeCacheSize: a.NegativeCacheSize, auditPerMinute: a.SecurityAuditPerMinute}
 	logger := a.logger
-	v, _, err := statePool.LoadOrNew(abs, func() (caddy.Destructor, error) {
-		st, err := storage.Open(abs, opts)
+	poolKey, open, what := abs, func() (storage.Store, error) { return storage.Open(abs, opts) }, abs
+	if dsn != "" {
+		// Keyed by the DSN (in memory only): a reload onto the same
+		// database keeps the pool, the holds and the caches.
+		poolKey, open, what = "postgres "+dsn, func() (storage.Store, error) { return pg.open(dsn) }, "the PostgreSQL database"
+	}
+	v, _, err := statePool.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		st, err := open()
 		if err != nil {
 			return nil, err
 		}
 		return newSharedState(st, cfg, logger), nil
 	})
 	if err != nil {
-		return fmt.Errorf("gatewayz: opening %s: %v", abs, err)
+		return fmt.Errorf("gatewayz: opening %s: %v", what, err)
 	}
-	a.poolKey = abs
+	a.poolKey = poolKey
 	a.state = v.(*sharedState)
 	return nil
 }
@@ -291,7 +313,8 @@ func (a *App) RotationGrace() time.Duration { return time.Duration(a.RotationGra
 // Pricing returns the configured model prices.
 func (a *App) Pricing() pricing { return pricing(a.Prices) }
 
-// DatabasePath returns the absolute path of the database file.
+// DatabasePath returns the absolute path of the bbolt database file, ""
+// on PostgreSQL.
 func (a *App) DatabasePath() string { return a.dbPath }
 
 // Identity is an authenticated API key and its owner. Both are snapshots

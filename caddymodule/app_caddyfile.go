@@ -25,6 +25,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //
 //	gatewayz {
 //	    db_path        <path>          # e.g. {env.GATEWAYZ_DB}
+//	    database_url   <dsn>           # e.g. {env.GATEWAYZ_DATABASE_URL}: PostgreSQL when non-empty
 //	    secret         <secret>        # e.g. {env.GATEWAYZ_SECRET}
 //	    admin_key      <token>         # e.g. {env.GATEWAYZ_ADMIN_KEY}
 //	    signup_credits <n>             # or a placeholder
@@ -53,7 +54,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		name := d.Val()
 		switch name {
-		case "db_path", "secret", "admin_key", "signup_credits":
+		case "db_path", "database_url", "secret", "admin_key", "signup_credits":
 			var s string
 			if !d.AllArgs(&s) {
 				return d.ArgErr()
@@ -61,6 +62,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			switch name {
 			case "db_path":
 				a.DBPath = s
+			case "database_url":
+				a.DatabaseURL = s
 			case "secret":
 				a.Secret = s
 			case "admin_key":

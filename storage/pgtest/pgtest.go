@@ -65,12 +65,19 @@ func Main(m *testing.M, prepare ...func(ctx context.Context, url string) error) 
 		prepareTemplate = prepare[0]
 	}
 	code := m.Run()
+	Stop()
+	return code
+}
+
+// Stop stops the private server, if one was started. Main calls it; a
+// TestMain that cannot use Main calls it after m.Run.
+func Stop() {
 	if shared != nil {
 		if err := shared.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "pgtest:", err)
 		}
+		shared = nil
 	}
-	return code
 }
 
 // DatabaseURL returns the URL of a new empty database for t, dropped when

@@ -1,0 +1,155 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+	"github.com/gatewayz/caddy-gatewayz/storage/postgres"
+)
+
+func init() {
+	caddy.RegisterModule(new(PostgresStorage))
+}
+
+// PostgresStorage is the storage backend `gatewayz.storage.postgres`: the
+// store in a PostgreSQL database, which several gateway nodes may share
+// (every node with the same secret). Reservations are holds of this node
+// in the database: they come back to the user when it stops, and within
+// Lease when it dies.
+type PostgresStorage struct {
+	// DSN is the database: a URL
+	// (postgres://user:password@host:5432/gatewayz?sslmode=require) or a
+	// key=value string, usually "{env.GATEWAYZ_DATABASE_URL}". Resolved at
+	// run time, so the password never reaches the autosaved config.
+	DSN string `json:"dsn,omitempty"`
+
+	// PoolSize is the most connections this node opens. Default 16.
+	PoolSize int `json:"pool_size,omitempty"`
+
+	// StatementTimeout bounds every statement. Default 10s.
+	StatementTimeout caddy.Duration `json:"statement_timeout,omitempty"`
+
+	// Lease is how long this node may stay silent before the other nodes
+	// release its holds (it heartbeats every third of it). Default 5s.
+	Lease caddy.Duration `json:"lease,omitempty"`
+
+	// Node names this node among those sharing the database; a node that
+	// starts under a name releases what its previous run under it held.
+	// Names must differ between nodes running at the same time. Default:
+	// the host name and a digest of Caddy's data directory.
+	Node string `json:"node,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (*PostgresStorage) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "gatewayz.storage.postgres",
+		New: func() caddy.Module { return new(PostgresStorage) },
+	}
+}
+
+// postgresOpenTimeout bounds connecting and migrating at start.
+const postgresOpenTimeout = time.Minute
+
+// resolvedDSN returns the DSN with its placeholders resolved.
+func (p *PostgresStorage) resolvedDSN() string {
+	return strings.TrimSpace(caddy.NewReplacer().ReplaceAll(p.DSN, ""))
+}
+
+// open connects to the database (creating or upgrading its schema).
+func (p *PostgresStorage) open(dsn string) (storage.Store, error) {
+	node := p.Node
+	if node == "" {
+		node = defaultNodeName()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), postgresOpenTimeout)
+	defer cancel()
+	return postgres.Open(ctx, dsn, postgres.Options{
+		Node:             node,
+		PoolSize:         p.PoolSize,
+		StatementTimeout: time.Duration(p.StatementTimeout),
+		Lease:            time.Duration(p.Lease),
+	})
+}
+
+// defaultNodeName is the host name and a digest of Caddy's data directory:
+// the same across restarts of one installation, different for two
+// installations on one host.
+func defaultNodeName() string {
+	host, _ := os.Hostname()
+	sum := sha256.Sum256([]byte(caddy.AppDataDir()))
+	return host + "-" + hex.EncodeToString(sum[:4])
+}
+
+// UnmarshalCaddyfile sets up the backend from
+//
+//	postgres [<dsn>] {
+//	    dsn               <dsn>        # e.g. {env.GATEWAYZ_DATABASE_URL}
+//	    pool_size         <n>
+//	    statement_timeout <duration>
+//	    lease             <duration>
+//	    node              <name>
+//	}
+func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // backend name
+	if d.NextArg() {
+		p.DSN = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for d.NextBlock(0) {
+		name := d.Val()
+		var s string
+		if !d.AllArgs(&s) {
+			return d.ArgErr()
+		}
+		switch name {
+		case "dsn":
+			p.DSN = s
+		case "node":
+			p.Node = s
+		case "pool_size":
+			n, err := strconv.Atoi(s)
+			if err != nil || n <= 0 {
+				return d.Errf("pool_size must be a positive integer, got %q", s)
+			}
+			p.PoolSize = n
+		case "statement_timeout", "lease":
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur <= 0 {
+				return d.Errf("bad %s %q", name, s)
+			}
+			if name == "lease" {
+				p.Lease = caddy.Duration(dur)
+			} else {
+				p.StatementTimeout = caddy.Duration(dur)
+			}
+		default:
+			return d.Errf("unknown postgres storage option %q", name)
+		}
+	}
+	return nil
+}
+
+// errPostgresNeedsSecret refuses a PostgreSQL store without an explicit
+// secret: a secret generated per node would make the keys made on one node
+// unusable on the others.
+var errPostgresNeedsSecret = fmt.Errorf("gatewayz: PostgreSQL storage needs an explicit secret, the same on every node " +
+	"(keys are hashed and encrypted with it): set `secret {env.GATEWAYZ_SECRET}` and GATEWAYZ_SECRET")
+
+// Interface guards.
+var (
+	_ caddy.Module          = (*PostgresStorage)(nil)
+	_ caddyfile.Unmarshaler = (*PostgresStorage)(nil)
+)
