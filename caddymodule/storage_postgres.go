@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
+	"errors"
 	"os"
 	"strconv"
 	"strings"
@@ -145,7 +145,7 @@ func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // errPostgresNeedsSecret refuses a PostgreSQL store without an explicit
 // secret: a secret generated per node would make the keys made on one node
 // unusable on the others.
-var errPostgresNeedsSecret = fmt.Errorf("gatewayz: PostgreSQL storage needs an explicit secret, the same on every node " +
+var errPostgresNeedsSecret = errors.New("gatewayz: PostgreSQL storage needs an explicit secret, the same on every node " +
 	"(keys are hashed and encrypted with it): set `secret {env.GATEWAYZ_SECRET}` and GATEWAYZ_SECRET")
 
 // Interface guards.
