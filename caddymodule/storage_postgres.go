@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 	"github.com/gatewayz/caddy-gatewayz/storage/postgres"
@@ -48,6 +49,8 @@ type PostgresStorage struct {
 	// Names must differ between nodes running at the same time. Default:
 	// the host name and a digest of Caddy's data directory.
 	Node string `json:"node,omitempty"`
+
+	dsn string // resolved
 }
 
 // CaddyModule returns the Caddy module information.
@@ -66,7 +69,34 @@ func (p *PostgresStorage) resolvedDSN() string {
 	return strings.TrimSpace(caddy.NewReplacer().ReplaceAll(p.DSN, ""))
 }
 
-// open connects to the database (creating or upgrading its schema).
+// Provision resolves the DSN and the node name. It connects to nothing.
+func (p *PostgresStorage) Provision(caddy.Context) error {
+	p.dsn = p.resolvedDSN()
+	if p.dsn == "" {
+		return errors.New("postgres storage: dsn is empty (set dsn, e.g. {env.GATEWAYZ_DATABASE_URL})")
+	}
+	if p.Node == "" {
+		p.Node = defaultNodeName()
+	}
+	return nil
+}
+
+// StoreKey is the resolved DSN: configs on the same database share one
+// pool, its holds and caches. It stays in memory (it holds the password).
+func (p *PostgresStorage) StoreKey() string { return "postgres " + p.dsn }
+
+// Describe names the server and database (never the password).
+func (p *PostgresStorage) Describe() (backend, location string) {
+	return "postgres", postgres.Location(p.dsn)
+}
+
+// OpenStore connects to the database (creating or upgrading its schema)
+// and registers this node.
+func (p *PostgresStorage) OpenStore(ctx caddy.Context, _ *zap.Logger) (storage.Store, error) {
+	return p.open(p.dsn)
+}
+
+// open connects to the database at dsn.
 func (p *PostgresStorage) open(dsn string) (storage.Store, error) {
 	node := p.Node
 	if node == "" {
@@ -151,5 +181,6 @@ var errPostgresNeedsSecret = errors.New("gatewayz: PostgreSQL storage needs an e
 // Interface guards.
 var (
 	_ caddy.Module          = (*PostgresStorage)(nil)
+	_ caddy.Provisioner     = (*PostgresStorage)(nil)
 	_ caddyfile.Unmarshaler = (*PostgresStorage)(nil)
 )

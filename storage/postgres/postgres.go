@@ -161,6 +161,16 @@ func (s *Store) start(ctx context.Context, connCfg *pgx.ConnConfig) error {
 	return nil
 }
 
+// Location names the server and database of dsn for logs, never the
+// password ("" when dsn does not parse).
+func Location(dsn string) string {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return ""
+	}
+	return where(cfg)
+}
+
 // where names the server of a connection config, for errors (never the
 // password).
 func where(c *pgx.ConnConfig) string {
