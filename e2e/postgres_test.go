@@ -90,6 +90,11 @@ func TestPostgresEndToEnd(t *testing.T) {
 		t.Fatalf("key usage counts no request: %s", usage.Body)
 	}
 	mustOK(t, "audit verification")(api.Do("GET", "/admin/audit-logs/verify", testAdminKey, nil))
+	// No hot backup over the API: the answer says to use pg_dump.
+	if resp, err := api.Do("GET", "/admin/backup", testAdminKey, nil); err != nil || resp.Status != http.StatusNotImplemented ||
+		!strings.Contains(resp.JSON()["detail"].(string), "pg_dump") {
+		t.Fatalf("backup on PostgreSQL: %v %v", resp, err)
+	}
 	if err := g.Stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -209,25 +209,6 @@ func (s *Store) Ping(ctx context.Context) error {
 	return mapErr(s.pool.Ping(ctx))
 }
 
-// Flush returns at once: every settlement is committed before Settle
-// returns.
-func (s *Store) Flush(ctx context.Context) error {
-	if s.closed.Load() {
-		return storage.ErrClosed
-	}
-	return nil
-}
-
-// ErrBackupUnsupported is Backup's answer: a PostgreSQL database is backed
-// up with the operator's own tools.
-var ErrBackupUnsupported = fmt.Errorf("storage: a PostgreSQL database is backed up with pg_dump (or the server's own backups), not through the gateway: %w", errors.ErrUnsupported)
-
-// Backup is not offered on PostgreSQL: it gives ErrBackupUnsupported
-// (errors.ErrUnsupported).
-func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
-	return 0, ErrBackupUnsupported
-}
-
 // mapErr translates driver errors: a database that cannot be reached wraps
 // storage.ErrUnavailable, a unique violation storage.ErrDuplicate, a closed
 // pool storage.ErrClosed.
@@ -263,5 +244,7 @@ func mapErr(err error) error {
 	return err
 }
 
-// Interface guard.
+// Interface guard. A PostgreSQL database is backed up with pg_dump, not
+// through the gateway: Store is no storage.HotBackuper, and with every
+// settlement committed before Settle returns, no storage.Flusher.
 var _ storage.Store = (*Store)(nil)
