@@ -80,3 +80,33 @@ func TestPostgresNeedsSecret(t *testing.T) {
 		t.Fatal("empty database_url did not keep the bbolt file")
 	}
 }
+
+// FuzzPostgresStorage: whatever the tokens, parsing the backend's block
+// returns a config or an error, an accepted one survives the JSON round
+// trip and holds no non-positive pool size or duration.
+func FuzzPostgresStorage(f *testing.F) {
+	for _, s := range []string{
+		"postgres {env.GATEWAYZ_DATABASE_URL}",
+		"postgres {\n\tdsn postgres://u:p@h:5432/db?sslmode=require\n\tpool_size 8\n\tstatement_timeout 2s\n\tlease 3s\n\tnode n1\n}",
+		"postgres {\n\tpool_size -1\n}",
+		"postgres {\n\tlease 0s\n}",
+		"postgres a b",
+		"postgres {\n\tdsn\n}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, src string) {
+		d, ok := dispenser(src)
+		if !ok {
+			return
+		}
+		p := new(PostgresStorage)
+		if err := p.UnmarshalCaddyfile(d); err != nil {
+			return
+		}
+		roundTrip(t, src, p)
+		if p.PoolSize < 0 || p.StatementTimeout < 0 || p.Lease < 0 {
+			t.Fatalf("%q: negative setting accepted: %+v", src, p)
+		}
+	})
+}
