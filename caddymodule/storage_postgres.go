@@ -24,7 +24,8 @@ func init() {
 
 // PostgresStorage is the storage backend `gatewayz.storage.postgres`: the
 // store in a PostgreSQL database, which several gateway nodes may share
-// (every node with the same secret). Reservations are holds of this node
+// (every node with the same explicit secret: it keeps no secret file, so the
+// app refuses to start without one). Reservations are holds of this node
 // in the database: they come back to the user when it stops, and within
 // Lease when it dies.
 type PostgresStorage struct {
@@ -64,14 +65,9 @@ func (*PostgresStorage) CaddyModule() caddy.ModuleInfo {
 // postgresOpenTimeout bounds connecting and migrating at start.
 const postgresOpenTimeout = time.Minute
 
-// resolvedDSN returns the DSN with its placeholders resolved.
-func (p *PostgresStorage) resolvedDSN() string {
-	return strings.TrimSpace(caddy.NewReplacer().ReplaceAll(p.DSN, ""))
-}
-
 // Provision resolves the DSN and the node name. It connects to nothing.
 func (p *PostgresStorage) Provision(caddy.Context) error {
-	p.dsn = p.resolvedDSN()
+	p.dsn = strings.TrimSpace(caddy.NewReplacer().ReplaceAll(p.DSN, ""))
 	if p.dsn == "" {
 		return errors.New("postgres storage: dsn is empty (set dsn, e.g. {env.GATEWAYZ_DATABASE_URL})")
 	}
@@ -91,21 +87,13 @@ func (p *PostgresStorage) Describe() (backend, location string) {
 }
 
 // OpenStore connects to the database (creating or upgrading its schema)
-// and registers this node.
-func (p *PostgresStorage) OpenStore(ctx caddy.Context, _ *zap.Logger) (storage.Store, error) {
-	return p.open(p.dsn)
-}
-
-// open connects to the database at dsn.
-func (p *PostgresStorage) open(dsn string) (storage.Store, error) {
-	node := p.Node
-	if node == "" {
-		node = defaultNodeName()
-	}
+// and registers this node. A wrong DSN or a server that is down is an
+// error here, which stops the start.
+func (p *PostgresStorage) OpenStore(caddy.Context, *zap.Logger) (storage.Store, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), postgresOpenTimeout)
 	defer cancel()
-	return postgres.Open(ctx, dsn, postgres.Options{
-		Node:             node,
+	return postgres.Open(ctx, p.dsn, postgres.Options{
+		Node:             p.Node,
 		PoolSize:         p.PoolSize,
 		StatementTimeout: time.Duration(p.StatementTimeout),
 		Lease:            time.Duration(p.Lease),
@@ -172,15 +160,10 @@ func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// errPostgresNeedsSecret refuses a PostgreSQL store without an explicit
-// secret: a secret generated per node would make the keys made on one node
-// unusable on the others.
-var errPostgresNeedsSecret = errors.New("gatewayz: PostgreSQL storage needs an explicit secret, the same on every node " +
-	"(keys are hashed and encrypted with it): set `secret {env.GATEWAYZ_SECRET}` and GATEWAYZ_SECRET")
-
 // Interface guards.
 var (
 	_ caddy.Module          = (*PostgresStorage)(nil)
 	_ caddy.Provisioner     = (*PostgresStorage)(nil)
+	_ StorageBackend        = (*PostgresStorage)(nil)
 	_ caddyfile.Unmarshaler = (*PostgresStorage)(nil)
 )

@@ -108,7 +108,7 @@ func TestPostgresStartRefusals(t *testing.T) {
 	for _, tc := range []struct {
 		name, dsn, secret, want string
 	}{
-		{"no secret", "postgres://u@127.0.0.1:1/db", "", "PostgreSQL storage needs an explicit secret"},
+		{"no secret", "postgres://u@127.0.0.1:1/db", "", "postgres storage needs an explicit secret"},
 		{"no server", "postgres://u:pw-not-logged@127.0.0.1:1/db?sslmode=disable", testSecret, "connecting to PostgreSQL at 127.0.0.1:1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
