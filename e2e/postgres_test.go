@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,6 +188,74 @@ func TestPostgresOutage(t *testing.T) {
 	wantCredits(t, api, u.ID, balance)
 	if err := g.Stop(30 * time.Second); err != nil {
 		t.Fatal(err)
+	}
+	verifyDatabase(t, dsn)
+}
+
+// TestPostgresTwoNodes runs two gateways on one database: a key made on
+// one works on the other, its deletion reaches the other through the
+// change feed, a top-up sent to both is applied once, and requests spread
+// over both never take a balance below zero.
+func TestPostgresTwoNodes(t *testing.T) {
+	dsn := pgtest.DatabaseURL(t)
+	up, _ := newUpstream(t, mockOptions())
+	a, b := startOnPostgres(t, up.URL, dsn), startOnPostgres(t, up.URL, dsn)
+	apiA, apiB := NewAPI(a.URL, testAdminKey), NewAPI(b.URL, testAdminKey)
+	ctx := t.Context()
+
+	u, err := apiA.Register("two", "two@example.com", 10*jsonCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra, extraID, err := apiA.CreateKey(u.APIKey, map[string]any{"key_name": "extra"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sdkClient(b, extra).Chat.Completions.New(ctx, chatParams(0)); err != nil {
+		t.Fatalf("a key made on node A, used on node B: %v", err)
+	}
+	mustOK(t, "delete key on A")(apiA.Do("DELETE", fmt.Sprintf("/user/api-keys/%d", extraID), u.APIKey,
+		map[string]any{"confirmation": "DELETE_KEY"}))
+	// Node B cached the key; the change feed drops it there.
+	var lastErr error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, lastErr = sdkClient(b, extra).Models.List(ctx); lastErr != nil {
+			break
+		}
+	}
+	apiError(t, "deleted key on the other node", lastErr, http.StatusUnauthorized)
+
+	for _, api := range []*API{apiA, apiB} {
+		if _, err := api.AddCredits(u.ID, 1, "both-nodes"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 9 requests' worth plus the 1 credit are left; 30 requests over both
+	// nodes at once.
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := range 30 {
+		g := a
+		if i%2 == 1 {
+			g = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := sdkClient(g, u.APIKey).Chat.Completions.New(ctx, chatParams(jsonCost-mockPrompt)); err == nil {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() > 9 {
+		t.Fatalf("%d requests of %d credits each were served from %d credits", ok.Load(), jsonCost, 9*jsonCost+1)
+	}
+	wantCredits(t, apiB, u.ID, 9*jsonCost+1-ok.Load()*jsonCost)
+	for _, g := range []*Gateway{a, b} {
+		if err := g.Stop(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
 	verifyDatabase(t, dsn)
 }
