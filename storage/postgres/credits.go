@@ -41,6 +41,7 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 		return nil, fmt.Errorf("storage: gw_reserve answered %q", status)
 	}
 	s.openN.Add(1)
+	s.holds.Store(*id, struct{}{})
 	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: req.Credits}, nil
 }
 
@@ -82,13 +83,48 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 	if err != nil {
 		return 0, 0, s.retryLater(call, mapErr(err))
 	}
-	return s.settled(status, charged, balanceAfter)
+	return s.settled(int64(res.ID), status, charged, balanceAfter)
 }
 
 const (
 	settleSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 	refundSQL = `SELECT 0::bigint, 0::bigint, gw_refund($1)`
 )
+
+// done forgets a hold this handle made, now settled or refunded.
+func (s *Store) done(hold int64) {
+	if _, ok := s.holds.LoadAndDelete(hold); ok {
+		s.openN.Add(-1)
+	}
+}
+
+// orphanAge is how old an open hold of this node must be before
+// releaseOrphans may refund it: far longer than a Reserve call takes.
+const orphanAge = time.Minute
+
+// releaseOrphans refunds this node's open holds that no caller holds: those
+// whose Reserve committed but whose answer was lost with the connection.
+// Without this they would hold credit until the node stops.
+func (s *Store) releaseOrphans(ctx context.Context) error {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM gw_holds WHERE node_id = $1 AND state = 'open' AND created_at < now() - $2 * interval '1 microsecond'`,
+		s.node, orphanAge.Microseconds())
+	if err != nil {
+		return mapErr(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return mapErr(err)
+	}
+	for _, id := range ids {
+		if _, ok := s.holds.Load(id); ok {
+			continue
+		}
+		if _, err := s.pool.Exec(ctx, `SELECT gw_refund($1)`, id); err != nil {
+			return mapErr(err)
+		}
+	}
+	return nil
+}
 
 // heldCall is a settlement or refund of a hold: a call of gw_settle or
 // gw_refund answering (charged, balance, status).
@@ -128,16 +164,18 @@ func (s *Store) retryHeld(ctx context.Context) {
 			return
 		}
 		if err == nil {
-			s.settled(status, charged, balance)
+			// Applied now, or by the first attempt (status "settled"):
+			// either way the reservation is over.
+			s.done(call.args[0].(int64))
 		}
 	}
 }
 
 // settled turns gw_settle's and gw_refund's status into Settle's results.
-func (s *Store) settled(status string, charged, balance int64) (int64, int64, error) {
+func (s *Store) settled(hold int64, status string, charged, balance int64) (int64, int64, error) {
 	switch status {
 	case "ok":
-		s.openN.Add(-1)
+		s.done(hold)
 		return charged, balance, nil
 	case "settled":
 		return 0, 0, storage.ErrAlreadySettled
@@ -159,7 +197,7 @@ func (s *Store) Refund(ctx context.Context, res *storage.Reservation) error {
 	if err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status); err != nil {
 		return s.retryLater(call, mapErr(err))
 	}
-	_, _, err := s.settled(status, 0, 0)
+	_, _, err := s.settled(int64(res.ID), status, 0, 0)
 	return err
 }
 

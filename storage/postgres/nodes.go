@@ -13,8 +13,9 @@ const releasedRetention = 24 * time.Hour
 // releases the holds of nodes silent for longer than the lease (any node
 // may; the rows are locked with SKIP LOCKED, so two nodes reaping at once
 // split the work) and applies the settlements and refunds that failed
-// while the database was unreachable. Once a minute it drops old change log rows, forgotten
-// released holds and long-dead nodes.
+// while the database was unreachable. Once a minute it refunds its own
+// orphaned holds and drops old change log rows, forgotten released holds
+// and long-dead nodes.
 func (s *Store) keepAlive(ctx context.Context) {
 	beat := time.NewTicker(s.opts.Lease / 3)
 	defer beat.Stop()
@@ -31,6 +32,7 @@ func (s *Store) keepAlive(ctx context.Context) {
 		s.retryHeld(tick)
 		if time.Since(lastTidy) > time.Minute {
 			lastTidy = time.Now()
+			s.releaseOrphans(tick)
 			s.tidy(tick)
 		}
 		cancel()

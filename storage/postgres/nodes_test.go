@@ -139,3 +139,34 @@ func TestCloseReleasesHolds(t *testing.T) {
 		t.Fatalf("after close: %+v", bal)
 	}
 }
+
+// A hold whose Reserve committed but whose answer never reached a caller
+// (the connection broke) is refunded once it is old; the holds callers
+// have are kept.
+func TestOrphanedHoldRefunded(t *testing.T) {
+	ctx := context.Background()
+	s := openNode(t, pgtest.DatabaseURL(t), "orphans")
+	u, _ := storetest.Register(t, s, "orphan@example.com", 100)
+	kept, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, Credits: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, Credits: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.holds.Delete(int64(lost.ID)) // as if the answer had been lost
+	if _, err := s.pool.Exec(ctx, `UPDATE gw_holds SET created_at = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.releaseOrphans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if b := storetest.MustBalance(t, s, u.ID); b.Reserved != kept.Amount {
+		t.Fatalf("reserved %d, want only the kept hold's %d", b.Reserved, kept.Amount)
+	}
+	if _, _, err := s.Settle(ctx, kept, 5, storage.UsageRecord{}); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, s)
+}

@@ -89,6 +89,7 @@ type Store struct {
 	node int64 // this handle's row in gw_nodes
 
 	openN atomic.Int64 // holds this handle made and has not settled or refunded
+	holds sync.Map     // their ids (int64)
 
 	retryMu sync.Mutex
 	retries []heldCall // settlements and refunds to apply once the database is back
