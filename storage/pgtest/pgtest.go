@@ -42,8 +42,10 @@ import (
 // server instead of a private one. Its user needs the CREATEDB privilege.
 const EnvDatabaseURL = "GATEWAYZ_TEST_DATABASE_URL"
 
-// templateName is the database every test database is copied from.
-const templateName = "gw_tmpl"
+// templateName is the database every test database of this process is
+// copied from: one per process, since test packages run in parallel
+// against a shared server.
+var templateName = fmt.Sprintf("gw_tmpl_%d", os.Getpid())
 
 var (
 	shared     *Server
@@ -72,6 +74,12 @@ func Main(m *testing.M, prepare ...func(ctx context.Context, url string) error) 
 // Stop stops the private server, if one was started. Main calls it; a
 // TestMain that cannot use Main calls it after m.Run.
 func Stop() {
+	if sharedURL != "" && sharedErr == nil && shared == nil {
+		// An existing server: leave it as it was found.
+		if err := adminExec(sharedURL, "DROP DATABASE IF EXISTS "+templateName+" WITH (FORCE)"); err != nil {
+			fmt.Fprintln(os.Stderr, "pgtest:", err)
+		}
+	}
 	if shared != nil {
 		if err := shared.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "pgtest:", err)
