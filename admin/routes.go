@@ -42,6 +42,9 @@ func (h *Handler) routes() []route {
 		{"PUT", "/user/profile", user, h.updateProfile},
 		{"DELETE", "/user/account", user, h.deleteAccount},
 		{"GET", "/user/monitor", user, h.userMonitor},
+		{"GET", "/user/usage", user, h.userUsage},
+		{"GET", "/user/usage/export", user, h.exportUsage},
+		{"GET", "/user/usage/daily", user, h.userUsageDaily},
 
 		// Admin (Bearer GATEWAYZ_ADMIN_KEY)
 		{"POST", "/admin/add_credits", admin, h.addCredits},
@@ -53,7 +56,11 @@ func (h *Handler) routes() []route {
 		{"POST", "/admin/plans", admin, h.createPlan},
 		{"PUT", "/admin/plans/{plan_id}", admin, h.updatePlan},
 		{"DELETE", "/admin/plans/{plan_id}", admin, h.deactivatePlan},
+		{"GET", "/admin/users", admin, h.adminListUsers},
 		{"GET", "/admin/users/{user_id}", admin, h.adminGetUser},
+		{"GET", "/admin/users/{user_id}/usage", admin, h.adminUserUsage},
+		{"GET", "/admin/users/{user_id}/ledger", admin, h.adminUserLedger},
+		{"GET", "/admin/stats", admin, h.adminStats},
 		{"GET", "/admin/audit-logs", admin, h.adminAuditLogs},
 		{"GET", "/admin/audit-logs/verify", admin, h.verifyAudit},
 		{"GET", "/admin/audit-logs/export", admin, h.exportAudit},
