@@ -307,6 +307,10 @@ func TestConsoleBrowser(t *testing.T) {
 	if r := g.do("POST", "/v1/chat/completions", chat, "Authorization: Bearer "+rotated); r.Status != 200 {
 		t.Errorf("new key after rotation: %d %s", r.Status, r.Body)
 	}
+	// A second model, so the charts stack by model.
+	if r := g.do("POST", "/v1/chat/completions", strings.Replace(chat, "gpt-4o-mini", "llama-3", 1), "Authorization: Bearer "+primary); r.Status != 200 {
+		t.Errorf("completion with the primary key: %d %s", r.Status, r.Body)
+	}
 
 	// Sign out clears the key.
 	p.do("sign out", chromedp.Click(chromedp.CSS(`button.signout`)), chromedp.WaitVisible(chromedp.CSS(`form[aria-label="Sign in"]`)))
@@ -321,7 +325,7 @@ func TestConsoleBrowser(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS(`input[name=key]`), testAdminKey),
 		chromedp.Click(chromedp.CSS(`form[aria-label="Sign in"] button[type=submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`[data-metric=requests]`)))
-	p.waitText(`[data-metric=requests] .card-value`, "2")
+	p.waitText(`[data-metric=requests] .card-value`, "3")
 	p.do("system charts", chromedp.WaitVisible(chromedp.CSS(`svg.chart rect`)))
 	p.screenshot("console-admin-system.png")
 

@@ -25,11 +25,11 @@ function systemCharts(s) {
   const outcomeRows = s.usage.map((r) => Object.assign({}, r, { series: r.outcome }));
   const refusals = s.refusals.map((r) => Object.assign({}, r, { name: REFUSAL_NAMES[r.kind] || r.kind }));
   return el("div", { class: "charts" },
-    section(`Requests per ${per} by model`, stackedBars(labels, pivot(s.usage, labels, "start", "model", "requests"), { labelText: x, unit: " requests", caption: `Requests per ${per} by model` })),
-    section(`Credits per ${per} by model`, stackedBars(labels, pivot(s.usage, labels, "start", "model", "credits"), { labelText: x, unit: " credits", caption: `Credits per ${per} by model` })),
-    section(`Tokens per ${per} by model`, stackedBars(labels, pivot(s.usage, labels, "start", "model", "tokens"), { labelText: x, unit: " tokens", caption: `Tokens per ${per} by model` })),
-    section(`Requests per ${per} by outcome`, stackedBars(labels, pivot(outcomeRows, labels, "start", "series", "requests"), { labelText: x, unit: " requests", caption: `Requests per ${per} by outcome` })),
-    section(`Refusals per ${per} by reason`, stackedBars(labels, pivot(refusals, labels, "start", "name", "count"), { labelText: x, unit: " refusals", caption: `Refusals per ${per} by reason`, empty: "No refused requests in this period." })));
+    section(`Requests per ${per} by model`, stackedBars(labels, pivot(s.usage, labels, "start", "model", "requests"), { width: 480, labelText: x, unit: " requests", caption: `Requests per ${per} by model` })),
+    section(`Credits per ${per} by model`, stackedBars(labels, pivot(s.usage, labels, "start", "model", "credits"), { width: 480, labelText: x, unit: " credits", caption: `Credits per ${per} by model` })),
+    section(`Tokens per ${per} by model`, stackedBars(labels, pivot(s.usage, labels, "start", "model", "tokens"), { width: 480, labelText: x, unit: " tokens", caption: `Tokens per ${per} by model` })),
+    section(`Requests per ${per} by outcome`, stackedBars(labels, pivot(outcomeRows, labels, "start", "series", "requests"), { width: 480, labelText: x, unit: " requests", caption: `Requests per ${per} by outcome` })),
+    section(`Refusals per ${per} by reason`, stackedBars(labels, pivot(refusals, labels, "start", "name", "count"), { width: 480, labelText: x, unit: " refusals", caption: `Refusals per ${per} by reason`, empty: "No refused requests in this period." })));
 }
 
 async function system() {

@@ -109,5 +109,6 @@ function renderSignIn(notice) {
 
 api.whenExpired(() => renderSignIn("Your session ended. Sign in again with your key."));
 api.loadSession();
-window.addEventListener("hashchange", () => { if (api.currentSession()) render(); });
+// Only "#/..." is a route: "#main" is the skip link's target.
+window.addEventListener("hashchange", () => { if (location.hash.startsWith("#/") && api.currentSession()) render(); });
 render();

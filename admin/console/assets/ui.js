@@ -240,21 +240,21 @@ const SLOTS = 8;
 // ([{name, values}]), with a legend and a <title> per segment. The chart
 // scales to its container (viewBox).
 export function stackedBars(labels, series, opts) {
-  const o = Object.assign({ height: 220, unit: "", caption: "" }, opts || {});
+  const o = Object.assign({ width: 720, height: 220, unit: "", caption: "" }, opts || {});
   const shown = series.filter((s) => s.values.some((v) => v > 0));
   if (shown.length === 0) return emptyState(o.empty || "No data for this period yet.");
-  const W = 720, H = o.height, left = 56, bottom = 24, top = 10;
+  const W = o.width, H = o.height, left = 48, bottom = 24, top = 10;
   const totals = labels.map((_, i) => shown.reduce((sum, s) => sum + (s.values[i] || 0), 0));
   const maxV = niceMax(Math.max(...totals));
   const bw = (W - left - 8) / labels.length;
   const y = (v) => top + (H - top - bottom) * (1 - v / maxV);
-  const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": o.caption || "chart", preserveAspectRatio: "none" });
+  const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": o.caption || "chart" });
   for (let t = 0; t <= 4; t++) {
     const v = (maxV / 4) * t;
     svg.append(el("svg:line", { x1: left, x2: W - 4, y1: y(v), y2: y(v), class: "grid" }),
       el("svg:text", { x: left - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, short(v)));
   }
-  const every = Math.ceil(labels.length / 8);
+  const every = Math.ceil(labels.length / Math.max(2, Math.floor(W / 90)));
   labels.forEach((label, i) => {
     let acc = 0;
     const x = left + i * bw + bw * 0.12;
