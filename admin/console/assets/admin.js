@@ -286,6 +286,10 @@ async function security() {
       { label: "Last hour", num: true, value: (k) => num(s.refusals_last_hour[k]) },
       { label: "Last 24 hours", num: true, value: (k) => num(s.refusals_last_day[k]) },
     ], kinds, "No refusals.")),
+    section("Refused for credits or request caps (since the server started)", table([
+      { label: "Reason", value: (o) => o[1] },
+      { label: "Requests", num: true, value: (o) => num(stats.outcomes_since_start[o[0]] || 0) },
+    ], [["insufficient_credits", "Not enough credits"], ["request_limit", "Key request cap reached"]], "")),
     el("div", { class: "grid2" },
       section("Most refused keys", table([
         { label: "Key", value: (x) => el("code", {}, x.key_prefix) },

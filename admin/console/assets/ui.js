@@ -275,11 +275,13 @@ export function stackedBars(labels, series, opts) {
   return el("figure", { class: "chart-wrap" }, o.caption ? el("figcaption", {}, o.caption) : null, svg, legend);
 }
 
+// niceMax is the top of the axis: four steps of 1, 2 or 5 times a power of
+// ten, at least 1 (the charted values are whole counts).
 function niceMax(v) {
-  if (!(v > 0)) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
-  return 10 * p;
+  const quarter = Math.max(1, v / 4);
+  const p = Math.pow(10, Math.floor(Math.log10(quarter)));
+  for (const m of [1, 2, 5, 10]) if (m * p >= quarter) return 4 * m * p;
+  return 40 * p;
 }
 
 function short(v) {

@@ -14,7 +14,7 @@ async function optional(p) {
 
 function dailyChart(daily, metric, caption) {
   return stackedBars(daily.dates, pivot(daily.rows, daily.dates, "date", "model", metric), {
-    caption, labelText: day, unit: metric === "credits" ? " credits" : metric === "tokens" ? " tokens" : " requests",
+    caption, width: 960, labelText: day, unit: metric === "credits" ? " credits" : metric === "tokens" ? " tokens" : " requests",
     empty: "No requests in the last 30 days. Make a request with one of your keys and it shows up here.",
   });
 }
