@@ -51,7 +51,13 @@ http://localhost:9080 {
 }
 `
 
-const consoleTimeout = 4 * time.Minute
+// consoleTimeout bounds the whole browser session, consoleStepTimeout one
+// step (a starved machine is slow; a wrong selector should not wait for
+// the whole session).
+const (
+	consoleTimeout     = 4 * time.Minute
+	consoleStepTimeout = 60 * time.Second
+)
 
 // browserLog collects what the page did: every request URL, console
 // errors, exceptions and CSP violations.
@@ -152,7 +158,9 @@ type consolePage struct {
 
 func (p consolePage) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	p.t.Helper()
-	if err := chromedp.Do(p.ctx, steps...); err != nil {
+	ctx, cancel := context.WithTimeout(p.ctx, consoleStepTimeout)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
 		p.t.Fatalf("%s: %v", what, err)
 	}
 }
@@ -291,8 +299,35 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Errorf("the HTML key name became markup or ran: [img elements, no script ran] = %s", got)
 	}
 
+	if got := p.eval("find the XSS key's delete button", fmt.Sprintf(`(() => {
+		const b = [...document.querySelectorAll("button")].find((b) => b.getAttribute("aria-label") === %q);
+		if (!b) return [...document.querySelectorAll("button[aria-label]")].map((b) => b.getAttribute("aria-label")).join(" | ");
+		b.click();
+		return "ok"; })()`, "Delete "+payload)); got != "ok" {
+		t.Fatalf("no delete button for the XSS key; buttons: %s", got)
+	}
+	p.do("confirm the deletion",
+		chromedp.Click(chromedp.CSS(`dialog button[data-action=confirm]`)),
+		chromedp.WaitNotPresent(chromedp.CSS(`dialog`)))
+	if got := p.eval("after delete", `new Promise((resolve) => setTimeout(() => resolve(String(document.querySelector("table[data-table=keys]").textContent.includes("onerror"))), 300))`); got != "false" {
+		t.Error("the deleted key is still listed")
+	}
+
+	// Activity and profile.
+	p.do("activity", chromedp.Navigate(console+"#/activity"), chromedp.WaitVisible(chromedp.CSS(`table[data-table=activity]`)))
+	p.waitText(`table[data-table=activity]`, "delete")
+	p.do("profile", chromedp.Navigate(console+"#/profile"), chromedp.WaitVisible(chromedp.CSS(`form[aria-label="Profile"]`)))
+	p.do("rename",
+		chromedp.SendKeys(chromedp.CSS(`form[aria-label="Profile"] input[name=name]`), "Ada L."),
+		chromedp.Click(chromedp.CSS(`form[aria-label="Profile"] button[type=submit]`)))
+	p.waitText(`form[aria-label="Profile"] .form-status`, "Saved")
+	if got := p.eval("delete button", `String(document.querySelector('form[aria-label="Delete account"] button').disabled)`); got != "true" {
+		t.Error("account deletion is possible without the typed confirmation")
+	}
+
 	// Rotate the second key: the old secret fails, the new one works.
 	p.do("rotate",
+		chromedp.Navigate(console+"#/keys"), chromedp.WaitVisible(chromedp.CSS(`table[data-table=keys]`)),
 		chromedp.Click(chromedp.CSS(`button[aria-label="Rotate ci-key"]`)),
 		chromedp.Click(chromedp.CSS(`dialog button[data-action=confirm]`)),
 		chromedp.WaitVisible(chromedp.CSS(`dialog [data-secret]`)))
@@ -379,6 +414,11 @@ func TestConsoleBrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS(`form[aria-label="Assign a plan"] button[type=submit]`)))
 	p.waitText(`form[aria-label="Assign a plan"] .form-status`, "Plan Pro assigned")
 
+	p.do("security", chromedp.Navigate(console+"#/security"), chromedp.WaitVisible(chromedp.CSS(`[data-metric=refusals-day]`)))
+	p.waitText(`[data-metric=refusals-day] .card-value`, "1")
+	p.do("verify the audit chain", chromedp.Click(chromedp.CSS(`button[data-verify]`)))
+	p.waitText(`[data-verify-result]`, "Intact")
+
 	// The user's overview shows the plan.
 	p.do("admin sign-out", chromedp.Click(chromedp.CSS(`button.signout`)), chromedp.WaitVisible(chromedp.CSS(`form[aria-label="Sign in"]`)))
 	p.do("user sign-in again",
@@ -391,6 +431,21 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	p.do("overview chart", chromedp.WaitVisible(chromedp.CSS(`svg.chart rect`)))
 	p.screenshot("console-overview.png")
+
+	// Rotating every key keeps the console signed in with the new secret.
+	p.do("rotate all",
+		chromedp.Navigate(console+"#/keys"), chromedp.WaitVisible(chromedp.CSS(`table[data-table=keys]`)),
+		chromedp.Click(chromedp.CSS(`button[data-rotate-all]`)),
+		chromedp.Click(chromedp.CSS(`dialog button[data-action=confirm]`)),
+		chromedp.WaitVisible(chromedp.CSS(`dialog [data-secret]`)))
+	if n := p.eval("rotated keys", `String(document.querySelectorAll("dialog [data-secret]").length)`); n != "2" {
+		t.Errorf("rotate all showed %s new keys, want 2", n)
+	}
+	p.do("close the new keys", chromedp.Click(chromedp.CSS(`dialog button[data-action=done]`)), chromedp.WaitNotPresent(chromedp.CSS(`dialog`)))
+	if r := g.do("GET", "/user/balance", nil, "Authorization: Bearer "+primary); r.Status != 401 {
+		t.Errorf("the primary key after rotating all: %d, want 401", r.Status)
+	}
+	p.do("still signed in", chromedp.Navigate(console+"#/overview"), chromedp.WaitVisible(chromedp.CSS(`[data-plan]`)))
 
 	// Phone width: nothing wider than the screen.
 	p.do("phone width", chromedp.EmulateViewport(390, 844), chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`[data-plan]`)))

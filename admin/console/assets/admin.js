@@ -270,7 +270,7 @@ async function security() {
   ]);
   const events = logs.logs.filter((e) => e.action.startsWith("security.")).slice(0, 50);
   const kinds = Object.keys(s.refusals_last_day);
-  const verifyOut = el("div", { role: "status", "aria-live": "polite" });
+  const verifyOut = el("div", { role: "status", "aria-live": "polite", "data-verify-result": "" });
   const labels = stats.buckets;
   const refusals = stats.refusals.map((r) => Object.assign({}, r, { name: REFUSAL_NAMES[r.kind] || r.kind }));
   return el("div", { class: "page" },
@@ -317,7 +317,7 @@ async function security() {
           } catch (err) {
             replace(verifyOut, errorBox(err));
           }
-        }, { class: "primary" }),
+        }, { class: "primary", "data-verify": "" }),
         button("Export (JSON lines)", async () => {
           const resp = await api.request("/admin/audit-logs/export", { raw: true, headers: { Accept: "application/x-ndjson" } });
           download(await resp.blob(), "gatewayz-audit.jsonl");

@@ -180,7 +180,7 @@ async function keys(ctx) {
 
   const created = el("div", { class: "created" });
   page.append(
-    el("div", { class: "page-head" }, el("h1", {}, "API keys"), button("Rotate all", rotateAll, { class: "secondary" })),
+    el("div", { class: "page-head" }, el("h1", {}, "API keys"), button("Rotate all", rotateAll, { class: "secondary", "data-rotate-all": "" })),
     section(null, listHolder),
     chartHolder,
     section("Create a key", keyForm(async (r) => {
