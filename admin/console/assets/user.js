@@ -121,7 +121,7 @@ async function keys(ctx) {
       { label: "Name", value: (k) => el("span", { class: "key-name" }, k.key_name, k.is_primary ? badge("primary") : null) },
       { label: "Key", value: (k) => el("code", {}, k.api_key) },
       { label: "Environment", value: (k) => k.environment_tag },
-      { label: "Status", value: (k) => k.is_active ? (k.days_remaining === 0 && k.expiration_date ? badge("expired", "bad") : badge("active", "good")) : badge("inactive", "bad") },
+      { label: "Status", value: (k) => !k.is_active ? badge("inactive", "bad") : k.expiration_date && new Date(k.expiration_date) <= new Date() ? badge("expired", "bad") : badge("active", "good") },
       { label: "Scopes", value: (k) => scopesText(k.scope_permissions) },
       { label: "Limits", value: (k) => [k.ip_allowlist.length ? `IPs: ${k.ip_allowlist.join(", ")}` : null, k.domain_referrers.length ? `Referrers: ${k.domain_referrers.join(", ")}` : null].filter(Boolean).join(" · ") || "—" },
       { label: "Expires", value: (k) => k.expiration_date ? when(k.expiration_date) : "never" },
