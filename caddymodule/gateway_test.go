@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,9 +32,18 @@ type testEnv struct {
 	users    int
 }
 
+// testBolt is the storage config of a bbolt file at path without fsync.
+func testBolt(path string) json.RawMessage {
+	raw, err := json.Marshal(map[string]any{"backend": "bolt", "path": path, "no_sync": true})
+	if err != nil {
+		panic(err)
+	}
+	return raw
+}
+
 func newTestEnv(t testing.TB, setup func(*App, *Gateway)) *testEnv {
 	t.Helper()
-	app := &App{DBPath: filepath.Join(t.TempDir(), "gw.db"), Secret: "test-secret-0123456789abcdef", NoSync: true}
+	app := &App{StorageRaw: testBolt(filepath.Join(t.TempDir(), "gw.db")), Secret: "test-secret-0123456789abcdef"}
 	g := &Gateway{}
 	if setup != nil {
 		setup(app, g)
@@ -52,6 +62,17 @@ func newTestEnv(t testing.TB, setup func(*App, *Gateway)) *testEnv {
 		t.Fatal(err)
 	}
 	return &testEnv{app: app, g: g, st: app.Store()}
+}
+
+// flush makes the settlements accepted so far durable (and readable) where
+// the store defers that.
+func (e *testEnv) flush(t testing.TB) {
+	t.Helper()
+	if f, ok := e.st.(storage.Flusher); ok {
+		if err := f.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // newKey registers a user whose primary key is adjusted by mod, and returns
@@ -448,23 +469,26 @@ func TestAuthenticateAPI(t *testing.T) {
 	if err != nil || id.Key.ID != k.ID || id.User.ID != k.UserID {
 		t.Fatalf("Authenticate = %+v, %v", id, err)
 	}
-	if _, err := e.app.Authenticate("nope"); err != ErrUnknownKey {
+	if _, err := e.app.Authenticate("nope"); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("malformed: %v", err)
 	}
-	if _, err := e.app.Authenticate("gw_live_" + strings.Repeat("z", 43)); err != ErrUnknownKey {
+	if _, err := e.app.Authenticate("gw_live_" + strings.Repeat("z", 43)); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("unknown: %v", err)
 	}
 	if _, err := e.st.UpdateKey(context.Background(), k.ID, func(k *storage.APIKey) error { k.IsActive = false; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.app.Authenticate(key); err != ErrInactiveKey {
+	if _, err := e.app.Authenticate(key); !errors.Is(err, ErrInactiveKey) {
 		t.Fatalf("inactive: %v", err)
 	}
 }
 
 func TestGatewaySecurityAudit(t *testing.T) {
 	dir := t.TempDir()
-	e := newTestEnv(t, func(a *App, _ *Gateway) { a.DBPath = filepath.Join(dir, "gw.db"); a.SecurityAuditPerMinute = 2 })
+	e := newTestEnv(t, func(a *App, _ *Gateway) {
+		a.StorageRaw = testBolt(filepath.Join(dir, "gw.db"))
+		a.SecurityAuditPerMinute = 2
+	})
 	ipKey, k := e.newKey(t, "", func(k *storage.APIKey) { k.IPAllowlist = []string{"10.0.0.1"} })
 	for range 5 {
 		e.do(t, "GET", "/v1/models", "", "", bearer(ipKey))
@@ -571,4 +595,13 @@ func BenchmarkAnnotate(b *testing.B) {
 		b.StartTimer()
 		annotate(req, en)
 	}
+}
+
+// annotate exposes who is calling, never the key: the {http.auth.user.id}
+// placeholder (the access log's user_id), the vars gatewayz_user_id,
+// gatewayz_key_id and gatewayz_env ({http.vars.*}, `vars` matcher), and the
+// same as extra access-log fields.
+func annotate(r *http.Request, e *keyEntry) {
+	rc := newRequestCtx(r)
+	rc.annotate(e)
 }

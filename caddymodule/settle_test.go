@@ -121,9 +121,7 @@ func balanceOf(t testing.TB, e *testEnv, userID int64) storage.Balance {
 
 func usageOf(t testing.TB, e *testEnv, userID int64) []storage.UsageRecord {
 	t.Helper()
-	if err := e.st.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	e.flush(t)
 	recs, err := e.st.ListUsage(context.Background(), storage.UsageFilter{UserID: userID})
 	if err != nil {
 		t.Fatal(err)
@@ -671,9 +669,7 @@ func benchMetered(b *testing.B, body string, next caddyhttp.HandlerFunc, check f
 		check(rec)
 	}
 	b.StopTimer()
-	if err := e.st.Flush(context.Background()); err != nil {
-		b.Fatal(err)
-	}
+	e.flush(b)
 }
 
 // The upstream answers of bench/mock (encoding/json of maps: keys sorted).
@@ -816,4 +812,16 @@ func TestRequestIDIsThePlaceholder(t *testing.T) {
 	if got := requestID(httptest.NewRequest("GET", "/", nil)); !uuidForm.MatchString(got) {
 		t.Fatalf("without a replacer: %q", got)
 	}
+}
+
+// requestID returns the request's id, which is also its
+// {http.request.uuid} placeholder, so the access log, the usage record and
+// the x-request-id header agree: the id Caddy made already when something
+// before the gateway used the placeholder, else a new random UUID set as
+// the placeholder's value. Setting it is cheaper than asking Caddy for one
+// (a walk through the replacer's providers, plus an access-log field that
+// gatewayz_request_id already carries).
+func requestID(r *http.Request) string {
+	rc := newRequestCtx(r)
+	return rc.requestID()
 }

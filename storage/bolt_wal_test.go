@@ -529,3 +529,7 @@ func TestLogUnderPreviousIDAccepted(t *testing.T) {
 		t.Fatal("log header not rewritten to the current id")
 	}
 }
+
+// sync waits until every op queued before the call is durable (in the
+// log at least).
+func (c *committer) sync(ctx context.Context) error { return c.wait(ctx, true) }
