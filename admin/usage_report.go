@@ -115,7 +115,7 @@ func (h *Handler) usageRows(ctx context.Context, userID int64, q usageQuery) ([]
 			TotalTokens: rec.TotalTokens, Credits: rec.Credits, Estimated: rec.Estimated, Status: rec.Status,
 		}
 		if k := byID[rec.KeyID]; k != nil {
-			row.KeyName, row.APIKey = k.KeyName, maskedKey(k)
+			row.KeyName, row.APIKey = k.KeyName, k.Masked()
 		}
 		rows = append(rows, row)
 		if len(rows) == q.limit {
