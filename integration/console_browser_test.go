@@ -453,6 +453,14 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Errorf("at 390px the page scrolls sideways (scrollWidth %s)", p.eval("width", `String(document.documentElement.scrollWidth)`))
 	}
 
+	// The session ends on its own after 30 idle minutes.
+	p.eval("age the session", `(() => { const k = "gatewayz.console.session"; const s = JSON.parse(sessionStorage.getItem(k));
+		s.seen -= 31 * 60 * 1000; sessionStorage.setItem(k, JSON.stringify(s)); return "ok"; })()`)
+	p.do("idle expiry", chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`form[aria-label="Sign in"]`)))
+	if got := p.eval("after expiry", `String(sessionStorage.length)`); got != "0" {
+		t.Errorf("an expired session left %s sessionStorage entries", got)
+	}
+
 	// Nothing left localhost, no CSP violation, no script error.
 	if got := p.eval("csp", `JSON.stringify(window.__csp)`); got != "[]" {
 		t.Errorf("CSP violations: %s", got)
