@@ -30,6 +30,7 @@ func runStoreConformance(t *testing.T, open func(t *testing.T) Store) {
 		{"SettleCapsAtBalance", confSettleCap},
 		{"ConcurrentSettlements", confConcurrent},
 		{"MaxRequestsSlots", confMaxRequests},
+		{"FlexibleReservation", confFlexibleReserve},
 		{"AddCredits", confAddCredits},
 		{"Usage", confUsage},
 		{"UsageTotals", confUsageTotals},
@@ -617,6 +618,65 @@ func confMaxRequests(t *testing.T, s Store) {
 	}
 }
 
+// confFlexibleReserve: a flexible reservation takes its share of the
+// available balance in one step (ReserveAmount), and a refusal says whether
+// the balance or open reservations are short.
+func confFlexibleReserve(t *testing.T, s Store) {
+	ctx := context.Background()
+	u, k := register(t, s, "flex@example.com", 100)
+	// Alone: everything the balance affords, up to Credits.
+	r1, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10})
+	if err != nil || r1.Amount != 100 {
+		t.Fatalf("alone: %+v, %v", r1, err)
+	}
+	// Everything is held: the refusal names the holds, not the balance.
+	_, err = s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10})
+	var short *CreditShortage
+	if !errors.As(err, &short) || !errors.Is(err, ErrInsufficientCredits) {
+		t.Fatalf("held: %v", err)
+	}
+	if short.BalanceShort() || short.Needed != 10 || short.Credits != 100 || short.Reserved != 100 || short.Holds != 1 {
+		t.Fatalf("held shortage = %+v", short)
+	}
+	if _, _, err := s.Settle(ctx, r1, 40, UsageRecord{Model: "m", RequestID: "flex-1"}); err != nil {
+		t.Fatal(err)
+	}
+	// 60 left, two waiting behind: a third each.
+	r2, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10, Waiting: 2})
+	if err != nil || r2.Amount != 20 {
+		t.Fatalf("with two waiting: %+v, %v", r2, err)
+	}
+	// 40 left, one open reservation: half of it.
+	r3, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10})
+	if err != nil || r3.Amount != 20 {
+		t.Fatalf("beside one hold: %+v, %v", r3, err)
+	}
+	// A share below the minimum holds the minimum; a fixed request its cost.
+	r4, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 15, Waiting: 5})
+	if err != nil || r4.Amount != 15 {
+		t.Fatalf("minimum: %+v, %v", r4, err)
+	}
+	if b := mustBalance(t, s, u.ID); b.Credits != 60 || b.Reserved != 55 {
+		t.Fatalf("balance = %+v", b)
+	}
+	// The balance itself is short: no wait can help.
+	_, err = s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 70})
+	if !errors.As(err, &short) || !short.BalanceShort() || short.Needed != 70 || short.Holds != 3 {
+		t.Fatalf("balance short: %v", err)
+	}
+	for _, r := range []*Reservation{r2, r3, r4} {
+		if err := s.Refund(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b := mustBalance(t, s, u.ID); b.Credits != 60 || b.Reserved != 0 {
+		t.Fatalf("after refunds: %+v", b)
+	}
+	if _, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, Credits: 5, MinCredits: -1}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("negative minimum: %v", err)
+	}
+}
+
 func confAddCredits(t *testing.T, s Store) {
 	ctx := context.Background()
 	u, _ := register(t, s, "a@example.com", 10)
@@ -915,6 +975,9 @@ func confSubscribe(t *testing.T, s Store) {
 	if err := s.CreatePlan(ctx, p); err != nil {
 		t.Fatal(err)
 	}
+	if _, _, err := s.AddCredits(ctx, u.ID, 5, LedgerTopUp, "", ""); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.DeleteKey(ctx, k.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -942,6 +1005,9 @@ func confSubscribe(t *testing.T, s Store) {
 	}
 	if !has(func(c Change) bool { return c.Kind == ChangeLimits && c.UserID == u.ID }) {
 		t.Errorf("no limits change: %+v", got)
+	}
+	if !has(func(c Change) bool { return c.Kind == ChangeCredits && c.UserID == u.ID }) {
+		t.Errorf("no credits change after a top-up: %+v", got)
 	}
 	if !has(func(c Change) bool { return c.Kind == ChangePlan && c.PlanID == p.ID }) {
 		t.Errorf("no plan change: %+v", got)
