@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +37,17 @@ var (
 		Help:      "Time from sending a metered request upstream to its response header.",
 		Buckets:   []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
 	}, []string{"endpoint"})
+	metricCreditWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "gatewayz",
+		Name:      "credit_wait_seconds",
+		Help:      "Time metered requests waited for credits held by the same user's requests in flight.",
+		Buckets:   []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	})
+	metricCreditWaits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "gatewayz",
+		Name:      "credit_waits_total",
+		Help:      "Waits for credits by outcome: admitted, insufficient_credits (402 after the wait), client_gone.",
+	}, []string{"outcome"})
 	metricOpenReservations = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "gatewayz",
 		Name:      "open_reservations",
@@ -88,6 +100,30 @@ var outcomeLabels = [numOutcomes]string{
 }
 
 func (o outcome) String() string { return outcomeLabels[o] }
+
+// waitOutcome is how a wait for credits ended.
+type waitOutcome int
+
+// Wait outcomes.
+const (
+	waitAdmitted   waitOutcome = iota // the credits came back: reserved
+	waitRefused                       // 402: the bound passed, or the balance turned out short
+	waitClientGone                    // the client left while waiting
+	numWaitOutcomes
+)
+
+// creditWaitSeries are the counters of the wait outcomes, resolved once.
+var creditWaitSeries = [numWaitOutcomes]prometheus.Counter{
+	waitAdmitted:   metricCreditWaits.WithLabelValues("admitted"),
+	waitRefused:    metricCreditWaits.WithLabelValues("insufficient_credits"),
+	waitClientGone: metricCreditWaits.WithLabelValues("client_gone"),
+}
+
+// observeCreditWait records a wait for credits that ended with o after d.
+func observeCreditWait(o waitOutcome, d time.Duration) {
+	metricCreditWait.Observe(d.Seconds())
+	creditWaitSeries[o].Inc()
+}
 
 // endpointSeries are the metric series of one metered endpoint, resolved
 // once (WithLabelValues hashes the labels and locks on every call).
@@ -148,7 +184,7 @@ func registerMetrics(ctx caddy.Context, store storage.Store) error {
 // registerCollectors registers the collectors into reg, tolerating ones
 // already there.
 func registerCollectors(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricOpenReservations} {
+	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricCreditWait, metricCreditWaits, metricOpenReservations} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

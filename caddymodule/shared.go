@@ -29,6 +29,7 @@ type sharedState struct {
 	index   *keyIndex
 	plans   *planCache
 	limiter *limiter
+	credits *creditWaiters
 	audit   *auditor
 
 	unsubscribe func()
@@ -43,6 +44,7 @@ func newSharedState(st storage.Store, cfg sharedConfig, logger *zap.Logger) *sha
 		index:   newKeyIndex(st, cfg.negativeCacheSize),
 		plans:   newPlanCache(st),
 		limiter: newLimiter(),
+		credits: newCreditWaiters(),
 		audit:   newAuditor(st, cfg.auditPerMinute, logger),
 		cancel:  cancel,
 	}
@@ -55,8 +57,13 @@ func newSharedState(st storage.Store, cfg sharedConfig, logger *zap.Logger) *sha
 
 // onChange is the store's change feed: it drops what changed from the
 // in-memory caches (without blocking and without store reads), so the next
-// request re-reads the current record.
+// request re-reads the current record, and wakes the requests waiting for
+// credits that came back.
 func (s *sharedState) onChange(c storage.Change) {
+	if c.Kind == storage.ChangeCredits {
+		s.credits.release(c.UserID)
+		return
+	}
 	s.index.invalidate(c)
 	s.plans.invalidate(c)
 }

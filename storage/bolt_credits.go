@@ -156,11 +156,12 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 	}
 	a.reserved += amount
 	a.holds++
+	available := a.credits - a.reserved
 	a.mu.Unlock()
 	id := s.resSeq.Add(1)
 	// One allocation for the caller's handle and the store's copy.
 	box := &reservationBox{
-		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: amount},
+		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: amount, Available: available},
 		r:   openRes{userID: req.UserID, keyID: req.KeyID, amount: amount, slot: slot, acct: a, kc: kc},
 	}
 	sh := &s.open[id%resShards]

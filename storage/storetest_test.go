@@ -626,7 +626,7 @@ func confFlexibleReserve(t *testing.T, s Store) {
 	u, k := register(t, s, "flex@example.com", 100)
 	// Alone: everything the balance affords, up to Credits.
 	r1, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10})
-	if err != nil || r1.Amount != 100 {
+	if err != nil || r1.Amount != 100 || r1.Available != 0 {
 		t.Fatalf("alone: %+v, %v", r1, err)
 	}
 	// Everything is held: the refusal names the holds, not the balance.
@@ -643,7 +643,7 @@ func confFlexibleReserve(t *testing.T, s Store) {
 	}
 	// 60 left, two waiting behind: a third each.
 	r2, err := s.Reserve(ctx, ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10, Waiting: 2})
-	if err != nil || r2.Amount != 20 {
+	if err != nil || r2.Amount != 20 || r2.Available != 40 {
 		t.Fatalf("with two waiting: %+v, %v", r2, err)
 	}
 	// 40 left, one open reservation: half of it.
