@@ -55,6 +55,17 @@ func newTestEnv(t testing.TB, setup func(*App, *Gateway)) *testEnv {
 	return &testEnv{app: app, g: g, st: app.Store()}
 }
 
+// flush makes the settlements accepted so far durable (and readable) where
+// the store defers that.
+func (e *testEnv) flush(t testing.TB) {
+	t.Helper()
+	if f, ok := e.st.(storage.Flusher); ok {
+		if err := f.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // newKey registers a user whose primary key is adjusted by mod, and returns
 // the plaintext key.
 func (e *testEnv) newKey(t testing.TB, env string, mod func(*storage.APIKey)) (string, *storage.APIKey) {

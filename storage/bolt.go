@@ -443,5 +443,9 @@ func ctxErr(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// Interface guard.
-var _ Store = (*BoltStore)(nil)
+// Interface guards
+var (
+	_ Store       = (*BoltStore)(nil)
+	_ Flusher     = (*BoltStore)(nil)
+	_ HotBackuper = (*BoltStore)(nil)
+)
