@@ -76,7 +76,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.app = app
 	g.state = app.state
 	g.provisionMetering()
-	if err := registerMetrics(ctx, g.state.store); err != nil {
+	if err := registerMetrics(ctx, g.state.store, g.state.credits); err != nil {
 		return fmt.Errorf("gatewayz: registering metrics: %v", err)
 	}
 	return nil

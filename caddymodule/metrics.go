@@ -48,6 +48,16 @@ var (
 		Name:      "credit_waits_total",
 		Help:      "Waits for credits by outcome: admitted, insufficient_credits (402 after the wait), client_gone.",
 	}, []string{"outcome"})
+	metricCreditWaiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "gatewayz",
+		Name:      "credit_waiting",
+		Help:      "Metered requests waiting for credits now.",
+	}, func() float64 {
+		if w := metricsWaiters.Load(); w != nil {
+			return float64(w.waiting.Load())
+		}
+		return 0
+	})
 	metricOpenReservations = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "gatewayz",
 		Name:      "open_reservations",
@@ -66,6 +76,10 @@ type storeHolder struct{ store storage.Credits }
 // metricsStore is the store whose open reservations the gauge reports: the
 // one of the most recently provisioned gateway.
 var metricsStore atomic.Value
+
+// metricsWaiters are the credit queues the waiting gauge reports, beside
+// metricsStore.
+var metricsWaiters atomic.Pointer[creditWaiters]
 
 // outcome is a request outcome (the "outcome" label).
 type outcome int
@@ -173,8 +187,9 @@ func seriesFor(endpoint string) *endpointSeries {
 // registerMetrics adds the metering collectors to this config's registry,
 // ignoring collectors already registered there (several sites share the
 // handler), and points the open-reservations gauge at store.
-func registerMetrics(ctx caddy.Context, store storage.Credits) error {
+func registerMetrics(ctx caddy.Context, store storage.Credits, waiters *creditWaiters) error {
 	metricsStore.Store(storeHolder{store})
+	metricsWaiters.Store(waiters)
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		return registerCollectors(reg)
 	}
@@ -184,7 +199,7 @@ func registerMetrics(ctx caddy.Context, store storage.Credits) error {
 // registerCollectors registers the collectors into reg, tolerating ones
 // already there.
 func registerCollectors(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricCreditWait, metricCreditWaits, metricOpenReservations} {
+	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricCreditWait, metricCreditWaits, metricCreditWaiting, metricOpenReservations} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
