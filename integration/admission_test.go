@@ -329,43 +329,35 @@ func TestAdmissionWaiterDisconnects(t *testing.T) {
 	}
 }
 
-// TestAdmissionNoWait: with credit_wait 0 a request whose credits are
-// held answers 402 at once, saying so, with Retry-After; a balance that is
-// too low says that instead.
-func TestAdmissionNoWait(t *testing.T) {
-	up := startPacedUpstream(t)
-	g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), GatewayBlock: "credit_wait 0"})
-	key, _ := g.registerUser("nowait@example.com")
-	holder := holdCredits(t, g, up, key)
-	r := g.do("POST", "/v1/chat/completions", uncappedChat("t10", false), bearer(key))
-	wantRefusal(t, r, 402, "credits_held", "1000 credits are held by 1 requests in flight; retry", "held credits")
-	if r.Header.Get("Retry-After") == "" {
-		t.Error("a 402 for held credits carries no Retry-After")
-	}
-	close(up.release)
-	(<-holder).mustStatus(t, 200, "the holder")
-	wantBilled(t, g, key, 1000, 1)
+// TestAdmissionHeldRefusal: with credit_wait 0 a request whose credits a
+// sibling holds answers 402 at once, and with a bound it answers so when
+// the bound ends; either says that the credits are held, with
+// Retry-After, and costs nothing. A balance that is too low says that
+// instead, without Retry-After.
+func TestAdmissionHeldRefusal(t *testing.T) {
+	for _, wait := range []string{"0", "100ms"} {
+		t.Run("credit_wait "+wait, func(t *testing.T) {
+			up := startPacedUpstream(t)
+			g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), GatewayBlock: "credit_wait " + wait})
+			key, _ := g.registerUser("held@example.com")
+			holder := holdCredits(t, g, up, key)
+			r := g.do("POST", "/v1/chat/completions", uncappedChat("t10", false), bearer(key))
+			wantRefusal(t, r, 402, "credits_held", "1000 credits are held by 1 requests in flight; retry", "held credits")
+			if r.Header.Get("Retry-After") == "" {
+				t.Error("a 402 for held credits carries no Retry-After")
+			}
+			close(up.release)
+			(<-holder).mustStatus(t, 200, "the holder")
+			wantBilled(t, g, key, 1000, 1)
 
-	big := map[string]any{"model": "t10", "max_tokens": 5000, "messages": []map[string]any{{"role": "user", "content": "hello"}}}
-	r = g.do("POST", "/v1/chat/completions", big, bearer(key))
-	wantRefusal(t, r, 402, "insufficient_credits", "the balance is 990", "balance too low")
-	if r.Header.Get("Retry-After") != "" {
-		t.Error("a 402 for a low balance carries Retry-After")
+			big := map[string]any{"model": "t10", "max_tokens": 5000, "messages": []map[string]any{{"role": "user", "content": "hello"}}}
+			r = g.do("POST", "/v1/chat/completions", big, bearer(key))
+			wantRefusal(t, r, 402, "insufficient_credits", "the balance is 990", "balance too low")
+			if r.Header.Get("Retry-After") != "" {
+				t.Error("a 402 for a low balance carries Retry-After")
+			}
+		})
 	}
-}
-
-// TestAdmissionWaitBound: a request still waiting when credit_wait ends
-// gets the 402 for held credits, and nothing is charged for it.
-func TestAdmissionWaitBound(t *testing.T) {
-	up := startPacedUpstream(t)
-	g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), GatewayBlock: "credit_wait 100ms"})
-	key, _ := g.registerUser("bound@example.com")
-	holder := holdCredits(t, g, up, key)
-	r := g.do("POST", "/v1/chat/completions", uncappedChat("t10", false), bearer(key))
-	wantRefusal(t, r, 402, "credits_held", "held by 1 requests in flight", "after the wait")
-	close(up.release)
-	(<-holder).mustStatus(t, 200, "the holder")
-	wantBilled(t, g, key, 1000, 1)
 }
 
 // TestAdmissionBillingFieldValidation: billing fields with wrong values
