@@ -512,10 +512,15 @@ func TestMeteringCaddyfile(t *testing.T) {
 		embeddings_reserve_percent 200
 		max_response_buffer 2MiB
 		settle_timeout 3s
+		credit_wait 250ms
 	}`)
 	if err := g.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
+	if g.CreditWait == nil || *g.CreditWait != caddy.Duration(250*time.Millisecond) {
+		t.Fatalf("credit_wait = %v", g.CreditWait)
+	}
+	g.CreditWait = nil
 	want := Metering{DefaultMaxTokens: 512, MinCompletionTokens: 8, LowerMaxTokens: true, MaxTokensField: "max_completion_tokens",
 		EmbeddingsReservePercent: 200, MaxResponseBuffer: 2 << 20, SettleTimeout: caddy.Duration(3 * time.Second)}
 	if g.Metering != want {
@@ -531,15 +536,27 @@ func TestMeteringCaddyfile(t *testing.T) {
 		"gatewayz {\n lower_max_tokens maybe\n}",
 		"gatewayz {\n max_response_buffer lots\n}",
 		"gatewayz {\n settle_timeout never\n}",
+		"gatewayz {\n credit_wait -1s\n}",
+		"gatewayz {\n credit_wait\n}",
 	} {
 		if err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
 		}
 	}
-	for _, bad := range []Metering{{MaxTokensField: "tokens"}, {MinCompletionTokens: 5000}, {DefaultMaxTokens: 1 << 40}} {
+	negative := caddy.Duration(-time.Second)
+	for _, bad := range []Metering{{MaxTokensField: "tokens"}, {MinCompletionTokens: 5000}, {DefaultMaxTokens: 1 << 40}, {CreditWait: &negative}} {
 		if err := bad.validateMetering(); err == nil {
 			t.Errorf("validated %+v", bad)
 		}
+	}
+	// 0 is "no wait", not "unset": provisioning keeps it; unset gets the default.
+	zero := Metering{CreditWait: new(caddy.Duration)}
+	if zero.provisionMetering(); *zero.CreditWait != 0 {
+		t.Errorf("credit_wait 0 became %v", *zero.CreditWait)
+	}
+	var unset Metering
+	if unset.provisionMetering(); *unset.CreditWait != caddy.Duration(defaultCreditWait) {
+		t.Errorf("unset credit_wait became %v", *unset.CreditWait)
 	}
 }
 
