@@ -16,8 +16,10 @@ import (
 // upstream, in the order ServeHTTP runs it: the admission is built from
 // the caller's policy (newAdmission), the model is checked against the
 // plan (checkModel), the request is counted against the rate and plan
-// limits (admit), and on metered routes its worst-case cost is reserved
-// (reserve), which the metering step settles exactly once.
+// limits (admit), and on metered routes its cost is reserved in one store
+// call (reserve), waiting in arrival order when the user's requests in
+// flight hold the credits it needs (creditwait.go); the metering step
+// settles the reservation exactly once.
 
 // admission is a request the gateway let through, handed to the metering
 // step (proxy). It is owned by that request; read its fields, do not change
