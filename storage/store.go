@@ -238,7 +238,9 @@ type Accounts interface {
 
 	// CreateKey stores a new key and sets its ID and timestamps. A key name
 	// already used by the same user, or a hash already indexed, gives
-	// ErrDuplicate.
+	// ErrDuplicate. The key's Scopes are stored and read back as given: an
+	// empty scope grants nothing and must never be turned into the full
+	// one (see Scopes, and bolt_scope.go for the upgrade of older data).
 	CreateKey(ctx context.Context, k *APIKey) error
 	GetKey(ctx context.Context, id int64) (*APIKey, error)
 	// ListKeys returns a user's keys, newest first.
