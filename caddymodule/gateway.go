@@ -76,7 +76,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.app = app
 	g.state = app.state
 	g.provisionMetering()
-	if err := registerMetrics(ctx, g.state.store, g.state.credits); err != nil {
+	if err := registerMetrics(ctx, g.state); err != nil {
 		return fmt.Errorf("gatewayz: registering metrics: %v", err)
 	}
 	return nil
@@ -106,6 +106,9 @@ func (g *Gateway) Validate() error {
 // upstream.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := clockNow()
+	if err := g.app.WaitStarted(r.Context()); err != nil {
+		return g.refuse(w, nil, errUnavailable, now)
+	}
 	rt, gerr := g.route(r)
 	if gerr != nil {
 		return g.refuse(w, nil, gerr, now)
