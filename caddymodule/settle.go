@@ -159,7 +159,7 @@ func (m *Metering) unmarshalMeteringOption(d *caddyfile.Dispenser) (bool, error)
 		case len(args) == 1 && (args[0] == "off" || args[0] == "false"):
 			m.LowerMaxTokens = false
 		default:
-			return true, d.ArgErr()
+			return true, d.Errf("lower_max_tokens must be on or off, got %q", strings.Join(args, " "))
 		}
 		return true, nil
 	case "max_tokens_field":
@@ -275,7 +275,7 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (*
 		avail := bal.Available()
 		plan, gerr := cfg.planReservation(prices, adm.req, avail)
 		if gerr != nil {
-			return nil, reservationPlan{}, 0, gerr
+			return nil, reservationPlan{}, avail, gerr
 		}
 		res, err := store.Reserve(ctx, storage.ReserveRequest{
 			UserID: adm.key.UserID, KeyID: adm.key.ID, Credits: plan.credits, MaxRequests: maxReq,
@@ -318,6 +318,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	delete(r.Header, hdrAPIKey)
 	if adm.req == nil { // free route: not metered
 		metricFreeRequests.Inc()
+		w.Header().Set(hdrRequestID, rc.requestID())
 		if err := next.ServeHTTP(w, r); err != nil {
 			// As on metered routes: an unreachable upstream gets an
 			// OpenAI-shaped answer, not Caddy's empty error page.
@@ -348,6 +349,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		s.series.requests[outcome].Inc()
 		adm.recordRefund()
 		w.Header().Set(hdrRequestID, s.reqID)
+		if gerr.Status == http.StatusPaymentRequired {
+			w.Header().Set(hdrCreditsRemaining, strconv.FormatInt(max(afterHold, 0), 10))
+		}
 		writeError(w, gerr)
 		return nil
 	}
