@@ -45,6 +45,8 @@ type backend interface {
 	Keyring() *storage.Keyring
 	AdminKey() string
 	SignupCredits() int64
+	SignupPlanFor() (name string, months int)
+	TrialPolicy() *caddymodule.TrialPolicy
 	RotationGrace() time.Duration
 	Authenticate(plaintext string) (*caddymodule.Identity, error)
 	CheckNetworkAccess(r *http.Request, id *caddymodule.Identity) error

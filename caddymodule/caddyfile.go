@@ -123,17 +123,27 @@ func parseRateLimits(d *caddyfile.Dispenser, l *storage.RateLimits) error {
 		default:
 			return unknownOption(d, "limit", rateLimitOptions)
 		}
-		var s string
-		if !d.AllArgs(&s) {
-			return d.ArgErr()
-		}
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || n < 0 {
-			return d.Errf("%s must be a non-negative integer, got %q", name, s)
+		n, err := nonNegativeArg(d, name)
+		if err != nil {
+			return err
 		}
 		*field = n
 	}
 	return nil
+}
+
+// nonNegativeArg reads the one argument of the option name as a
+// non-negative integer.
+func nonNegativeArg(d *caddyfile.Dispenser, name string) (int64, error) {
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, d.Errf("%s must be a non-negative integer, got %q", name, s)
+	}
+	return n, nil
 }
 
 // gatewayOptions are the subdirectives of the gatewayz directive.

@@ -181,7 +181,7 @@ func unmarshalCORS(d *caddyfile.Dispenser) (*CORS, error) {
 			}
 			c.MaxAge = caddy.Duration(dur)
 		default:
-			return nil, unknownOption(d, "cors", corsOptions)
+			return nil, unknownOption(d, "cors option", corsOptions)
 		}
 	}
 	if err := c.validate(); err != nil {

@@ -592,7 +592,10 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 		}
 		return nil, errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
 	}
-	ent := pol.entitlementsAt(now, e.env, g.app.TrialModels)
+	ent := pol.entitlementsAt(now, e.env, e.id.User, g.app.trial)
+	if ent.trialEnded && rt.metered() {
+		return nil, errTrialExpired(e.id.User.TrialExpiresAt)
+	}
 	var a *admission
 	var mr *meteredRequest
 	if rt.metered() {
