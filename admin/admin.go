@@ -114,7 +114,7 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 			details["idempotency_key"] = idem
 		}
 		if k != nil {
-			details["via_key_prefix"] = maskedKey(k)
+			details["via_key_prefix"] = k.Masked()
 			details["via_key_id"] = k.ID
 		}
 		if note != "" {
@@ -229,11 +229,11 @@ func (h *Handler) primaryKey(ctx context.Context, userID int64) (any, error) {
 	}
 	for _, k := range keys {
 		if k.IsPrimary {
-			return maskedKey(k), nil
+			return k.Masked(), nil
 		}
 	}
 	if len(keys) > 0 {
-		return maskedKey(keys[0]), nil
+		return keys[0].Masked(), nil
 	}
 	return nil, nil
 }
@@ -313,7 +313,7 @@ func (h *Handler) setLimits(w http.ResponseWriter, r *http.Request) {
 	}
 	who := fmt.Sprintf("user %d", u.ID)
 	if k != nil {
-		who = "user " + maskedKey(k)
+		who = "user " + k.Masked()
 	}
 	h.audit(r, &storage.AuditEntry{UserID: u.ID, Action: actSetLimits, Details: map[string]any{
 		"old_values": old, "new_values": limits,

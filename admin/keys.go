@@ -36,7 +36,7 @@ func keyView(k *storage.APIKey, now time.Time) map[string]any {
 	return map[string]any{
 		"id":                 k.ID,
 		"key_name":           k.KeyName,
-		"api_key":            maskedKey(k),
+		"api_key":            k.Masked(),
 		"environment_tag":    k.EnvironmentTag,
 		"scope_permissions":  scopesOut(k.Scopes),
 		"is_active":          k.IsActive,
@@ -185,7 +185,7 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.audit(r, &storage.AuditEntry{UserID: id.User.ID, KeyID: key.ID, Action: actCreate, Details: map[string]any{
-		"key_name": name, "key_prefix": maskedKey(key), "environment_tag": env, "scope_permissions": scopes,
+		"key_name": name, "key_prefix": key.Masked(), "environment_tag": env, "scope_permissions": scopes,
 		"expiration_days": req.ExpirationDays, "expiration_date": expiration, "max_requests": req.MaxRequests,
 		"ip_allowlist": ips, "domain_referrers": domains, "is_primary": false,
 		"created_by_key_id": id.Key.ID,

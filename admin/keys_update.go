@@ -203,7 +203,7 @@ func (h *Handler) applyUpdate(w http.ResponseWriter, r *http.Request, id *caddym
 	}
 	h.audit(r, &storage.AuditEntry{UserID: id.User.ID, KeyID: updated.ID, Action: actUpdate, Details: map[string]any{
 		"updated_fields": u.fields, "old_values": oldVals, "new_values": newVals,
-		"update_timestamp": now, "key_prefix": maskedKey(updated), "by_key_id": id.Key.ID,
+		"update_timestamp": now, "key_prefix": updated.Masked(), "by_key_id": id.Key.ID,
 	}})
 	writeJSON(w, http.StatusOK, map[string]any{
 		"status":      "success",
@@ -248,7 +248,7 @@ func (h *Handler) rotateKey(ctx context.Context, keyID, userID int64) (string, *
 
 func (h *Handler) rotateOne(w http.ResponseWriter, r *http.Request, target *storage.APIKey) {
 	id := identity(r)
-	oldPrefix := maskedKey(target)
+	oldPrefix := target.Masked()
 	plaintext, updated, err := h.rotateKey(r.Context(), target.ID, id.User.ID)
 	if err != nil {
 		h.fail(w, r, notFoundAs(err, "API key not found"))
@@ -257,7 +257,7 @@ func (h *Handler) rotateOne(w http.ResponseWriter, r *http.Request, target *stor
 	now := h.now().UTC()
 	details := map[string]any{
 		"old_key_name": updated.KeyName, "new_key_name": updated.KeyName, "rotated_at": now,
-		"old_key_prefix": oldPrefix, "new_key_prefix": maskedKey(updated), "by_key_id": id.Key.ID,
+		"old_key_prefix": oldPrefix, "new_key_prefix": updated.Masked(), "by_key_id": id.Key.ID,
 	}
 	var oldValidUntil any
 	if !updated.PrevHashExpiresAt.IsZero() {
@@ -304,7 +304,7 @@ func (h *Handler) bulkRotate(w http.ResponseWriter, r *http.Request, id *caddymo
 			skipped = append(skipped, k.ID)
 			continue
 		}
-		oldPrefix := maskedKey(k)
+		oldPrefix := k.Masked()
 		plaintext, updated, err := h.rotateKey(r.Context(), k.ID, id.User.ID)
 		if errors.Is(err, storage.ErrNotFound) {
 			continue // deleted meanwhile
@@ -315,7 +315,7 @@ func (h *Handler) bulkRotate(w http.ResponseWriter, r *http.Request, id *caddymo
 		}
 		h.audit(r, &storage.AuditEntry{UserID: id.User.ID, KeyID: k.ID, Action: actRotate, Details: map[string]any{
 			"old_key_name": k.KeyName, "new_key_name": updated.KeyName, "rotated_at": now.UTC(),
-			"old_key_prefix": oldPrefix, "new_key_prefix": maskedKey(updated), "bulk": true, "by_key_id": id.Key.ID,
+			"old_key_prefix": oldPrefix, "new_key_prefix": updated.Masked(), "bulk": true, "by_key_id": id.Key.ID,
 		}})
 		newKeys = append(newKeys, map[string]any{"key_id": k.ID, "key_name": updated.KeyName, "new_api_key": plaintext})
 	}
@@ -377,7 +377,7 @@ func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
 	now := h.now().UTC()
 	h.audit(r, &storage.AuditEntry{UserID: id.User.ID, KeyID: target.ID, Action: actDelete, Details: map[string]any{
 		"deleted_at": now, "key_name": target.KeyName, "environment_tag": target.EnvironmentTag,
-		"key_prefix": maskedKey(target), "is_primary": target.IsPrimary, "by_key_id": id.Key.ID,
+		"key_prefix": target.Masked(), "is_primary": target.IsPrimary, "by_key_id": id.Key.ID,
 	}})
 	writeJSON(w, http.StatusOK, map[string]any{
 		"status":         "success",

@@ -56,7 +56,7 @@ func (h *Handler) userBalance(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
-		"api_key":   maskedKey(id.Key),
+		"api_key":   id.Key.Masked(),
 		"credits":   bal.Credits,
 		"reserved":  bal.Reserved,
 		"available": bal.Available(),
@@ -80,7 +80,7 @@ func (h *Handler) getProfile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := profileView(u)
-	v["api_key"] = maskedKey(id.Key)
+	v["api_key"] = id.Key.Masked()
 	v["credits"] = bal.Credits
 	writeJSON(w, http.StatusOK, v)
 }
@@ -258,7 +258,7 @@ func (h *Handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 	now := h.now().UTC()
 	prefixes := make([]string, 0, len(keys))
 	for _, k := range keys {
-		prefixes = append(prefixes, maskedKey(k))
+		prefixes = append(prefixes, k.Masked())
 	}
 	h.audit(r, &storage.AuditEntry{UserID: id.User.ID, Action: actAccountDelete, Details: map[string]any{
 		"deleted_at": now, "email": id.User.Email, "deleted_keys": len(keys), "key_prefixes": prefixes,

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -135,7 +134,7 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		"username": username, "email": email, "auth_method": authMethod, "credits": credits,
 	}})
 	h.auditAs(r, actor, &storage.AuditEntry{UserID: u.ID, KeyID: key.ID, Action: actCreate, Details: map[string]any{
-		"key_name": key.KeyName, "key_prefix": maskedKey(key), "environment_tag": env,
+		"key_name": key.KeyName, "key_prefix": key.Masked(), "environment_tag": env,
 		"scope_permissions": key.Scopes, "expiration_days": nil, "max_requests": nil, "is_primary": true,
 	}})
 	writeJSON(w, http.StatusOK, map[string]any{
@@ -224,13 +223,4 @@ func (h *Handler) newKey(env string) (string, *storage.APIKey, error) {
 		IPAllowlist:     []string{},
 		DomainReferrers: []string{},
 	}, nil
-}
-
-// maskedKey is the display form of a stored key, e.g. "gw_live_AbCd…".
-func maskedKey(k *storage.APIKey) string {
-	if k == nil {
-		return ""
-	}
-	p := strings.TrimSuffix(k.Prefix, "…")
-	return p + "…"
 }

@@ -139,7 +139,7 @@ func (h *Handler) securityDashboard(w http.ResponseWriter, r *http.Request) {
 	expiring := make([]map[string]any, 0, len(soon))
 	for _, k := range soon {
 		expiring = append(expiring, map[string]any{
-			"key_id": k.ID, "user_id": k.UserID, "key_name": k.KeyName, "api_key": maskedKey(k),
+			"key_id": k.ID, "user_id": k.UserID, "key_name": k.KeyName, "api_key": k.Masked(),
 			"expiration_date": k.ExpirationDate.UTC(),
 			"hours_remaining": int64(k.ExpirationDate.Sub(now) / time.Hour),
 		})

@@ -266,7 +266,7 @@ func (h *Handler) userMonitor(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"status":  "success",
 		"user_id": id.User.ID,
-		"api_key": maskedKey(id.Key),
+		"api_key": id.Key.Masked(),
 		"period":  map[string]any{"start": since, "end": now, "days": days},
 		"usage_metrics": map[string]any{
 			"total_requests": total.Requests, "total_tokens": total.Tokens, "total_credits": total.Credits,
@@ -372,7 +372,7 @@ func (h *Handler) adminMonitor(w http.ResponseWriter, r *http.Request) {
 		p, ok := prefixes[rec.KeyID]
 		if !ok {
 			if k, err := st.GetKey(ctx, rec.KeyID); err == nil {
-				p = maskedKey(k)
+				p = k.Masked()
 			}
 			prefixes[rec.KeyID] = p
 		}

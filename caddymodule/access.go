@@ -40,6 +40,16 @@ func checkAccess(e *keyEntry, r *http.Request, clientIP string, inference bool) 
 	return nil, ""
 }
 
+// checkAccess applies the key's restrictions and records security refusals
+// (denied IP or referrer) as audit events.
+func (g *Gateway) checkAccess(r *http.Request, e *keyEntry, clientIP string, rt route, now time.Time) *gatewayError {
+	gerr, action := checkAccess(e, r, clientIP, rt.metered())
+	if action != "" {
+		recordSecurity(g.state.audit, action, e, r, clientIP, now)
+	}
+	return gerr
+}
+
 // networkDenied applies the key's IP allowlist, then its referrer rules, to
 // the request, and returns the audit action of the refusal ("" when both
 // pass). The gateway and CheckNetworkAccess share it.
@@ -262,13 +272,3 @@ func referrerAllowed(rules []string, host string) bool {
 // clockNow is the clock of the access side (a variable so tests can fake
 // it).
 var clockNow = time.Now
-
-// checkAccess applies the key's restrictions and records security refusals
-// (denied IP or referrer) as audit events.
-func (g *Gateway) checkAccess(r *http.Request, e *keyEntry, clientIP string, rt route, now time.Time) *gatewayError {
-	gerr, action := checkAccess(e, r, clientIP, rt.metered())
-	if action != "" {
-		g.recordSecurity(action, e, r, clientIP, now)
-	}
-	return gerr
-}

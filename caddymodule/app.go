@@ -334,27 +334,17 @@ var (
 	ErrExpiredKey  = errors.New("API key has expired")
 )
 
-// Authenticate resolves a plaintext API key through the in-memory index: no
-// store read when the key is known, and none for a string that is not
-// shaped like a key. It checks that the key is active and not expired. A
-// store failure while loading an uncached key is returned as is.
+// Authenticate resolves a plaintext API key for the management API
+// (authenticate, shared with the gateway): no store read when the key is
+// known, and none for a string that is not shaped like a key. Refusals
+// match ErrUnknownKey, ErrInactiveKey or ErrExpiredKey (errors.Is); a store
+// failure while loading an uncached key is returned as is.
 func (a *App) Authenticate(plaintext string) (*Identity, error) {
-	e, err := a.lookup(context.Background(), plaintext)
+	e, err := a.authenticate(context.Background(), plaintext, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	if err := e.usable(time.Now()); err != nil {
-		return nil, err
-	}
 	return &e.id, nil
-}
-
-// lookup finds the index entry of a plaintext key.
-func (a *App) lookup(ctx context.Context, plaintext string) (*keyEntry, error) {
-	if _, ok := storage.ParseKey(plaintext); !ok {
-		return nil, ErrUnknownKey
-	}
-	return a.state.index.lookup(ctx, a.keyring.Hash(plaintext), time.Now())
 }
 
 // Interface guards

@@ -1,7 +1,9 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -52,58 +54,72 @@ var (
 		"The gateway cannot verify API keys right now; retry shortly")
 )
 
-// authenticate resolves the presented key to its index entry and checks
-// that it is usable (active, not expired). A string that is not shaped like
-// a gw_ key is refused without touching the store or the index. Unknown,
-// inactive and expired keys are recorded as (rate-limited) security events.
+// authenticate is the gateway's side of App.authenticate: a refusal in
+// OpenAI shape, with unknown, inactive and expired keys recorded as
+// (rate-limited) security events.
 func (g *Gateway) authenticate(r *http.Request, key, clientIP string, now time.Time) (*keyEntry, *gatewayError) {
 	if key == "" {
 		return nil, errMissingKey
 	}
-	if _, ok := storage.ParseKey(key); !ok {
+	e, err := g.app.authenticate(r.Context(), key, now)
+	switch {
+	case err == nil:
+		return e, nil
+	case errors.Is(err, errMalformedKey):
 		return nil, errInvalidKey
+	case errors.Is(err, ErrUnknownKey):
+		g.state.audit.record(auditUnknownKey, clientIP, &storage.AuditEntry{
+			IP:      clientIP,
+			Details: map[string]any{"key_prefix": storage.MaskKey(key), "path": r.URL.Path},
+		}, now)
+		return nil, errInvalidKey
+	case errors.Is(err, ErrInactiveKey):
+		recordSecurity(g.state.audit, auditKeyInactive, e, r, clientIP, now)
+		return nil, errInactiveKey
+	case errors.Is(err, ErrExpiredKey):
+		recordSecurity(g.state.audit, auditKeyExpired, e, r, clientIP, now)
+		return nil, errExpiredKey
 	}
-	var hash [32]byte
-	e, err := g.state.index.lookup(r.Context(), g.app.keyring.HashTo(&hash, key), now)
-	if err != nil {
-		if errors.Is(err, ErrUnknownKey) {
-			g.state.audit.record(auditUnknownKey, clientIP, &storage.AuditEntry{
-				IP:      clientIP,
-				Details: map[string]any{"key_prefix": storage.MaskKey(key), "path": r.URL.Path},
-			}, now)
-			return nil, errInvalidKey
-		}
-		if c := g.logger.Check(zap.ErrorLevel, "looking up API key"); c != nil {
-			c.Write(zap.Error(err))
-		}
-		return nil, errUnavailable
+	if c := g.logger.Check(zap.ErrorLevel, "looking up API key"); c != nil {
+		c.Write(zap.Error(err))
 	}
-	if err := e.usable(now); err != nil {
-		action, refusal := auditKeyInactive, errInactiveKey
-		if errors.Is(err, ErrExpiredKey) {
-			action, refusal = auditKeyExpired, errExpiredKey
-		}
-		g.recordSecurity(action, e, r, clientIP, now)
-		return nil, refusal
-	}
-	return e, nil
+	return nil, errUnavailable
 }
 
-// recordSecurity queues a security audit event about a known key (never
-// the key itself: its id and masked prefix).
-func (g *Gateway) recordSecurity(action string, e *keyEntry, r *http.Request, clientIP string, now time.Time) {
-	recordSecurity(g.state.audit, action, e, r, clientIP, now)
+// errMalformedKey is ErrUnknownKey for a string not shaped like a key,
+// which is refused without a store read and without an audit event.
+var errMalformedKey = fmt.Errorf("%w (not shaped like a gw_ key)", ErrUnknownKey)
+
+// authenticate resolves a plaintext key through the in-memory index and
+// checks that it is usable (active, not expired): the one authenticator of
+// the gateway (Gateway.authenticate) and the management API
+// (App.Authenticate). A string that is not shaped like a key is refused
+// (errMalformedKey) without touching the store or the index; a known key
+// that is not usable is returned with ErrInactiveKey or ErrExpiredKey, so
+// the refusal can name it. A store failure while loading an uncached key
+// is returned as is.
+func (a *App) authenticate(ctx context.Context, key string, now time.Time) (*keyEntry, error) {
+	if _, ok := storage.ParseKey(key); !ok {
+		return nil, errMalformedKey
+	}
+	var hash [32]byte
+	e, err := a.state.index.lookup(ctx, a.keyring.HashTo(&hash, key), now)
+	if err != nil {
+		return nil, err
+	}
+	return e, e.usable(now)
 }
 
 // recordSecurity queues the audit event of a security refusal of key e (the
-// gateway's and the management API's alike).
+// gateway's and the management API's alike): its id and masked prefix,
+// never the key.
 func recordSecurity(audit *auditor, action string, e *keyEntry, r *http.Request, clientIP string, now time.Time) {
 	audit.record(action, e.keyID+"|"+clientIP, &storage.AuditEntry{
 		UserID: e.id.Key.UserID,
 		KeyID:  e.id.Key.ID,
 		IP:     clientIP,
 		Details: map[string]any{
-			"key_prefix": e.id.Key.Prefix + "…",
+			"key_prefix": e.id.Key.Masked(),
 			"path":       r.URL.Path,
 			"origin":     requestOriginHost(r),
 		},
@@ -142,15 +158,6 @@ func (rc *requestCtx) setVar(key string, v any) {
 		return
 	}
 	rc.vars[key] = v
-}
-
-// annotate exposes who is calling, never the key: the {http.auth.user.id}
-// placeholder (the access log's user_id), the vars gatewayz_user_id,
-// gatewayz_key_id and gatewayz_env ({http.vars.*}, `vars` matcher), and the
-// same as extra access-log fields.
-func annotate(r *http.Request, e *keyEntry) {
-	rc := newRequestCtx(r)
-	rc.annotate(e)
 }
 
 func (rc *requestCtx) annotate(e *keyEntry) {

@@ -74,10 +74,3 @@ func (c *textCounter) addBytes(b []byte) {
 func (c textCounter) tokens() int64 {
 	return (c.ascii+3)/4 + c.other
 }
-
-// estimateText estimates the tokens of one text.
-func estimateText(s string) int64 {
-	var c textCounter
-	c.addString(s)
-	return c.tokens()
-}

@@ -46,7 +46,7 @@ type Gateway struct {
 	// browser (cors.go). Default: off (browsers refuse cross-origin calls).
 	CORS *CORS `json:"cors,omitempty"`
 
-	// Metering settings (settle.go): default_max_tokens,
+	// Metering settings (metering.go): default_max_tokens,
 	// min_completion_tokens, lower_max_tokens, max_tokens_field,
 	// embeddings_reserve_percent, max_response_buffer, settle_timeout.
 	Metering
@@ -105,8 +105,12 @@ func (g *Gateway) Validate() error {
 	return nil
 }
 
-// ServeHTTP runs the admission steps in order; the first refusal answers
-// the client with an OpenAI-shaped error and nothing reaches the upstream.
+// ServeHTTP runs the steps in the order of the files that hold them: the
+// route (here), the key (auth.go), its access rules (access.go), the
+// admission (admission.go: policy, body and model, limits) and metering
+// (metering.go: reservation, upstream, settlement). The first refusal
+// answers the client with an OpenAI-shaped error and nothing reaches the
+// upstream.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := clockNow()
 	if g.CORS.preflight(w, r) {
@@ -124,15 +128,22 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return g.refuse(w, r, nil, rt, true, gerr, now)
 	}
 	rc.annotate(e)
+	// The key's own restrictions (its access rules, and the web origin it
+	// may be used from) need nothing but the key: they run before the
+	// policy lookup, which may read the store.
+	gerr = g.checkAccess(r, e, ip, rt, now)
+	if gerr == nil {
+		gerr = g.CORS.allowCaller(w.Header(), r, e.referrers)
+	}
+	if gerr != nil {
+		// The refusal still carries the caller's current limits when the
+		// policy can be had.
+		adm, _ := g.newAdmission(r, e, rt, ip, now)
+		return g.refuse(w, r, adm, rt, true, gerr, now)
+	}
 	adm, gerr := g.newAdmission(r, e, rt, ip, now)
 	if gerr != nil {
 		return g.refuse(w, r, nil, rt, true, gerr, now)
-	}
-	if gerr := g.checkAccess(r, e, ip, rt, now); gerr != nil {
-		return g.refuse(w, r, adm, rt, true, gerr, now)
-	}
-	if gerr := g.CORS.allowCaller(w.Header(), r, e.referrers); gerr != nil {
-		return g.refuse(w, r, adm, rt, true, gerr, now)
 	}
 	if rt.metered() {
 		if adm.req, gerr = readInferenceInto(adm.newRequest(), w, r, rt.endpoint, g.MaxBodySize); gerr != nil {
@@ -157,7 +168,8 @@ func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, adm *admission,
 	if adm != nil && h[hdrLimitRequests] == nil {
 		g.state.limiter.peek(adm, now, h)
 	}
-	h.Set(hdrRequestID, requestID(r))
+	rc := newRequestCtx(r)
+	h.Set(hdrRequestID, rc.requestID())
 	g.CORS.allowRefusal(h, r)
 	requestCounters(rt, routed)[refusalOutcome(gerr)].Inc()
 	writeError(w, gerr)
@@ -221,101 +233,6 @@ func matchPathGlob(glob, p string) bool {
 func errMethodNotAllowed(method, p string) *gatewayError {
 	return errorf(http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed",
 		fmt.Sprintf("Method %s is not allowed on %s", method, p))
-}
-
-// admission is a request the gateway let through, handed to the metering
-// step (proxy). It is owned by that request; read its fields, do not change
-// them.
-//
-//   - key, user: snapshots of the caller's API key and user (read-only,
-//     shared with other requests).
-//   - limits: the per-key rate limits in force (admin > key > site > app,
-//     first non-zero per field); userLimits the per-user ones (admin > site
-//     > app).
-//   - req: the parsed inference request; nil on free routes (GET /v1/models,
-//     free_paths), which are neither metered nor charged.
-//   - clientIP: Caddy's client IP. planName: the plan in force ("Trial"
-//     without one). env: the key's environment tag.
-//   - estTokens: the tokens counted against the token limits at admission
-//     (prompt estimate + max_tokens).
-//
-// After settlement the metering step calls recordTokens(actual) once with
-// the real total tokens, which replaces the estimate in every token
-// counter; when the request was refused or refunded (nothing charged, no
-// usage recorded) it calls recordRefund instead.
-type admission struct {
-	key       *storage.APIKey
-	user      *storage.User
-	rl        *resolvedLimits // the key's and the user's rate limits
-	req       *inferenceRequest
-	clientIP  string
-	planName  string
-	env       string
-	estTokens int64
-
-	entry       *keyEntry
-	models      []string // model globs of the plan; empty: all
-	planLimits  periodLimits
-	lim         *limiter
-	planCounted bool
-	ends        [numPeriods]int64
-	recorded    bool
-	headerVals  [6]string       // backing of the x-ratelimit-* header values
-	metered     *meteredRequest // the allocation this admission is part of, on metered routes
-}
-
-// meteredRequest is what a metered request needs, allocated as one
-// object: its admission, parsed request and settlement.
-type meteredRequest struct {
-	adm admission
-	ir  inferenceRequest
-	s   settlement
-}
-
-// newRequest returns the (zero) inference request to parse the body into.
-func (a *admission) newRequest() *inferenceRequest {
-	if a.metered != nil {
-		return &a.metered.ir
-	}
-	return new(inferenceRequest)
-}
-
-// newSettlement returns the (zero) settlement of the request.
-func (a *admission) newSettlement() *settlement {
-	if a.metered != nil {
-		return &a.metered.s
-	}
-	return new(settlement)
-}
-
-// recordTokens replaces the estimated tokens counted at admission by the
-// actual ones, in the per-minute/hour/day and plan counters whose window
-// has not ended since. Call it once, after settlement; later calls do
-// nothing.
-func (a *admission) recordTokens(actual int64) {
-	if a == nil || a.recorded || a.lim == nil {
-		return
-	}
-	a.recorded = true
-	if actual < 0 {
-		actual = 0
-	}
-	a.lim.correct(a.key.UserID, a.key.ID, a.planCounted, false, &a.ends, a.estTokens, actual)
-}
-
-// recordRefund is recordTokens(0) for a request that was refused after
-// admission (402, request cap) or refunded (upstream error, nothing
-// delivered): its tokens are taken back and it no longer counts toward the
-// plan's daily and monthly requests, which count charged requests only (as
-// the usage records they are re-seeded from after a restart). It still
-// counts toward the per-minute/hour/day request rate limits, so refusals
-// cannot be retried without bound.
-func (a *admission) recordRefund() {
-	if a == nil || a.recorded || a.lim == nil {
-		return
-	}
-	a.recorded = true
-	a.lim.correct(a.key.UserID, a.key.ID, a.planCounted, true, &a.ends, a.estTokens, 0)
 }
 
 // Cleanup does nothing: the shared state belongs to the app.

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -448,16 +449,16 @@ func TestAuthenticateAPI(t *testing.T) {
 	if err != nil || id.Key.ID != k.ID || id.User.ID != k.UserID {
 		t.Fatalf("Authenticate = %+v, %v", id, err)
 	}
-	if _, err := e.app.Authenticate("nope"); err != ErrUnknownKey {
+	if _, err := e.app.Authenticate("nope"); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("malformed: %v", err)
 	}
-	if _, err := e.app.Authenticate("gw_live_" + strings.Repeat("z", 43)); err != ErrUnknownKey {
+	if _, err := e.app.Authenticate("gw_live_" + strings.Repeat("z", 43)); !errors.Is(err, ErrUnknownKey) {
 		t.Fatalf("unknown: %v", err)
 	}
 	if _, err := e.st.UpdateKey(context.Background(), k.ID, func(k *storage.APIKey) error { k.IsActive = false; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.app.Authenticate(key); err != ErrInactiveKey {
+	if _, err := e.app.Authenticate(key); !errors.Is(err, ErrInactiveKey) {
 		t.Fatalf("inactive: %v", err)
 	}
 }
@@ -571,4 +572,13 @@ func BenchmarkAnnotate(b *testing.B) {
 		b.StartTimer()
 		annotate(req, en)
 	}
+}
+
+// annotate exposes who is calling, never the key: the {http.auth.user.id}
+// placeholder (the access log's user_id), the vars gatewayz_user_id,
+// gatewayz_key_id and gatewayz_env ({http.vars.*}, `vars` matcher), and the
+// same as extra access-log fields.
+func annotate(r *http.Request, e *keyEntry) {
+	rc := newRequestCtx(r)
+	rc.annotate(e)
 }

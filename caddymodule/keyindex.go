@@ -244,10 +244,3 @@ func (ix *keyIndex) invalidate(c storage.Change) {
 	}
 	clear(ix.neg)
 }
-
-// size returns the number of cached keys and negative entries (for tests).
-func (ix *keyIndex) size() (keys, negative int) {
-	ix.mu.RLock()
-	defer ix.mu.RUnlock()
-	return len(ix.byKeyID), len(ix.neg)
-}

@@ -112,3 +112,10 @@ func TestKeyIndexUserDeletion(t *testing.T) {
 		t.Fatalf("%d keys left in the index", keys)
 	}
 }
+
+// size returns the number of cached keys and negative entries (for tests).
+func (ix *keyIndex) size() (keys, negative int) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return len(ix.byKeyID), len(ix.neg)
+}

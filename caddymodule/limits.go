@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
@@ -439,13 +437,6 @@ func (l *limiter) evictIdle(now time.Time) (evicted int) {
 	return evicted
 }
 
-// size returns the number of users and keys with counters (for tests).
-func (l *limiter) size() (users, keys int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.users), len(l.keys)
-}
-
 // mergeLimits resolves limits field by field: the first non-zero value of
 // the levels, in order, wins.
 func mergeLimits(a, b, c, d storage.RateLimits) storage.RateLimits {
@@ -555,12 +546,6 @@ func setRateLimitHeaders(h http.Header, req, tok quota, now time.Time, vals *[6]
 	}
 }
 
-// resetString formats the time until end like OpenAI does ("1s", "6m0s"),
-// rounded up to whole seconds.
-func resetString(end int64, now time.Time) string {
-	return string(appendReset(nil, end, now))
-}
-
 // appendReset appends the time until end, rounded up to whole seconds, in
 // Go's duration format ("0s", "40s", "6m0s", "11h59m40s").
 func appendReset(b []byte, end int64, now time.Time) []byte {
@@ -580,118 +565,6 @@ func appendReset(b []byte, end int64, now time.Time) []byte {
 	}
 	b = strconv.AppendInt(b, s, 10)
 	return append(b, 's')
-}
-
-// newAdmission resolves what governs the caller: the user's policy (plan
-// and admin limits, cached), the merged rate limits and the plan limits.
-func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP string, now time.Time) (*admission, *gatewayError) {
-	pol, err := g.state.plans.get(r.Context(), e.id.Key.UserID)
-	if err != nil {
-		if c := g.logger.Check(zap.ErrorLevel, "loading plan and limits"); c != nil {
-			c.Write(zap.Error(err))
-		}
-		return nil, errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
-	}
-	ent := pol.entitlementsAt(now, e.env, e.id.User, g.app.trial)
-	if ent.trialEnded && rt.metered() {
-		return nil, errTrialExpired(e.id.User.TrialExpiresAt)
-	}
-	var a *admission
-	var mr *meteredRequest
-	if rt.metered() {
-		mr = new(meteredRequest)
-		a = &mr.adm
-	} else {
-		a = new(admission)
-	}
-	*a = admission{
-		key:         e.id.Key,
-		user:        e.id.User,
-		rl:          g.resolveLimits(e, pol),
-		clientIP:    clientIP,
-		planName:    ent.planName,
-		env:         e.env,
-		entry:       e,
-		models:      ent.models,
-		planLimits:  ent.limits,
-		lim:         g.state.limiter,
-		planCounted: rt.metered(),
-		metered:     mr,
-	}
-	return a, nil
-}
-
-// resolvedLimits are a key's rate limits (admin, key, handler and app
-// levels merged) and its user's (the same without the key level), for one
-// policy snapshot and handler.
-type resolvedLimits struct {
-	pol       *userPolicy // the snapshot they were resolved under
-	g         *Gateway
-	key, user periodLimits
-}
-
-// resolveLimits returns the merged rate limits of e under pol, computed
-// once per key version, policy snapshot and handler (all immutable).
-func (g *Gateway) resolveLimits(e *keyEntry, pol *userPolicy) *resolvedLimits {
-	if rl := e.limits.Load(); rl != nil && rl.pol == pol && rl.g == g {
-		return rl
-	}
-	var admin storage.RateLimits
-	if pol != nil {
-		admin = pol.adminLimits
-	}
-	rl := &resolvedLimits{
-		pol:  pol,
-		g:    g,
-		key:  rateLimits(mergeLimits(admin, e.id.Key.RateLimits, g.Limits, g.app.DefaultLimits)),
-		user: rateLimits(mergeLimits(admin, storage.RateLimits{}, g.Limits, g.app.DefaultLimits)),
-	}
-	e.limits.Store(rl)
-	return rl
-}
-
-// admit counts the request against the plan (metered routes only) and rate
-// limits, all or nothing, and sets the x-ratelimit-* headers. Plan counters
-// are seeded from the usage records the first time a user is seen.
-func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Header) *gatewayError {
-	if a.req != nil {
-		a.estTokens = a.req.PromptTokens + a.req.MaxTokens
-	}
-	in := a.input()
-	res := a.lim.admit(&in, now)
-	if res.needSeed {
-		if err := a.lim.seed(r.Context(), g.state.store, a.key.UserID, now); err != nil {
-			if c := g.logger.Check(zap.ErrorLevel, "loading plan usage"); c != nil {
-				c.Write(zap.Error(err))
-			}
-			return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
-		}
-		if res = a.lim.admit(&in, now); res.needSeed { // evicted meanwhile
-			return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
-		}
-	}
-	setRateLimitHeaders(h, res.requests, res.tokens, now, &a.headerVals)
-	if res.refused {
-		return res.refusal(a.env, now)
-	}
-	a.ends = res.ends
-	if a.planCounted {
-		a.entry.admitted.Add(1)
-	}
-	return nil
-}
-
-// input is what the limiter needs to count the admission.
-func (a *admission) input() admitInput {
-	return admitInput{
-		userID:     a.key.UserID,
-		keyID:      a.key.ID,
-		userLimits: a.rl.user,
-		keyLimits:  a.rl.key,
-		plan:       &a.planLimits,
-		countPlan:  a.planCounted,
-		est:        a.estTokens,
-	}
 }
 
 // peek sets the x-ratelimit-* headers of a caller without counting

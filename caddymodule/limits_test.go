@@ -412,3 +412,16 @@ func TestPlanQuotaCountsChargedRequestsOnly(t *testing.T) {
 		t.Errorf("upstream calls = %d, want 1", got)
 	}
 }
+
+// size returns the number of users and keys with counters (for tests).
+func (l *limiter) size() (users, keys int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.users), len(l.keys)
+}
+
+// resetString formats the time until end like OpenAI does ("1s", "6m0s"),
+// rounded up to whole seconds.
+func resetString(end int64, now time.Time) string {
+	return string(appendReset(nil, end, now))
+}

@@ -98,21 +98,6 @@ type headerHook interface {
 	beforeHeader(status int)
 }
 
-// headerFunc adapts a function to headerHook.
-type headerFunc func(status int)
-
-func (f headerFunc) beforeHeader(status int) { f(status) }
-
-func newMeter(w http.ResponseWriter, strip bool, maxBuffer int, beforeHeader func(int)) *meter {
-	m := new(meter)
-	var hook headerHook
-	if beforeHeader != nil {
-		hook = headerFunc(beforeHeader)
-	}
-	m.init(w, strip, maxBuffer, hook)
-	return m
-}
-
 // init prepares a zero meter (embedded in a settlement, so that a request
 // allocates one object for both).
 func (m *meter) init(w http.ResponseWriter, strip bool, maxBuffer int, hook headerHook) {

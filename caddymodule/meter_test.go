@@ -349,3 +349,18 @@ func TestBufferedAnswersReusePooledBuffers(t *testing.T) {
 		}
 	}
 }
+
+// headerFunc adapts a function to headerHook.
+type headerFunc func(status int)
+
+func (f headerFunc) beforeHeader(status int) { f(status) }
+
+func newMeter(w http.ResponseWriter, strip bool, maxBuffer int, beforeHeader func(int)) *meter {
+	m := new(meter)
+	var hook headerHook
+	if beforeHeader != nil {
+		hook = headerFunc(beforeHeader)
+	}
+	m.init(w, strip, maxBuffer, hook)
+	return m
+}

@@ -181,11 +181,3 @@ func (c *planCache) invalidate(ch storage.Change) {
 		c.mu.Unlock()
 	}
 }
-
-// checkModel refuses a model outside the plan's model globs.
-func (a *admission) checkModel() *gatewayError {
-	if a.req == nil || modelAllowed(a.models, a.req.Model) {
-		return nil
-	}
-	return errModelNotAllowed(a.req.Model, a.planName)
-}

@@ -225,3 +225,19 @@ func TestInferenceRewrite(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// readInference reads and validates the body of an inference request,
+// bounded by maxBody bytes, and leaves r.Body readable again with the same
+// bytes. Malformed JSON and validation failures give a 400 in OpenAI's
+// invalid_request_error shape; a body over maxBody gives 413.
+func readInference(w http.ResponseWriter, r *http.Request, endpoint string, maxBody int64) (*inferenceRequest, *gatewayError) {
+	return readInferenceInto(new(inferenceRequest), w, r, endpoint, maxBody)
+}
+
+// parseInference validates body for endpoint; it is the pure core of
+// readInference. The body is validated as JSON once; then one walk over
+// its top-level members picks the fields metering needs, and only those
+// values are decoded.
+func parseInference(body []byte, endpoint string) (*inferenceRequest, *gatewayError) {
+	return parseInferenceInto(new(inferenceRequest), body, endpoint)
+}

@@ -817,3 +817,15 @@ func TestRequestIDIsThePlaceholder(t *testing.T) {
 		t.Fatalf("without a replacer: %q", got)
 	}
 }
+
+// requestID returns the request's id, which is also its
+// {http.request.uuid} placeholder, so the access log, the usage record and
+// the x-request-id header agree: the id Caddy made already when something
+// before the gateway used the placeholder, else a new random UUID set as
+// the placeholder's value. Setting it is cheaper than asking Caddy for one
+// (a walk through the replacer's providers, plus an access-log field that
+// gatewayz_request_id already carries).
+func requestID(r *http.Request) string {
+	rc := newRequestCtx(r)
+	return rc.requestID()
+}

@@ -295,16 +295,6 @@ type gatewayUsage struct {
 	Estimated        bool   `json:"estimated,omitempty"`
 }
 
-// addGatewayUsage returns body with a top-level "gateway_usage" member
-// appended, leaving every other byte untouched. It reports false (and
-// returns body unchanged) when body is not a JSON object. The check is
-// structural (string-aware bracket matching: the object opened by the
-// first byte closes at the last one), not a full validation: a valid body
-// stays valid, and an invalid one is not made any worse.
-func addGatewayUsage(body []byte, gu gatewayUsage) ([]byte, bool) {
-	return appendGatewayUsage(nil, body, gu)
-}
-
 // appendGatewayUsage is addGatewayUsage writing the new body to dst[:0]'s
 // spare capacity (allocating when it is too small or nil); dst must not
 // overlap body.

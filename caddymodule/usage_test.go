@@ -400,3 +400,20 @@ func BenchmarkCountGeneratedTextRef(b *testing.B) {
 		countGeneratedTextRef(ev, &tc)
 	}
 }
+
+// estimateText estimates the tokens of one text.
+func estimateText(s string) int64 {
+	var c textCounter
+	c.addString(s)
+	return c.tokens()
+}
+
+// addGatewayUsage returns body with a top-level "gateway_usage" member
+// appended, leaving every other byte untouched. It reports false (and
+// returns body unchanged) when body is not a JSON object. The check is
+// structural (string-aware bracket matching: the object opened by the
+// first byte closes at the last one), not a full validation: a valid body
+// stays valid, and an invalid one is not made any worse.
+func addGatewayUsage(body []byte, gu gatewayUsage) ([]byte, bool) {
+	return appendGatewayUsage(nil, body, gu)
+}

@@ -155,7 +155,7 @@ func TestMeteringJSON(t *testing.T) {
 		t.Fatalf("Content-Length %q for %d bytes", cl, len(r.Body))
 	}
 	gu, _ := r.json()["gateway_usage"].(map[string]any)
-	if gu["tokens_charged"] != float64(10) || gu["user_balance_after"] != float64(990) || !strings.HasSuffix(fmt.Sprint(gu["user_api_key"]), "...") {
+	if gu["tokens_charged"] != float64(10) || gu["user_balance_after"] != float64(990) || !strings.HasSuffix(fmt.Sprint(gu["user_api_key"]), "…") {
 		t.Fatalf("gateway_usage %v", gu)
 	}
 	if r.Header.Get("X-Request-Id") == "" || r.Header.Get("X-Gatewayz-Credits-Remaining") != "990" {

@@ -157,10 +157,6 @@ func (c *committer) fail(err error) {
 // flush waits until every op queued before the call is applied to bbolt.
 func (c *committer) flush(ctx context.Context) error { return c.wait(ctx, false) }
 
-// sync waits until every op queued before the call is durable (in the
-// log at least).
-func (c *committer) sync(ctx context.Context) error { return c.wait(ctx, true) }
-
 // snapshotTx returns a read transaction that sees every op queued before
 // the call applied; the caller rolls it back. It returns as soon as the
 // transaction is made, without waiting for the id change that follows

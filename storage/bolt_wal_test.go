@@ -266,14 +266,6 @@ func TestForeignWALRefused(t *testing.T) {
 	s2.Close()
 }
 
-// TestBoltConformanceLogOnly runs the conformance suite with checkpoints only
-// when a read needs one, so every read of logged data must apply it.
-func TestBoltConformanceLogOnly(t *testing.T) {
-	runStoreConformance(t, func(t *testing.T) Store {
-		return openLogOnly(t, filepath.Join(t.TempDir(), "gw.db"))
-	})
-}
-
 func FuzzScanWAL(f *testing.F) {
 	body, _ := walOf(f, 1, 2)
 	f.Add(body, uint64(0))
@@ -537,3 +529,7 @@ func TestLogUnderPreviousIDAccepted(t *testing.T) {
 		t.Fatal("log header not rewritten to the current id")
 	}
 }
+
+// sync waits until every op queued before the call is durable (in the
+// log at least).
+func (c *committer) sync(ctx context.Context) error { return c.wait(ctx, true) }

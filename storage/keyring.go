@@ -90,15 +90,27 @@ func EnvPrefix(tag string) (prefix string, ok bool) {
 	return "", false
 }
 
-// MaskKey returns the display form of a key: its prefix, the first four
-// characters of the secret and "…" (e.g. "gw_live_AbCd…"). Input that is
-// not shaped like a key gives "…" alone, so nothing of it leaks.
-func MaskKey(s string) string {
-	p := KeyDisplayPrefix(s)
-	if p == "" {
-		return "…"
+// MaskPrefix is the one display form of a key, from its display prefix
+// (APIKey.Prefix or KeyDisplayPrefix): the prefix and "…" (e.g.
+// "gw_live_AbCd…"). A prefix that already ends in "…" or "..." (as
+// imported ones may) keeps one "…"; an empty one gives "…" alone.
+func MaskPrefix(prefix string) string {
+	prefix = strings.TrimSuffix(strings.TrimSuffix(prefix, "…"), "...")
+	return prefix + "…"
+}
+
+// MaskKey returns the display form of a plaintext key (MaskPrefix of its
+// display prefix). Input that is not shaped like a key gives "…" alone, so
+// nothing of it leaks.
+func MaskKey(s string) string { return MaskPrefix(KeyDisplayPrefix(s)) }
+
+// Masked returns the display form of a stored key (MaskPrefix); "" for
+// nil.
+func (k *APIKey) Masked() string {
+	if k == nil {
+		return ""
 	}
-	return p + "…"
+	return MaskPrefix(k.Prefix)
 }
 
 // KeyDisplayPrefix returns the stored display prefix of a well-formed key,

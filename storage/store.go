@@ -4,7 +4,7 @@
 //
 // Store is the interface the handlers use; the embedded bbolt implementation
 // (Open) is the default, and a networked backend can implement the same
-// interface and run the same conformance tests (storetest_test.go).
+// interface and run the same conformance suite (package storetest).
 package storage
 
 import (
@@ -184,4 +184,19 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close flushes pending writes and closes the store.
 	Close() error
+}
+
+// Flusher is implemented by a store whose Settle returns before the
+// settlement is durable (group commit). Flush blocks until every settlement
+// accepted so far is durable.
+type Flusher interface {
+	Flush(ctx context.Context) error
+}
+
+// HotBackuper is implemented by a store that can copy its whole database
+// while serving (an embedded file). A networked database is backed up with
+// its own tools instead.
+type HotBackuper interface {
+	// Backup writes a consistent hot copy of the database to w.
+	Backup(ctx context.Context, w io.Writer) (int64, error)
 }
