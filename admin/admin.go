@@ -281,17 +281,19 @@ type setLimitsRequest struct {
 }
 
 // setLimits sets a user's rate limits (POST /admin/limit); the gateway
-// enforces them (per user, above the key's and the defaults).
+// enforces them (per user, above the key's and the defaults). rate_limits
+// is required (422), so a request that forgot it cannot reset the user's
+// limits to the defaults; within it, missing fields take the defaults.
 func (h *Handler) setLimits(w http.ResponseWriter, r *http.Request) {
 	req, ok := decodeRequest[setLimitsRequest](h, w, r)
 	if !ok {
 		return
 	}
-	in := rateLimitsInput{}
-	if req.RateLimits != nil {
-		in = *req.RateLimits
+	if req.RateLimits == nil {
+		h.fail(w, r, errValidation("Field \"rate_limits\" is required"))
+		return
 	}
-	limits, err := in.limits()
+	limits, err := req.RateLimits.limits()
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -19,21 +19,32 @@ const actBackup = "admin.backup"
 // durable before the copy starts.
 const backupFlushTimeout = 10 * time.Second
 
+// errNoHotBackup answers a backup request on a store without a hot
+// backup (a database server, whose own tools back it up).
+var errNoHotBackup = newError(http.StatusNotImplemented, "backup_not_supported",
+	"This storage backend has no hot backup over the API: back the database up with its own tools (for PostgreSQL, pg_dump)")
+
 // backup streams a consistent hot copy of the whole database (GET
-// /admin/backup). The copy is taken in one read transaction (bbolt
-// Tx.WriteTo), so it is a valid database file as of one instant, and the
-// gateway keeps serving while it is written. Settlements accepted before the
-// request are flushed first so they are part of the copy. Restoring is:
-// stop Caddy, replace the db file with the copy, start Caddy (see
-// docs/operations.md).
+// /admin/backup) from a store that can make one (storage.HotBackuper: the
+// embedded bbolt file, copied in one read transaction, so it is a valid
+// database file as of one instant while the gateway keeps serving).
+// Settlements accepted before the request are flushed first so they are
+// part of the copy. Restoring is: stop Caddy, replace the db file with the
+// copy, start Caddy (see docs/operations.md).
 func (h *Handler) backup(w http.ResponseWriter, r *http.Request) {
-	st := h.app.Store()
-	fctx, cancel := context.WithTimeout(r.Context(), backupFlushTimeout)
-	err := st.Flush(fctx)
-	cancel()
-	if err != nil {
-		h.fail(w, r, err)
+	st, ok := h.app.Store().(storage.HotBackuper)
+	if !ok {
+		writeErr(w, errNoHotBackup)
 		return
+	}
+	if f, ok := st.(storage.Flusher); ok {
+		fctx, cancel := context.WithTimeout(r.Context(), backupFlushTimeout)
+		err := f.Flush(fctx)
+		cancel()
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
 	}
 
 	name := fmt.Sprintf("gatewayz-%s.db", h.now().UTC().Format("20060102T150405Z"))

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 	"go.uber.org/zap"
@@ -157,10 +159,14 @@ func decodeBody(body []byte, dst any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errValidation("Request body is required (JSON object)")
 	}
+	if !utf8.Valid(body) {
+		// encoding/json would store U+FFFD in place of the bad bytes.
+		return errValidation("Request body must be valid UTF-8")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		return jsonError(err)
+		return jsonError(err, reflect.TypeOf(dst))
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errValidation("Request body must contain a single JSON object")
@@ -168,14 +174,15 @@ func decodeBody(body []byte, dst any) error {
 	return nil
 }
 
-// jsonError turns a decoding error into a 422 that names the field but
-// never echoes the input.
-func jsonError(err error) *apiError {
+// jsonError turns a decoding error into a 422 that names the field, by
+// the JSON names the client sent, but never echoes the input. dst is the
+// type decoded into.
+func jsonError(err error, dst reflect.Type) *apiError {
 	var typeErr *json.UnmarshalTypeError
 	var syntaxErr *json.SyntaxError
 	switch {
 	case errors.As(err, &typeErr):
-		field := typeErr.Field
+		field := jsonFieldPath(dst, typeErr.Field)
 		if field == "" {
 			return errValidation("Request body must be a JSON object")
 		}
@@ -190,6 +197,41 @@ func jsonError(err error) *apiError {
 		return ae
 	}
 	return errValidation("Invalid JSON in request body")
+}
+
+// jsonFieldPath is a decoding error's field path as the client wrote it:
+// encoding/json also names the embedded structs a field was promoted from
+// ("userRef.user_id"), by their Go names, which are dropped here.
+func jsonFieldPath(t reflect.Type, field string) string {
+	var out []string
+	for _, seg := range strings.Split(field, ".") {
+		for t != nil && (t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Map) {
+			t = t.Elem()
+		}
+		if t == nil || t.Kind() != reflect.Struct {
+			out, t = append(out, seg), nil
+			continue
+		}
+		if f, ok := t.FieldByName(seg); ok && f.Anonymous {
+			t = f.Type
+			continue
+		}
+		out = append(out, seg)
+		t = jsonFieldType(t, seg)
+	}
+	return strings.Join(out, ".")
+}
+
+// jsonFieldType is the type of the field of struct t named name in JSON
+// (promoted fields included), or nil.
+func jsonFieldType(t reflect.Type, name string) reflect.Type {
+	for _, f := range reflect.VisibleFields(t) {
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == name || (tag == "" && strings.EqualFold(f.Name, name)) {
+			return f.Type
+		}
+	}
+	return nil
 }
 
 func describeType(t string) string {

@@ -21,6 +21,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"go.uber.org/zap"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
 // loadOpenAPI parses and validates an OpenAPI document with kin-openapi,
@@ -186,12 +188,35 @@ func TestDocsOpenAPIMatchesRoutes(t *testing.T) {
 			continue
 		}
 		checkOperationAuth(t, key, op, doc, served[key].Auth)
+		checkOperationScope(t, key, op, served[key])
 	}
 	for _, key := range sortedKeys(documented) {
 		if _, ok := served[key]; ok || slices.Contains(gatewayRoutes, key) {
 			continue
 		}
 		t.Errorf("documented but not served: %s", key)
+	}
+}
+
+// checkOperationScope checks that a user route needs a scope, and that op
+// documents it as x-required-scope (and that other routes document none).
+func checkOperationScope(t *testing.T, key string, op *openapi3.Operation, rt route) {
+	t.Helper()
+	documented, _ := op.Extensions["x-required-scope"].(string)
+	if rt.Auth != user {
+		if documented != "" || rt.Scope != noScope {
+			t.Errorf("%s: a %s route with scope %q (documented %q)", key, rt.Auth, rt.Scope, documented)
+		}
+		return
+	}
+	if rt.Scope.String() == "" {
+		t.Errorf("%s: user route without a scope in routes()", key)
+	}
+	if documented != rt.Scope.String() {
+		t.Errorf("%s: x-required-scope %q, routes() needs %q", key, documented, rt.Scope)
+	}
+	if !rt.Scope.full && !strings.Contains(op.Description, fmt.Sprintf("Needs `%s` on `%s`", rt.Scope.perm, rt.Scope.resource)) {
+		t.Errorf("%s: description does not say it needs %s", key, rt.Scope)
 	}
 }
 
@@ -305,6 +330,13 @@ func TestDocsOpenAPIGatewayRoutes(t *testing.T) {
 		sort.Strings(schemes)
 		if !slices.Equal(schemes, []string{"apiKeyHeader", "userKey"}) {
 			t.Errorf("%s: security %v, want bearer or x-api-key", key, schemes)
+		}
+		wantScope := "none" // free routes: any valid key
+		if slices.Contains(metered, key) {
+			wantScope = storage.PermWrite + ":" + storage.ResourceChat
+		}
+		if got, _ := op.Extensions["x-required-scope"].(string); got != wantScope {
+			t.Errorf("%s: x-required-scope %q, the gateway needs %q", key, got, wantScope)
 		}
 		statuses := []int{401, 403, 404, 405, 429, 502}
 		headers := []string{"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",

@@ -27,12 +27,15 @@ func newTestHandler(t *testing.T, adminKey string) (*Handler, *caddymodule.App) 
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 	t.Cleanup(cancel)
+	storageRaw, err := json.Marshal(map[string]any{"backend": "bolt", "path": filepath.Join(t.TempDir(), "gatewayz.db"), "no_sync": true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	app := &caddymodule.App{
-		DBPath:             filepath.Join(t.TempDir(), "gatewayz.db"),
+		StorageRaw:         storageRaw,
 		Secret:             "unit-test-secret-0123456789abcdef",
 		AdminKeyValue:      adminKey,
 		SignupCreditsValue: "1000",
-		NoSync:             true,
 	}
 	if err := app.Provision(ctx); err != nil {
 		t.Fatalf("provisioning app: %v", err)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"time"
 
 	"github.com/gatewayz/caddy-gatewayz/caddymodule"
@@ -94,17 +93,14 @@ type createKeyRequest struct {
 	Action          *string     `json:"action"`
 }
 
-// createKey creates a key for the caller (POST /user/api-keys). Needs write
-// on api_keys; the new key's scope must be within the caller's. A key
-// created without scope_permissions gets the caller's own scope (the full
-// scope for a primary key). max_requests is stored as given (the
-// reference silently clamped it to the plan's monthly limit).
+// createKey creates a key for the caller (POST /user/api-keys; the route
+// needs write on api_keys). The new key's scope must be within the
+// caller's (403 otherwise). A key created without scope_permissions gets
+// the caller's own scope (the full scope for a primary key).
+// max_requests is stored as given (the reference silently clamped it to
+// the plan's monthly limit).
 func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
-	if !id.Key.Scopes.Allows("write", "api_keys") {
-		h.fail(w, r, errForbidden("Insufficient permissions to create API keys"))
-		return
-	}
 	req, ok := decodeRequest[createKeyRequest](h, w, r)
 	if !ok {
 		return
@@ -137,19 +133,10 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	scopes := cloneScopes(id.Key.Scopes)
-	if len(scopes) == 0 {
-		scopes = storage.FullScopes()
-	}
-	if req.ScopePerms != nil {
-		if scopes, err = validateScopes(*req.ScopePerms); err != nil {
-			h.fail(w, r, err)
-			return
-		}
-		if !id.Key.Scopes.Covers(scopes) {
-			h.fail(w, r, errForbidden("Cannot grant a key more scope than the calling key has"))
-			return
-		}
+	scopes, err := grantableScopes(req.ScopePerms, id.Key.Scopes)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	ips, err := validateIPAllowlist(req.IPAllowlist)
 	if err != nil {
@@ -211,25 +198,10 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func cloneScopes(s storage.Scopes) storage.Scopes {
-	if s == nil {
-		return nil
-	}
-	out := make(storage.Scopes, len(s))
-	for k, v := range s {
-		out[k] = slices.Clone(v)
-	}
-	return out
-}
-
-// listKeys lists the caller's keys, newest first (GET /user/api-keys).
-// Needs read on api_keys.
+// listKeys lists the caller's keys, newest first (GET /user/api-keys; the
+// route needs read on api_keys).
 func (h *Handler) listKeys(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
-	if !id.Key.Scopes.Allows("read", "api_keys") {
-		h.fail(w, r, errForbidden("Insufficient permissions to list API keys"))
-		return
-	}
 	keys, err := h.app.Store().ListKeys(r.Context(), id.User.ID)
 	if err != nil {
 		h.fail(w, r, err)
@@ -267,8 +239,7 @@ func (h *Handler) ownedKey(r *http.Request, id *caddymodule.Identity) (*storage.
 }
 
 // keysUsage lists the caller's keys with their request counts (GET
-// /user/api-keys/usage); keys are masked. No scope check, as the
-// reference.
+// /user/api-keys/usage; the route needs read on usage); keys are masked.
 func (h *Handler) keysUsage(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
 	keys, err := h.app.Store().ListKeys(r.Context(), id.User.ID)

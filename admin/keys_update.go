@@ -28,16 +28,13 @@ type updateKeyRequest struct {
 
 // updateKey updates, rotates or bulk-rotates (PUT /user/api-keys/{key_id},
 // by "action"). It always acts on {key_id} (or, for bulk_rotate, the
-// caller's keys), never implicitly on the calling key. Needs write on
-// api_keys, and the caller's scope must cover the target key's scope: a
-// narrower key can neither widen a key nor obtain the secret of a wider one
-// by rotating it.
+// caller's keys), never implicitly on the calling key. The route needs
+// write on api_keys, and the caller's scope must cover the target key's
+// scope: a narrower key can neither widen a key nor obtain the secret of a
+// wider one by rotating it. A key cannot change its own scope: a scope is
+// granted by another key that covers it.
 func (h *Handler) updateKey(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
-	if !id.Key.Scopes.Allows("write", "api_keys") {
-		h.fail(w, r, errForbidden("Insufficient permissions to update API keys"))
-		return
-	}
 	req, ok := decodeRequest[updateKeyRequest](h, w, r)
 	if !ok {
 		return
@@ -54,13 +51,13 @@ func (h *Handler) updateKey(w http.ResponseWriter, r *http.Request) {
 	switch action {
 	case "update":
 		if !id.Key.Scopes.Covers(target.Scopes) {
-			h.fail(w, r, errForbidden("Cannot modify a key with more scope than the calling key"))
+			h.fail(w, r, errWiderKey("modify"))
 			return
 		}
 		h.applyUpdate(w, r, id, target, &req)
 	case "rotate":
 		if !id.Key.Scopes.Covers(target.Scopes) {
-			h.fail(w, r, errForbidden("Cannot rotate a key with more scope than the calling key"))
+			h.fail(w, r, errWiderKey("rotate"))
 			return
 		}
 		h.rotateOne(w, r, target)
@@ -97,11 +94,8 @@ func validateKeyUpdate(req *updateKeyRequest, caller storage.Scopes, now time.Ti
 		u.fields = append(u.fields, "key_name")
 	}
 	if req.ScopePerms != nil {
-		if u.scopes, err = validateScopes(*req.ScopePerms); err != nil {
+		if u.scopes, err = grantableScopes(req.ScopePerms, caller); err != nil {
 			return nil, err
-		}
-		if !caller.Covers(u.scopes) {
-			return nil, errForbidden("Cannot grant a key more scope than the calling key has")
 		}
 		u.fields = append(u.fields, "scope_permissions")
 	}
@@ -184,10 +178,14 @@ func (h *Handler) applyUpdate(w http.ResponseWriter, r *http.Request, id *caddym
 		h.fail(w, r, err)
 		return
 	}
+	if u.scopes != nil && target.ID == id.Key.ID {
+		h.fail(w, r, errForbidden("A key cannot change its own scope_permissions; use a key whose scope covers it"))
+		return
+	}
 	var oldVals, newVals map[string]any
 	updated, err := h.app.Store().UpdateKey(r.Context(), target.ID, func(k *storage.APIKey) error {
-		if k.UserID != id.User.ID {
-			return errNotFound("API key not found")
+		if err := checkTarget(k, id); err != nil {
+			return err
 		}
 		oldVals, newVals = u.apply(k)
 		k.UpdatedAt = now
@@ -213,16 +211,35 @@ func (h *Handler) applyUpdate(w http.ResponseWriter, r *http.Request, id *caddym
 	})
 }
 
+// checkTarget checks, inside the store's update of key k, what the
+// handler checked before: k is the caller's and within the caller's
+// scope, so a key widened in between is not changed or rotated.
+func checkTarget(k *storage.APIKey, id *caddymodule.Identity) error {
+	if k.UserID != id.User.ID {
+		return errNotFound("API key not found")
+	}
+	if !id.Key.Scopes.Covers(k.Scopes) {
+		return errWiderKey("modify")
+	}
+	return nil
+}
+
+// errWiderKey refuses to act on a key whose scope the caller's does not
+// cover.
+func errWiderKey(verb string) *apiError {
+	return errForbidden("Cannot " + verb + " a key with more scope than the calling key")
+}
+
 // rotateKey gives key id a new secret, keeping its id, name, limits and
 // history. The previous secret keeps working for the app's rotation grace
 // (PrevHash is set only when the grace is positive), else it stops at once.
-func (h *Handler) rotateKey(ctx context.Context, keyID, userID int64) (string, *storage.APIKey, error) {
+func (h *Handler) rotateKey(ctx context.Context, keyID int64, id *caddymodule.Identity) (string, *storage.APIKey, error) {
 	now := h.now().UTC()
 	grace := h.app.RotationGrace()
 	var plaintext string
 	updated, err := h.app.Store().UpdateKey(ctx, keyID, func(k *storage.APIKey) error {
-		if k.UserID != userID {
-			return errNotFound("API key not found")
+		if err := checkTarget(k, id); err != nil {
+			return err
 		}
 		p, fresh, err := h.newKey(k.EnvironmentTag)
 		if err != nil {
@@ -249,7 +266,7 @@ func (h *Handler) rotateKey(ctx context.Context, keyID, userID int64) (string, *
 func (h *Handler) rotateOne(w http.ResponseWriter, r *http.Request, target *storage.APIKey) {
 	id := identity(r)
 	oldPrefix := target.Masked()
-	plaintext, updated, err := h.rotateKey(r.Context(), target.ID, id.User.ID)
+	plaintext, updated, err := h.rotateKey(r.Context(), target.ID, id)
 	if err != nil {
 		h.fail(w, r, notFoundAs(err, "API key not found"))
 		return
@@ -305,9 +322,13 @@ func (h *Handler) bulkRotate(w http.ResponseWriter, r *http.Request, id *caddymo
 			continue
 		}
 		oldPrefix := k.Masked()
-		plaintext, updated, err := h.rotateKey(r.Context(), k.ID, id.User.ID)
+		plaintext, updated, err := h.rotateKey(r.Context(), k.ID, id)
+		var ae *apiError
 		if errors.Is(err, storage.ErrNotFound) {
 			continue // deleted meanwhile
+		} else if errors.As(err, &ae) && ae.Status == http.StatusForbidden {
+			skipped = append(skipped, k.ID) // widened meanwhile
+			continue
 		}
 		if err != nil {
 			h.fail(w, r, err)
@@ -350,15 +371,12 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request, want, what str
 
 // deleteKey deletes one of the caller's keys (DELETE
 // /user/api-keys/{key_id}, body {"confirmation":"DELETE_KEY"}). The key
-// stops authenticating at once, the primary key included.
+// stops authenticating at once, the primary key included. The route needs
+// write on api_keys, and the caller's scope must cover the key's.
 func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
 	id := identity(r)
 	if err := h.confirm(w, r, "DELETE_KEY", "key deletion"); err != nil {
 		h.fail(w, r, err)
-		return
-	}
-	if !id.Key.Scopes.Allows("write", "api_keys") {
-		h.fail(w, r, errForbidden("Insufficient permissions to delete API keys"))
 		return
 	}
 	target, err := h.ownedKey(r, id)
@@ -367,7 +385,7 @@ func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !id.Key.Scopes.Covers(target.Scopes) {
-		h.fail(w, r, errForbidden("Cannot delete a key with more scope than the calling key"))
+		h.fail(w, r, errWiderKey("delete"))
 		return
 	}
 	if err := h.app.Store().DeleteKey(r.Context(), target.ID); err != nil {

@@ -56,11 +56,11 @@ func bearer(r *http.Request) (string, bool) {
 }
 
 // withAuth wraps a route's handler with the authentication its level
-// requires.
-func (h *Handler) withAuth(level authLevel, next http.HandlerFunc) http.HandlerFunc {
+// requires and, for user routes, the scope it needs.
+func (h *Handler) withAuth(level authLevel, scope need, next http.HandlerFunc) http.HandlerFunc {
 	switch level {
 	case user:
-		return h.requireUser(next)
+		return h.requireUser(scope, next)
 	case admin:
 		return h.requireAdmin(next)
 	}
@@ -75,7 +75,10 @@ func (h *Handler) withAuth(level authLevel, next http.HandlerFunc) http.HandlerF
 // restricted key used from elsewhere gets 403 and cannot manage keys or read
 // the account. max_requests is not applied here: it caps inference requests
 // only, so a key at its cap can still be inspected, rotated or deleted.
-func (h *Handler) requireUser(next http.HandlerFunc) http.HandlerFunc {
+// Last, the key's scope must grant the route's need (403 otherwise),
+// before the body is read, so a refusal depends on nothing the caller sent
+// but its key.
+func (h *Handler) requireUser(scope need, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		token, ok := bearer(r)
 		if !ok {
@@ -109,6 +112,10 @@ func (h *Handler) requireUser(next http.HandlerFunc) http.HandlerFunc {
 			return
 		default:
 			writeErr(w, newError(http.StatusUnauthorized, "invalid_api_key", "Invalid API key"))
+			return
+		}
+		if !scope.grantedBy(id.Key.Scopes) {
+			writeErr(w, scope.refusal())
 			return
 		}
 		next(w, r.WithContext(context.WithValue(r.Context(), identityKey, id)))

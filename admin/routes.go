@@ -1,6 +1,10 @@
 package admin
 
-import "net/http"
+import (
+	"net/http"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
 
 // route is one row of the API: the method and Go ServeMux pattern, who may
 // call it, and the handler. Every route the API serves comes from routes(),
@@ -9,6 +13,7 @@ type route struct {
 	Method  string
 	Pattern string
 	Auth    authLevel
+	Scope   need // what the calling key's scope must grant (user routes)
 	Handle  http.HandlerFunc
 }
 
@@ -16,49 +21,49 @@ type route struct {
 func (h *Handler) routes() []route {
 	return []route{
 		// Public
-		{"GET", "/health", public, h.health},
-		{"POST", "/auth/register", public, h.register},
-		{"GET", "/plans", public, h.listPlans},
-		{"GET", "/plans/{plan_id}", public, h.getPlan},
+		{"GET", "/health", public, noScope, h.health},
+		{"POST", "/auth/register", public, noScope, h.register},
+		{"GET", "/plans", public, noScope, h.listPlans},
+		{"GET", "/plans/{plan_id}", public, noScope, h.getPlan},
 
 		// Documentation (docs.go)
-		{"GET", "/openapi.json", public, h.openAPI},
-		{"GET", "/docs", public, h.swaggerUI},
-		{"GET", "/redoc", public, h.redoc},
-		{"GET", "/docs/assets/{file...}", public, h.docsAsset},
+		{"GET", "/openapi.json", public, noScope, h.openAPI},
+		{"GET", "/docs", public, noScope, h.swaggerUI},
+		{"GET", "/redoc", public, noScope, h.redoc},
+		{"GET", "/docs/assets/{file...}", public, noScope, h.docsAsset},
 
 		// User (Bearer API key)
-		{"POST", "/user/api-keys", user, h.createKey},
-		{"GET", "/user/api-keys", user, h.listKeys},
-		{"PUT", "/user/api-keys/{key_id}", user, h.updateKey},
-		{"DELETE", "/user/api-keys/{key_id}", user, h.deleteKey},
-		{"GET", "/user/api-keys/usage", user, h.keysUsage},
-		{"GET", "/user/api-keys/audit-logs", user, h.userAuditLogs},
-		{"GET", "/user/balance", user, h.userBalance},
-		{"GET", "/user/plan", user, h.userPlan},
-		{"GET", "/user/plan/usage", user, h.userPlanUsage},
-		{"GET", "/user/plan/entitlements", user, h.userEntitlements},
-		{"GET", "/user/profile", user, h.getProfile},
-		{"PUT", "/user/profile", user, h.updateProfile},
-		{"DELETE", "/user/account", user, h.deleteAccount},
-		{"GET", "/user/monitor", user, h.userMonitor},
+		{"POST", "/user/api-keys", user, needWrite(storage.ResourceAPIKeys, "create API keys"), h.createKey},
+		{"GET", "/user/api-keys", user, needRead(storage.ResourceAPIKeys, "list API keys"), h.listKeys},
+		{"PUT", "/user/api-keys/{key_id}", user, needWrite(storage.ResourceAPIKeys, "update API keys"), h.updateKey},
+		{"DELETE", "/user/api-keys/{key_id}", user, needWrite(storage.ResourceAPIKeys, "delete API keys"), h.deleteKey},
+		{"GET", "/user/api-keys/usage", user, needRead(storage.ResourceUsage, "read key usage"), h.keysUsage},
+		{"GET", "/user/api-keys/audit-logs", user, needRead(storage.ResourceAPIKeys, "read audit logs"), h.userAuditLogs},
+		{"GET", "/user/balance", user, needRead(storage.ResourceUsage, "read the balance"), h.userBalance},
+		{"GET", "/user/plan", user, needRead(storage.ResourceUsage, "read the plan"), h.userPlan},
+		{"GET", "/user/plan/usage", user, needRead(storage.ResourceUsage, "read plan usage"), h.userPlanUsage},
+		{"GET", "/user/plan/entitlements", user, needRead(storage.ResourceUsage, "read plan entitlements"), h.userEntitlements},
+		{"GET", "/user/profile", user, needRead(storage.ResourceProfile, "read the profile"), h.getProfile},
+		{"PUT", "/user/profile", user, needWrite(storage.ResourceProfile, "update the profile"), h.updateProfile},
+		{"DELETE", "/user/account", user, needFullScope, h.deleteAccount},
+		{"GET", "/user/monitor", user, needRead(storage.ResourceUsage, "read usage"), h.userMonitor},
 
 		// Admin (Bearer GATEWAYZ_ADMIN_KEY)
-		{"POST", "/admin/add_credits", admin, h.addCredits},
-		{"GET", "/admin/balance", admin, h.adminBalance},
-		{"GET", "/admin/monitor", admin, h.adminMonitor},
-		{"POST", "/admin/limit", admin, h.setLimits},
-		{"POST", "/admin/assign-plan", admin, h.assignPlan},
-		{"GET", "/admin/plans", admin, h.adminListPlans},
-		{"POST", "/admin/plans", admin, h.createPlan},
-		{"PUT", "/admin/plans/{plan_id}", admin, h.updatePlan},
-		{"DELETE", "/admin/plans/{plan_id}", admin, h.deactivatePlan},
-		{"GET", "/admin/users/{user_id}", admin, h.adminGetUser},
-		{"GET", "/admin/audit-logs", admin, h.adminAuditLogs},
-		{"GET", "/admin/audit-logs/verify", admin, h.verifyAudit},
-		{"GET", "/admin/audit-logs/export", admin, h.exportAudit},
-		{"GET", "/admin/security", admin, h.securityDashboard},
-		{"GET", "/admin/backup", admin, h.backup},
+		{"POST", "/admin/add_credits", admin, noScope, h.addCredits},
+		{"GET", "/admin/balance", admin, noScope, h.adminBalance},
+		{"GET", "/admin/monitor", admin, noScope, h.adminMonitor},
+		{"POST", "/admin/limit", admin, noScope, h.setLimits},
+		{"POST", "/admin/assign-plan", admin, noScope, h.assignPlan},
+		{"GET", "/admin/plans", admin, noScope, h.adminListPlans},
+		{"POST", "/admin/plans", admin, noScope, h.createPlan},
+		{"PUT", "/admin/plans/{plan_id}", admin, noScope, h.updatePlan},
+		{"DELETE", "/admin/plans/{plan_id}", admin, noScope, h.deactivatePlan},
+		{"GET", "/admin/users/{user_id}", admin, noScope, h.adminGetUser},
+		{"GET", "/admin/audit-logs", admin, noScope, h.adminAuditLogs},
+		{"GET", "/admin/audit-logs/verify", admin, noScope, h.verifyAudit},
+		{"GET", "/admin/audit-logs/export", admin, noScope, h.exportAudit},
+		{"GET", "/admin/security", admin, noScope, h.securityDashboard},
+		{"GET", "/admin/backup", admin, noScope, h.backup},
 	}
 }
 
@@ -66,7 +71,7 @@ func (h *Handler) routes() []route {
 func (h *Handler) buildMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	for _, rt := range h.routes() {
-		mux.HandleFunc(rt.Method+" "+rt.Pattern, h.withAuth(rt.Auth, rt.Handle))
+		mux.HandleFunc(rt.Method+" "+rt.Pattern, h.withAuth(rt.Auth, rt.Scope, rt.Handle))
 	}
 	return mux
 }

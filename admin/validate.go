@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
@@ -42,11 +43,20 @@ func environmentOrLive(tag *string) (string, error) {
 
 // validateEmail accepts a plain address "local@domain.tld" (no display
 // name, no comments) and returns it trimmed with the domain lower-cased.
+// Invisible characters are refused, as in names (zero-width, bidi, soft
+// hyphen and every other format character), so that no look-alike of an
+// address registers as another account; the store compares addresses
+// case-insensitively.
 func validateEmail(s string) (string, error) {
 	s = strings.TrimSpace(s)
 	bad := errValidation("Invalid email address")
-	if s == "" || len(s) > 254 {
+	if s == "" || len(s) > 254 || !utf8.ValidString(s) {
 		return "", bad
+	}
+	for _, r := range s {
+		if forbiddenNameRune(r) || unicode.Is(unicode.Cf, r) || unicode.IsSpace(r) {
+			return "", errValidation("Email address must not contain control, bidirectional or invisible characters (found %U)", r)
+		}
 	}
 	addr, err := mail.ParseAddress(s)
 	if err != nil || addr.Address != s || addr.Name != "" {
@@ -222,25 +232,12 @@ func (s *scopeInput) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// validateScopes checks permission names (read, write, admin) and resource
-// names, and returns the scopes to store.
+// validateScopes returns the canonical form of a scope a client sent (see
+// storage.ParseScopes); anything it refuses is a 422 naming the field.
 func validateScopes(in scopeInput) (storage.Scopes, error) {
-	out := make(storage.Scopes, len(in))
-	for perm, resources := range in {
-		switch perm {
-		case "read", "write", "admin":
-		default:
-			return nil, errValidation("Unknown permission %q in scope_permissions (use read, write or admin)", clip(perm))
-		}
-		list := make([]string, 0, len(resources))
-		for _, r := range resources {
-			r = strings.TrimSpace(r)
-			if r == "" || len(r) > 64 {
-				return nil, errValidation("scope_permissions.%s has an empty or too long resource name", perm)
-			}
-			list = append(list, r)
-		}
-		out[perm] = list
+	out, err := storage.ParseScopes(in)
+	if err != nil {
+		return nil, errValidation("%s", err.Error())
 	}
 	return out, nil
 }
@@ -290,6 +287,8 @@ func forbiddenNameRune(r rune) bool {
 	case r >= 0x2060 && r <= 0x2069: // word joiner, invisible operators, bidi isolates
 		return true
 	case r == 0xfeff, r == 0x061c: // zero-width no-break space (BOM), Arabic letter mark
+		return true
+	case r == utf8.RuneError: // what an invalid byte or a lone surrogate escape decodes to
 		return true
 	}
 	return false

@@ -46,6 +46,16 @@ func TestValidateEmail(t *testing.T) {
 		{"alice@example.com (comment)", "", false},
 		{strings.Repeat("a", 65) + "@example.com", "", false},
 		{"alice@" + strings.Repeat("a", 64) + ".com", "", false},
+		{"victim\u200b@example.com", "", false},
+		{"victim\u202e@example.com", "", false},
+		{"victim\u00ad@example.com", "", false},
+		{"vic\u2060tim@example.com", "", false},
+		{"victim@exa\u200bmple.com", "", false},
+		{"victim\ufeff@example.com", "", false},
+		{"vic\xfftim@example.com", "", false},
+		{"vic\ufffdtim@example.com", "", false},
+		{"vic\u00a0tim@example.com", "", false},
+		{"Victim@Example.COM", "Victim@example.com", true},
 	} {
 		got, err := validateEmail(tc.in)
 		if tc.ok != (err == nil) || got != tc.want {
@@ -231,6 +241,8 @@ func TestDecodeBody(t *testing.T) {
 		{`   `, 422, "required"},
 		{`not json`, 422, "Malformed JSON"},
 		{`{"credits": 99999999999999999999}`, 422, `Field "credits" must be an integer`},
+		{"{\"name\": \"bad\xffutf8\"}", 422, "valid UTF-8"},
+		{"{\"name\": \"ok\"}\xc3", 422, "valid UTF-8"},
 	} {
 		var b body
 		err := decodeBody([]byte(tc.in), &b)
@@ -240,6 +252,27 @@ func TestDecodeBody(t *testing.T) {
 		}
 		if tc.detail != "" && !strings.Contains(err.Error(), tc.detail) {
 			t.Errorf("decodeBody(%q): detail %q lacks %q", tc.in, err.Error(), tc.detail)
+		}
+	}
+}
+
+// Fields promoted from embedded structs are named as the client sent
+// them, never by the Go name of the struct they come from.
+func TestDecodeBodyNamesJSONFields(t *testing.T) {
+	for _, tc := range []struct {
+		dst    any
+		in     string
+		detail string
+	}{
+		{&addCreditsRequest{}, `{"user_id": "7", "credits": 1}`, `Field "user_id" must be an integer`},
+		{&addCreditsRequest{}, `{"user_id": 1e40}`, `Field "user_id" must be an integer`},
+		{&setLimitsRequest{}, `{"user_id": 1.5}`, `Field "user_id" must be an integer`},
+		{&setLimitsRequest{}, `{"api_key": 5}`, `Field "api_key" must be a string`},
+		{&setLimitsRequest{}, `{"rate_limits": {"requests_per_minute": "x"}}`, `Field "rate_limits.requests_per_minute" must be an integer`},
+	} {
+		err := decodeBody([]byte(tc.in), tc.dst)
+		if statusOf(err) != 422 || err.Error() != tc.detail {
+			t.Errorf("decodeBody(%s) into %T: %v, want 422 %q", tc.in, tc.dst, err, tc.detail)
 		}
 	}
 }
@@ -313,6 +346,7 @@ func TestValidateName(t *testing.T) {
 		{"bom\ufeffx", "", 422},
 		{"bad\xffutf8", "", 422},
 		{"half\xc3", "", 422},
+		{"replacement\ufffdchar", "", 422},
 	} {
 		got, err := validateName("key_name", tc.in)
 		if statusOf(err) != tc.status || got != tc.want {

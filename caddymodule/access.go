@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
 // Access control of a known, usable key: request cap, IP allowlist,
@@ -34,7 +36,7 @@ func checkAccess(e *keyEntry, r *http.Request, clientIP string, inference bool) 
 	case auditReferrerDenied:
 		return errDomainNotAllow, auditReferrerDenied
 	}
-	if inference && !k.Scopes.Allows("write", "chat") {
+	if inference && !k.Scopes.Allows(storage.PermWrite, storage.ResourceChat) {
 		return errNoInference, ""
 	}
 	return nil, ""

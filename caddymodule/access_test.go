@@ -170,6 +170,12 @@ func TestCheckAccessOrder(t *testing.T) {
 	if e, _ := check("10.1.1.1"); e != nil {
 		t.Fatalf("write/* allows inference: got %v", e)
 	}
+	for _, narrowest := range []storage.Scopes{nil, {}, {"write": {}}} {
+		k.Scopes = narrowest
+		if e, _ := check("10.1.1.1"); e != errNoInference {
+			t.Fatalf("scope %v allows inference: got %v", narrowest, e)
+		}
+	}
 }
 
 func TestCheckNetworkAccess(t *testing.T) {

@@ -2,10 +2,9 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -22,28 +21,43 @@ func init() {
 
 // App is the `gatewayz` app. It owns the store and the settings shared by the
 // gateway handler (`http.handlers.gatewayz`) and the management API
-// (`http.handlers.gatewayz_api`): the database, the server secret, the admin
-// key, signup credits, default rate limits and model prices.
+// (`http.handlers.gatewayz_api`): the storage backend, the server secret, the
+// admin key, signup credits, default rate limits and model prices.
 //
 // The store, the in-memory key index, the plan cache and the rate-limiter
 // state live in a value shared through a package-level caddy.UsagePool keyed
-// by the database's absolute path, so a config reload keeps the file open,
-// never waits on bbolt's file lock, and keeps every counter.
+// by the backend's StoreKey (a bbolt file's absolute path), so a config
+// reload keeps the store open, never waits on bbolt's file lock, and keeps
+// every counter.
 //
 // Secrets (secret, admin_key) are resolved with placeholders at run time, for
 // example "{env.GATEWAYZ_SECRET}"; the resolved values are never written
 // into the config (and so never into Caddy's autosave.json).
 type App struct {
-	// DBPath is the bbolt database file. Default: gatewayz.db in Caddy's
-	// data directory. Placeholders are resolved (e.g. "{env.GATEWAYZ_DB}");
-	// an empty result means the default.
+	// StorageRaw is the storage backend, a module of the gatewayz.storage
+	// namespace chosen by its "backend" key: "bolt" (the default, one
+	// embedded file) or "postgres". Without it the db_path and
+	// database_url shorthands choose.
+	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=gatewayz.storage inline_key=backend"`
+
+	// DBPath is shorthand for the bolt storage with this path: the bbolt
+	// database file. Default: gatewayz.db in Caddy's data directory.
+	// Placeholders are resolved (e.g. "{env.GATEWAYZ_DB}"); an empty result
+	// means the default.
 	DBPath string `json:"db_path,omitempty"`
+
+	// DatabaseURL, when it resolves to a non-empty value at run time,
+	// selects the postgres storage with this DSN instead of the bolt file,
+	// usually "{env.GATEWAYZ_DATABASE_URL}": one environment variable moves
+	// a config from the file to the database.
+	DatabaseURL string `json:"database_url,omitempty"`
 
 	// Secret is the server secret from which the key-lookup hash and the
 	// key encryption are derived (at least 16 characters), usually
-	// "{env.GATEWAYZ_SECRET}". When it resolves to empty, a random secret
-	// is kept in a 0600 file beside the database (<db_path>.secret), so it
-	// survives restarts.
+	// "{env.GATEWAYZ_SECRET}". When it resolves to empty, a storage backend
+	// that can (bolt) keeps a random secret in a 0600 file beside the
+	// database (<path>.secret), so it survives restarts; the others need
+	// it set.
 	Secret string `json:"secret,omitempty"`
 
 	// AdminKeyValue is the bearer token of /admin/*, usually
@@ -92,18 +106,6 @@ type App struct {
 	// (checked hourly). Default 0: keep everything.
 	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
 
-	// CommitWindow is how long settlements are grouped before one durable
-	// write (one transaction and fsync for all of them). A crash can lose
-	// the settlements of the last window. Default 10ms.
-	CommitWindow caddy.Duration `json:"commit_window,omitempty"`
-
-	// LockTimeout bounds the wait for the database file lock (another
-	// process holding it). Default 1s.
-	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
-
-	// NoSync skips fsync on commits. For tests only: a crash may lose data.
-	NoSync bool `json:"no_sync,omitempty"`
-
 	// NegativeCacheSize bounds the cache of unknown key hashes that keeps
 	// floods of made-up keys off the store. Default 10000.
 	NegativeCacheSize int `json:"negative_cache_size,omitempty"`
@@ -113,7 +115,7 @@ type App struct {
 	// per key or client IP each minute. Default 5.
 	SecurityAuditPerMinute int `json:"security_audit_per_minute,omitempty"`
 
-	dbPath        string
+	storage       StorageBackend
 	poolKey       string
 	state         *sharedState
 	keyring       *storage.Keyring
@@ -151,7 +153,6 @@ const (
 	defaultSignupCredits     = 1000
 	defaultNegativeCacheSize = 10000
 	defaultAuditPerMinute    = 5
-	defaultDBName            = "gatewayz.db"
 	maxSignupPlanMonths      = 1200
 )
 
@@ -161,15 +162,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
 
-	dbPath := strings.TrimSpace(repl.ReplaceAll(a.DBPath, ""))
-	if dbPath == "" {
-		dbPath = filepath.Join(caddy.AppDataDir(), defaultDBName)
-	}
-	abs, err := filepath.Abs(dbPath)
+	backend, err := a.loadStorage(ctx, repl)
 	if err != nil {
-		return fmt.Errorf("gatewayz: db_path %q: %v", dbPath, err)
+		return err
 	}
-	a.dbPath = abs
+	a.storage = backend
 
 	a.adminKey = strings.TrimSpace(repl.ReplaceAll(a.AdminKeyValue, ""))
 
@@ -205,44 +202,40 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("gatewayz: signup_plan_months must be between 1 and %d", maxSignupPlanMonths)
 	}
 
-	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
-		return fmt.Errorf("gatewayz: creating database directory: %v", err)
-	}
 	var secret []byte
 	if s := repl.ReplaceAll(a.Secret, ""); s != "" {
 		secret = storage.SecretFromString(s)
 		if secret == nil {
 			return fmt.Errorf("gatewayz: secret must be at least %d characters", storage.MinSecretStringLen)
 		}
-	} else {
-		secret, err = storage.LoadOrCreateSecret(abs + ".secret")
+	} else if keeper, ok := backend.(SecretKeeper); ok {
+		secret, err = storage.LoadOrCreateSecret(keeper.SecretFile())
 		if err != nil {
 			return fmt.Errorf("gatewayz: %v", err)
 		}
+	} else {
+		name, _ := backend.Describe()
+		return fmt.Errorf("gatewayz: the %s storage needs an explicit secret, the same on every gateway that shares the database: set secret {env.GATEWAYZ_SECRET}", name)
 	}
 	a.keyring, err = storage.NewKeyring(secret)
 	if err != nil {
 		return fmt.Errorf("gatewayz: %v", err)
 	}
 
-	opts := storage.Options{
-		LockTimeout:  time.Duration(a.LockTimeout),
-		CommitWindow: time.Duration(a.CommitWindow),
-		NoSync:       a.NoSync,
-	}
 	cfg := sharedConfig{negativeCacheSize: a.NegativeCacheSize, auditPerMinute: a.SecurityAuditPerMinute}
 	logger := a.logger
-	v, _, err := statePool.LoadOrNew(abs, func() (caddy.Destructor, error) {
-		st, err := storage.Open(abs, opts)
+	key := backend.StoreKey()
+	v, _, err := statePool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		st, err := backend.OpenStore(ctx, logger)
 		if err != nil {
 			return nil, err
 		}
 		return newSharedState(st, cfg, logger), nil
 	})
 	if err != nil {
-		return fmt.Errorf("gatewayz: opening %s: %v", abs, err)
+		return fmt.Errorf("gatewayz: %v", err)
 	}
-	a.poolKey = abs
+	a.poolKey = key
 	a.state = v.(*sharedState)
 	return nil
 }
@@ -317,8 +310,8 @@ func (a *App) RotationGrace() time.Duration { return time.Duration(a.RotationGra
 // Pricing returns the configured model prices.
 func (a *App) Pricing() pricing { return pricing(a.Prices) }
 
-// DatabasePath returns the absolute path of the database file.
-func (a *App) DatabasePath() string { return a.dbPath }
+// Storage returns the storage backend.
+func (a *App) Storage() StorageBackend { return a.storage }
 
 // Identity is an authenticated API key and its owner. Both are snapshots
 // shared between requests: read them, never modify them.

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -24,15 +25,14 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 // UnmarshalCaddyfile sets up the app from the `gatewayz` global option:
 //
 //	gatewayz {
-//	    db_path        <path>          # e.g. {env.GATEWAYZ_DB}
+//	    storage        <backend> ...   # e.g. bolt { path ... } or postgres { dsn ... }
+//	    db_path        <path>          # shorthand for bolt, e.g. {env.GATEWAYZ_DB}
+//	    database_url   <dsn>           # shorthand for postgres when it resolves non-empty
 //	    secret         <secret>        # e.g. {env.GATEWAYZ_SECRET}
 //	    admin_key      <token>         # e.g. {env.GATEWAYZ_ADMIN_KEY}
 //	    signup_credits <n>             # or a placeholder
 //	    rotation_grace <duration>
 //	    usage_retention <duration>
-//	    commit_window  <duration>
-//	    lock_timeout   <duration>
-//	    no_sync
 //	    negative_cache_size <n>
 //	    security_audit_per_minute <n>
 //	    trial {
@@ -61,7 +61,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		name := d.Val()
 		switch name {
-		case "db_path", "secret", "admin_key", "signup_credits":
+		case "storage":
+			raw, err := unmarshalStorage(d)
+			if err != nil {
+				return err
+			}
+			a.StorageRaw = raw
+		case "db_path", "database_url", "secret", "admin_key", "signup_credits":
 			var s string
 			if !d.AllArgs(&s) {
 				return d.ArgErr()
@@ -69,6 +75,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			switch name {
 			case "db_path":
 				a.DBPath = s
+			case "database_url":
+				a.DatabaseURL = s
 			case "secret":
 				a.Secret = s
 			case "admin_key":
@@ -81,7 +89,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				a.SignupCreditsValue = s
 			}
-		case "rotation_grace", "usage_retention", "commit_window", "lock_timeout":
+		case "rotation_grace", "usage_retention":
 			var s string
 			if !d.AllArgs(&s) {
 				return d.ArgErr()
@@ -95,16 +103,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.RotationGracePeriod = caddy.Duration(dur)
 			case "usage_retention":
 				a.UsageRetention = caddy.Duration(dur)
-			case "commit_window":
-				a.CommitWindow = caddy.Duration(dur)
-			case "lock_timeout":
-				a.LockTimeout = caddy.Duration(dur)
 			}
-		case "no_sync":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			a.NoSync = true
+		case "commit_window", "lock_timeout", "no_sync":
+			return d.Errf("%s is an option of the bolt storage: storage bolt { %s ... }", name, name)
 		case "negative_cache_size", "security_audit_per_minute":
 			var s string
 			if !d.AllArgs(&s) {
@@ -183,9 +184,23 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // appOptions are the options of the gatewayz global option.
 var appOptions = []string{
-	"db_path", "secret", "admin_key", "signup_credits", "signup_plan", "trial", "rotation_grace",
-	"usage_retention", "commit_window", "lock_timeout", "no_sync", "negative_cache_size",
+	"storage", "db_path", "database_url", "secret", "admin_key", "signup_credits", "signup_plan", "trial",
+	"rotation_grace", "usage_retention", "negative_cache_size",
 	"security_audit_per_minute", "trial_models", "default_limits", "price",
+}
+
+// unmarshalStorage reads `storage <backend> [<args>] [{ ... }]` into the
+// backend module's JSON, as Caddy's own `storage` global option does.
+func unmarshalStorage(d *caddyfile.Dispenser) (json.RawMessage, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	name := d.Val()
+	unm, err := caddyfile.UnmarshalModule(d, "gatewayz.storage."+name)
+	if err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSONModuleObject(unm, "backend", name, nil), nil
 }
 
 // isPlaceholder reports whether s is a single {placeholder}.

@@ -34,7 +34,7 @@ const maxAuditSubjects = 10_000
 // through a bounded queue. A flood therefore cannot grow the log or slow
 // requests.
 type auditor struct {
-	store     storage.Store
+	store     storage.AuditLog
 	logger    *zap.Logger
 	perMinute int
 	queue     chan *storage.AuditEntry
@@ -50,7 +50,7 @@ type auditSubject struct {
 	subject string
 }
 
-func newAuditor(st storage.Store, perMinute int, logger *zap.Logger) *auditor {
+func newAuditor(st storage.AuditLog, perMinute int, logger *zap.Logger) *auditor {
 	if perMinute <= 0 {
 		perMinute = defaultAuditPerMinute
 	}

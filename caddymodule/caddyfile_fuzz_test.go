@@ -104,7 +104,9 @@ func FuzzGlobalOption(f *testing.F) {
 	for _, s := range []string{
 		"gatewayz",
 		"gatewayz {\n\tdb_path {env.GATEWAYZ_DB}\n\tsecret {env.GATEWAYZ_SECRET}\n\tadmin_key {env.GATEWAYZ_ADMIN_KEY}\n\tsignup_credits {env.GATEWAYZ_SIGNUP_CREDITS}\n}",
-		"gatewayz {\n\tsignup_credits 500\n\trotation_grace 1h\n\tusage_retention 720h\n\tcommit_window 2ms\n\tlock_timeout 1s\n\tno_sync\n}",
+		"gatewayz {\n\tsignup_credits 500\n\trotation_grace 1h\n\tusage_retention 720h\n}",
+		"gatewayz {\n\tstorage bolt {\n\t\tpath {env.GATEWAYZ_DB}\n\t\tcommit_window 2ms\n\t\tlock_timeout 1s\n\t\tno_sync\n\t}\n}",
+		"gatewayz {\n\tstorage bolt /data/gw.db\n\tdatabase_url {env.GATEWAYZ_DATABASE_URL}\n}",
 		"gatewayz {\n\tnegative_cache_size 100\n\tsecurity_audit_per_minute 3\n\ttrial_models gpt-4o-mini* llama-*\n}",
 		"gatewayz {\n\tdefault_limits {\n\t\trequests_per_minute 60\n\t\ttokens_per_hour 50000\n\t}\n}",
 		"gatewayz {\n\tprice gpt-4o* 2500 10000\n\tprice * 1000 1000\n}",
@@ -112,8 +114,11 @@ func FuzzGlobalOption(f *testing.F) {
 		"gatewayz {\n\tsignup_credits {env.X\n}",
 		"gatewayz {\n\tprice [ 1 1\n}",
 		"gatewayz {\n\tprice m -1 5\n}",
-		"gatewayz {\n\tno_sync yes\n}",
-		"gatewayz {\n\tcommit_window -2ms\n}",
+		"gatewayz {\n\tno_sync\n}",
+		"gatewayz {\n\tstorage bolt {\n\t\tno_sync yes\n\t}\n}",
+		"gatewayz {\n\tstorage bolt {\n\t\tcommit_window -2ms\n\t}\n}",
+		"gatewayz {\n\tstorage nosuch\n}",
+		"gatewayz {\n\tstorage\n}",
 		"gatewayz {\n\ttrial_models\n}",
 		"gatewayz {\n\tdefault_limits {\n\t\ttokens_per_day x\n\t}\n}",
 		"gatewayz {\n\tdb_path\n}",
@@ -141,7 +146,16 @@ func FuzzGlobalOption(f *testing.F) {
 				t.Fatalf("%q: bad trial model glob accepted: %q", src, m)
 			}
 		}
-		for _, v := range []int64{int64(a.RotationGracePeriod), int64(a.UsageRetention), int64(a.CommitWindow), int64(a.LockTimeout)} {
+		var bolt BoltStorage
+		if a.StorageRaw != nil {
+			if err := json.Unmarshal(a.StorageRaw, &struct {
+				Backend string `json:"backend"`
+				*BoltStorage
+			}{BoltStorage: &bolt}); err != nil {
+				t.Fatalf("%q: storage JSON %s: %v", src, a.StorageRaw, err)
+			}
+		}
+		for _, v := range []int64{int64(a.RotationGracePeriod), int64(a.UsageRetention), int64(bolt.CommitWindow), int64(bolt.LockTimeout)} {
 			if v < 0 {
 				t.Fatalf("%q: negative duration accepted", src)
 			}

@@ -173,9 +173,6 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			signup_credits {env.GATEWAYZ_SIGNUP_CREDITS}
 			rotation_grace 10m
 			usage_retention 90d
-			commit_window 5ms
-			lock_timeout 2s
-			no_sync
 			negative_cache_size 500
 			security_audit_per_minute 3
 			trial_models gpt-4o-mini llama-*
@@ -189,12 +186,40 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			DBPath: "{env.GATEWAYZ_DB}", Secret: "{env.GATEWAYZ_SECRET}", AdminKeyValue: "{env.GATEWAYZ_ADMIN_KEY}",
 			SignupCreditsValue:  "{env.GATEWAYZ_SIGNUP_CREDITS}",
 			RotationGracePeriod: caddy.Duration(10 * 60e9), UsageRetention: caddy.Duration(90 * 24 * 3600e9),
-			CommitWindow: caddy.Duration(5e6), LockTimeout: caddy.Duration(2e9), NoSync: true,
 			NegativeCacheSize: 500, SecurityAuditPerMinute: 3,
 			TrialModels:   []string{"gpt-4o-mini", "llama-*"},
 			DefaultLimits: storage.RateLimits{RequestsPerMinute: 60, TokensPerDay: 1000000},
 			Prices:        []ModelPrice{{Model: "gpt-4o*", PromptPer1K: 2500, CompletionPer1K: 10000}, {Model: "cheap", PromptPer1K: 1, CompletionPer1K: 2}},
 		}},
+		{name: "database_url shorthand", input: `gatewayz {
+			db_path {env.GATEWAYZ_DB}
+			database_url {env.GATEWAYZ_DATABASE_URL}
+		}`, want: App{DBPath: "{env.GATEWAYZ_DB}", DatabaseURL: "{env.GATEWAYZ_DATABASE_URL}"}},
+		{name: "bolt storage", input: `gatewayz {
+			storage bolt {
+				path {env.GATEWAYZ_DB}
+				commit_window 5ms
+				lock_timeout 2s
+				no_sync
+			}
+		}`, want: App{StorageRaw: json.RawMessage(`{"backend":"bolt","commit_window":5000000,"lock_timeout":2000000000,"no_sync":true,"path":"{env.GATEWAYZ_DB}"}`)}},
+		{name: "bolt storage path argument", input: `gatewayz {
+			storage bolt /data/gw.db
+		}`, want: App{StorageRaw: json.RawMessage(`{"backend":"bolt","path":"/data/gw.db"}`)}},
+		{name: "unknown storage backend", input: `gatewayz {
+			storage nosuch
+		}`, wantErr: "gatewayz.storage.nosuch"},
+		{name: "storage needs a backend", input: `gatewayz {
+			storage
+		}`, wantErr: "wrong argument count"},
+		{name: "unknown bolt option", input: `gatewayz {
+			storage bolt {
+				fsync off
+			}
+		}`, wantErr: "valid: path, commit_window, lock_timeout, no_sync"},
+		{name: "bolt options moved", input: `gatewayz {
+			commit_window 5ms
+		}`, wantErr: "storage bolt { commit_window"},
 		{name: "literal signup credits", input: `gatewayz {
 			signup_credits 250
 		}`, want: App{SignupCreditsValue: "250"}},
@@ -217,11 +242,13 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			price [ 1 1
 		}`, wantErr: "bad model glob"},
 		{name: "no_sync takes no argument", input: `gatewayz {
-			no_sync yes
+			storage bolt {
+				no_sync yes
+			}
 		}`, wantErr: "wrong argument count"},
 		{name: "unknown option", input: `gatewayz {
 			database x
-		}`, wantErr: `unknown gatewayz option "database"; valid: db_path, secret,`},
+		}`, wantErr: `unknown gatewayz option "database"; valid: storage, db_path, database_url, secret,`},
 		{name: "trial and signup plan", input: `gatewayz {
 			trial {
 				requests_per_day 0
@@ -298,15 +325,18 @@ func TestAppProvisionResolvesPlaceholders(t *testing.T) {
 	t.Setenv("GWZ_TEST_ADMIN", "admin-token")
 	t.Setenv("GWZ_TEST_CREDITS", "42")
 	t.Setenv("GWZ_TEST_DB", dir+"/sub/gw.db")
-	a := &App{DBPath: "{env.GWZ_TEST_DB}", AdminKeyValue: "{env.GWZ_TEST_ADMIN}", SignupCreditsValue: "{env.GWZ_TEST_CREDITS}", NoSync: true}
+	t.Setenv("GWZ_TEST_DATABASE_URL", "")
+	a := &App{DBPath: "{env.GWZ_TEST_DB}", DatabaseURL: "{env.GWZ_TEST_DATABASE_URL}", AdminKeyValue: "{env.GWZ_TEST_ADMIN}", SignupCreditsValue: "{env.GWZ_TEST_CREDITS}"}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 	defer cancel()
 	if err := a.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer a.Cleanup()
-	if a.AdminKey() != "admin-token" || a.SignupCredits() != 42 || a.DatabasePath() != dir+"/sub/gw.db" {
-		t.Fatalf("resolved: admin %q credits %d db %q", a.AdminKey(), a.SignupCredits(), a.DatabasePath())
+	// database_url resolves to empty: db_path's bbolt file.
+	backend, location := a.Storage().Describe()
+	if a.AdminKey() != "admin-token" || a.SignupCredits() != 42 || backend != "bolt" || location != dir+"/sub/gw.db" {
+		t.Fatalf("resolved: admin %q credits %d storage %s %q", a.AdminKey(), a.SignupCredits(), backend, location)
 	}
 	// The config keeps the placeholders, never the resolved secrets.
 	raw, _ := json.Marshal(a)
@@ -315,7 +345,7 @@ func TestAppProvisionResolvesPlaceholders(t *testing.T) {
 	}
 	// No secret configured: a 0600 secret file beside the database, reused
 	// by a second app on the same file (which shares the open store).
-	b := &App{DBPath: dir + "/sub/gw.db", NoSync: true}
+	b := &App{DBPath: dir + "/sub/gw.db"}
 	if err := b.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -331,6 +361,8 @@ func TestAppProvisionResolvesPlaceholders(t *testing.T) {
 		{DBPath: dir + "/c.db", SignupCreditsValue: "many"},
 		{DBPath: dir + "/d.db", Secret: "short"},
 		{DBPath: dir + "/e.db", DefaultLimits: storage.RateLimits{RequestsPerDay: -5}},
+		{DBPath: dir + "/f.db", StorageRaw: testBolt(dir + "/f.db")},
+		{StorageRaw: json.RawMessage(`{"backend":"bolt","commit_window":-1}`)},
 	} {
 		if err := bad.Provision(ctx); err == nil {
 			bad.Cleanup()
@@ -343,13 +375,13 @@ func TestAppReloadKeepsState(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 	defer cancel()
-	old := &App{DBPath: dir + "/gw.db", NoSync: true}
+	old := &App{StorageRaw: testBolt(dir + "/gw.db")}
 	if err := old.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
 	old.state.limiter.admit(&admitInput{userID: 1, keyID: 1}, clockNow())
 	// Reload: the new config is provisioned before the old is cleaned up.
-	next := &App{DBPath: dir + "/./gw.db", NoSync: true, SignupCreditsValue: "7"}
+	next := &App{StorageRaw: testBolt(dir + "/./gw.db"), SignupCreditsValue: "7"}
 	if err := next.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -32,9 +32,18 @@ type testEnv struct {
 	users    int
 }
 
+// testBolt is the storage config of a bbolt file at path without fsync.
+func testBolt(path string) json.RawMessage {
+	raw, err := json.Marshal(map[string]any{"backend": "bolt", "path": path, "no_sync": true})
+	if err != nil {
+		panic(err)
+	}
+	return raw
+}
+
 func newTestEnv(t testing.TB, setup func(*App, *Gateway)) *testEnv {
 	t.Helper()
-	app := &App{DBPath: filepath.Join(t.TempDir(), "gw.db"), Secret: "test-secret-0123456789abcdef", NoSync: true}
+	app := &App{StorageRaw: testBolt(filepath.Join(t.TempDir(), "gw.db")), Secret: "test-secret-0123456789abcdef"}
 	g := &Gateway{}
 	if setup != nil {
 		setup(app, g)
@@ -53,6 +62,17 @@ func newTestEnv(t testing.TB, setup func(*App, *Gateway)) *testEnv {
 		t.Fatal(err)
 	}
 	return &testEnv{app: app, g: g, st: app.Store()}
+}
+
+// flush makes the settlements accepted so far durable (and readable) where
+// the store defers that.
+func (e *testEnv) flush(t testing.TB) {
+	t.Helper()
+	if f, ok := e.st.(storage.Flusher); ok {
+		if err := f.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // newKey registers a user whose primary key is adjusted by mod, and returns
@@ -465,7 +485,10 @@ func TestAuthenticateAPI(t *testing.T) {
 
 func TestGatewaySecurityAudit(t *testing.T) {
 	dir := t.TempDir()
-	e := newTestEnv(t, func(a *App, _ *Gateway) { a.DBPath = filepath.Join(dir, "gw.db"); a.SecurityAuditPerMinute = 2 })
+	e := newTestEnv(t, func(a *App, _ *Gateway) {
+		a.StorageRaw = testBolt(filepath.Join(dir, "gw.db"))
+		a.SecurityAuditPerMinute = 2
+	})
 	ipKey, k := e.newKey(t, "", func(k *storage.APIKey) { k.IPAllowlist = []string{"10.0.0.1"} })
 	for range 5 {
 		e.do(t, "GET", "/v1/models", "", "", bearer(ipKey))

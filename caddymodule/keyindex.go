@@ -97,7 +97,7 @@ type hashRef struct {
 // next request re-reads them. Unknown hashes go to a bounded negative cache
 // so a flood of made-up keys reads the store once per distinct key at most.
 type keyIndex struct {
-	store storage.Store
+	store storage.KeyLookup
 
 	mu      sync.RWMutex
 	gen     uint64 // bumped by every invalidation; loads started before it are discarded
@@ -107,7 +107,7 @@ type keyIndex struct {
 	negMax  int
 }
 
-func newKeyIndex(st storage.Store, negMax int) *keyIndex {
+func newKeyIndex(st storage.KeyLookup, negMax int) *keyIndex {
 	if negMax <= 0 {
 		negMax = defaultNegativeCacheSize
 	}

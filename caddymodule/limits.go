@@ -349,7 +349,7 @@ type seedCall struct {
 // day and month) from the store's usage totals, once per user while it
 // stays in memory. One load per user runs at a time: other callers wait
 // for it (or for their ctx) and share its outcome.
-func (l *limiter) seed(ctx context.Context, st storage.Store, userID int64, now time.Time) error {
+func (l *limiter) seed(ctx context.Context, st storage.Policy, userID int64, now time.Time) error {
 	l.mu.Lock()
 	for {
 		if l.userLocked(userID).seeded {

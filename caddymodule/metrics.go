@@ -50,7 +50,7 @@ var (
 )
 
 // storeHolder lets an interface value live in an atomic.Value.
-type storeHolder struct{ store storage.Store }
+type storeHolder struct{ store storage.Credits }
 
 // metricsStore is the store whose open reservations the gauge reports: the
 // one of the most recently provisioned gateway.
@@ -196,7 +196,7 @@ func seriesFor(endpoint string) *endpointSeries {
 // registerMetrics adds the metering collectors to this config's registry,
 // ignoring collectors already registered there (several sites share the
 // handler), and points the open-reservations gauge at store.
-func registerMetrics(ctx caddy.Context, store storage.Store) error {
+func registerMetrics(ctx caddy.Context, store storage.Credits) error {
 	metricsStore.Store(storeHolder{store})
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		return registerCollectors(reg)

@@ -104,7 +104,7 @@ func validateGlob(g string) error {
 // dropped by the change feed (plan definitions, assignments, admin limits).
 // Reads never write: an expired plan simply counts as none.
 type planCache struct {
-	store storage.Store
+	store storage.Policy
 
 	mu    sync.RWMutex
 	gen   uint64
@@ -114,7 +114,7 @@ type planCache struct {
 // maxCachedPolicies bounds the cache; when full it is cleared.
 const maxCachedPolicies = 100_000
 
-func newPlanCache(st storage.Store) *planCache {
+func newPlanCache(st storage.Policy) *planCache {
 	return &planCache{store: st, users: make(map[int64]*userPolicy)}
 }
 

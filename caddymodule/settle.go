@@ -288,9 +288,8 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 	u.TotalTokens = u.PromptTokens + u.CompletionTokens
 	cost := s.prices.cost(s.ir.Model, u.PromptTokens, u.CompletionTokens)
 	ctx := context.WithoutCancel(s.r.Context())
-	if _, queued := s.g.state.store.(*storage.BoltStore); !queued {
-		// BoltStore.Settle only queues the durable write and never waits
-		// on ctx; another store may block, so bound it.
+	if !s.g.state.settleQueues {
+		// A store that writes before returning may block: bound it.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()

@@ -121,9 +121,7 @@ func balanceOf(t testing.TB, e *testEnv, userID int64) storage.Balance {
 
 func usageOf(t testing.TB, e *testEnv, userID int64) []storage.UsageRecord {
 	t.Helper()
-	if err := e.st.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	e.flush(t)
 	recs, err := e.st.ListUsage(context.Background(), storage.UsageFilter{UserID: userID})
 	if err != nil {
 		t.Fatal(err)
@@ -671,9 +669,7 @@ func benchMetered(b *testing.B, body string, next caddyhttp.HandlerFunc, check f
 		check(rec)
 	}
 	b.StopTimer()
-	if err := e.st.Flush(context.Background()); err != nil {
-		b.Fatal(err)
-	}
+	e.flush(b)
 }
 
 // The upstream answers of bench/mock (encoding/json of maps: keys sorted).

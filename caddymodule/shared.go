@@ -25,11 +25,15 @@ type sharedConfig struct {
 // in-memory state derived from it. Its goroutines run until the last config
 // using it is cleaned up (Destruct).
 type sharedState struct {
-	store   storage.Store
-	index   *keyIndex
-	plans   *planCache
-	limiter *limiter
-	audit   *auditor
+	store storage.Store
+	// settleQueues says the store's Settle only queues the durable write
+	// (a storage.Flusher) and never waits on its context; on any other
+	// store a settlement is bounded by a timeout.
+	settleQueues bool
+	index        *keyIndex
+	plans        *planCache
+	limiter      *limiter
+	audit        *auditor
 
 	unsubscribe func()
 	cancel      context.CancelFunc
@@ -39,18 +43,24 @@ type sharedState struct {
 func newSharedState(st storage.Store, cfg sharedConfig, logger *zap.Logger) *sharedState {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &sharedState{
-		store:   st,
-		index:   newKeyIndex(st, cfg.negativeCacheSize),
-		plans:   newPlanCache(st),
-		limiter: newLimiter(),
-		audit:   newAuditor(st, cfg.auditPerMinute, logger),
-		cancel:  cancel,
+		store:        st,
+		settleQueues: isFlusher(st),
+		index:        newKeyIndex(st, cfg.negativeCacheSize),
+		plans:        newPlanCache(st),
+		limiter:      newLimiter(),
+		audit:        newAuditor(st, cfg.auditPerMinute, logger),
+		cancel:       cancel,
 	}
 	s.unsubscribe = st.Subscribe(s.onChange)
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.limiter.sweep(ctx, sweepInterval) }()
 	go func() { defer s.wg.Done(); s.audit.run(ctx) }()
 	return s
+}
+
+func isFlusher(st storage.Store) bool {
+	_, ok := st.(storage.Flusher)
+	return ok
 }
 
 // onChange is the store's change feed: it drops what changed from the

@@ -34,11 +34,12 @@ const (
 const apiCaddyfile = `{
 	%s
 	gatewayz {
-		db_path %s
+		storage bolt %s {
+			no_sync
+		}
 		secret api-test-secret-0123456789abcdef
 		%s
 		signup_credits 5000
-		no_sync
 		%s
 	}
 }

@@ -195,10 +195,11 @@ func faultsCaddyfile(db, up, down, refusing string) string {
 	return fmt.Sprintf(`{
 	%s
 	gatewayz {
-		db_path %s
+		storage bolt %s {
+			no_sync
+		}
 		secret integration-secret-0123456789abcdef
 		admin_key %s
-		no_sync
 	}
 }
 

@@ -158,10 +158,11 @@ func gatewayCaddyfile(t *testing.T, c gatewayConfig) (string, string) {
 	%s
 	%s
 	gatewayz {
-		db_path %s
+		storage bolt %s {
+			no_sync
+		}
 		secret integration-secret-0123456789abcdef
 		admin_key %s
-		no_sync
 		%s
 	}
 }

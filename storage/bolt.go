@@ -87,7 +87,7 @@ var (
 )
 
 // SchemaVersion is the on-disk schema version this binary writes.
-const SchemaVersion = 4
+const SchemaVersion = 5
 
 // migrations[i] upgrades a database from schema version i to i+1. Open runs
 // the ones above the stored version, in order, each in its own transaction.
@@ -109,6 +109,9 @@ var migrations = []func(tx *bbolt.Tx) error{
 	// 3 → 4: the write-ahead log (see bolt_wal.go). An older build, which
 	// would not replay the log, refuses the upgraded file.
 	migrateWAL,
+	// 4 → 5: keys stored with an empty scope get the full scope they had
+	// (see bolt_scope.go).
+	migrateEmptyScopes,
 }
 
 // BoltStore is the embedded Store, backed by a bbolt file.
@@ -443,5 +446,9 @@ func ctxErr(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// Interface guard.
-var _ Store = (*BoltStore)(nil)
+// Interface guards
+var (
+	_ Store       = (*BoltStore)(nil)
+	_ Flusher     = (*BoltStore)(nil)
+	_ HotBackuper = (*BoltStore)(nil)
+)

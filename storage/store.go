@@ -2,9 +2,11 @@
 // (hashed and encrypted, never in plaintext), plans, the credit ledger, usage
 // records and the audit log. It knows nothing about HTTP or Caddy.
 //
-// Store is the interface the handlers use; the embedded bbolt implementation
-// (Open) is the default, and a networked backend can implement the same
-// interface and run the same conformance suite (package storetest).
+// Store is the interface a backend implements, made of the roles its callers
+// use (Gateway for the request path, the rest for the management API); the
+// embedded bbolt implementation (Open) is the default, and a networked
+// backend implements the same interface and passes the same conformance
+// suite (package storetest).
 package storage
 
 import (
@@ -60,16 +62,106 @@ type ReserveRequest struct {
 	MaxRequests int64
 }
 
-// Store is the persistence interface. All methods are safe for concurrent
-// use. Mutating methods are atomic: on error nothing was changed.
-type Store interface {
-	// Users
+// The Store is split into the roles its callers play. The gateway's request
+// path needs KeyLookup, Policy, Credits, AuditLog and ChangeFeed (with
+// Maintenance); the management API adds Accounts, Plans, Ledger and
+// AuditReader. Store is their union, the interface a backend implements.
+// All methods are safe for concurrent use. Mutating methods are atomic: on
+// error nothing was changed.
+//
+// Abilities only some backends have are optional interfaces, discovered by
+// type assertion as http.Flusher is: Flusher, HotBackuper.
 
+// KeyLookup resolves an API key and its owner (authentication).
+type KeyLookup interface {
+	// KeyByHash finds a key by its current hash, or by its previous hash while
+	// the rotation grace lasts.
+	KeyByHash(ctx context.Context, hash []byte) (*APIKey, error)
+	GetUser(ctx context.Context, id int64) (*User, error)
+}
+
+// Policy is what admission reads to apply plans and limits.
+type Policy interface {
+	GetPlan(ctx context.Context, id int64) (*Plan, error)
+	// ActiveUserPlan returns the user's active subscription row (which may
+	// be past its end date: callers check UserPlan.ActiveAt), or ErrNotFound.
+	ActiveUserPlan(ctx context.Context, userID int64) (*UserPlan, error)
+	// UserLimits returns the limits an admin set, or ErrNotFound.
+	UserLimits(ctx context.Context, userID int64) (RateLimits, error)
+	// UsageTotals returns the number of usage records and the sum of their
+	// TotalTokens for the user in the UTC day holding dayStart and in the
+	// UTC month holding monthStart: what ListUsage's records of that day and
+	// month add up to, read from per-user aggregates instead (plan limit
+	// seeding). Every settled request is counted.
+	UsageTotals(ctx context.Context, userID int64, dayStart, monthStart time.Time) (dayReq, dayTok, monthReq, monthTok int64, err error)
+}
+
+// Credits holds and charges credit for requests in flight.
+type Credits interface {
+	Balance(ctx context.Context, userID int64) (Balance, error)
+	// Reserve atomically holds req.Credits when the user's available
+	// balance covers it, else ErrInsufficientCredits (or ErrRequestLimit).
+	// Reservations belong to the store instance that made them: they end
+	// with it (a restart releases them).
+	Reserve(ctx context.Context, req ReserveRequest) (*Reservation, error)
+	// Settle replaces the reservation with a charge of cost credits and
+	// records the usage, exactly once (a second Settle or Refund of the same
+	// reservation gives ErrAlreadySettled). The charge never takes the
+	// balance below zero: a cost above what the user has is capped, and the
+	// amount actually charged is returned with the balance after it. It also
+	// counts one request toward the key's requests_used. A store may make
+	// the write durable after returning (group commit): see Flusher.
+	Settle(ctx context.Context, res *Reservation, cost int64, rec UsageRecord) (charged, balanceAfter int64, err error)
+	// Refund releases a reservation without charging, exactly once.
+	Refund(ctx context.Context, res *Reservation) error
+	// OpenReservations counts this instance's reservations not yet settled
+	// or refunded.
+	OpenReservations() int64
+}
+
+// AuditLog appends to the hash-chained audit log.
+type AuditLog interface {
+	// AppendAudit sets the entry's ID, time (if zero) and chain hashes and
+	// stores it durably.
+	AppendAudit(ctx context.Context, e *AuditEntry) error
+}
+
+// ChangeFeed tells the in-memory caches what changed.
+type ChangeFeed interface {
+	// Subscribe registers fn to be called after each committed change,
+	// made through this instance or any other on the same database; the
+	// returned function unregisters it. Delivery may come after the
+	// mutating call returns. fn must not block.
+	Subscribe(fn func(Change)) (unsubscribe func())
+}
+
+// Maintenance is the store's life cycle and upkeep.
+type Maintenance interface {
+	// PruneUsage deletes the day buckets of usage records before day, and
+	// their day totals (a month's totals go with its last day).
+	PruneUsage(ctx context.Context, before time.Time) (int, error)
+	// Ping reports whether the store can serve.
+	Ping(ctx context.Context) error
+	// Close flushes pending writes and closes the store.
+	Close() error
+}
+
+// Gateway is what the gateway's request path uses.
+type Gateway interface {
+	KeyLookup
+	Policy
+	Credits
+	AuditLog
+	ChangeFeed
+	Maintenance
+}
+
+// Accounts manages users and their keys.
+type Accounts interface {
 	// Register creates a user with their primary key and grants credits in
 	// one transaction. It sets the IDs and timestamps of u and key.
 	// A duplicate email gives ErrDuplicate.
 	Register(ctx context.Context, u *User, key *APIKey, credits int64) error
-	GetUser(ctx context.Context, id int64) (*User, error)
 	UserByEmail(ctx context.Context, email string) (*User, error)
 	// UpdateUser applies fn to a copy of the user and stores the result; fn
 	// returning an error aborts with that error.
@@ -80,110 +172,66 @@ type Store interface {
 	// ListUsers returns users ordered by id, and the total count.
 	ListUsers(ctx context.Context, offset, limit int) ([]*User, int, error)
 
-	// Keys
-
 	// CreateKey stores a new key and sets its ID and timestamps. A key name
 	// already used by the same user, or a hash already indexed, gives
-	// ErrDuplicate.
+	// ErrDuplicate. The key's Scopes are stored and read back as given: an
+	// empty scope grants nothing and must never be turned into the full
+	// one (see Scopes, and bolt_scope.go for the upgrade of older data).
 	CreateKey(ctx context.Context, k *APIKey) error
 	GetKey(ctx context.Context, id int64) (*APIKey, error)
-	// KeyByHash finds a key by its current hash, or by its previous hash while
-	// the rotation grace lasts.
-	KeyByHash(ctx context.Context, hash []byte) (*APIKey, error)
 	// ListKeys returns a user's keys, newest first.
 	ListKeys(ctx context.Context, userID int64) ([]*APIKey, error)
-	// AllKeys returns every key (to build the in-memory index at start-up).
+	// AllKeys returns every key (the security overview of the API).
 	AllKeys(ctx context.Context) ([]*APIKey, error)
 	// UpdateKey applies fn to a copy of the key and stores the result,
 	// re-indexing a changed Hash/PrevHash. fn returning an error aborts.
 	UpdateKey(ctx context.Context, id int64, fn func(*APIKey) error) (*APIKey, error)
 	DeleteKey(ctx context.Context, id int64) error
+}
 
-	// Plans
-
+// Plans manages plans, subscriptions and admin rate limits.
+type Plans interface {
 	CreatePlan(ctx context.Context, p *Plan) error
-	GetPlan(ctx context.Context, id int64) (*Plan, error)
 	// ListPlans returns every plan ordered by id, inactive ones included.
 	ListPlans(ctx context.Context) ([]*Plan, error)
 	UpdatePlan(ctx context.Context, id int64, fn func(*Plan) error) (*Plan, error)
 	// AssignPlan deactivates the user's other subscriptions and adds this
 	// one. Unknown user or plan: ErrNotFound.
 	AssignPlan(ctx context.Context, userID, planID int64, start, end time.Time) (*UserPlan, error)
-	// ActiveUserPlan returns the user's active subscription row (which may
-	// be past its end date: callers check UserPlan.ActiveAt), or ErrNotFound.
-	ActiveUserPlan(ctx context.Context, userID int64) (*UserPlan, error)
-
-	// Admin rate limits per user (POST /admin/limit).
-
+	// SetUserLimits sets a user's admin rate limits (POST /admin/limit).
 	SetUserLimits(ctx context.Context, userID int64, l RateLimits) error
-	// UserLimits returns the limits an admin set, or ErrNotFound.
-	UserLimits(ctx context.Context, userID int64) (RateLimits, error)
+}
 
-	// Credit ledger
-
-	// Reserve atomically holds req.Credits when the user's available
-	// balance covers it, else ErrInsufficientCredits (or ErrRequestLimit).
-	// Reservations live in memory: a restart releases them.
-	Reserve(ctx context.Context, req ReserveRequest) (*Reservation, error)
-	// Settle replaces the reservation with a charge of cost credits and
-	// records the usage, exactly once (a second Settle or Refund of the same
-	// reservation gives ErrAlreadySettled). The charge never takes the
-	// balance below zero: a cost above what the user has is capped, and the
-	// amount actually charged is returned with the balance after it. It also
-	// counts one request toward the key's requests_used. The durable write
-	// is group-committed: see Flush.
-	Settle(ctx context.Context, res *Reservation, cost int64, rec UsageRecord) (charged, balanceAfter int64, err error)
-	// Refund releases a reservation without charging, exactly once.
-	Refund(ctx context.Context, res *Reservation) error
+// Ledger moves credits outside requests and reads the history.
+type Ledger interface {
 	// AddCredits appends a positive or negative (admin adjustment) ledger
 	// entry durably. With a non-empty idempotency key, a repeated call
 	// returns the first call's balance and replayed=true, changing nothing.
 	AddCredits(ctx context.Context, userID, amount int64, kind LedgerKind, idempotencyKey, note string) (balance int64, replayed bool, err error)
-	Balance(ctx context.Context, userID int64) (Balance, error)
 	// Ledger returns a user's ledger entries, oldest first.
 	Ledger(ctx context.Context, userID int64) ([]LedgerEntry, error)
-	// OpenReservations counts reservations not yet settled or refunded.
-	OpenReservations() int64
-
-	// Usage
-
 	// ListUsage returns usage records matching f, newest first.
 	ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord, error)
-	// UsageTotals returns the number of usage records and the sum of their
-	// TotalTokens for the user in the UTC day holding dayStart and in the
-	// UTC month holding monthStart: what ListUsage's records of that day and
-	// month add up to, read from per-user aggregates instead (plan limit
-	// seeding). Every settled request is counted.
-	UsageTotals(ctx context.Context, userID int64, dayStart, monthStart time.Time) (dayReq, dayTok, monthReq, monthTok int64, err error)
-	// PruneUsage deletes the day buckets of usage records before day, and
-	// their day totals (a month's totals go with its last day).
-	PruneUsage(ctx context.Context, before time.Time) (int, error)
+}
 
-	// Audit log (hash-chained)
-
-	// AppendAudit sets the entry's ID, time (if zero) and chain hashes and
-	// stores it durably.
-	AppendAudit(ctx context.Context, e *AuditEntry) error
+// AuditReader reads, verifies and exports the audit log.
+type AuditReader interface {
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
 	// VerifyAudit walks the chain; a broken link gives ErrAuditChainBroken
 	// (wrapped with the entry id) and the count verified before it.
 	VerifyAudit(ctx context.Context) (int, error)
 	// ExportAudit writes the whole chain as JSON lines, oldest first.
 	ExportAudit(ctx context.Context, w io.Writer) error
+}
 
-	// Operations
-
-	// Subscribe registers fn to be called after each committed change; the
-	// returned function unregisters it. fn must not block.
-	Subscribe(fn func(Change)) (unsubscribe func())
-	// Flush blocks until every settlement accepted so far is durable.
-	Flush(ctx context.Context) error
-	// Backup writes a consistent hot copy of the database to w.
-	Backup(ctx context.Context, w io.Writer) (int64, error)
-	// Ping reports whether the store can serve.
-	Ping(ctx context.Context) error
-	// Close flushes pending writes and closes the store.
-	Close() error
+// Store is every role: what a backend implements and the management API
+// uses.
+type Store interface {
+	Gateway
+	Accounts
+	Plans
+	Ledger
+	AuditReader
 }
 
 // Flusher is implemented by a store whose Settle returns before the

@@ -23,51 +23,6 @@ type User struct {
 	UpdatedAt          time.Time       `json:"updated_at"`
 }
 
-// Scopes maps a permission ("read", "write", "admin") to the resources it
-// covers; "*" is a wildcard resource.
-type Scopes map[string][]string
-
-// FullScopes is what a key created without explicit scopes gets.
-func FullScopes() Scopes {
-	return Scopes{"read": {"*"}, "write": {"*"}, "admin": {"*"}}
-}
-
-// Allows reports whether the scope grants perm on resource. A nil or empty
-// scope allows everything, as in the reference.
-func (s Scopes) Allows(perm, resource string) bool {
-	if len(s) == 0 {
-		return true
-	}
-	for _, r := range s[perm] {
-		if r == "*" || r == resource {
-			return true
-		}
-	}
-	return false
-}
-
-// Covers reports whether s grants at least everything other grants, so a
-// key cannot hand out more than its own scope.
-func (s Scopes) Covers(other Scopes) bool {
-	if len(s) == 0 {
-		return true
-	}
-	for perm, resources := range other {
-		for _, r := range resources {
-			if r == "*" {
-				if !s.Allows(perm, "*") {
-					return false
-				}
-				continue
-			}
-			if !s.Allows(perm, r) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 // RateLimits are per-window request and token limits. A zero field means
 // "not set at this level" (the next level down applies).
 type RateLimits struct {

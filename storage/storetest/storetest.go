@@ -29,6 +29,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	}{
 		{"Users", confUsers},
 		{"Keys", confKeys},
+		{"Scopes", confScopes},
 		{"KeyRotationGrace", confKeyRotation},
 		{"DeleteUserDropsKeys", confDeleteUser},
 		{"Plans", confPlans},
