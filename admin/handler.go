@@ -35,6 +35,7 @@ type Handler struct {
 	mux    *http.ServeMux
 	logger *zap.Logger
 	now    func() time.Time
+	homeState
 }
 
 // backend is what the handler needs from the gatewayz app. It is an
