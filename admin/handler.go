@@ -5,6 +5,7 @@ package admin
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"runtime/debug"
@@ -42,6 +43,7 @@ type Handler struct {
 // interface so that tests can hand the handler an App provisioned on a
 // temporary database without a whole Caddy config.
 type backend interface {
+	WaitStarted(ctx context.Context) error
 	Store() storage.Store
 	Keyring() *storage.Keyring
 	AdminKey() string
@@ -91,6 +93,10 @@ func (h *Handler) Validate() error {
 
 // ServeHTTP answers the request from the route table; next is never called.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if err := h.app.WaitStarted(r.Context()); err != nil {
+		writeErr(w, newError(http.StatusServiceUnavailable, "unavailable", "Service temporarily unavailable"))
+		return nil
+	}
 	h.serve(w, r)
 	return nil
 }

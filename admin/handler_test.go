@@ -41,6 +41,9 @@ func newTestHandler(t *testing.T, adminKey string) (*Handler, *caddymodule.App) 
 		t.Fatalf("provisioning app: %v", err)
 	}
 	t.Cleanup(func() { app.Cleanup() })
+	if err := app.Start(); err != nil {
+		t.Fatalf("starting app: %v", err)
+	}
 	h := &Handler{}
 	h.setup(app, zap.NewNop())
 	return h, app

@@ -116,6 +116,9 @@ type App struct {
 	SecurityAuditPerMinute int `json:"security_audit_per_minute,omitempty"`
 
 	storage       StorageBackend
+	secretSource  string // "config", or "file <path>" for a generated secret
+	started       chan struct{}
+	startErr      error
 	poolKey       string
 	state         *sharedState
 	keyring       *storage.Keyring
@@ -156,10 +159,14 @@ const (
 	maxSignupPlanMonths      = 1200
 )
 
-// Provision resolves the settings and opens (or shares) the store.
+// Provision resolves the settings. It opens, locks and creates nothing (so
+// `caddy validate` has no side effects and works while a server runs on
+// the same database): the store is opened, and a generated secret read or
+// created, in Start.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	a.started = make(chan struct{})
 	repl := caddy.NewReplacer()
 
 	backend, err := a.loadStorage(ctx, repl)
@@ -202,35 +209,28 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("gatewayz: signup_plan_months must be between 1 and %d", maxSignupPlanMonths)
 	}
 
-	var secret []byte
 	if s := repl.ReplaceAll(a.Secret, ""); s != "" {
-		secret = storage.SecretFromString(s)
+		secret := storage.SecretFromString(s)
 		if secret == nil {
 			return fmt.Errorf("gatewayz: secret must be at least %d characters", storage.MinSecretStringLen)
 		}
-	} else if keeper, ok := backend.(SecretKeeper); ok {
-		secret, err = storage.LoadOrCreateSecret(keeper.SecretFile())
-		if err != nil {
+		if a.keyring, err = storage.NewKeyring(secret); err != nil {
 			return fmt.Errorf("gatewayz: %v", err)
 		}
+		a.secretSource = "config"
+	} else if keeper, ok := backend.(SecretKeeper); ok {
+		a.secretSource = "file " + keeper.SecretFile()
 	} else {
 		name, _ := backend.Describe()
 		return fmt.Errorf("gatewayz: the %s storage needs an explicit secret, the same on every gateway that shares the database: set secret {env.GATEWAYZ_SECRET}", name)
 	}
-	a.keyring, err = storage.NewKeyring(secret)
-	if err != nil {
-		return fmt.Errorf("gatewayz: %v", err)
-	}
 
+	// The state of this database, shared with the configs already using
+	// it (a reload): pooled now, its store opened in Start.
 	cfg := sharedConfig{negativeCacheSize: a.NegativeCacheSize, auditPerMinute: a.SecurityAuditPerMinute}
-	logger := a.logger
 	key := backend.StoreKey()
 	v, _, err := statePool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		st, err := backend.OpenStore(ctx, logger)
-		if err != nil {
-			return nil, err
-		}
-		return newSharedState(st, cfg, logger), nil
+		return newSharedState(cfg, a.logger), nil
 	})
 	if err != nil {
 		return fmt.Errorf("gatewayz: %v", err)
@@ -240,13 +240,58 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start starts the usage pruner when usage_retention is set. It stops when
-// this config is unloaded.
+// Start reads (or creates) a generated secret and opens the store, unless
+// a config still running opened it already (a reload keeps it open); then
+// it logs what the gateway runs with and starts the usage pruner when
+// usage_retention is set, which stops when this config is unloaded.
+// Handlers wait for Start (WaitStarted) before they serve.
 func (a *App) Start() error {
-	if a.UsageRetention > 0 && a.state != nil {
+	err := a.start()
+	a.startErr = err
+	close(a.started)
+	if err != nil {
+		return err
+	}
+	a.logStartup()
+	if a.UsageRetention > 0 {
 		go a.pruneUsage(a.ctx, time.Duration(a.UsageRetention))
 	}
 	return nil
+}
+
+func (a *App) start() error {
+	if a.keyring == nil {
+		secret, err := storage.LoadOrCreateSecret(a.storage.(SecretKeeper).SecretFile())
+		if err != nil {
+			return fmt.Errorf("gatewayz: %v", err)
+		}
+		if a.keyring, err = storage.NewKeyring(secret); err != nil {
+			return fmt.Errorf("gatewayz: %v", err)
+		}
+	}
+	if err := a.state.open(func() (storage.Store, error) { return a.storage.OpenStore(a.ctx, a.logger) }); err != nil {
+		return fmt.Errorf("gatewayz: %v", err)
+	}
+	return nil
+}
+
+// errNotStarted answers requests that arrive when the app failed to start.
+var errNotStarted = errors.New("gatewayz: the app did not start")
+
+// WaitStarted blocks until the app has started (the store is open), or ctx
+// ends. Caddy starts apps in no set order, so the HTTP server may take a
+// request a moment before this app's Start has run; after that this costs
+// one check of a closed channel. It returns an error when Start failed.
+func (a *App) WaitStarted(ctx context.Context) error {
+	select {
+	case <-a.started:
+		if a.startErr != nil {
+			return errNotStarted
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Stop does nothing: the store is closed by the pool's destructor once no

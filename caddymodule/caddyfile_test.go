@@ -2,6 +2,9 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -343,13 +346,37 @@ func TestAppProvisionResolvesPlaceholders(t *testing.T) {
 	if strings.Contains(string(raw), "admin-token") {
 		t.Fatalf("resolved secret in the config: %s", raw)
 	}
-	// No secret configured: a 0600 secret file beside the database, reused
-	// by a second app on the same file (which shares the open store).
+	// Provisioning (what `caddy validate` does) created nothing: no
+	// database directory, file or secret.
+	if _, err := os.Stat(dir + "/sub"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Provision created the database directory: %v", err)
+	}
+	// Start opens the store and, with no secret configured, keeps a
+	// generated one in a 0600 file beside the database.
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WaitStarted(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"gw.db", "gw.db.secret"} {
+		if fi, err := os.Stat(dir + "/sub/" + f); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s after Start: %v, %v", f, fi, err)
+		}
+	}
+	if a.secretOrigin() != "generated file "+dir+"/sub/gw.db.secret" {
+		t.Fatalf("secret origin %q", a.secretOrigin())
+	}
+	// A second app on the same file shares the open store and reuses the
+	// generated secret.
 	b := &App{DBPath: dir + "/sub/gw.db"}
 	if err := b.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer b.Cleanup()
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
 	if b.Store() != a.Store() {
 		t.Error("two apps on one file must share the store")
 	}
@@ -371,6 +398,52 @@ func TestAppProvisionResolvesPlaceholders(t *testing.T) {
 	}
 }
 
+// TestAppStorageSelection: database_url selects PostgreSQL when it resolves
+// to a value, with a clear error when this build has no PostgreSQL storage,
+// and Provision connects to nothing either way.
+func TestAppStorageSelection(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	t.Setenv("GWZ_TEST_DATABASE_URL", "postgres://gw:pw@127.0.0.1:1/gw")
+	a := &App{DBPath: t.TempDir() + "/gw.db", DatabaseURL: "{env.GWZ_TEST_DATABASE_URL}", Secret: "selection-secret-0123456789"}
+	err := a.Provision(ctx)
+	defer a.Cleanup()
+	if _, gerr := caddy.GetModule(postgresBackendID); gerr != nil {
+		if err == nil || !strings.Contains(err.Error(), "database_url is set, but this build has no PostgreSQL storage") {
+			t.Fatalf("database_url without the postgres module: %v", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("Provision with database_url: %v", err)
+	}
+	if backend, location := a.Storage().Describe(); backend != "postgres" || strings.Contains(location, "pw") {
+		t.Fatalf("storage %s at %q", backend, location)
+	}
+}
+
+// TestAppStartFailure: a store that cannot open fails Start with the
+// reason, and handlers waiting for the app hear that it did not start.
+func TestAppStartFailure(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	notDir := t.TempDir() + "/file"
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := &App{StorageRaw: testBolt(notDir + "/gw.db"), Secret: "start-failure-secret-0123456789"}
+	if err := a.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Cleanup()
+	if err := a.Start(); err == nil || !strings.Contains(err.Error(), "database directory") {
+		t.Fatalf("Start on an impossible path: %v", err)
+	}
+	if err := a.WaitStarted(t.Context()); !errors.Is(err, errNotStarted) {
+		t.Fatalf("WaitStarted after a failed Start: %v", err)
+	}
+}
+
 func TestAppReloadKeepsState(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
@@ -379,10 +452,17 @@ func TestAppReloadKeepsState(t *testing.T) {
 	if err := old.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
 	old.state.limiter.admit(&admitInput{userID: 1, keyID: 1}, clockNow())
-	// Reload: the new config is provisioned before the old is cleaned up.
+	// Reload: the new config is provisioned and started before the old is
+	// cleaned up.
 	next := &App{StorageRaw: testBolt(dir + "/./gw.db"), SignupCreditsValue: "7"}
 	if err := next.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Cleanup(); err != nil {

@@ -80,7 +80,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.app = app
 	g.state = app.state
 	g.provisionMetering()
-	if err := registerMetrics(ctx, g.state.store); err != nil {
+	if err := registerMetrics(ctx, g.state); err != nil {
 		return fmt.Errorf("gatewayz: registering metrics: %v", err)
 	}
 	return nil
@@ -116,6 +116,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if g.CORS.preflight(w, r) {
 		requestCounters(route{}, false)[outcomePreflight].Inc()
 		return nil
+	}
+	if err := g.app.WaitStarted(r.Context()); err != nil {
+		return g.refuse(w, r, nil, route{}, false, errUnavailable, now)
 	}
 	rt, gerr := g.route(r)
 	if gerr != nil {

@@ -54,6 +54,9 @@ func newTestEnv(t testing.TB, setup func(*App, *Gateway)) *testEnv {
 		t.Fatalf("provisioning app: %v", err)
 	}
 	t.Cleanup(func() { _ = app.Cleanup() })
+	if err := app.Start(); err != nil {
+		t.Fatalf("starting app: %v", err)
+	}
 	g.app, g.state, g.logger = app, app.state, zap.NewNop()
 	if g.MaxBodySize <= 0 {
 		g.MaxBodySize = defaultMaxBodySize

@@ -7,8 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
 // Metering metrics. The collectors are package-level and registered into
@@ -42,19 +40,16 @@ var (
 		Name:      "open_reservations",
 		Help:      "Credit reservations of in-flight requests not yet settled or refunded.",
 	}, func() float64 {
-		if s, ok := metricsStore.Load().(storeHolder); ok && s.store != nil {
-			return float64(s.store.OpenReservations())
+		if s, ok := metricsState.Load().(*sharedState); ok {
+			return float64(s.openReservations())
 		}
 		return 0
 	})
 )
 
-// storeHolder lets an interface value live in an atomic.Value.
-type storeHolder struct{ store storage.Credits }
-
-// metricsStore is the store whose open reservations the gauge reports: the
+// metricsState is the state whose open reservations the gauge reports: the
 // one of the most recently provisioned gateway.
-var metricsStore atomic.Value
+var metricsState atomic.Value
 
 // outcome is a request outcome (the "outcome" label).
 type outcome int
@@ -195,9 +190,9 @@ func seriesFor(endpoint string) *endpointSeries {
 
 // registerMetrics adds the metering collectors to this config's registry,
 // ignoring collectors already registered there (several sites share the
-// handler), and points the open-reservations gauge at store.
-func registerMetrics(ctx caddy.Context, store storage.Credits) error {
-	metricsStore.Store(storeHolder{store})
+// handler), and points the open-reservations gauge at state's store.
+func registerMetrics(ctx caddy.Context, state *sharedState) error {
+	metricsState.Store(state)
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		return registerCollectors(reg)
 	}

@@ -15,7 +15,7 @@ import (
 func TestMetricsSurviveReload(t *testing.T) {
 	e := newTestEnv(t, nil)
 	_, k := e.newKey(t, "", nil)
-	metricsStore.Store(storeHolder{e.st})
+	metricsState.Store(e.app.state)
 	first, second := prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()
 	for _, reg := range []*prometheus.Registry{first, first, second} {
 		if err := registerCollectors(reg); err != nil {

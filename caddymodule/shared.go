@@ -10,8 +10,8 @@ import (
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
-// statePool shares one sharedState per database file (keyed by its absolute
-// path) between the configs that use it, so reloads keep the store open and
+// statePool shares one sharedState per database (keyed by the backend's
+// StoreKey: a bbolt file's absolute path) between the configs that use it, so reloads keep the store open and
 // the in-memory state (key index, plan cache, limiter counters) intact.
 var statePool = caddy.NewUsagePool()
 
@@ -22,9 +22,16 @@ type sharedConfig struct {
 }
 
 // sharedState is everything that outlives a config: the store and the
-// in-memory state derived from it. Its goroutines run until the last config
-// using it is cleaned up (Destruct).
+// in-memory state derived from it. The first config to start opens the
+// store (open); the fields set there are not written again, and readers
+// reach them only after their app's Start (App.WaitStarted), which comes
+// after open. Its goroutines run until the last config using it is cleaned
+// up (Destruct).
 type sharedState struct {
+	cfg    sharedConfig
+	logger *zap.Logger
+	mu     sync.Mutex // held by open and Destruct
+
 	store storage.Store
 	// settleQueues says the store's Settle only queues the durable write
 	// (a storage.Flusher) and never waits on its context; on any other
@@ -40,22 +47,35 @@ type sharedState struct {
 	wg          sync.WaitGroup
 }
 
-func newSharedState(st storage.Store, cfg sharedConfig, logger *zap.Logger) *sharedState {
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &sharedState{
-		store:        st,
-		settleQueues: isFlusher(st),
-		index:        newKeyIndex(st, cfg.negativeCacheSize),
-		plans:        newPlanCache(st),
-		limiter:      newLimiter(),
-		audit:        newAuditor(st, cfg.auditPerMinute, logger),
-		cancel:       cancel,
+// newSharedState returns the state of a database not opened yet.
+func newSharedState(cfg sharedConfig, logger *zap.Logger) *sharedState {
+	return &sharedState{cfg: cfg, logger: logger, limiter: newLimiter()}
+}
+
+// open opens the store with openStore unless it is open, and starts the
+// state's goroutines.
+func (s *sharedState) open(openStore func() (storage.Store, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.store != nil {
+		return nil
 	}
+	st, err := openStore()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.store = st
+	s.settleQueues = isFlusher(st)
+	s.index = newKeyIndex(st, s.cfg.negativeCacheSize)
+	s.plans = newPlanCache(st)
+	s.audit = newAuditor(st, s.cfg.auditPerMinute, s.logger)
+	s.cancel = cancel
 	s.unsubscribe = st.Subscribe(s.onChange)
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.limiter.sweep(ctx, sweepInterval) }()
 	go func() { defer s.wg.Done(); s.audit.run(ctx) }()
-	return s
+	return nil
 }
 
 func isFlusher(st storage.Store) bool {
@@ -71,9 +91,26 @@ func (s *sharedState) onChange(c storage.Change) {
 	s.plans.invalidate(c)
 }
 
+// openReservations counts the open store's open reservations (none
+// before it opens).
+func (s *sharedState) openReservations() int64 {
+	s.mu.Lock()
+	st := s.store
+	s.mu.Unlock()
+	if st == nil {
+		return 0
+	}
+	return st.OpenReservations()
+}
+
 // Destruct stops the goroutines, writes pending audit events and closes the
-// store.
+// store, if it was opened.
 func (s *sharedState) Destruct() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.store == nil {
+		return nil
+	}
 	s.unsubscribe()
 	s.cancel()
 	s.wg.Wait()
