@@ -24,6 +24,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	gatewayz_api {
 //	    max_body_size <size>   # e.g. 64KiB, 1MB
+//	    console_path  <path>   # where the web console is served [/console]
+//	    console       off      # no web console
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -41,6 +43,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_body_size: invalid size %q (1 byte to 1GiB)", d.Val())
 			}
 			h.MaxBodyBytes = int64(n)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "console_path":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.ConsolePath = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "console":
+			if !d.NextArg() || d.Val() != "off" {
+				return d.Err("console: the only value is off")
+			}
+			h.DisableConsole = true
 			if d.NextArg() {
 				return d.ArgErr()
 			}

@@ -111,7 +111,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errValidation("Invalid request")
 	case errors.Is(err, context.Canceled):
 		return // the client went away; nothing to tell it
-	case errors.Is(err, storage.ErrClosed):
+	case errors.Is(err, storage.ErrClosed), errors.Is(err, storage.ErrUnavailable):
 		h.logger.Warn("store unavailable", zap.String("path", r.URL.Path), zap.Error(err))
 		ae = newError(http.StatusServiceUnavailable, "unavailable", "Service temporarily unavailable")
 	default:

@@ -800,6 +800,17 @@ func TestDocsResponsesMatchHandlers(t *testing.T) {
 	c.do(docsCall{method: "GET", template: "/user/monitor", path: "/user/monitor?days=7", bearer: key, want: 200})
 	c.do(docsCall{method: "GET", template: "/user/balance", bearer: key, want: 200})
 	c.do(docsCall{method: "GET", template: "/user/balance", want: 401})
+	c.do(docsCall{method: "GET", template: "/user/usage", path: "/user/usage?model=gpt-4o-mini&limit=10", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/usage", path: "/user/usage?date=yesterday", bearer: key, want: 422})
+	c.do(docsCall{method: "GET", template: "/user/usage/export", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/usage/daily", path: "/user/usage/daily?days=7", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/users", path: "/admin/users?q=alice", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/users/{user_id}/usage", path: fmt.Sprintf("/admin/users/%d/usage", uid), bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/users/{user_id}/usage", path: "/admin/users/999999/usage", bearer: admin, want: 404})
+	c.do(docsCall{method: "GET", template: "/admin/users/{user_id}/ledger", path: fmt.Sprintf("/admin/users/%d/ledger?limit=5", uid), bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/stats", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/stats", path: "/admin/stats?period=day", bearer: admin, want: 200})
+	c.do(docsCall{method: "GET", template: "/admin/stats", path: "/admin/stats?period=week", bearer: admin, want: 422})
 	c.do(docsCall{method: "GET", template: "/user/balance", bearer: "gw_live_" + strings.Repeat("x", 43), want: 401})
 
 	// Keys

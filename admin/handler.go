@@ -32,11 +32,20 @@ type Handler struct {
 	// Default 64 KiB.
 	MaxBodyBytes int64 `json:"max_body_bytes,omitempty"`
 
+	// ConsolePath is where the web console is served (its page, and its
+	// assets under <path>/assets/). Default "/console". It must not
+	// overlap a route of the API.
+	ConsolePath string `json:"console_path,omitempty"`
+
+	// DisableConsole turns the web console off: its path is then an
+	// unknown route like any other.
+	DisableConsole bool `json:"disable_console,omitempty"`
+
 	app    backend
 	mux    *http.ServeMux
 	logger *zap.Logger
 	now    func() time.Time
-	homeState
+	home   []byte // the landing page (home.go)
 }
 
 // backend is what the handler needs from the gatewayz app. It is an
@@ -81,12 +90,16 @@ func (h *Handler) setup(app backend, logger *zap.Logger) {
 		h.now = time.Now
 	}
 	h.mux = h.buildMux()
+	h.home = h.renderHome()
 }
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
 	if h.MaxBodyBytes < 0 {
 		return fmt.Errorf("gatewayz_api: max_body_bytes must not be negative, got %d", h.MaxBodyBytes)
+	}
+	if err := h.validateConsolePath(); err != nil {
+		return fmt.Errorf("gatewayz_api: %w", err)
 	}
 	return nil
 }
@@ -101,9 +114,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return nil
 }
 
-// serve dispatches through the mux. Requests that match no route get the
-// mux's own status (404, or 405 with Allow) in the API's JSON error shape.
+// serve answers the console's paths (console.go) and dispatches the rest
+// through the mux. Requests that match no route get the mux's own status
+// (404, or 405 with Allow) in the API's JSON error shape.
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
+	if h.serveConsole(w, r) {
+		return
+	}
 	handler, pattern := h.mux.Handler(r)
 	if pattern != "" {
 		// Through the mux, not handler: only ServeMux.ServeHTTP sets the

@@ -52,6 +52,12 @@ func newTestHandler(t *testing.T, adminKey string) (*Handler, *caddymodule.App) 
 // call sends a request through the handler and decodes a JSON answer.
 func call(t *testing.T, h *Handler, method, path, bearer string, body any) (int, map[string]any, http.Header) {
 	t.Helper()
+	return callWithHeader(t, h, method, path, bearer, body, nil)
+}
+
+// callWithHeader is call with extra request headers.
+func callWithHeader(t *testing.T, h *Handler, method, path, bearer string, body any, header http.Header) (int, map[string]any, http.Header) {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -65,6 +71,9 @@ func call(t *testing.T, h *Handler, method, path, bearer string, body any) (int,
 		rd = bytes.NewReader(js)
 	}
 	req := httptest.NewRequest(method, path, rd)
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}

@@ -4,8 +4,7 @@ import (
 	"bytes"
 	"html/template"
 	"net/http"
-	"slices"
-	"sync"
+	"strings"
 	"time"
 )
 
@@ -47,27 +46,18 @@ OpenAI SDK at <code>/v1</code> of this server with that key.</p>
 </html>
 `))
 
-// homeConsolePaths are the console's paths, linked when served.
-var homeConsolePaths = []string{"/console", "/console/"}
-
-// homeBody renders the page once per handler: its links follow the route
-// table.
-func (h *Handler) homeBody() []byte {
-	h.homeOnce.Do(func() {
-		var data struct{ Console string }
-		for _, rt := range h.routes() {
-			if rt.Method == http.MethodGet && slices.Contains(homeConsolePaths, rt.Pattern) {
-				data.Console = rt.Pattern[1:]
-				break
-			}
-		}
-		var b bytes.Buffer
-		if err := homePage.Execute(&b, data); err != nil {
-			panic(err) // the template and its data are fixed
-		}
-		h.home = b.Bytes()
-	})
-	return h.home
+// renderHome renders the landing page of this handler's configuration:
+// the console is linked where it is served, and not when it is off.
+func (h *Handler) renderHome() []byte {
+	var data struct{ Console string }
+	if !h.DisableConsole {
+		data.Console = strings.TrimPrefix(h.consolePath(), "/")
+	}
+	var b bytes.Buffer
+	if err := homePage.Execute(&b, data); err != nil {
+		panic(err) // the template and its data are fixed
+	}
+	return b.Bytes()
 }
 
 // homeHandler serves the landing page (GET /).
@@ -78,7 +68,7 @@ func (h *Handler) homeHandler(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Content-Security-Policy", docsCSP)
 	hdr.Set("Referrer-Policy", "no-referrer")
 	hdr.Set("X-Content-Type-Options", "nosniff")
-	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(h.homeBody()))
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(h.home))
 }
 
 // favicon serves the icon (GET /favicon.ico), an SVG.
@@ -87,9 +77,3 @@ func (h *Handler) favicon(w http.ResponseWriter, r *http.Request) {
 }
 
 const faviconFile = "favicon.svg"
-
-// homeState is the rendered landing page of a handler.
-type homeState struct {
-	homeOnce sync.Once
-	home     []byte
-}

@@ -51,6 +51,9 @@ func (h *Handler) routes() []route {
 		{"PUT", "/user/profile", user, needWrite(storage.ResourceProfile, "update the profile"), h.updateProfile},
 		{"DELETE", "/user/account", user, needFullScope, h.deleteAccount},
 		{"GET", "/user/monitor", user, needRead(storage.ResourceUsage, "read usage"), h.userMonitor},
+		{"GET", "/user/usage", user, needRead(storage.ResourceUsage, "read usage"), h.userUsage},
+		{"GET", "/user/usage/export", user, needRead(storage.ResourceUsage, "export usage"), h.exportUsage},
+		{"GET", "/user/usage/daily", user, needRead(storage.ResourceUsage, "read usage"), h.userUsageDaily},
 
 		// Admin (Bearer GATEWAYZ_ADMIN_KEY)
 		{"POST", "/admin/add_credits", admin, noScope, h.addCredits},
@@ -62,7 +65,11 @@ func (h *Handler) routes() []route {
 		{"POST", "/admin/plans", admin, noScope, h.createPlan},
 		{"PUT", "/admin/plans/{plan_id}", admin, noScope, h.updatePlan},
 		{"DELETE", "/admin/plans/{plan_id}", admin, noScope, h.deactivatePlan},
+		{"GET", "/admin/users", admin, noScope, h.adminListUsers},
 		{"GET", "/admin/users/{user_id}", admin, noScope, h.adminGetUser},
+		{"GET", "/admin/users/{user_id}/usage", admin, noScope, h.adminUserUsage},
+		{"GET", "/admin/users/{user_id}/ledger", admin, noScope, h.adminUserLedger},
+		{"GET", "/admin/stats", admin, noScope, h.adminStats},
 		{"GET", "/admin/audit-logs", admin, noScope, h.adminAuditLogs},
 		{"GET", "/admin/audit-logs/verify", admin, noScope, h.verifyAudit},
 		{"GET", "/admin/audit-logs/export", admin, noScope, h.exportAudit},

@@ -84,6 +84,15 @@ func (a *admission) newSettlement() *settlement {
 	return new(settlement)
 }
 
+// errPlanUnchecked refuses a request whose plan limits could not be read:
+// 503 when the database is unreachable (retry once it is back), else 429.
+func errPlanUnchecked(err error) *gatewayError {
+	if errors.Is(err, storage.ErrUnavailable) {
+		return errDatabaseUnavailable
+	}
+	return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
+}
+
 // newAdmission resolves what governs the caller: the user's policy (plan
 // and admin limits, cached), the merged rate limits and the plan limits.
 func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP string, now time.Time) (*admission, *gatewayError) {
@@ -92,7 +101,7 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 		if c := g.logger.Check(zap.ErrorLevel, "loading plan and limits"); c != nil {
 			c.Write(zap.Error(err))
 		}
-		return nil, errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
+		return nil, errPlanUnchecked(err)
 	}
 	ent := pol.entitlementsAt(now, e.env, e.id.User, g.app.trial)
 	if ent.trialEnded && rt.metered() {
@@ -174,7 +183,7 @@ func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Hea
 			if c := g.logger.Check(zap.ErrorLevel, "loading plan usage"); c != nil {
 				c.Write(zap.Error(err))
 			}
-			return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)
+			return errPlanUnchecked(err)
 		}
 		if res = a.lim.admit(&in, now); res.needSeed { // evicted meanwhile
 			return errRateLimited("plan_limit_exceeded", "Plan limit exceeded: Unable to check plan limits", 1)

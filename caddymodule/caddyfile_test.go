@@ -171,6 +171,7 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 		{name: "bare", input: `gatewayz`, want: App{}},
 		{name: "all options", input: `gatewayz {
 			db_path {env.GATEWAYZ_DB}
+			database_url {env.GATEWAYZ_DATABASE_URL}
 			secret {env.GATEWAYZ_SECRET}
 			admin_key {env.GATEWAYZ_ADMIN_KEY}
 			signup_credits {env.GATEWAYZ_SIGNUP_CREDITS}
@@ -186,7 +187,8 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			price gpt-4o* 2500 10000
 			price cheap 1 2
 		}`, want: App{
-			DBPath: "{env.GATEWAYZ_DB}", Secret: "{env.GATEWAYZ_SECRET}", AdminKeyValue: "{env.GATEWAYZ_ADMIN_KEY}",
+			DBPath: "{env.GATEWAYZ_DB}", DatabaseURL: "{env.GATEWAYZ_DATABASE_URL}",
+			Secret: "{env.GATEWAYZ_SECRET}", AdminKeyValue: "{env.GATEWAYZ_ADMIN_KEY}",
 			SignupCreditsValue:  "{env.GATEWAYZ_SIGNUP_CREDITS}",
 			RotationGracePeriod: caddy.Duration(10 * 60e9), UsageRetention: caddy.Duration(90 * 24 * 3600e9),
 			NegativeCacheSize: 500, SecurityAuditPerMinute: 3,

@@ -30,6 +30,12 @@ const (
 	codeRequestLimit = "request_limit_reached"
 )
 
+// errDatabaseUnavailable refuses a request the database could not serve
+// (storage.ErrUnavailable): it is down or unreachable, and the client may
+// retry once it is back.
+var errDatabaseUnavailable = errorf(http.StatusServiceUnavailable, "server_error", "service_unavailable",
+	"The gateway's database is unavailable right now; retry shortly")
+
 // Common refusals.
 func errBadRequest(msg string) *gatewayError {
 	return errorf(http.StatusBadRequest, "invalid_request_error", "invalid_request", msg)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gatewayz/caddy-gatewayz/bench/mock"
+	"github.com/gatewayz/caddy-gatewayz/storage/pgtest"
 )
 
 // Built once per test binary by TestMain.
@@ -44,6 +45,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	defer pgtest.Stop() // the PostgreSQL server of the tests that started one
 	// The gateway processes get their own HOME and XDG dirs (see
 	// Config.Dir); this process keeps its environment so that the build
 	// below uses the usual Go build cache.

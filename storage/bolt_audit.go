@@ -59,9 +59,6 @@ func (s *BoltStore) AppendAudit(ctx context.Context, e *AuditEntry) error {
 		ne.Time = s.now()
 	}
 	ne.Time = ne.Time.UTC().Round(0)
-	if ne.Details != nil {
-		ne.Details = redactMap(ne.Details)
-	}
 	err := s.update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bAudit)
 		prev := ""
@@ -76,17 +73,10 @@ func (s *BoltStore) AppendAudit(ctx context.Context, e *AuditEntry) error {
 		if err != nil {
 			return err
 		}
-		ne.ID, ne.PrevHash, ne.Hash = id, prev, ""
-		canon, err := canonicalAudit(ne)
+		stored, err := SealAudit(ne, id, prev)
 		if err != nil {
-			return fmt.Errorf("storage: audit details do not encode: %w", ErrInvalid)
-		}
-		// Store exactly the canonical form (plus the hash).
-		var stored AuditEntry
-		if err := json.Unmarshal(canon, &stored); err != nil {
 			return err
 		}
-		stored.Hash = auditHash(prev, canon)
 		ne = stored
 		if err := putJSON(b, id8(id), &stored); err != nil {
 			return err
@@ -164,15 +154,8 @@ func (s *BoltStore) VerifyAudit(ctx context.Context) (int, error) {
 			if err := json.Unmarshal(v, &e); err != nil {
 				return fmt.Errorf("audit entry %d does not decode: %w", id, ErrAuditChainBroken)
 			}
-			if e.ID != id || e.PrevHash != prev {
-				return fmt.Errorf("audit entry %d: link to previous entry broken: %w", id, ErrAuditChainBroken)
-			}
-			canon, err := canonicalAudit(e)
-			if err != nil {
-				return fmt.Errorf("audit entry %d: %w", id, ErrAuditChainBroken)
-			}
-			if auditHash(prev, canon) != e.Hash {
-				return fmt.Errorf("audit entry %d: content does not match its hash: %w", id, ErrAuditChainBroken)
+			if err := CheckAuditLink(e, id, prev); err != nil {
+				return err
 			}
 			prev, lastID = e.Hash, id
 			n++

@@ -26,6 +26,10 @@ var (
 	ErrInvalid             = errors.New("invalid argument")
 	ErrClosed              = errors.New("store closed")
 	ErrAuditChainBroken    = errors.New("audit chain broken")
+	// ErrUnavailable wraps the errors of a networked backend whose
+	// database cannot be reached (down, restarting, connection lost): the
+	// handlers answer 503 and the request may be retried.
+	ErrUnavailable = errors.New("database unavailable")
 )
 
 // ChangeKind says what kind of record a Change is about.

@@ -3,7 +3,9 @@
 // It answers POST /v1/chat/completions and /v1/completions (JSON, or an SSE
 // stream when the request has "stream": true), POST /v1/embeddings and GET
 // /v1/models. Response bodies are built once per model and reused, so the mock
-// costs little CPU next to the proxy under test.
+// costs little CPU next to the proxy under test. Chat completions answer the
+// tiny answer by default, or one shaped and sized as OpenAI sends it (Answer,
+// answer.go).
 //
 // Faults can be injected for every request through Options, or per request
 // through X-Mock-* headers (see the Header* constants) unless
@@ -33,6 +35,7 @@ const (
 	HeaderTruncate   = "X-Mock-Truncate"    // "1": send half of a JSON body, then abort
 	HeaderNoUsage    = "X-Mock-No-Usage"    // "1": omit usage from JSON and streams
 	HeaderCompletion = "X-Mock-Completion"  // int: completion_tokens of a JSON answer
+	HeaderAnswer     = "X-Mock-Answer"      // tiny, short, long or tool: the answer's shape and size (see Answer)
 )
 
 // Options configure the mock. The zero value is usable: see the defaults on
@@ -52,6 +55,11 @@ type Options struct {
 	ChunkDelay time.Duration
 	// ChunkText is the content of each stream chunk. Default "hello ".
 	ChunkText string
+	// Answer is the shape and size of chat completion answers. Default
+	// AnswerTiny, the only one that CompletionTokens, StreamChunks,
+	// ChunkText and max_tokens shape; the others are fixed answers as
+	// OpenAI sends them.
+	Answer Answer
 
 	// Status, when non-zero, answers every inference request with this
 	// status code and an OpenAI-shaped error body.
@@ -110,6 +118,9 @@ func NewHandler(opts Options) *Handler {
 	if opts.ChunkText == "" {
 		opts.ChunkText = "hello "
 	}
+	if opts.Answer == "" {
+		opts.Answer = AnswerTiny
+	}
 	h := &Handler{opts: opts}
 	h.def = h.build(opts.Model)
 	h.models.Store(opts.Model, h.def)
@@ -138,13 +149,17 @@ type bodies struct {
 	usageChunks       map[int][]byte
 	embeddings        []byte
 	models            []byte
+	shaped            map[Answer]*shaped // every answer but AnswerTiny
 	mu                sync.Mutex
 }
 
 const created = 1735689600 // fixed, so bodies can be precomputed
 
 func (h *Handler) build(model string) *bodies {
-	b := &bodies{usageChunks: make(map[int][]byte)}
+	b := &bodies{usageChunks: make(map[int][]byte), shaped: make(map[Answer]*shaped)}
+	for _, a := range Answers[1:] {
+		b.shaped[a] = buildShaped(a, model, h.opts.PromptTokens)
+	}
 	b.json = h.chatJSON(model, h.opts.CompletionTokens, true)
 	b.jsonNoUsage = h.chatJSON(model, h.opts.CompletionTokens, false)
 	b.firstChunk = sseEvent(map[string]any{
@@ -268,13 +283,14 @@ type reqOpts struct {
 	status, chunks, cutAfter, completion int
 	delay, chunkDelay                    time.Duration
 	truncate, noUsage                    bool
+	answer                               Answer
 }
 
 func (h *Handler) optsFor(r *http.Request) reqOpts {
 	o := reqOpts{
 		status: h.opts.Status, chunks: h.opts.StreamChunks, cutAfter: h.opts.CutStreamAfter,
 		completion: h.opts.CompletionTokens, delay: h.opts.Delay, chunkDelay: h.opts.ChunkDelay,
-		truncate: h.opts.TruncateBody, noUsage: h.opts.OmitUsage,
+		truncate: h.opts.TruncateBody, noUsage: h.opts.OmitUsage, answer: h.opts.Answer,
 	}
 	if h.opts.IgnoreHeaders {
 		return o
@@ -311,6 +327,11 @@ func (h *Handler) optsFor(r *http.Request) reqOpts {
 	}
 	if v := hd[HeaderNoUsage]; len(v) > 0 {
 		o.noUsage = v[0] == "1" || v[0] == "true"
+	}
+	if v := hd[HeaderAnswer]; len(v) > 0 {
+		if a, err := ParseAnswer(v[0]); err == nil {
+			o.answer = a
+		}
 	}
 	return o
 }
@@ -391,8 +412,39 @@ func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request) {
 		model = h.opts.Model
 	}
 	b := h.bodiesFor(req.Model)
+	includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage && !o.noUsage
+	if s := b.shaped[o.answer]; s != nil {
+		if req.Stream {
+			evs := s.events
+			if includeUsage {
+				evs = s.eventsWithUsage
+			}
+			h.serveStream(w, r, o, len(evs), s.completion+1, func(i int) []byte { return evs[i] })
+			return
+		}
+		body := s.json
+		if o.noUsage {
+			body = s.jsonNoUsage
+		}
+		writeJSONAnswer(w, body, o.truncate)
+		return
+	}
 	if req.Stream {
-		h.serveStream(w, r, b, model, o, req.StreamOptions != nil && req.StreamOptions.IncludeUsage)
+		n := o.chunks + 1 // content chunks, then the final chunk
+		if includeUsage {
+			n++
+		}
+		h.serveStream(w, r, o, n, o.chunks, func(i int) []byte {
+			switch {
+			case i == 0 && o.chunks > 0:
+				return b.firstChunk
+			case i < o.chunks:
+				return b.chunk
+			case i == o.chunks:
+				return b.finalChunk
+			}
+			return b.usageFor(h, model, o.chunks)
+		})
 		return
 	}
 	completion := o.completion
@@ -411,7 +463,13 @@ func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request) {
 	default:
 		body = h.chatJSON(model, completion, true)
 	}
-	if o.truncate {
+	writeJSONAnswer(w, body, o.truncate)
+}
+
+// writeJSONAnswer sends a JSON answer, or (truncate) half of it and aborts
+// the connection.
+func writeJSONAnswer(w http.ResponseWriter, body []byte, truncate bool) {
+	if truncate {
 		w.Header()["Content-Type"] = ctJSON
 		w.Header()["Content-Length"] = []string{strconv.Itoa(len(body))}
 		w.WriteHeader(http.StatusOK)
@@ -424,7 +482,9 @@ func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request) {
 	writeBody(w, http.StatusOK, ctJSON, body)
 }
 
-func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, b *bodies, model string, o reqOpts, includeUsage bool) {
+// serveStream sends n SSE events, event(i) for i < n, then [DONE]. The
+// first content events are content chunks: o.cutAfter aborts within them.
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, o reqOpts, n, content int, event func(i int) []byte) {
 	h.streams.Add(1)
 	h.active.Add(1)
 	defer h.active.Add(-1)
@@ -440,8 +500,8 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, b *bodies,
 		defer timer.Stop()
 	}
 	done := r.Context().Done()
-	for i := 0; i < o.chunks; i++ {
-		if i > 0 && timer != nil {
+	for i := 0; i < n; i++ {
+		if i > 0 && i < content && timer != nil {
 			timer.Reset(o.chunkDelay)
 			select {
 			case <-timer.C:
@@ -449,26 +509,14 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, b *bodies,
 				return
 			}
 		}
-		c := b.chunk
-		if i == 0 {
-			c = b.firstChunk
-		}
-		if _, err := w.Write(c); err != nil {
+		if _, err := w.Write(event(i)); err != nil {
 			return
 		}
-		if f != nil {
+		if i < content && f != nil {
 			f.Flush()
 		}
-		if o.cutAfter > 0 && i+1 >= o.cutAfter {
+		if o.cutAfter > 0 && i < content && i+1 >= o.cutAfter {
 			panic(http.ErrAbortHandler)
-		}
-	}
-	if _, err := w.Write(b.finalChunk); err != nil {
-		return
-	}
-	if includeUsage && !o.noUsage {
-		if _, err := w.Write(b.usageFor(h, model, o.chunks)); err != nil {
-			return
 		}
 	}
 	if _, err := w.Write(doneEvent); err != nil {

@@ -1,7 +1,7 @@
 // Command mockupstream serves the mock OpenAI-compatible upstream of package
 // bench/mock on a local address, for benchmarks and manual tests.
 //
-//	go run ./bench/mockupstream -listen 127.0.0.1:9901 -chunks 16 -chunk-delay 0
+//	go run ./bench/mockupstream -listen 127.0.0.1:9901 -chunks 16 -chunk-delay 0 -answer short
 //
 // It prints "listening on ADDR" once it accepts connections and stops on
 // SIGINT or SIGTERM.
@@ -32,11 +32,16 @@ func main() {
 		chunkDelay = flag.Duration("chunk-delay", 0, "pause between stream chunks")
 		delay      = flag.Duration("delay", 0, "wait before response headers")
 		status     = flag.Int("status", 0, "answer every inference request with this status")
+		answer     = flag.String("answer", "tiny", "chat completion answer: tiny, short, long or tool (X-Mock-Answer overrides it per request)")
 	)
 	flag.Parse()
+	a, err := mock.ParseAnswer(*answer)
+	if err != nil {
+		log.Fatal(err)
+	}
 	h := mock.NewHandler(mock.Options{
 		Model: *model, PromptTokens: *prompt, CompletionTokens: *completion,
-		StreamChunks: *chunks, ChunkDelay: *chunkDelay, Delay: *delay, Status: *status,
+		StreamChunks: *chunks, ChunkDelay: *chunkDelay, Delay: *delay, Status: *status, Answer: a,
 	})
 	if err := Serve(context.Background(), *listen, h, os.Stdout); err != nil {
 		log.Fatal(err)

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/bench/mock"
 )
 
 const wrkOut = `Running 5s test @ http://127.0.0.1:8081/v1/chat/completions
@@ -81,20 +84,45 @@ func TestChecksAndMedian(t *testing.T) {
 	}
 	rep := &report{}
 	for _, r := range []struct{ plain, gw float64 }{{1000, 900}, {1000, 800}, {1000, 950}} {
-		rep.add("JSON 32 conns", "plain", measured{sample: sample{rps: r.plain}})
-		rep.add("JSON 32 conns", "gateway", measured{sample: sample{rps: r.gw}})
+		rep.add("shipped long JSON 32 conns", "plain", measured{sample: sample{rps: r.plain}})
+		rep.add("shipped long JSON 32 conns", "gateway", measured{sample: sample{rps: r.gw}})
 	}
-	rep.add("JSON 1 conn", "plain", measured{sample: sample{rps: 1, p50: 300 * time.Microsecond}})
-	rep.add("JSON 1 conn", "gateway", measured{sample: sample{rps: 1, p50: 450 * time.Microsecond}})
-	cs := rep.checks()
-	if cs[0].measured != "0.90" || cs[0].pass != "yes" {
-		t.Fatalf("json ratio %+v", cs[0])
+	rep.add("shipped short JSON 1 conn", "plain", measured{sample: sample{rps: 1, p50: 300 * time.Microsecond}})
+	rep.add("shipped short JSON 1 conn", "gateway", measured{sample: sample{rps: 1, p50: 450 * time.Microsecond}})
+	rep.disk = &diskResult{requests: 1000, before: fileUse{size: 1 << 20, alloc: 1000}, after: fileUse{size: 17 << 20, alloc: 121000}}
+	rep.sustained = []sustainedResult{{target: "plain", conns: 1024, peak: rssSplit{anon: 100, file: 20}}, {target: "gateway", conns: 1024, peak: rssSplit{anon: 150, file: 60}}}
+	byName := map[string]check{}
+	for _, c := range rep.checks() {
+		byName[c.what] = c
 	}
-	if cs[1].pass != "n/a" {
-		t.Fatalf("sse ratio without data %+v", cs[1])
+	tests := []struct{ what, measured, pass string }{
+		{"shipped long JSON 32 conns: gateway/plain req/s", "0.90", "yes"},
+		{"shipped long SSE 32 conns: gateway/plain req/s", "n/a", "n/a"},
+		{"shipped short JSON 1 conn: p50 added by the gateway over plain", "+150 µs", "NO"},
+		{"database growth per metered request (allocated, 1000 requests)", "120 B", "yes"},
+		{"peak RSS at 1024 connections: gateway/plain", "1.75", "NO"},
 	}
-	if cs[2].measured != "+150 µs" || cs[2].pass != "NO" {
-		t.Fatalf("added latency %+v", cs[2])
+	for _, tc := range tests {
+		c, ok := byName[tc.what]
+		if !ok || c.measured != tc.measured || c.pass != tc.pass {
+			t.Errorf("%s: %+v (found %v)", tc.what, c, ok)
+		}
+	}
+	// Every realistic answer has both targets in both comparisons.
+	for _, setup := range []string{setupBare, setupShipped} {
+		for _, a := range []string{"short", "long", "tool"} {
+			for _, kind := range []string{"JSON", "SSE"} {
+				if _, ok := byName[setup+" "+a+" "+kind+" 32 conns: gateway/plain req/s"]; !ok {
+					t.Errorf("no check for %s %s %s", setup, a, kind)
+				}
+			}
+		}
+	}
+	md := rep.markdown()
+	for _, want := range []string{"| 1000 | 1.0 MiB | 17.0 MiB | 16777 B |", "Gateway/plain peak RSS: 1.75."} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
 	}
 }
 
@@ -145,7 +173,7 @@ Duration: 5s, Total samples = 3.10s (61.98%)
 	if total != 3.10 || cum["net/http.(*conn).serve"] != 1.94 || cum["runtime.gcBgMarkWorker"] != 0.09 {
 		t.Fatalf("total %v cum %v", total, cum)
 	}
-	p := profiled{load: "JSON 32 conns", target: "gateway", requests: 1000, total: total, cum: cum}
+	p := profiled{load: "shipped short JSON 32 conns", target: "gateway", requests: 1000, total: total, cum: cum}
 	md := breakdownMarkdown([]profiled{p})
 	// (1.19 - 0.52) s over 1000 requests = 670 µs per request.
 	if !strings.Contains(md, "| · gateway handler, outside reverse_proxy | n/a | 670 | n/a |") {
@@ -182,5 +210,118 @@ func TestRoundOrderBalancesThePair(t *testing.T) {
 	}
 	if got := roundOrder(ts[:2], 1); got[1].name != "plain" {
 		t.Fatalf("without a gateway: %v", got)
+	}
+	pair := ts[1:]
+	if got := roundOrder(pair, 1); got[0].name != "gateway" || got[1].name != "plain" {
+		t.Fatalf("the pair in an odd round: %v", got)
+	}
+	if got := roundOrder(pair, 2); got[0].name != "plain" {
+		t.Fatalf("the pair in an even round: %v", got)
+	}
+}
+
+func TestParseRSSSplit(t *testing.T) {
+	in := "Name:\tcaddy\nVmHWM:\t  90000 kB\nVmRSS:\t  81920 kB\nRssAnon:\t   61440 kB\nRssFile:\t   20000 kB\nRssShmem:\t     480 kB\n"
+	r, err := parseRSSSplit(strings.NewReader(in))
+	if err != nil || r.anon != 61440<<10 || r.file != 20000<<10 || r.shmem != 480<<10 || r.total() != 81920<<10 {
+		t.Fatalf("%+v %v", r, err)
+	}
+	if _, err := parseRSSSplit(strings.NewReader("VmRSS:\t1 kB\n")); err == nil {
+		t.Fatal("no error without the split")
+	}
+	if _, err := readRSSSplit(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	var p peakSplit
+	for _, s := range []rssSplit{{anon: 5, file: 5}, {anon: 3, file: 20}, {anon: 9, file: 1}} {
+		p.add(s)
+	}
+	if p.at != (rssSplit{anon: 3, file: 20}) {
+		t.Fatalf("peak %+v", p.at)
+	}
+}
+
+func TestDiskPerRequest(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "shipped.db")
+	if _, err := dbFiles(db); err == nil {
+		t.Fatal("no error without files")
+	}
+	for name, size := range map[string]int{"shipped.db": 8192, "shipped.db.wal": 4096, "other.db": 1 << 20} {
+		if err := os.WriteFile(filepath.Join(dir, name), make([]byte, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := dbFiles(db)
+	if err != nil || u.size != 12288 || u.alloc < 12288 {
+		t.Fatalf("%+v %v", u, err)
+	}
+	d := diskResult{requests: 100, before: fileUse{1000, 2000}, after: fileUse{6000, 52000}}
+	if size, alloc := d.perRequest(); size != 50 || alloc != 500 {
+		t.Fatalf("per request %v %v", size, alloc)
+	}
+	if size, alloc := (diskResult{}).perRequest(); size != 0 || alloc != 0 {
+		t.Fatal("no requests")
+	}
+}
+
+func TestLoadsAndHeaders(t *testing.T) {
+	names := map[string]bool{}
+	for _, l := range loads {
+		if names[l.name] {
+			t.Fatalf("two loads named %q", l.name)
+		}
+		names[l.name] = true
+		if l.stream != strings.Contains(l.body(), `"stream":true`) {
+			t.Errorf("%s: body %s", l.name, l.body())
+		}
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l.body()), &v); err != nil {
+			t.Errorf("%s: %v", l.name, err)
+		}
+	}
+	for _, want := range []string{"bare tiny JSON 32 conns", "bare tool SSE 32 conns", "shipped long JSON 32 conns", "shipped short SSE 1 conn"} {
+		if !names[want] {
+			t.Errorf("no load %q in %v", want, names)
+		}
+	}
+	h := &harness{apiKey: "bare-key", shipKey: "ship-key", mockAddr: "m", plain: &target{name: "plain"}, gateway: &target{name: "gateway"},
+		shipPlain: &target{name: "plain", addr: "sp"}, shipGateway: &target{name: "gateway", addr: "sg"}}
+	tiny := newLoad(setupBare, mock.AnswerTiny, false, 32)
+	if hd := h.headersFor(tiny); hd["Authorization"] != "Bearer bare-key" || hd[mock.HeaderAnswer] != "" {
+		t.Fatalf("tiny headers %v", hd)
+	}
+	long := newLoad(setupShipped, mock.AnswerLong, true, 32)
+	if hd := h.headersFor(long); hd["Authorization"] != "Bearer ship-key" || hd[mock.HeaderAnswer] != "long" {
+		t.Fatalf("shipped long headers %v", hd)
+	}
+	if ts := h.targetsFor(tiny); len(ts) != 3 || ts[0].name != "direct" || ts[0].addr != "m" {
+		t.Fatalf("tiny targets %v", ts)
+	}
+	if ts := h.targetsFor(long); len(ts) != 2 || ts[0].addr != "sp" || ts[1].addr != "sg" {
+		t.Fatalf("shipped targets %v", ts)
+	}
+	if !matchesAny("shipped short SSE 32 conns", "x, shipped short SSE 32") || matchesAny("bare tiny JSON 32 conns", "shipped,") {
+		t.Fatal("matchesAny")
+	}
+}
+
+func TestCheckAnswer(t *testing.T) {
+	tests := []struct {
+		l    load
+		body string
+		ok   bool
+	}{
+		{newLoad(setupBare, mock.AnswerTiny, false, 1), `{"usage":{}}`, true},
+		{newLoad(setupBare, mock.AnswerTiny, false, 1), `{}`, false},
+		{newLoad(setupBare, mock.AnswerTiny, true, 1), "data: {}\n\ndata: [DONE]\n\n", true},
+		{newLoad(setupBare, mock.AnswerTiny, true, 1), "data: {}\n\n", false},
+		{newLoad(setupShipped, mock.AnswerShort, false, 1), `{"usage":{}}`, false},
+		{newLoad(setupShipped, mock.AnswerShort, false, 1), `{"usage":{},"system_fingerprint":"fp"}`, true},
+	}
+	for i, tc := range tests {
+		if err := checkAnswer(tc.l, []byte(tc.body)); (err == nil) != tc.ok {
+			t.Errorf("%d %s: %v", i, tc.l.name, err)
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/gatewayz/caddy-gatewayz/bench/loadgen"
+	"github.com/gatewayz/caddy-gatewayz/bench/mock"
 )
 
 // target is one way to reach the mock.
@@ -39,11 +40,15 @@ type harness struct {
 	root     string
 	mock     *proc
 	mockAddr string
-	plain    *target
-	gateway  *target
-	apiKey   string
-	adminKey string
-	secret   string
+	plain    *target // bare: bench/Caddyfile.plain
+	gateway  *target // bare: bench/Caddyfile.gateway
+	apiKey   string  // the benchmark user's key on the bare gateway
+	// As shipped: Caddyfile.example and its plain counterpart (shipped.go),
+	// with their own database and user.
+	shipPlain, shipGateway *target
+	shipKey                string
+	adminKey               string
+	secret                 string
 }
 
 func numCPU() int { return runtime.NumCPU() }
@@ -107,35 +112,44 @@ func newHarness(ctx context.Context, c config, dir, caddyBin string) (*harness, 
 	if err := waitTCP(h.mock, h.mockAddr, 10*time.Second); err != nil {
 		return nil, err
 	}
-	if h.plain, err = h.startCaddy("plain"); err != nil {
+	if err := h.writeShippedConfigs(); err != nil {
 		return nil, err
 	}
-	if !c.skipGW {
-		if !hasGateway(caddyBin) {
-			log.Printf("%s has no gatewayz modules: measuring direct and plain only", c.caddyBin)
-		} else {
-			if h.gateway, err = h.startCaddy("gateway"); err != nil {
+	withGateway := !c.skipGW && hasGateway(caddyBin)
+	if !c.skipGW && !withGateway {
+		log.Printf("%s has no gatewayz modules: measuring direct and plain only", c.caddyBin)
+	}
+	for _, setup := range []string{setupBare, setupShipped} {
+		plain, err := h.startCaddy(setup, "plain")
+		if err != nil {
+			return nil, err
+		}
+		var gw *target
+		var key string
+		if withGateway {
+			if gw, err = h.startCaddy(setup, "gateway"); err != nil {
 				return nil, err
 			}
-			base := "http://" + h.gateway.addr
-			if h.apiKey, err = setupGateway(base, h.adminKey); err != nil {
-				return nil, fmt.Errorf("gateway setup: %w\n%s", err, h.gateway.proc.tail(20))
+			if key, err = setupGateway("http://"+gw.addr, h.adminKey); err != nil {
+				return nil, fmt.Errorf("%s gateway setup: %w\n%s", setup, err, gw.proc.tail(20))
 			}
 		}
+		if setup == setupBare {
+			h.plain, h.gateway, h.apiKey = plain, gw, key
+		} else {
+			h.shipPlain, h.shipGateway, h.shipKey = plain, gw, key
+		}
 	}
-	// Every target must answer the benchmark request with 200 and usage
-	// before anything is measured.
-	for _, t := range h.targets() {
-		for _, l := range []load{{stream: false}, {stream: true}} {
-			b, err := probe("http://"+t.addr+apiPath, h.headers(), l.body())
+	// Every target must answer each load's request with 200, usage and
+	// the answer asked for before anything is measured.
+	for _, l := range loads {
+		for _, t := range h.targetsFor(l) {
+			b, err := probe("http://"+t.addr+apiPath, h.headersFor(l), l.body())
 			if err != nil {
-				return nil, fmt.Errorf("probe %s: %w", t.name, err)
+				return nil, fmt.Errorf("probe %s %s: %w", l.name, t.name, err)
 			}
-			if !l.stream && !strings.Contains(string(b), `"usage"`) {
-				return nil, fmt.Errorf("probe %s: no usage in %s", t.name, b)
-			}
-			if l.stream && !strings.Contains(string(b), "[DONE]") {
-				return nil, fmt.Errorf("probe %s: stream without [DONE]: %s", t.name, b)
+			if err := checkAnswer(l, b); err != nil {
+				return nil, fmt.Errorf("probe %s %s: %w", l.name, t.name, err)
 			}
 		}
 	}
@@ -158,7 +172,49 @@ func cleanEnv(extra []string) []string {
 	return append(env, extra...)
 }
 
-func (h *harness) startCaddy(kind string) (*target, error) {
+// checkAnswer tells whether b is a whole answer of the kind l asks for.
+func checkAnswer(l load, b []byte) error {
+	s := string(b)
+	switch {
+	case !l.stream && !strings.Contains(s, `"usage"`):
+		return fmt.Errorf("no usage in %s", b)
+	case l.stream && !strings.HasSuffix(s, "data: [DONE]\n\n"):
+		return fmt.Errorf("stream without [DONE]: %s", b)
+	case l.answer != mock.AnswerTiny && !strings.Contains(s, `"system_fingerprint"`):
+		return fmt.Errorf("not the %s answer: %s", l.answer, b)
+	}
+	return nil
+}
+
+// writeShippedConfigs derives the as-shipped Caddyfiles from
+// Caddyfile.example into the work directory.
+func (h *harness) writeShippedConfigs() error {
+	example, err := os.ReadFile(filepath.Join(h.root, "Caddyfile.example"))
+	if err != nil {
+		return err
+	}
+	gw, plain, err := shippedConfigs(string(example))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(h.configPath(setupShipped, "gateway"), []byte(gw), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(h.configPath(setupShipped, "plain"), []byte(plain), 0o644)
+}
+
+func (h *harness) configPath(setup, kind string) string {
+	if setup == setupBare {
+		return filepath.Join(h.root, "bench", "Caddyfile."+kind)
+	}
+	return filepath.Join(h.dir, "Caddyfile."+setup+"-"+kind)
+}
+
+// dbPath is the bbolt file of a setup's gateway.
+func (h *harness) dbPath(setup string) string { return filepath.Join(h.dir, setup+".db") }
+
+// startCaddy starts the plain or gateway Caddy of a setup.
+func (h *harness) startCaddy(setup, kind string) (*target, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -175,15 +231,17 @@ func (h *harness) startCaddy(kind string) (*target, error) {
 		"BENCH_PORT=" + strconv.Itoa(port),
 		"BENCH_ADMIN_PORT=" + strconv.Itoa(adminPort),
 		"BENCH_UPSTREAM=" + h.mockAddr,
+		"GATEWAYZ_LISTEN=:" + strconv.Itoa(port),
+		"GATEWAYZ_UPSTREAM=http://" + h.mockAddr,
+		"GATEWAYZ_DATABASE_URL=",
 		"GATEWAYZ_API_KEY=upstream-" + randHex(8),
 		"GATEWAYZ_ADMIN_KEY=" + h.adminKey,
 		"GATEWAYZ_SECRET=" + h.secret,
-		"GATEWAYZ_DB=" + filepath.Join(h.dir, "gatewayz.db"),
+		"GATEWAYZ_DB=" + h.dbPath(setup),
 		"GATEWAYZ_SIGNUP_CREDITS=1000",
 	})
-	cfgPath := filepath.Join(h.root, "bench", "Caddyfile."+kind)
-	p, err := startProc("caddy-"+kind, filepath.Join(h.dir, "caddy-"+kind+".log"), env,
-		h.caddyBin, "run", "--config", cfgPath, "--adapter", "caddyfile")
+	p, err := startProc(setup+"-"+kind, filepath.Join(h.dir, "caddy-"+setup+"-"+kind+".log"), env,
+		h.caddyBin, "run", "--config", h.configPath(setup, kind), "--adapter", "caddyfile")
 	if err != nil {
 		return nil, err
 	}
@@ -202,37 +260,56 @@ func (h *harness) startCaddy(kind string) (*target, error) {
 // printHold prints what a by-hand measurement needs (-hold).
 func (h *harness) printHold() {
 	fmt.Printf("mock     %s pid %d\n", h.mockAddr, h.mock.pid())
-	for _, t := range []*target{h.plain, h.gateway} {
-		if t != nil {
-			fmt.Printf("%-8s %s pid %d admin %s\n", t.name, t.addr, t.proc.pid(), t.admin)
+	for _, setup := range []string{setupBare, setupShipped} {
+		l := newLoad(setup, mock.AnswerShort, false, 1)
+		for _, t := range h.targetsFor(l)[len(h.targetsFor(l))-2:] {
+			fmt.Printf("%-7s %-8s %s pid %d admin %s\n", setup, t.name, t.addr, t.proc.pid(), t.admin)
 		}
+		fmt.Printf("%-7s headers  %v\n", setup, h.headersFor(l))
 	}
-	fmt.Printf("path     %s\nheaders  %v\nbody     %s\nstream   %s\n", apiPath, h.headers(), load{}.body(), load{stream: true}.body())
+	fmt.Printf("path     %s\nbody     %s\nstream   %s\nanswers  %s: tiny, short, long or tool\n", apiPath, chatBody, chatStreamBody, mock.HeaderAnswer)
 	fmt.Println("Ctrl-C to stop")
 }
 
-func (h *harness) headers() map[string]string {
+// headersFor are the request headers of a load: the setup's benchmark key
+// and, for a realistic answer, the header that asks the mock for it.
+func (h *harness) headersFor(l load) map[string]string {
 	key := h.apiKey
+	if l.setup == setupShipped {
+		key = h.shipKey
+	}
 	if key == "" {
 		key = "gw_live_benchmark-key-unused-by-plain-and-direct"
 	}
-	return map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + key}
+	hdr := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + key}
+	if l.answer != mock.AnswerTiny {
+		hdr[mock.HeaderAnswer] = string(l.answer)
+	}
+	return hdr
 }
 
-func (h *harness) targets() []*target {
-	ts := []*target{{name: "direct", addr: h.mockAddr}, h.plain}
-	if h.gateway != nil {
-		ts = append(ts, h.gateway)
+// targetsFor are the targets a load runs against: plain and gateway of
+// its setup, and direct to the mock for the tiny answer.
+func (h *harness) targetsFor(l load) []*target {
+	var ts []*target
+	plain, gw := h.plain, h.gateway
+	if l.setup == setupShipped {
+		plain, gw = h.shipPlain, h.shipGateway
+	} else if l.answer == mock.AnswerTiny {
+		ts = append(ts, &target{name: "direct", addr: h.mockAddr})
+	}
+	ts = append(ts, plain)
+	if gw != nil {
+		ts = append(ts, gw)
 	}
 	return ts
 }
 
 func (h *harness) stopCaddies() {
-	if h.plain != nil {
-		h.plain.proc.stop()
-	}
-	if h.gateway != nil {
-		h.gateway.proc.stop()
+	for _, t := range []*target{h.plain, h.gateway, h.shipPlain, h.shipGateway} {
+		if t != nil {
+			t.proc.stop()
+		}
 	}
 }
 
@@ -243,28 +320,20 @@ func (h *harness) close() {
 	}
 }
 
-var loads = []load{
-	{name: "JSON 32 conns", conns: 32},
-	{name: "SSE 32 conns", conns: 32, stream: true},
-	{name: "JSON 1 conn", conns: 1},
-	{name: "SSE 1 conn", conns: 1, stream: true},
-}
-
 // measure runs every load against every target, interleaved: in each round
 // and load the targets run back to back (roundOrder).
 func (h *harness) measure(ctx context.Context, rn runner, rep *report) error {
-	ts := h.targets()
 	for r := 0; r < h.cfg.rounds; r++ {
 		for _, l := range loads {
 			if h.cfg.only != "" && !strings.Contains(l.name, h.cfg.only) {
 				continue
 			}
-			for _, t := range roundOrder(ts, r) {
+			for _, t := range roundOrder(h.targetsFor(l), r) {
 				s, err := h.runOne(ctx, rn, t, l)
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", l.name, t.name, err)
 				}
-				log.Printf("round %d/%d %-13s %-7s %8.0f req/s  p50 %-9s p99 %-9s cpu %5.0f µs/req  non-2xx %d errors %d",
+				log.Printf("round %d/%d %-27s %-7s %8.0f req/s  p50 %-9s p99 %-9s cpu %5.0f µs/req  non-2xx %d errors %d",
 					r+1, h.cfg.rounds, l.name, t.name, s.rps, fmtDur(s.p50), fmtDur(s.p99), s.cpuPerReq, s.non2xx, s.errors)
 				if s.non2xx > 0 || s.errors > 0 {
 					log.Printf("  warning: %s", s.firstErr)
@@ -284,8 +353,8 @@ func (h *harness) measure(ctx context.Context, rn runner, rep *report) error {
 // half of the rounds: with an even number of rounds neither is favoured.
 func roundOrder(ts []*target, r int) []*target {
 	out := slices.Clone(ts)
-	if r%2 == 1 && len(out) == 3 {
-		out[1], out[2] = out[2], out[1]
+	if n := len(out); r%2 == 1 && n >= 2 && out[n-2].name == "plain" && out[n-1].name == "gateway" {
+		out[n-2], out[n-1] = out[n-1], out[n-2]
 	}
 	return out
 }
@@ -314,8 +383,11 @@ func (h *harness) runOne(ctx context.Context, rn runner, t *target, l load) (mea
 	}
 	c0 := make(chan cpus, 1)
 	timer := time.AfterFunc(h.cfg.warmup, func() { c0 <- read() })
-	s, err := rn.run(ctx, t.addr, h.headers(), l, h.cfg.warmup, h.cfg.duration)
+	s, err := rn.run(ctx, t.addr, h.headersFor(l), l, h.cfg.warmup, h.cfg.duration)
 	c1 := read()
+	if t.proc != nil {
+		t.proc.trimLog()
+	}
 	if err != nil {
 		timer.Stop()
 		return m, err
@@ -350,14 +422,15 @@ func (h *harness) profileTargets(ctx context.Context, rn runner) ([]profiled, er
 	secs := max(5, int(h.cfg.duration/time.Second))
 	var out []profiled
 	for _, l := range loads {
-		if !strings.Contains(l.name, h.cfg.profLoads) {
+		if !matchesAny(l.name, h.cfg.profLoads) {
 			continue
 		}
-		for _, t := range []*target{h.plain, h.gateway} {
-			if t == nil {
+		for _, t := range h.targetsFor(l) {
+			if t.proc == nil {
 				continue
 			}
 			file := filepath.Join(h.dir, t.name+"-"+strings.ReplaceAll(strings.ToLower(l.name), " ", "-")+".pprof")
+			hdr := h.headersFor(l)
 			// The load starts first and outlasts the profile by a second.
 			type res struct {
 				s   sample
@@ -365,7 +438,7 @@ func (h *harness) profileTargets(ctx context.Context, rn runner) ([]profiled, er
 			}
 			done := make(chan res, 1)
 			go func() {
-				s, err := rn.run(ctx, t.addr, h.headers(), l, 0, time.Duration(secs+2)*time.Second)
+				s, err := rn.run(ctx, t.addr, hdr, l, 0, time.Duration(secs+2)*time.Second)
 				done <- res{s, err}
 			}()
 			time.Sleep(time.Second)
@@ -376,6 +449,7 @@ func (h *harness) profileTargets(ctx context.Context, rn runner) ([]profiled, er
 			perr := fetch(ctx, "http://"+t.admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), file)
 			dump.Stop()
 			r := <-done
+			t.proc.trimLog()
 			if r.err != nil {
 				return out, r.err
 			}
@@ -450,11 +524,12 @@ func (h *harness) slowStreams(ctx context.Context, rep *report) error {
 	if h.gateway != nil {
 		kinds = append(kinds, "gateway")
 	}
-	hdr := h.headers()
+	tiny := newLoad(setupBare, mock.AnswerTiny, true, 1)
+	hdr := h.headersFor(tiny)
 	hdr["X-Mock-Chunks"] = "100000"
 	hdr["X-Mock-Chunk-Delay"] = "1s"
 	for _, kind := range kinds {
-		t, err := h.startCaddy(kind)
+		t, err := h.startCaddy(setupBare, kind)
 		if err != nil {
 			return err
 		}
@@ -467,7 +542,7 @@ func (h *harness) slowStreams(ctx context.Context, rep *report) error {
 		// One request first, as from a user who was already active: the
 		// gateway loads per-user state on first use, and 5,000 streams
 		// opening at once on a cold process measure that instead.
-		if _, err := probe("http://"+t.addr+apiPath, h.headers(), jsonBody); err != nil {
+		if _, err := probe("http://"+t.addr+apiPath, h.headersFor(tiny), jsonBody); err != nil {
 			t.proc.stop()
 			return fmt.Errorf("warm-up request through %s: %w", kind, err)
 		}
@@ -569,4 +644,15 @@ func serve(addr string, hd http.Handler) error {
 	}
 	srv := &http.Server{Handler: hd, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
 	return srv.Serve(ln)
+}
+
+// matchesAny tells whether name contains one of the comma-separated
+// patterns.
+func matchesAny(name, patterns string) bool {
+	for _, p := range strings.Split(patterns, ",") {
+		if p = strings.TrimSpace(p); p != "" && strings.Contains(name, p) {
+			return true
+		}
+	}
+	return false
 }

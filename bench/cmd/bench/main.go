@@ -1,11 +1,17 @@
 // Command bench is the load benchmark of caddy-gatewayz (make bench).
 //
-// It starts the mock upstream (bench/mock), a Caddy with plain
-// reverse_proxy (bench/Caddyfile.plain) and a Caddy with the full gateway
-// (bench/Caddyfile.gateway), both from bin/caddy, registers a benchmark user
-// through the management API, and then measures, interleaved over several
-// rounds: direct to the mock, plain reverse_proxy and the gateway, with JSON
-// and SSE at 32 connections and at 1. It records requests/s, p50/p99,
+// It starts the mock upstream (bench/mock) and two pairs of Caddys from
+// bin/caddy: bare (bench/Caddyfile.plain and bench/Caddyfile.gateway, no
+// access log) and as shipped (Caddyfile.example itself against the same
+// site with plain reverse_proxy, both with its access log; shipped.go),
+// registers a benchmark user on each gateway through the management API,
+// and then measures, interleaved over several rounds, plain reverse_proxy
+// against the gateway with the mock's answers (tiny, as the benchmark
+// always had, also direct to the mock; short, long and a tool call as
+// OpenAI sends them) as JSON and SSE at 32 connections, and at one
+// connection as shipped. It measures the bytes the gateway's database files
+// grow per metered request and the RSS split (anonymous vs file-backed) of
+// both Caddys under a sustained high-concurrency load. It records requests/s, p50/p99,
 // CPU time per request of the Caddy process (utime+stime from /proc), peak
 // RSS (VmHWM, reset per case), holds thousands of slow streams open through
 // each Caddy to compare RSS and goroutines, optionally runs the Go
@@ -50,6 +56,10 @@ type config struct {
 	only       string
 	profLoads  string
 	hold       bool
+
+	diskDuration    time.Duration
+	sustainConns    int
+	sustainDuration time.Duration
 }
 
 func main() {
@@ -58,8 +68,8 @@ func main() {
 	mockListen := flag.String("serve-mock", "", "internal: serve the mock upstream on this address")
 	var c config
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: 1 round of 1s per case, 500 streams, no microbenchmarks, docs not written")
-	flag.IntVar(&c.rounds, "rounds", 6, "interleaved A/B rounds, plain and gateway alternating which runs first (use an even number; many short rounds pair better than few long ones on a noisy machine)")
-	flag.DurationVar(&c.duration, "duration", 3*time.Second, "measured time per case and round (whole seconds with wrk)")
+	flag.IntVar(&c.rounds, "rounds", 4, "interleaved A/B rounds, plain and gateway alternating which runs first (use an even number; many short rounds pair better than few long ones on a noisy machine)")
+	flag.DurationVar(&c.duration, "duration", 2*time.Second, "measured time per case and round (whole seconds with wrk)")
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured warm-up before each case")
 	flag.IntVar(&c.streams, "streams", 5000, "concurrent slow streams to hold (0: skip)")
 	flag.StringVar(&c.caddyBin, "caddy", "bin/caddy", "Caddy binary with the gatewayz modules (make build)")
@@ -70,9 +80,12 @@ func main() {
 	flag.BoolVar(&c.profile, "profile", true, "take a CPU profile of the gateway under JSON load (extra, unmeasured run)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, Caddyfiles, profiles)")
 	flag.BoolVar(&c.skipGW, "no-gateway", false, "measure only direct and plain")
-	flag.StringVar(&c.profLoads, "profile-loads", "32 conns", "profile the loads whose name contains this")
-	flag.StringVar(&c.only, "only", "", "run only the loads whose name contains this (e.g. SSE, \"32 conns\")")
-	flag.BoolVar(&c.noLoads, "no-loads", false, "skip the throughput and latency cases (streams and microbenchmarks only)")
+	flag.StringVar(&c.profLoads, "profile-loads", "shipped short JSON 32 conns,shipped short SSE 32 conns", "profile the loads whose name contains one of these (comma-separated)")
+	flag.StringVar(&c.only, "only", "", "run only the loads whose name contains this (e.g. shipped, \"long SSE\", \"32 conns\")")
+	flag.BoolVar(&c.noLoads, "no-loads", false, "skip the throughput and latency cases, the bytes on disk and the sustained load (streams and microbenchmarks only)")
+	flag.DurationVar(&c.diskDuration, "disk-duration", 10*time.Second, "metered requests (as shipped, short JSON, 32 connections) for the bytes on disk per request (0: skip)")
+	flag.IntVar(&c.sustainConns, "sustain-conns", 1024, "connections of the sustained load for the RSS split")
+	flag.DurationVar(&c.sustainDuration, "sustain-duration", 20*time.Second, "length of the sustained load through each Caddy (0: skip)")
 	flag.BoolVar(&c.hold, "hold", false, "set up the mock and both Caddys, print their addresses, PIDs and the API key, and wait for Ctrl-C (for profiling by hand)")
 	flag.Parse()
 
@@ -103,6 +116,15 @@ func main() {
 		}
 		if !set["docs"] {
 			c.docs = ""
+		}
+		if !set["disk-duration"] {
+			c.diskDuration = 3 * time.Second
+		}
+		if !set["sustain-conns"] {
+			c.sustainConns = 256
+		}
+		if !set["sustain-duration"] {
+			c.sustainDuration = 3 * time.Second
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -169,13 +191,29 @@ func run(ctx context.Context, c config) error {
 	}
 	rep := &report{cfg: c, machine: m}
 	if h.gateway != nil {
-		mc := checkMetering("http://"+h.gateway.addr, h.headers(), 20)
+		mc := checkMetering("http://"+h.gateway.addr, h.headersFor(newLoad(setupBare, mock.AnswerTiny, false, 32)), 20)
 		rep.meter = &mc
 		log.Printf("metering check: %+v", mc)
 	}
 	if !c.noLoads {
 		if err := h.measure(ctx, rn, rep); err != nil {
 			return err
+		}
+	}
+	if !c.noLoads {
+		if rep.disk, err = h.diskPerRequest(ctx, rn); err != nil {
+			return fmt.Errorf("bytes on disk: %w", err)
+		}
+		if d := rep.disk; d != nil {
+			size, alloc := d.perRequest()
+			log.Printf("database files after %d metered requests: %+.0f B/request apparent, %+.0f B/request allocated", d.requests, size, alloc)
+		}
+		if rep.sustained, err = h.sustained(ctx, rn); err != nil {
+			return err
+		}
+		for _, s := range rep.sustained {
+			log.Printf("sustained %d conns through %s: %.0f req/s, peak RSS %s (anon %s, file %s)", s.conns, s.target, s.rps,
+				mib(s.peak.total()), mib(s.peak.anon), mib(s.peak.file))
 		}
 	}
 	if c.profile {

@@ -25,7 +25,8 @@ type proc struct {
 }
 
 func startProc(name, logPath string, env []string, bin string, args ...string) (*proc, error) {
-	f, err := os.Create(logPath)
+	// O_APPEND, so that trimLog can empty the file under a running process.
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -65,6 +66,17 @@ func (p *proc) stop() {
 	case <-time.After(5 * time.Second):
 		_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
 		<-p.done
+	}
+}
+
+// maxLog is the size at which trimLog empties a process log: the access
+// log of the as-shipped configs writes about 1 KB per request.
+const maxLog = 64 << 20
+
+// trimLog empties the process log once it exceeds maxLog.
+func (p *proc) trimLog() {
+	if fi, err := os.Stat(p.log); err == nil && fi.Size() > maxLog {
+		_ = os.Truncate(p.log, 0)
 	}
 }
 

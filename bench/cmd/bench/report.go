@@ -13,15 +13,17 @@ import (
 )
 
 type report struct {
-	cfg      config
-	machine  machine
-	samples  map[string]map[string][]measured // load -> target -> rounds
-	streams  []streamResult
-	micro    []microResult
-	microErr error
-	profiles []profiled
-	meter    *meterCheck
-	elapsed  time.Duration
+	cfg       config
+	machine   machine
+	samples   map[string]map[string][]measured // load -> target -> rounds
+	streams   []streamResult
+	micro     []microResult
+	microErr  error
+	profiles  []profiled
+	meter     *meterCheck
+	disk      *diskResult
+	sustained []sustainedResult
+	elapsed   time.Duration
 }
 
 func (r *report) add(load, target string, m measured) {
@@ -95,16 +97,30 @@ func (r *report) checks() []check {
 		}
 		return pairwise(s[a], s[b], func(x, y measured) float64 { return float64(x.p50-y.p50) / 1e3 })
 	}
-	for _, c := range []struct {
-		load string
-		min  float64
-	}{{"JSON 32 conns", 0.85}, {"SSE 32 conns", 0.90}} {
-		v := ratio(c.load)
-		cs = append(cs, check{c.load + ": gateway/plain req/s", fmtRatio(v), fmt.Sprintf("≥ %.2f", c.min), nanPass(v, v >= c.min)})
+	for _, l := range loads {
+		if l.conns == 1 {
+			v := added(l.name, "gateway", "plain")
+			cs = append(cs, check{l.name + ": p50 added by the gateway over plain", fmtUs(v), "≤ 100 µs", nanPass(v, v <= 100)})
+			continue
+		}
+		lo := 0.85
+		if l.stream {
+			lo = 0.90
+		}
+		v := ratio(l.name)
+		cs = append(cs, check{l.name + ": gateway/plain req/s", fmtRatio(v), fmt.Sprintf("≥ %.2f", lo), nanPass(v, v >= lo)})
 	}
-	for _, load := range []string{"JSON 1 conn", "SSE 1 conn"} {
-		v := added(load, "gateway", "plain")
-		cs = append(cs, check{load + ": p50 added by the gateway over plain", fmtUs(v), "≤ 100 µs", nanPass(v, v <= 100)})
+	if d := r.disk; d != nil {
+		_, alloc := d.perRequest()
+		cs = append(cs, check{fmt.Sprintf("database growth per metered request (allocated, %d requests)", d.requests),
+			fmt.Sprintf("%.0f B", alloc), "≤ 150 B", passFail(alloc <= 150)})
+	} else {
+		cs = append(cs, check{"database growth per metered request", "not measured", "≤ 150 B", "n/a"})
+	}
+	if v, ok := r.sustainedRatio(); ok {
+		cs = append(cs, check{fmt.Sprintf("peak RSS at %d connections: gateway/plain", r.sustained[0].conns), fmtRatio(v), "≤ 1.50", passFail(v <= 1.5)})
+	} else {
+		cs = append(cs, check{"peak RSS under sustained load: gateway/plain", "not measured", "≤ 1.50", "n/a"})
 	}
 	if len(r.streams) == 2 && r.streams[0].rss > 0 {
 		v := float64(r.streams[1].rss) / float64(r.streams[0].rss)
@@ -132,6 +148,24 @@ func (r *report) checks() []check {
 		cs = append(cs, check{"durable settlements microbenchmark", "not run or not found", "≥ 20,000/s", "n/a"})
 	}
 	return cs
+}
+
+// sustainedRatio is the gateway's peak RSS over plain's under the
+// sustained load.
+func (r *report) sustainedRatio() (float64, bool) {
+	var plain, gw int64
+	for _, s := range r.sustained {
+		switch s.target {
+		case "plain":
+			plain = s.peak.total()
+		case "gateway":
+			gw = s.peak.total()
+		}
+	}
+	if plain == 0 || gw == 0 {
+		return 0, false
+	}
+	return float64(gw) / float64(plain), true
 }
 
 // settlementsPerSec prefers a custom "…/s" metric, else 1/ns_per_op.
@@ -189,7 +223,7 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "Machine: %d cores, %s; Linux %s; %s; Caddy %s; load average %s at start, %s at end.\n\n",
 		m.nproc, m.cpu, m.kernel, m.goVersion, m.caddyVersion, m.loadStart, m.loadEnd)
 
-	b.WriteString("### Targets (issue #6)\n\n| check | measured | target | met |\n|---|---|---|---|\n")
+	b.WriteString("### Targets (issues #6 and #20)\n\n| check | measured | target | met |\n|---|---|---|---|\n")
 	for _, c := range r.checks() {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", c.what, c.measured, c.target, c.pass)
 	}
@@ -261,6 +295,27 @@ func (r *report) markdown() string {
 			return fmtUs(pairwise(s[a], s[c], func(x, y measured) float64 { return float64(x.p50-y.p50) / 1e3 }))
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", l.name, d("plain", "direct"), d("gateway", "plain"))
+	}
+
+	if d := r.disk; d != nil {
+		size, alloc := d.perRequest()
+		b.WriteString("\n### Bytes on disk per metered request (as shipped, short answer, JSON, 32 connections)\n\n")
+		b.WriteString("| requests | database files before | after | per request (apparent) | allocated before | after | per request (allocated) |\n")
+		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|\n")
+		fmt.Fprintf(&b, "| %d | %s | %s | %.0f B | %s | %s | %.0f B |\n", d.requests, mib(d.before.size), mib(d.after.size), size,
+			mib(d.before.alloc), mib(d.after.alloc), alloc)
+	}
+	if len(r.sustained) > 0 {
+		fmt.Fprintf(&b, "\n### Memory under sustained load (as shipped, short answer, JSON, %d connections for %s each)\n\n", r.sustained[0].conns, r.sustained[0].duration)
+		b.WriteString("RSS split from /proc/<pid>/status at the sample (every 100 ms) with the highest total: anonymous (Go heap, stacks, runtime) and file-backed (binary, mapped bbolt file).\n\n")
+		b.WriteString("| target | req/s | peak RSS | anonymous | file-backed | shared | VmHWM | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, s := range r.sustained {
+			fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %s | %s | %d |\n", s.target, s.rps, mib(s.peak.total()), mib(s.peak.anon), mib(s.peak.file),
+				mib(s.peak.shmem), mib(s.peakHWM), s.errors)
+		}
+		if v, ok := r.sustainedRatio(); ok {
+			fmt.Fprintf(&b, "\nGateway/plain peak RSS: %.2f.\n", v)
+		}
 	}
 
 	if len(r.streams) > 0 {

@@ -13,26 +13,99 @@ import (
 	"time"
 
 	"github.com/gatewayz/caddy-gatewayz/bench/loadgen"
+	"github.com/gatewayz/caddy-gatewayz/bench/mock"
 )
 
-// load is one traffic shape.
+// load is one traffic shape: a comparison (bare or shipped), the mock's
+// answer, JSON or SSE, and the connections.
 type load struct {
 	name   string
+	setup  string // setupBare or setupShipped
+	answer mock.Answer
 	conns  int
 	stream bool
 }
 
+// The two comparisons: bench/Caddyfile.{plain,gateway} without access
+// logs, and Caddyfile.example as shipped (shipped.go).
+const (
+	setupBare    = "bare"
+	setupShipped = "shipped"
+)
+
+func newLoad(setup string, a mock.Answer, stream bool, conns int) load {
+	kind, unit := "JSON", "conns"
+	if stream {
+		kind = "SSE"
+	}
+	if conns == 1 {
+		unit = "conn"
+	}
+	return load{name: fmt.Sprintf("%s %s %s %d %s", setup, a, kind, conns, unit), setup: setup, answer: a, conns: conns, stream: stream}
+}
+
+// allLoads are the measured loads: the tiny answer bare (today's case,
+// also direct to the mock), each realistic answer in both comparisons at
+// 32 connections, and the added latency at one connection as shipped.
+func allLoads() []load {
+	var ls []load
+	for _, stream := range []bool{false, true} {
+		ls = append(ls, newLoad(setupBare, mock.AnswerTiny, stream, 32))
+	}
+	for _, setup := range []string{setupBare, setupShipped} {
+		for _, a := range mock.Answers[1:] {
+			for _, stream := range []bool{false, true} {
+				ls = append(ls, newLoad(setup, a, stream, 32))
+			}
+		}
+	}
+	for _, stream := range []bool{false, true} {
+		ls = append(ls, newLoad(setupShipped, mock.AnswerShort, stream, 1))
+	}
+	return ls
+}
+
+var loads = allLoads()
+
 func (l load) body() string {
-	if l.stream {
+	switch {
+	case l.answer == mock.AnswerTool && l.stream:
+		return toolStreamBody
+	case l.answer == mock.AnswerTool:
+		return toolBody
+	case l.answer != mock.AnswerTiny && l.stream:
+		return chatStreamBody
+	case l.answer != mock.AnswerTiny:
+		return chatBody
+	case l.stream:
 		return streamBody
 	}
 	return jsonBody
 }
 
+// The tiny answer's requests are the ones the benchmark always sent; the
+// realistic answers come with requests as an application sends them (a
+// system prompt, a max_tokens that does not cut the long answer, the tool
+// definition for the tool call).
+// The tiny answer's requests are the ones the benchmark always sent; the
+// realistic answers come with requests as an application sends them (a
+// system prompt, a max_tokens that does not cut the long answer, the tool
+// definition for the tool call).
 const (
 	jsonBody   = `{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}`
 	streamBody = `{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64,"stream":true}`
 	apiPath    = "/v1/chat/completions"
+
+	chatMessages = `"messages":[{"role":"system","content":"You are a helpful assistant. Answer concisely and accurately."},` +
+		`{"role":"user","content":"Explain how a request travels through Caddy's reverse proxy."}]`
+	chatBody       = `{"model":"mock-model",` + chatMessages + `,"max_tokens":1024,"temperature":0.7}`
+	chatStreamBody = `{"model":"mock-model",` + chatMessages + `,"max_tokens":1024,"temperature":0.7,"stream":true}`
+	toolDefs       = `"tools":[{"type":"function","function":{"name":"get_current_weather","description":"Get the current weather in a given location",` +
+		`"parameters":{"type":"object","properties":{"location":{"type":"string","description":"The city and country, e.g. Paris, France"},` +
+		`"unit":{"type":"string","enum":["celsius","fahrenheit"]}},"required":["location"]}}}],"tool_choice":"auto"`
+	toolMessages   = `"messages":[{"role":"user","content":"What is the weather like in Paris today?"}]`
+	toolBody       = `{"model":"mock-model",` + toolMessages + `,` + toolDefs + `,"max_tokens":1024}`
+	toolStreamBody = `{"model":"mock-model",` + toolMessages + `,` + toolDefs + `,"max_tokens":1024,"stream":true}`
 )
 
 // sample is one measured run of one load against one target.

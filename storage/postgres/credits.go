@@ -1,0 +1,351 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// Reserve holds credit (and a max_requests slot) in one call of
+// gw_reserve: a guarded UPDATE of the account that only succeeds while the
+// available balance covers the amount, and a hold row of this node.
+func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, error) {
+	if s.closed.Load() {
+		return nil, storage.ErrClosed
+	}
+	if req.Credits < 0 || req.MaxRequests < 0 {
+		return nil, fmt.Errorf("storage: negative reservation: %w", storage.ErrInvalid)
+	}
+	var id *int64
+	var status string
+	err := s.pool.QueryRow(ctx, `SELECT hold_id, status FROM gw_reserve($1, $2, $3, $4, $5)`,
+		req.UserID, req.KeyID, req.Credits, req.MaxRequests, s.node).Scan(&id, &status)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	switch status {
+	case "ok":
+	case "insufficient":
+		return nil, storage.ErrInsufficientCredits
+	case "request_limit":
+		return nil, storage.ErrRequestLimit
+	case "not_found":
+		return nil, fmt.Errorf("storage: unknown user %d: %w", req.UserID, storage.ErrNotFound)
+	default:
+		return nil, fmt.Errorf("storage: gw_reserve answered %q", status)
+	}
+	s.openN.Add(1)
+	s.holds.Store(*id, struct{}{})
+	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: req.Credits}, nil
+}
+
+// OpenReservations counts the reservations made through this handle and
+// not yet settled or refunded.
+func (s *Store) OpenReservations() int64 { return s.openN.Load() }
+
+// Settle charges min(cost, what the user has beyond other holds) exactly
+// once, with the ledger entry, the usage record and the totals, in one call
+// of gw_settle (one transaction).
+func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64, rec storage.UsageRecord) (charged, balanceAfter int64, err error) {
+	if s.closed.Load() {
+		return 0, 0, storage.ErrClosed
+	}
+	if res == nil {
+		return 0, 0, fmt.Errorf("storage: nil reservation: %w", storage.ErrInvalid)
+	}
+	if cost < 0 {
+		return 0, 0, fmt.Errorf("storage: negative cost: %w", storage.ErrInvalid)
+	}
+	if y := rec.Time.UTC().Year(); !rec.Time.IsZero() && (y < 1 || y > 9999) {
+		return 0, 0, fmt.Errorf("storage: usage record time %v out of range: %w", rec.Time, storage.ErrInvalid)
+	}
+	now := s.now().UTC().Truncate(time.Microsecond)
+	if rec.Time.IsZero() {
+		rec.Time = now
+	} else {
+		// The database keeps microseconds: the record says what is stored.
+		rec.Time = rec.Time.UTC().Truncate(time.Microsecond)
+	}
+	doc, err := json.Marshal(&rec)
+	if err != nil {
+		return 0, 0, err
+	}
+	var status string
+	call := heldCall{settleSQL, []any{int64(res.ID), cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
+		rec.TotalTokens, rec.RequestID, string(doc)}}
+	err = s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balanceAfter, &status)
+	if err != nil {
+		return 0, 0, s.retryLater(call, mapErr(err))
+	}
+	return s.settled(int64(res.ID), status, charged, balanceAfter)
+}
+
+const (
+	settleSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+	refundSQL = `SELECT 0::bigint, 0::bigint, gw_refund($1)`
+)
+
+// done forgets a hold this handle made, now settled or refunded.
+func (s *Store) done(hold int64) {
+	if _, ok := s.holds.LoadAndDelete(hold); ok {
+		s.openN.Add(-1)
+	}
+}
+
+// orphanAge is how old an open hold of this node must be before
+// releaseOrphans may refund it: far longer than a Reserve call takes.
+const orphanAge = time.Minute
+
+// releaseOrphans refunds this node's open holds that no caller holds: those
+// whose Reserve committed but whose answer was lost with the connection.
+// Without this they would hold credit until the node stops.
+func (s *Store) releaseOrphans(ctx context.Context) error {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM gw_holds WHERE node_id = $1 AND state = 'open' AND created_at < now() - $2 * interval '1 microsecond'`,
+		s.node, orphanAge.Microseconds())
+	if err != nil {
+		return mapErr(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return mapErr(err)
+	}
+	for _, id := range ids {
+		if _, ok := s.holds.Load(id); ok {
+			continue
+		}
+		if _, err := s.pool.Exec(ctx, `SELECT gw_refund($1)`, id); err != nil {
+			return mapErr(err)
+		}
+	}
+	return nil
+}
+
+// heldCall is a settlement or refund of a hold: a call of gw_settle or
+// gw_refund answering (charged, balance, status).
+type heldCall struct {
+	sql  string
+	args []any
+}
+
+// retryLater keeps a settlement or refund that failed because the database
+// could not be reached, for keepAlive to apply once it is back, and returns
+// err. A repeat is harmless: if the first call did commit, the hold row is
+// gone and the repeat finds nothing to do.
+func (s *Store) retryLater(call heldCall, err error) error {
+	if errors.Is(err, storage.ErrUnavailable) {
+		s.retryMu.Lock()
+		s.retries = append(s.retries, call)
+		s.retryMu.Unlock()
+	}
+	return err
+}
+
+// retryHeld applies the kept settlements and refunds, keeping those that
+// fail again because the database is still unreachable.
+func (s *Store) retryHeld(ctx context.Context) {
+	s.retryMu.Lock()
+	calls := s.retries
+	s.retries = nil
+	s.retryMu.Unlock()
+	for i, call := range calls {
+		var charged, balance int64
+		var status string
+		err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status)
+		if errors.Is(mapErr(err), storage.ErrUnavailable) {
+			s.retryMu.Lock()
+			s.retries = append(s.retries, calls[i:]...)
+			s.retryMu.Unlock()
+			return
+		}
+		if err == nil {
+			// Applied now, or by the first attempt (status "settled"):
+			// either way the reservation is over.
+			s.done(call.args[0].(int64))
+		}
+	}
+}
+
+// settled turns gw_settle's and gw_refund's status into Settle's results.
+func (s *Store) settled(hold int64, status string, charged, balance int64) (int64, int64, error) {
+	switch status {
+	case "ok":
+		s.done(hold)
+		return charged, balance, nil
+	case "settled":
+		return 0, 0, storage.ErrAlreadySettled
+	}
+	return 0, 0, fmt.Errorf("storage: unexpected settlement status %q", status)
+}
+
+// Refund releases a reservation without charging, exactly once.
+func (s *Store) Refund(ctx context.Context, res *storage.Reservation) error {
+	if s.closed.Load() {
+		return storage.ErrClosed
+	}
+	if res == nil {
+		return fmt.Errorf("storage: nil reservation: %w", storage.ErrInvalid)
+	}
+	var charged, balance int64
+	var status string
+	call := heldCall{refundSQL, []any{int64(res.ID)}}
+	if err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status); err != nil {
+		return s.retryLater(call, mapErr(err))
+	}
+	_, _, err := s.settled(int64(res.ID), status, 0, 0)
+	return err
+}
+
+// AddCredits appends a ledger entry in one call of gw_add_credits; a
+// non-empty idempotency key is applied once per user (unique in the
+// ledger).
+func (s *Store) AddCredits(ctx context.Context, userID, amount int64, kind storage.LedgerKind, idempotencyKey, note string) (int64, bool, error) {
+	if s.closed.Load() {
+		return 0, false, storage.ErrClosed
+	}
+	switch {
+	case kind != storage.LedgerGrant && kind != storage.LedgerTopUp && kind != storage.LedgerAdjust:
+		return 0, false, fmt.Errorf("storage: ledger kind %q cannot be added directly: %w", kind, storage.ErrInvalid)
+	case amount == 0:
+		return 0, false, fmt.Errorf("storage: zero credit amount: %w", storage.ErrInvalid)
+	case amount < 0 && kind != storage.LedgerAdjust:
+		return 0, false, fmt.Errorf("storage: negative amount needs kind %s: %w", storage.LedgerAdjust, storage.ErrInvalid)
+	}
+	var idem *string
+	if idempotencyKey != "" {
+		idem = &idempotencyKey
+	}
+	var balance *int64
+	var status string
+	err := s.pool.QueryRow(ctx, `SELECT balance, status FROM gw_add_credits($1, $2, $3, $4, $5, $6)`,
+		userID, amount, string(kind), idem, note, s.now().UTC()).Scan(&balance, &status)
+	if err != nil {
+		return 0, false, mapErr(err)
+	}
+	switch status {
+	case "ok", "replayed":
+		return *balance, status == "replayed", nil
+	case "insufficient":
+		return 0, false, storage.ErrInsufficientCredits
+	case "not_found":
+		return 0, false, fmt.Errorf("storage: unknown user %d: %w", userID, storage.ErrNotFound)
+	}
+	return 0, false, fmt.Errorf("storage: gw_add_credits answered %q", status)
+}
+
+// Balance returns the user's credits and what open holds reserve.
+func (s *Store) Balance(ctx context.Context, userID int64) (storage.Balance, error) {
+	if s.closed.Load() {
+		return storage.Balance{}, storage.ErrClosed
+	}
+	var b storage.Balance
+	err := s.pool.QueryRow(ctx, `SELECT credits, reserved FROM gw_accounts WHERE user_id = $1`, userID).Scan(&b.Credits, &b.Reserved)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return storage.Balance{}, fmt.Errorf("storage: unknown user %d: %w", userID, storage.ErrNotFound)
+	}
+	return b, mapErr(err)
+}
+
+// Ledger returns the user's entries, oldest first.
+func (s *Store) Ledger(ctx context.Context, userID int64) ([]storage.LedgerEntry, error) {
+	if s.closed.Load() {
+		return nil, storage.ErrClosed
+	}
+	var out []storage.LedgerEntry
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM gw_accounts WHERE user_id = $1)`, userID).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			return storage.ErrNotFound
+		}
+		var err error
+		out, err = collectLedger(ctx, tx, `WHERE user_id = $1 ORDER BY id`, userID)
+		return err
+	})
+	return out, mapErr(err)
+}
+
+func collectLedger(ctx context.Context, q querier, where string, args ...any) ([]storage.LedgerEntry, error) {
+	rows, err := q.Query(ctx, `SELECT id, user_id, kind, amount, balance_after, key_id, request_id, coalesce(idempotency_key, ''), note, time
+		FROM gw_ledger `+where, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (storage.LedgerEntry, error) {
+		var e storage.LedgerEntry
+		var kind string
+		err := r.Scan(&e.ID, &e.UserID, &kind, &e.Amount, &e.BalanceAfter, &e.KeyID, &e.RequestID, &e.IdempotencyKey, &e.Note, &e.Time)
+		e.Kind, e.Time = storage.LedgerKind(kind), e.Time.UTC()
+		return e, err
+	})
+}
+
+// VerifyLedger checks for every account that its balance equals the sum of
+// its ledger, that each entry's balance_after is the running sum and never
+// negative, and that reserved equals what its open holds add up to, in one
+// consistent snapshot.
+func (s *Store) VerifyLedger(ctx context.Context) error {
+	var problems []error
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT user_id, id, amount, balance_after,
+			sum(amount) OVER (PARTITION BY user_id ORDER BY id) FROM gw_ledger ORDER BY user_id, id`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var uid, id, amount, after, running int64
+			if err := rows.Scan(&uid, &id, &amount, &after, &running); err != nil {
+				return err
+			}
+			if after != running {
+				problems = append(problems, fmt.Errorf("user %d entry %d: balance_after %d, running sum %d", uid, id, after, running))
+			}
+			if running < 0 {
+				problems = append(problems, fmt.Errorf("user %d entry %d: balance below zero (%d)", uid, id, running))
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT a.user_id, a.credits, a.reserved,
+			coalesce((SELECT sum(amount) FROM gw_ledger l WHERE l.user_id = a.user_id), 0),
+			coalesce((SELECT sum(amount) FROM gw_holds h WHERE h.user_id = a.user_id AND h.state = 'open'), 0)
+			FROM gw_accounts a ORDER BY a.user_id`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var uid, credits, reserved, sum, held int64
+			if err := rows.Scan(&uid, &credits, &reserved, &sum, &held); err != nil {
+				return err
+			}
+			if credits != sum {
+				problems = append(problems, fmt.Errorf("user %d: stored balance %d, ledger sum %d", uid, credits, sum))
+			}
+			if reserved != held {
+				problems = append(problems, fmt.Errorf("user %d: reserved %d, open holds %d", uid, reserved, held))
+			}
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return mapErr(err)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("storage: ledger verification failed: %w", errors.Join(problems...))
+	}
+	return nil
+}
+
+// dayNum names the UTC day of t as yyyymmdd (the month is dayNum/100).
+func dayNum(t time.Time) int32 {
+	y, m, d := t.UTC().Date()
+	return int32(y*10000 + int(m)*100 + d)
+}

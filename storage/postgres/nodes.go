@@ -1,0 +1,58 @@
+package postgres
+
+import (
+	"context"
+	"time"
+)
+
+// releasedRetention is how long a hold released by its node's death waits
+// for a late settlement before it is forgotten.
+const releasedRetention = 24 * time.Hour
+
+// keepAlive heartbeats every third of the lease and, on the same beat,
+// releases the holds of nodes silent for longer than the lease (any node
+// may; the rows are locked with SKIP LOCKED, so two nodes reaping at once
+// split the work) and applies the settlements and refunds that failed
+// while the database was unreachable. Once a minute it refunds its own
+// orphaned holds and drops old change log rows, forgotten released holds
+// and long-dead nodes.
+func (s *Store) keepAlive(ctx context.Context) {
+	beat := time.NewTicker(s.opts.Lease / 3)
+	defer beat.Stop()
+	lastTidy := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-beat.C:
+		}
+		tick, cancel := context.WithTimeout(ctx, s.opts.Lease)
+		s.pool.Exec(tick, `UPDATE gw_nodes SET heartbeat_at = now() WHERE id = $1`, s.node)
+		s.releaseDead(tick)
+		s.retryHeld(tick)
+		if time.Since(lastTidy) > time.Minute {
+			lastTidy = time.Now()
+			s.releaseOrphans(tick)
+			s.tidy(tick)
+		}
+		cancel()
+	}
+}
+
+// releaseDead releases the open holds of nodes whose heartbeat is older
+// than the lease, and returns how many.
+func (s *Store) releaseDead(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT gw_release(ARRAY(
+		SELECT id FROM gw_nodes WHERE heartbeat_at < now() - $1 * interval '1 microsecond' AND id <> $2
+		AND EXISTS (SELECT 1 FROM gw_holds WHERE node_id = gw_nodes.id AND state = 'open')))`,
+		s.opts.Lease.Microseconds(), s.node).Scan(&n)
+	return n, mapErr(err)
+}
+
+func (s *Store) tidy(ctx context.Context) {
+	s.pool.Exec(ctx, `DELETE FROM gw_changes WHERE time < now() - $1 * interval '1 microsecond'`, changeRetention.Microseconds())
+	s.pool.Exec(ctx, `DELETE FROM gw_holds WHERE state = 'released' AND created_at < now() - $1 * interval '1 microsecond'`, releasedRetention.Microseconds())
+	s.pool.Exec(ctx, `DELETE FROM gw_nodes n WHERE heartbeat_at < now() - $1 * interval '1 microsecond'
+		AND NOT EXISTS (SELECT 1 FROM gw_holds h WHERE h.node_id = n.id)`, releasedRetention.Microseconds())
+}

@@ -1,0 +1,172 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+	"github.com/gatewayz/caddy-gatewayz/storage/pgtest"
+	"github.com/gatewayz/caddy-gatewayz/storage/storetest"
+)
+
+func openNode(t *testing.T, dsn, name string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), dsn, Options{Node: name, Lease: time.Second, PollInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// freeze stops a node's heartbeat and feed as if its process were stopped,
+// and dates its last heartbeat past the lease.
+func freeze(t *testing.T, s *Store) {
+	t.Helper()
+	s.cancel()
+	s.wg.Wait()
+	if _, err := s.pool.Exec(context.Background(), `UPDATE gw_nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = $1`, s.node); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustVerify(t *testing.T, s *Store) {
+	t.Helper()
+	if err := s.VerifyLedger(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A node silent past the lease loses its holds to the others; its late
+// settlement charges at most what is available then, once.
+func TestDeadNodeHoldsReleased(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DatabaseURL(t)
+	a, b := openNode(t, dsn, "a"), openNode(t, dsn, "b")
+	u, k := storetest.Register(t, a, "dead@example.com", 100)
+	r1, err := a.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 60, MaxRequests: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := a.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A live node's holds stay.
+	if n, err := b.releaseDead(ctx); err != nil || n != 0 {
+		t.Fatalf("released %d holds of a live node: %v", n, err)
+	}
+	freeze(t, a)
+	if n, err := b.releaseDead(ctx); err != nil || n != 2 {
+		t.Fatalf("releaseDead = %d, %v; want the dead node's 2 holds", n, err)
+	}
+	if bal := storetest.MustBalance(t, b, u.ID); bal.Credits != 100 || bal.Reserved != 0 {
+		t.Fatalf("after release: %+v", bal)
+	}
+	mustVerify(t, b)
+	// Meanwhile b spends 80 of the 100.
+	r3, err := b.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Settle(ctx, r3, 80, storage.UsageRecord{Model: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	// a's late settlement of 60 finds 20: it charges 20, once.
+	charged, after, err := a.Settle(ctx, r1, 60, storage.UsageRecord{Model: "m"})
+	if err != nil || charged != 20 || after != 0 {
+		t.Fatalf("late settle = %d, %d, %v; want 20, 0", charged, after, err)
+	}
+	if _, _, err := a.Settle(ctx, r1, 60, storage.UsageRecord{}); !errors.Is(err, storage.ErrAlreadySettled) {
+		t.Fatalf("second late settle: %v", err)
+	}
+	// A late refund releases nothing twice.
+	if err := a.Refund(ctx, r2); err != nil {
+		t.Fatal(err)
+	}
+	if bal := storetest.MustBalance(t, b, u.ID); bal.Credits != 0 || bal.Reserved != 0 {
+		t.Fatalf("final balance %+v", bal)
+	}
+	key, err := b.GetKey(ctx, k.ID)
+	if err != nil || key.RequestsUsed != 2 {
+		t.Fatalf("requests_used = %+v, %v", key, err)
+	}
+	var inflight int64
+	if err := b.pool.QueryRow(ctx, `SELECT inflight FROM gw_keys WHERE id = $1`, k.ID).Scan(&inflight); err != nil || inflight != 0 {
+		t.Fatalf("inflight = %d, %v", inflight, err)
+	}
+	mustVerify(t, b)
+}
+
+// A node that starts under a previous run's name releases its holds at once.
+func TestRestartReleasesOwnHolds(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DatabaseURL(t)
+	first := openNode(t, dsn, "n1")
+	other := openNode(t, dsn, "n2")
+	u, _ := storetest.Register(t, first, "restart@example.com", 50)
+	if _, err := first.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, Credits: 40}); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := other.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, Credits: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.cancel() // killed: no Close, no release, heartbeat still fresh
+	first.wg.Wait()
+	again := openNode(t, dsn, "n1")
+	if bal := storetest.MustBalance(t, again, u.ID); bal.Reserved != kept.Amount {
+		t.Fatalf("after restart reserved = %d, want only the other node's %d", bal.Reserved, kept.Amount)
+	}
+	mustVerify(t, again)
+}
+
+// Closing a node releases its open holds.
+func TestCloseReleasesHolds(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DatabaseURL(t)
+	a, b := openNode(t, dsn, "a"), openNode(t, dsn, "b")
+	u, _ := storetest.Register(t, a, "close@example.com", 50)
+	if _, err := a.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, Credits: 40}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if bal := storetest.MustBalance(t, b, u.ID); bal.Reserved != 0 {
+		t.Fatalf("after close: %+v", bal)
+	}
+}
+
+// A hold whose Reserve committed but whose answer never reached a caller
+// (the connection broke) is refunded once it is old; the holds callers
+// have are kept.
+func TestOrphanedHoldRefunded(t *testing.T) {
+	ctx := context.Background()
+	s := openNode(t, pgtest.DatabaseURL(t), "orphans")
+	u, _ := storetest.Register(t, s, "orphan@example.com", 100)
+	kept, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, Credits: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, Credits: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.holds.Delete(int64(lost.ID)) // as if the answer had been lost
+	if _, err := s.pool.Exec(ctx, `UPDATE gw_holds SET created_at = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.releaseOrphans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if b := storetest.MustBalance(t, s, u.ID); b.Reserved != kept.Amount {
+		t.Fatalf("reserved %d, want only the kept hold's %d", b.Reserved, kept.Amount)
+	}
+	if _, _, err := s.Settle(ctx, kept, 5, storage.UsageRecord{}); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, s)
+}

@@ -1,0 +1,88 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+	"github.com/gatewayz/caddy-gatewayz/storage/pgtest"
+	"github.com/gatewayz/caddy-gatewayz/storage/storetest"
+)
+
+// A server that is down gives ErrUnavailable, never a panic; the store
+// recovers by itself, and a settlement that failed during the outage is
+// applied once, afterwards.
+func TestDatabaseOutage(t *testing.T) {
+	srv, err := pgtest.Start()
+	if err != nil {
+		pgtest.Unavailable(t, err)
+	}
+	defer srv.Close()
+	ctx := context.Background()
+	s := openNode(t, srv.URL("postgres"), "outage")
+	u, k := storetest.Register(t, s, "outage@example.com", 100)
+	res, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kept settlement is applied below, by hand, not by the heartbeat.
+	s.cancel()
+	s.wg.Wait()
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.Ping(short); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Ping with the server down: %v", err)
+	}
+	if _, err := s.Reserve(short, storage.ReserveRequest{UserID: u.ID, Credits: 1}); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Reserve with the server down: %v", err)
+	}
+	if _, err := s.GetUser(short, u.ID); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("GetUser with the server down: %v", err)
+	}
+	if _, _, err := s.Settle(short, res, 7, storage.UsageRecord{Model: "m", RequestID: "during-outage"}); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Settle with the server down: %v", err)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping after the restart: %v", err)
+	}
+	// The kept settlement is applied once, however often it is retried.
+	s.retryHeld(ctx)
+	s.retryHeld(ctx)
+	if bal := storetest.MustBalance(t, s, u.ID); bal.Credits != 93 || bal.Reserved != 0 {
+		t.Fatalf("after recovery: %+v, want 93 credits and nothing reserved", bal)
+	}
+	if n := s.OpenReservations(); n != 0 {
+		t.Fatalf("open reservations = %d", n)
+	}
+	usage, err := s.ListUsage(ctx, storage.UsageFilter{UserID: u.ID})
+	if err != nil || len(usage) != 1 || usage[0].RequestID != "during-outage" {
+		t.Fatalf("usage = %+v, %v", usage, err)
+	}
+	mustVerify(t, s)
+}
+
+// TestOpenErrors: a DSN that does not parse or a server that is not there
+// is a clear error at start.
+func TestOpenErrors(t *testing.T) {
+	ctx := context.Background()
+	if _, err := Open(ctx, "postgres://u:secret-pw@127.0.0.1:bad/db", Options{}); !errors.Is(err, storage.ErrInvalid) ||
+		containsSecret(err) {
+		t.Fatalf("bad DSN: %v", err)
+	}
+	_, err := Open(ctx, "postgres://u:secret-pw@127.0.0.1:1/db?sslmode=disable", Options{ConnectTimeout: 2 * time.Second})
+	if !errors.Is(err, storage.ErrUnavailable) || containsSecret(err) {
+		t.Fatalf("no server: %v", err)
+	}
+}
+
+// containsSecret reports whether err quotes the test DSNs' password.
+func containsSecret(err error) bool { return strings.Contains(err.Error(), "secret-pw") }

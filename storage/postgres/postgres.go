@@ -1,0 +1,251 @@
+// Package postgres is the PostgreSQL backend of caddy-gatewayz's store:
+// storage.Store on a database that several gateway nodes share.
+//
+// Money stays exact with many writers because every credit movement is one
+// guarded statement or one function call in the database (migrations/):
+// a reservation is an UPDATE that only succeeds while the balance covers it,
+// plus a hold row; a settlement deletes its hold row (so it happens once),
+// charges at most what is available and writes the ledger entry, the usage
+// record and the totals in the same transaction; a top-up's idempotency key
+// is unique per user.
+//
+// Holds belong to the node that made them. Every node heartbeats; any node
+// releases the holds of a node silent for longer than the lease, and a node
+// that starts under a name releases what its previous run under that name
+// held. A settlement that arrives after its hold was released charges at
+// most what is available, once.
+//
+// The change feed is a table (gw_changes) plus pg_notify: changes made
+// through this handle reach its subscribers at once, after commit; changes
+// of other nodes arrive through a LISTEN connection, with polling by id as
+// the fallback, so a missed notification is caught up.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// Options configure Open.
+type Options struct {
+	// Node names this gateway node. A node that starts under the name of a
+	// previous run releases that run's holds at once; names must differ
+	// between nodes running at the same time. Default: the host name.
+	Node string
+	// PoolSize is the most connections the node opens. Default 16.
+	PoolSize int
+	// StatementTimeout bounds every statement. Default 10s.
+	StatementTimeout time.Duration
+	// ConnectTimeout bounds each connection attempt. Default 5s.
+	ConnectTimeout time.Duration
+	// Lease is how long a node may stay silent before other nodes release
+	// its holds. Nodes heartbeat every third of it. Default 5s.
+	Lease time.Duration
+	// PollInterval is how often the change feed is read when no
+	// notification arrives (the fallback for missed ones). Default 1s.
+	PollInterval time.Duration
+}
+
+func (o *Options) setDefaults() {
+	if o.Node == "" {
+		o.Node, _ = os.Hostname()
+	}
+	if o.PoolSize <= 0 {
+		o.PoolSize = 16
+	}
+	if o.StatementTimeout <= 0 {
+		o.StatementTimeout = 10 * time.Second
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 5 * time.Second
+	}
+	if o.Lease <= 0 {
+		o.Lease = 5 * time.Second
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = time.Second
+	}
+}
+
+// Store is storage.Store on PostgreSQL.
+type Store struct {
+	pool *pgxpool.Pool
+	opts Options
+	node int64 // this handle's row in gw_nodes
+
+	openN atomic.Int64 // holds this handle made and has not settled or refunded
+	holds sync.Map     // their ids (int64)
+
+	retryMu sync.Mutex
+	retries []heldCall // settlements and refunds to apply once the database is back
+
+	subMu  sync.Mutex
+	subs   map[int]func(storage.Change)
+	subSeq int
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+
+	now func() time.Time
+}
+
+// Open connects to the database at dsn (a postgres:// URL or keyword/value
+// string), creates or upgrades its schema, registers this node and starts
+// its heartbeat, the release of dead nodes' holds and the change feed. A
+// wrong DSN or a server that is down gives an error here.
+func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	opts.setDefaults()
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// pgx's message can quote the DSN, password included.
+		return nil, fmt.Errorf("storage: the PostgreSQL DSN does not parse (expected postgres://user:password@host:port/db or key=value pairs): %w", storage.ErrInvalid)
+	}
+	cfg.MaxConns = int32(opts.PoolSize)
+	cfg.ConnConfig.ConnectTimeout = opts.ConnectTimeout
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
+	cfg.ConnConfig.RuntimeParams["application_name"] = "gatewayz"
+	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("storage: connecting to PostgreSQL: %w", mapErr(err))
+	}
+	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now}
+	if err := s.start(ctx, cfg.ConnConfig); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) start(ctx context.Context, connCfg *pgx.ConnConfig) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("storage: connecting to PostgreSQL at %s: %w", where(connCfg), mapErr(err))
+	}
+	if err := migrate(ctx, s.pool); err != nil {
+		return err
+	}
+	if err := s.pool.QueryRow(ctx, `INSERT INTO gw_nodes (name) VALUES ($1) RETURNING id`, s.opts.Node).Scan(&s.node); err != nil {
+		return fmt.Errorf("storage: registering node %q: %w", s.opts.Node, mapErr(err))
+	}
+	// What this node's previous runs held is nobody's now.
+	if _, err := s.pool.Exec(ctx, `SELECT gw_release(ARRAY(SELECT id FROM gw_nodes WHERE name = $1 AND id <> $2))`,
+		s.opts.Node, s.node); err != nil {
+		return fmt.Errorf("storage: releasing the holds of node %q's previous run: %w", s.opts.Node, mapErr(err))
+	}
+	var last int64
+	if err := s.pool.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM gw_changes`).Scan(&last); err != nil {
+		return mapErr(err)
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.keepAlive(bg) }()
+	go func() { defer s.wg.Done(); s.follow(bg, connCfg, last) }()
+	return nil
+}
+
+// Location names the server and database of dsn for logs, never the
+// password ("" when dsn does not parse).
+func Location(dsn string) string {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return ""
+	}
+	return where(cfg)
+}
+
+// where names the server of a connection config, for errors (never the
+// password).
+func where(c *pgx.ConnConfig) string {
+	return fmt.Sprintf("%s:%d (database %q, user %q)", c.Host, c.Port, c.Database, c.User)
+}
+
+// Node returns this handle's node id.
+func (s *Store) Node() int64 { return s.node }
+
+// Close stops the background work, releases this node's open holds (their
+// requests can no longer settle through it) and closes the pool.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.cancel()
+		s.wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), s.opts.StatementTimeout)
+		defer cancel()
+		_, err := s.pool.Exec(ctx, `SELECT gw_release(ARRAY[$1::bigint])`, s.node)
+		if err == nil {
+			_, err = s.pool.Exec(ctx, `UPDATE gw_nodes SET heartbeat_at = '-infinity' WHERE id = $1`, s.node)
+		}
+		s.pool.Close()
+		if err != nil {
+			s.closeErr = fmt.Errorf("storage: releasing this node's holds at close: %w", mapErr(err))
+		}
+	})
+	return s.closeErr
+}
+
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.closed.Load() {
+		return storage.ErrClosed
+	}
+	return mapErr(s.pool.Ping(ctx))
+}
+
+// mapErr translates driver errors: a database that cannot be reached wraps
+// storage.ErrUnavailable, a unique violation storage.ErrDuplicate, a closed
+// pool storage.ErrClosed.
+func mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "23505": // unique_violation
+			return fmt.Errorf("%s: %w", pgErr.Message, storage.ErrDuplicate)
+		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
+			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, crash, cannot connect now
+			pgErr.Code == "53300": // too many connections
+			return fmt.Errorf("storage: %s: %w", pgErr.Message, storage.ErrUnavailable)
+		}
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, storage.ErrClosed) {
+		return err
+	}
+	if errors.Is(err, puddle.ErrClosedPool) {
+		return storage.ErrClosed
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	if errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded) ||
+		pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed") {
+		return fmt.Errorf("storage: %v: %w", err, storage.ErrUnavailable)
+	}
+	return err
+}
+
+// Interface guard. A PostgreSQL database is backed up with pg_dump, not
+// through the gateway: Store is no storage.HotBackuper, and with every
+// settlement committed before Settle returns, no storage.Flusher.
+var _ storage.Store = (*Store)(nil)

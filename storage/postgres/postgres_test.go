@@ -1,0 +1,49 @@
+package postgres_test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+	"github.com/gatewayz/caddy-gatewayz/storage/pgtest"
+	"github.com/gatewayz/caddy-gatewayz/storage/postgres"
+	"github.com/gatewayz/caddy-gatewayz/storage/storetest"
+)
+
+// Every test database starts with the schema (migrated once, in the template).
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, postgres.Migrate)) }
+
+// testOptions are short intervals, so that feed and lease tests end soon.
+var testOptions = postgres.Options{Node: "test", PollInterval: 100 * time.Millisecond, Lease: time.Second}
+
+// open opens a store on dsn, closed when the test ends.
+func open(t testing.TB, dsn string, opts postgres.Options) *postgres.Store {
+	t.Helper()
+	s, err := postgres.Open(context.Background(), dsn, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// named returns testOptions under another node name.
+func named(name string) postgres.Options {
+	o := testOptions
+	o.Node = name
+	return o
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storage.Store { return open(t, pgtest.DatabaseURL(t), testOptions) })
+}
+
+// Two nodes on one database.
+func TestConformanceShared(t *testing.T) {
+	storetest.RunShared(t, func(t *testing.T) (storage.Store, storage.Store) {
+		dsn := pgtest.DatabaseURL(t)
+		return open(t, dsn, named("a")), open(t, dsn, named("b"))
+	})
+}
