@@ -16,8 +16,10 @@ import (
 // upstream, in the order ServeHTTP runs it: the admission is built from
 // the caller's policy (newAdmission), the model is checked against the
 // plan (checkModel), the request is counted against the rate and plan
-// limits (admit), and on metered routes its worst-case cost is reserved
-// (reserve), which the metering step settles exactly once.
+// limits (admit), and on metered routes its cost is reserved in one store
+// call (reserve), waiting in arrival order when the user's requests in
+// flight hold the credits it needs (creditwait.go); the metering step
+// settles the reservation exactly once.
 
 // admission is a request the gateway let through, handed to the metering
 // step (proxy). It is owned by that request; read its fields, do not change
@@ -213,108 +215,222 @@ func (a *admission) input() admitInput {
 	}
 }
 
-// reservationPlan is what admission reserves for a request.
+// reservationPlan is what admission asks the store to hold for a request:
+// its worst case, and for a request whose cap may be lowered, the least
+// worth holding (storage.ReserveRequest; the store picks the amount in
+// between atomically, by the share rule storage.ReserveAmount).
 type reservationPlan struct {
-	credits   int64 // worst-case cost to hold
-	maxTokens int64 // when > 0, the per-choice cap to send upstream
+	minCredits int64 // the prompt and a minimal completion; == maxCredits when the cap is fixed
+	maxCredits int64 // the worst case at the full cap
+	cap        int64 // per-choice completion cap at maxCredits (0 for embeddings)
+	clientCap  bool  // the client sent the cap
 }
 
-// planReservation computes the worst-case cost of ir against available
-// credits. Pure: integer arithmetic only.
+// planReservation computes what a request may hold. Pure: integer
+// arithmetic only.
 //
-//   - embeddings: the prompt estimate × EmbeddingsReservePercent/100;
-//   - the client's own max_tokens: prompt + max_tokens × choices; when
-//     unaffordable, 402, or with LowerMaxTokens the cap the balance affords;
-//   - no max_tokens: prompt + DefaultMaxTokens × choices, lowered to what
-//     the balance affords;
-//   - 402 when not even MinCompletionTokens per choice is affordable.
-func (m *Metering) planReservation(p pricing, ir *inferenceRequest, available int64) (reservationPlan, *gatewayError) {
+//   - embeddings: the prompt estimate × EmbeddingsReservePercent/100, fixed;
+//   - the client's own max_tokens: prompt + max_tokens × choices, fixed
+//     unless LowerMaxTokens lets the gateway lower it;
+//   - no max_tokens: prompt + DefaultMaxTokens × choices, which the gateway
+//     lowers to what the hold affords;
+//   - a lowerable cap holds at least prompt + MinCompletionTokens × choices.
+func (m *Metering) planReservation(p pricing, ir *inferenceRequest) reservationPlan {
 	if ir.Endpoint == endpointEmbeddings {
 		est := (ir.PromptTokens*m.EmbeddingsReservePercent + 99) / 100
 		need := p.cost(ir.Model, est, 0)
-		if need > available {
-			return reservationPlan{}, errInsufficientCredits(fmt.Sprintf(
-				"Insufficient credits: this request needs up to %d credits, %d available", need, max(available, 0)))
-		}
-		return reservationPlan{credits: need}, nil
+		return reservationPlan{minCredits: need, maxCredits: need}
 	}
 	n := max(ir.choices, 1)
-	cap := ir.MaxTokens
-	clientCap := cap > 0
-	if !clientCap {
-		cap = m.DefaultMaxTokens
+	plan := reservationPlan{cap: ir.MaxTokens, clientCap: ir.MaxTokens > 0}
+	if !plan.clientCap {
+		plan.cap = m.DefaultMaxTokens
 	}
-	need := p.cost(ir.Model, ir.PromptTokens, cap*n)
-	if need <= available {
-		plan := reservationPlan{credits: need}
-		if !clientCap {
-			plan.maxTokens = cap
-		}
-		return plan, nil
+	plan.maxCredits = p.cost(ir.Model, ir.PromptTokens, plan.cap*n)
+	plan.minCredits = plan.maxCredits
+	if !plan.clientCap || m.LowerMaxTokens {
+		plan.minCredits = min(p.cost(ir.Model, ir.PromptTokens, min(m.MinCompletionTokens, plan.cap)*n), plan.maxCredits)
 	}
-	afford := p.maxCompletionFor(ir.Model, ir.PromptTokens, available)
-	if afford >= 0 {
-		afford /= n
-	}
-	if afford < m.MinCompletionTokens {
-		return reservationPlan{}, errInsufficientCredits(fmt.Sprintf(
-			"Insufficient credits: the prompt (about %d tokens) and a minimal completion need more than the %d credits available",
-			ir.PromptTokens, max(available, 0)))
-	}
-	if clientCap && !m.LowerMaxTokens {
-		return reservationPlan{}, errInsufficientCredits(fmt.Sprintf(
-			"Insufficient credits: max_tokens %d needs up to %d credits, %d available; lower max_tokens to at most %d",
-			cap, need, available, afford))
-	}
-	return reservationPlan{credits: p.cost(ir.Model, ir.PromptTokens, afford*n), maxTokens: afford}, nil
+	return plan
 }
 
-// Refusals of the metering step.
+// capFor returns the per-choice cap to send upstream for a hold of amount
+// credits: the full cap when the worst case is held (0, "send as is", for
+// the client's own), else the most the hold affords. Pure.
+func (plan reservationPlan) capFor(p pricing, ir *inferenceRequest, amount int64) int64 {
+	if ir.Endpoint == endpointEmbeddings {
+		return 0
+	}
+	if amount >= plan.maxCredits {
+		if plan.clientCap {
+			return 0
+		}
+		return plan.cap
+	}
+	afford := p.maxCompletionFor(ir.Model, ir.PromptTokens, amount) / max(ir.choices, 1)
+	return max(min(afford, plan.cap), 1)
+}
+
+// refusal is the 402 of a request the store could not hold: the balance
+// itself is too low (no wait helps), or the user's requests in flight hold
+// what it needs (retry: they come back when those settle).
+func (plan reservationPlan) refusal(p pricing, ir *inferenceRequest, short *storage.CreditShortage) *gatewayError {
+	if !short.BalanceShort() {
+		return errCreditsHeld(short)
+	}
+	balance := max(short.Credits, 0)
+	if ir.Endpoint == endpointEmbeddings {
+		return errInsufficientCredits(fmt.Sprintf(
+			"Insufficient credits: this request needs up to %d credits, the balance is %d", plan.maxCredits, balance))
+	}
+	afford := p.maxCompletionFor(ir.Model, ir.PromptTokens, balance)
+	if afford >= 0 {
+		afford /= max(ir.choices, 1)
+	}
+	if plan.minCredits < plan.maxCredits || afford < 1 {
+		return errInsufficientCredits(fmt.Sprintf(
+			"Insufficient credits: the prompt (about %d tokens) and a minimal completion need more than the balance of %d credits",
+			ir.PromptTokens, balance))
+	}
+	return errInsufficientCredits(fmt.Sprintf(
+		"Insufficient credits: max_tokens %d needs up to %d credits, the balance is %d; lower max_tokens to at most %d",
+		plan.cap, plan.maxCredits, balance, afford))
+}
+
+// errCreditsHeld is the 402 of a request the balance would pay for, but
+// whose user's requests in flight hold the credits it needs.
+func errCreditsHeld(short *storage.CreditShortage) *gatewayError {
+	msg := "Insufficient credits right now: earlier requests of this user hold or wait for the credits this one needs; retry"
+	if short.Holds > 0 {
+		msg = fmt.Sprintf("Insufficient credits right now: %d credits are held by %d requests in flight; retry", short.Reserved, short.Holds)
+	}
+	e := errorf(http.StatusPaymentRequired, "insufficient_quota", "credits_held", msg)
+	e.RetryAfter = creditsHeldRetryAfter
+	return e
+}
+
+// Refusals of the reservation step.
 var (
 	errCreditsUnavail = errorf(http.StatusServiceUnavailable, "server_error", "service_unavailable",
 		"The gateway cannot check credits right now; retry shortly")
+	// errClientGone ends a request whose client left while it waited for
+	// credits: nothing is written to it (the status is for the access log).
+	errClientGone = errorf(statusClientClosed, "invalid_request_error", "client_closed", "client closed the request")
 )
 
-// reserve holds the worst-case cost of the request. A reservation lost to
-// a concurrent request (ErrInsufficientCredits after the balance said
-// otherwise) is recomputed against the new balance, a few times. It
-// returns the balance after the hold, or on a 402 the balance available.
-func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (*storage.Reservation, reservationPlan, int64, *gatewayError) {
-	store := g.state.store
+// Credit wait settings.
+const (
+	// creditsHeldRetryAfter is the Retry-After of a 402 for held credits:
+	// requests in flight usually settle within seconds.
+	creditsHeldRetryAfter = 1
+	// creditRecheck bounds a wait for a wake that never comes (a release
+	// on another node sharing the database whose change was not
+	// delivered): the head of a queue retries at this interval.
+	creditRecheck = time.Second
+	// statusClientClosed is the access-log status of a request whose
+	// client left before the answer (as reverse_proxy records it).
+	statusClientClosed = 499
+)
+
+// reservation is the outcome of the reservation step.
+type reservation struct {
+	res       *storage.Reservation
+	maxTokens int64         // when > 0, the per-choice cap to send upstream
+	waited    time.Duration // time spent waiting for credits
+}
+
+// reserve holds the request's cost in one store call. When the balance
+// would pay but the user's requests in flight hold what it needs, it waits
+// for them, up to CreditWait, in arrival order (creditwait.go); a client
+// that leaves ends its wait at once, holding nothing.
+func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (reservation, *gatewayError) {
 	prices := g.app.Pricing()
-	var maxReq int64
+	plan := cfg.planReservation(prices, adm.req)
+	req := storage.ReserveRequest{
+		UserID: adm.key.UserID, KeyID: adm.key.ID,
+		Credits: plan.maxCredits, MinCredits: plan.minCredits,
+	}
 	if adm.key.MaxRequests != nil {
-		maxReq = *adm.key.MaxRequests
+		req.MaxRequests = *adm.key.MaxRequests
 	}
-	var last *gatewayError
-	for range maxReserveAttempts {
-		bal, err := store.Balance(ctx, adm.key.UserID)
-		if err != nil {
-			g.logStoreError("reading balance", err)
-			return nil, reservationPlan{}, 0, errCreditsUnavail
-		}
-		avail := bal.Available()
-		plan, gerr := cfg.planReservation(prices, adm.req, avail)
-		if gerr != nil {
-			return nil, reservationPlan{}, avail, gerr
-		}
-		res, err := store.Reserve(ctx, storage.ReserveRequest{
-			UserID: adm.key.UserID, KeyID: adm.key.ID, Credits: plan.credits, MaxRequests: maxReq,
-		})
+	wait := time.Duration(*cfg.CreditWait)
+	queue := g.state.credits
+	if wait <= 0 || !queue.queued(req.UserID) {
+		res, short, gerr := g.tryReserve(ctx, req)
 		switch {
-		case err == nil:
-			return res, plan, avail - plan.credits, nil
-		case errors.Is(err, storage.ErrRequestLimit):
-			return nil, reservationPlan{}, 0, errKeyRequestLimit
-		case errors.Is(err, storage.ErrInsufficientCredits):
-			last = errInsufficientCredits("Insufficient credits: concurrent requests hold the remaining balance")
-			continue
-		default:
-			g.logStoreError("reserving credits", err)
-			return nil, reservationPlan{}, 0, errCreditsUnavail
+		case res != nil:
+			return reservation{res: res, maxTokens: plan.capFor(prices, adm.req, res.Amount)}, nil
+		case gerr != nil:
+			return reservation{}, gerr
+		case wait <= 0 || short.BalanceShort():
+			return reservation{}, plan.refusal(prices, adm.req, short)
 		}
 	}
-	return nil, reservationPlan{}, 0, last
+
+	start := time.Now()
+	w := queue.join(req.UserID)
+	defer queue.leave(req.UserID, w)
+	bound := time.NewTimer(wait)
+	defer bound.Stop()
+	recheck := time.NewTimer(creditRecheck)
+	defer recheck.Stop()
+	var short *storage.CreditShortage
+	for {
+		if head, behind := queue.position(req.UserID, w); head {
+			req.Waiting = behind
+			var res *storage.Reservation
+			var gerr *gatewayError
+			res, short, gerr = g.tryReserve(ctx, req)
+			switch {
+			case res != nil:
+				waited := time.Since(start)
+				observeCreditWait(waitAdmitted, waited)
+				return reservation{res: res, maxTokens: plan.capFor(prices, adm.req, res.Amount), waited: waited}, nil
+			case gerr != nil:
+				return reservation{}, gerr
+			case short.BalanceShort():
+				observeCreditWait(waitRefused, time.Since(start))
+				return reservation{}, plan.refusal(prices, adm.req, short)
+			}
+		}
+		select {
+		case <-w.wake:
+		case <-recheck.C:
+			recheck.Reset(creditRecheck)
+		case <-bound.C:
+			observeCreditWait(waitRefused, time.Since(start))
+			if short == nil { // never at the head: the requests ahead waited too
+				short = &storage.CreditShortage{Needed: plan.minCredits}
+			}
+			return reservation{waited: time.Since(start)}, errCreditsHeld(short)
+		case <-ctx.Done():
+			observeCreditWait(waitClientGone, time.Since(start))
+			return reservation{waited: time.Since(start)}, errClientGone
+		}
+	}
+}
+
+// tryReserve makes the one store call of a reservation. It returns the
+// reservation, or the shortage when credits are short, or the refusal
+// when anything else stops it.
+func (g *Gateway) tryReserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, *storage.CreditShortage, *gatewayError) {
+	res, err := g.state.store.Reserve(ctx, req)
+	if err == nil {
+		return res, nil, nil
+	}
+	var short *storage.CreditShortage
+	switch {
+	case errors.As(err, &short):
+		return nil, short, nil
+	case errors.Is(err, storage.ErrRequestLimit):
+		return nil, nil, errKeyRequestLimit
+	case errors.Is(err, storage.ErrInsufficientCredits):
+		// A store without the details: treat it as held, so that a wait
+		// can still help.
+		return nil, &storage.CreditShortage{}, nil
+	}
+	g.logStoreError("reserving credits", err)
+	return nil, nil, errCreditsUnavail
 }
 
 // recordTokens replaces the estimated tokens counted at admission by the

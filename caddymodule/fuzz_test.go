@@ -90,7 +90,7 @@ func FuzzReadInference(f *testing.F) {
 	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url"}]}],"max_tokens":5,"n":2}`), uint8(0))
 	f.Add([]byte(`{"model":"m","prompt":[[1,2],[3]],"best_of":2}`), uint8(1))
 	f.Add([]byte(`{"model":"e","input":["a","b"]}`), uint8(2))
-	f.Add([]byte(`{"model":"m","messages":[],"stream_options":{"include_usage":false,"x":[1]},"stream":true}`), uint8(0))
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":false,"x":[1]},"stream":true}`), uint8(0))
 	endpoints := []string{endpointChat, endpointCompletions, endpointEmbeddings}
 	f.Fuzz(func(t *testing.T, body []byte, ep uint8) {
 		endpoint := endpoints[int(ep)%len(endpoints)]
@@ -134,7 +134,7 @@ func FuzzParseInferenceReference(f *testing.F) {
 	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\u00e9\ud83d\ude00"},{"TYPE":"image_url"}]}],"max_tokens":5,"n":2}`), uint8(0))
 	f.Add([]byte(`{"model":"m","prompt":[[1,2],[3]],"best_of":2,"suffix":"x\ud800"}`), uint8(1))
 	f.Add([]byte(`{"model":"e","input":["a","b"]}`), uint8(2))
-	f.Add([]byte(`{"model":"m","messages":[],"stream_options":{"include_usage":false,"x":[1],"include_usage":null},"stream":true,"stream_options":{}}`), uint8(0))
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":false,"x":[1],"include_usage":null},"stream":true,"stream_options":{}}`), uint8(0))
 	f.Add([]byte(`{"mod\u0065l":"m","messages":[null],"max_tokens":null,"max_tokens":3}`), uint8(0))
 	f.Add([]byte(` {"model":"m\xff","messages":[{"role":null,"content":null,"name":"n","tool_calls":[{}]}],"tools":[1]} `), uint8(0))
 	endpoints := []string{endpointChat, endpointCompletions, endpointEmbeddings}

@@ -567,11 +567,11 @@ func BenchmarkAdmission(b *testing.B) {
 		if gerr != nil {
 			b.Fatal(gerr)
 		}
-		adm, gerr := g.newAdmission(req, en, rt, ip, now)
-		if gerr != nil {
+		if gerr := g.checkAccess(req, en, ip, rt, now); gerr != nil {
 			b.Fatal(gerr)
 		}
-		if gerr := g.checkAccess(req, en, ip, rt, now); gerr != nil {
+		adm, gerr := g.newAdmission(req, en, rt, ip, now)
+		if gerr != nil {
 			b.Fatal(gerr)
 		}
 		if gerr := g.admit(req, adm, now, h); gerr != nil {

@@ -55,6 +55,14 @@ type Metering struct {
 	// SettleTimeout bounds a settlement, which runs on a context detached
 	// from the client's. Default 10s.
 	SettleTimeout caddy.Duration `json:"settle_timeout,omitempty"`
+
+	// CreditWait bounds how long a request waits for credits that the
+	// same user's requests in flight hold, when the balance itself would
+	// pay for it. Waiters are served in arrival order as those requests
+	// settle; a client that leaves stops waiting at once; after the bound
+	// the answer is 402 with Retry-After. 0 answers 402 at once. Default
+	// 5s.
+	CreditWait *caddy.Duration `json:"credit_wait,omitempty"`
 }
 
 // Metering defaults.
@@ -62,6 +70,7 @@ const (
 	defaultMaxTokens             = 4096
 	defaultEmbeddingsReservePct  = 150
 	defaultSettleTimeout         = 10 * time.Second
+	defaultCreditWait            = 5 * time.Second
 	defaultMinCompletionTokens   = 1
 	maxReserveAttempts           = 3
 	hdrRequestID                 = "X-Request-Id"
@@ -95,6 +104,10 @@ func (m *Metering) provisionMetering() {
 	if m.SettleTimeout <= 0 {
 		m.SettleTimeout = caddy.Duration(defaultSettleTimeout)
 	}
+	if m.CreditWait == nil {
+		wait := caddy.Duration(defaultCreditWait)
+		m.CreditWait = &wait
+	}
 }
 
 // validateMetering checks the metering settings.
@@ -106,6 +119,9 @@ func (m *Metering) validateMetering() error {
 	}
 	if m.DefaultMaxTokens > maxTokensLimit {
 		return fmt.Errorf("gatewayz: default_max_tokens is too large")
+	}
+	if m.CreditWait != nil && *m.CreditWait < 0 {
+		return fmt.Errorf("gatewayz: credit_wait must not be negative")
 	}
 	eff := *m
 	eff.provisionMetering()
@@ -125,6 +141,7 @@ func (m *Metering) validateMetering() error {
 //	embeddings_reserve_percent <n>
 //	max_response_buffer <size>
 //	settle_timeout <duration>
+//	credit_wait <duration>
 func (m *Metering) unmarshalMeteringOption(d *caddyfile.Dispenser) (bool, error) {
 	posInt := func(dst *int64) error {
 		var s string
@@ -183,6 +200,18 @@ func (m *Metering) unmarshalMeteringOption(d *caddyfile.Dispenser) (bool, error)
 		}
 		m.SettleTimeout = caddy.Duration(dur)
 		return true, nil
+	case "credit_wait":
+		var s string
+		if !d.AllArgs(&s) {
+			return true, d.ArgErr()
+		}
+		dur, err := caddy.ParseDuration(s)
+		if err != nil || dur < 0 {
+			return true, d.Errf("bad credit_wait %q", s)
+		}
+		wait := caddy.Duration(dur)
+		m.CreditWait = &wait
+		return true, nil
 	}
 	return false, nil
 }
@@ -191,7 +220,7 @@ func (m *Metering) unmarshalMeteringOption(d *caddyfile.Dispenser) (bool, error)
 // itself once Provision applied them, else a copy with them applied.
 func (m *Metering) meteringConfig() *Metering {
 	if m.DefaultMaxTokens > 0 && m.MinCompletionTokens > 0 && m.MaxTokensField != "" &&
-		m.EmbeddingsReservePercent > 0 && m.MaxResponseBuffer > 0 && m.SettleTimeout > 0 {
+		m.EmbeddingsReservePercent > 0 && m.MaxResponseBuffer > 0 && m.SettleTimeout > 0 && m.CreditWait != nil {
 		return m
 	}
 	cfg := *m
@@ -199,8 +228,9 @@ func (m *Metering) meteringConfig() *Metering {
 	return &cfg
 }
 
-// proxy is the last step of the gateway, in the order a request meets it:
-// it meters an admitted request: it reserves the worst case, rewrites
+// proxy is the last step of the gateway: it meters an admitted request. It
+// reserves its cost (waiting for credits when the user's requests in
+// flight hold them: Gateway.reserve), rewrites
 // the body (cap, stream usage), sends it upstream through a meter, and
 // settles exactly once in a deferred step that also runs when the client
 // disconnects (reverse_proxy panics with http.ErrAbortHandler: recovered,
@@ -230,7 +260,8 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		extra.Set(zap.Field{Key: "gatewayz", Type: zapcore.InlineMarshalerType, Interface: &s.log})
 	}
 
-	res, plan, afterHold, gerr := g.reserve(r.Context(), adm, cfg)
+	rsv, gerr := g.reserve(r.Context(), adm, cfg)
+	s.log.setWait(rsv.waited)
 	if gerr != nil {
 		outcome := outcomeInsufficient
 		switch gerr {
@@ -238,25 +269,34 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			outcome = outcomeRequestLimit
 		case errCreditsUnavail:
 			outcome = outcomeStoreError
+		case errClientGone:
+			outcome = outcomeClientClosed
 		}
 		s.series.requests[outcome].Inc()
 		adm.recordRefund()
 		w.Header().Set(hdrRequestID, s.reqID)
 		if gerr.Status == http.StatusPaymentRequired {
-			w.Header().Set(hdrCreditsRemaining, strconv.FormatInt(max(afterHold, 0), 10))
+			// The refusal path only: a 402 tells the client its balance.
+			if bal, err := g.state.store.Balance(r.Context(), adm.key.UserID); err == nil {
+				w.Header().Set(hdrCreditsRemaining, strconv.FormatInt(max(bal.Available(), 0), 10))
+			}
+		}
+		if gerr == errClientGone {
+			w.WriteHeader(gerr.Status)
+			return nil
 		}
 		writeError(w, gerr)
 		return nil
 	}
 
-	if plan.maxTokens > 0 && plan.maxTokens != ir.MaxTokens {
-		ir.setMaxTokens(plan.maxTokens, cfg.MaxTokensField)
+	if rsv.maxTokens > 0 && rsv.maxTokens != ir.MaxTokens {
+		ir.setMaxTokens(rsv.maxTokens, cfg.MaxTokensField)
 	}
 	strip := ir.injectIncludeUsage()
 	up := s.upstreamRequest(r)
 	ir.apply(up)
 
-	s.res, s.afterHold = res, afterHold
+	s.res, s.afterHold = rsv.res, rsv.res.Available
 	s.prices, s.timeout = g.app.Pricing(), time.Duration(cfg.SettleTimeout)
 	s.m.init(w, strip, int(cfg.MaxResponseBuffer), s)
 	defer func() {

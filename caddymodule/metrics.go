@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,27 @@ var (
 		Help:      "Time from sending a metered request upstream to its response header.",
 		Buckets:   []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
 	}, []string{"endpoint"})
+	metricCreditWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "gatewayz",
+		Name:      "credit_wait_seconds",
+		Help:      "Time metered requests waited for credits held by the same user's requests in flight.",
+		Buckets:   []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	})
+	metricCreditWaits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "gatewayz",
+		Name:      "credit_waits_total",
+		Help:      "Waits for credits by outcome: admitted, insufficient_credits (402 after the wait), client_gone.",
+	}, []string{"outcome"})
+	metricCreditWaiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "gatewayz",
+		Name:      "credit_waiting",
+		Help:      "Metered requests waiting for credits now.",
+	}, func() float64 {
+		if s, ok := metricsState.Load().(*sharedState); ok && s.credits != nil {
+			return float64(s.credits.waiting.Load())
+		}
+		return 0
+	})
 	metricOpenReservations = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "gatewayz",
 		Name:      "open_reservations",
@@ -47,8 +69,8 @@ var (
 	})
 )
 
-// metricsState is the state whose open reservations the gauge reports: the
-// one of the most recently provisioned gateway.
+// metricsState is the state whose open reservations and credit waiters
+// the gauges report: the one of the most recently provisioned gateway.
 var metricsState atomic.Value
 
 // outcome is a request outcome (the "outcome" label).
@@ -117,6 +139,30 @@ func refusalOutcome(e *gatewayError) outcome {
 }
 
 func (o outcome) String() string { return outcomeLabels[o] }
+
+// waitOutcome is how a wait for credits ended.
+type waitOutcome int
+
+// Wait outcomes.
+const (
+	waitAdmitted   waitOutcome = iota // the credits came back: reserved
+	waitRefused                       // 402: the bound passed, or the balance turned out short
+	waitClientGone                    // the client left while waiting
+	numWaitOutcomes
+)
+
+// creditWaitSeries are the counters of the wait outcomes, resolved once.
+var creditWaitSeries = [numWaitOutcomes]prometheus.Counter{
+	waitAdmitted:   metricCreditWaits.WithLabelValues("admitted"),
+	waitRefused:    metricCreditWaits.WithLabelValues("insufficient_credits"),
+	waitClientGone: metricCreditWaits.WithLabelValues("client_gone"),
+}
+
+// observeCreditWait records a wait for credits that ended with o after d.
+func observeCreditWait(o waitOutcome, d time.Duration) {
+	metricCreditWait.Observe(d.Seconds())
+	creditWaitSeries[o].Inc()
+}
 
 // endpointSeries are the metric series of one metered endpoint, resolved
 // once (WithLabelValues hashes the labels and locks on every call).
@@ -202,7 +248,7 @@ func registerMetrics(ctx caddy.Context, state *sharedState) error {
 // registerCollectors registers the collectors into reg, tolerating ones
 // already there.
 func registerCollectors(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricOpenReservations} {
+	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricCreditWait, metricCreditWaits, metricCreditWaiting, metricOpenReservations} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -256,8 +256,8 @@ func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*in
 			continue
 		}
 		n, err := parseNonNegInt(c.v)
-		if err != nil {
-			return nil, errBadRequest("'" + c.name + "' must be a non-negative integer")
+		if err != nil || n < 1 {
+			return nil, errBadRequest("'" + c.name + "' must be an integer of at least 1")
 		}
 		if n > maxTokensLimit {
 			return nil, errBadRequest("'" + c.name + "' is too large")
@@ -312,24 +312,28 @@ func parseInferenceInto(ir *inferenceRequest, body []byte, endpoint string) (*in
 }
 
 // countMessages validates a chat messages array and counts its text into tc;
-// it returns the fixed-estimate tokens (per-message overhead, images).
+// it returns the fixed-estimate tokens (per-message overhead, images). The
+// array must hold at least one message; each is an object with a string
+// role and a content, which an assistant turn may replace by tool_calls
+// (or the legacy function_call).
 func countMessages(raw []byte, tc *textCounter) (int64, *gatewayError) {
-	errShape := func() *gatewayError { return errBadRequest("'messages' must be an array of message objects") }
+	errShape := func() *gatewayError { return errBadRequest("'messages' must be a non-empty array of message objects") }
 	if raw[0] != '[' {
 		return 0, errShape()
 	}
-	// Every element must be an object (or null) before any is looked at.
-	for it := (arrIter{b: raw}); it.next(); {
-		if c := it.val[0]; c != '{' && c != 'n' {
+	// Every element must be an object before any is looked at.
+	count := 0
+	for it := (arrIter{b: raw}); it.next(); count++ {
+		if it.val[0] != '{' {
 			return 0, errShape()
 		}
+	}
+	if count == 0 {
+		return 0, errShape()
 	}
 	var fixed int64
 	i := 0
 	for it := (arrIter{b: raw}); it.next(); i++ {
-		if it.val[0] != '{' {
-			return 0, errBadRequest("'messages[" + strconv.Itoa(i) + "]' must be an object")
-		}
 		fixed += msgOverheadTokens
 		var role, content, name, toolCalls, functionCall []byte
 		for m := (objIter{b: it.val}); m.next(); {
@@ -346,8 +350,9 @@ func countMessages(raw []byte, tc *textCounter) (int64, *gatewayError) {
 				functionCall = m.val
 			}
 		}
-		if role != nil && role[0] != '"' && !isNull(role) {
-			return 0, errBadRequest("'messages[" + strconv.Itoa(i) + "].role' must be a string")
+		at := "'messages[" + strconv.Itoa(i) + "]"
+		if role == nil || role[0] != '"' {
+			return 0, errBadRequest(at + ".role' must be a string")
 		}
 		if content != nil && !isNull(content) {
 			n, gerr := countContent(content, i, tc)
@@ -355,15 +360,20 @@ func countMessages(raw []byte, tc *textCounter) (int64, *gatewayError) {
 				return 0, gerr
 			}
 			fixed += n
+		} else if r, _ := decodeString(role); r != "assistant" || (isAbsent(toolCalls) && isAbsent(functionCall)) {
+			return 0, errBadRequest(at + ".content' is required (an assistant turn may send tool_calls instead)")
 		}
 		for _, v := range [...][]byte{name, toolCalls, functionCall} {
-			if v != nil && !isNull(v) {
+			if !isAbsent(v) {
 				tc.addBytes(v)
 			}
 		}
 	}
 	return fixed, nil
 }
+
+// isAbsent reports whether a field's value is missing or null.
+func isAbsent(v []byte) bool { return v == nil || isNull(v) }
 
 // contentPart is what countContent reads of a content part. Fields match
 // case-insensitively, as encoding/json matches struct fields.

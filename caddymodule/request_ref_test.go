@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 )
 
 // refRequest is what parseInferenceRef reports.
@@ -100,8 +101,8 @@ func parseInferenceRef(body []byte, endpoint string) (*refRequest, *gatewayError
 			continue
 		}
 		n, err := parseNonNegInt(v)
-		if err != nil {
-			return nil, errBadRequest(fmt.Sprintf("'%s' must be a non-negative integer", k))
+		if err != nil || n < 1 {
+			return nil, errBadRequest(fmt.Sprintf("'%s' must be an integer of at least 1", k))
 		}
 		if n > maxTokensLimit {
 			return nil, errBadRequest(fmt.Sprintf("'%s' is too large", k))
@@ -143,31 +144,33 @@ func parseInferenceRef(body []byte, endpoint string) (*refRequest, *gatewayError
 // it returns the fixed-estimate tokens (per-message overhead, images).
 func countMessagesRef(raw json.RawMessage, tc *textCounter) (int64, *gatewayError) {
 	var msgs []map[string]json.RawMessage
-	if json.Unmarshal(raw, &msgs) != nil {
-		return 0, errBadRequest("'messages' must be an array of message objects")
+	isNil := func(m map[string]json.RawMessage) bool { return m == nil }
+	if json.Unmarshal(raw, &msgs) != nil || len(msgs) == 0 || slices.ContainsFunc(msgs, isNil) {
+		return 0, errBadRequest("'messages' must be a non-empty array of message objects")
+	}
+	present := func(m map[string]json.RawMessage, k string) bool {
+		v, ok := m[k]
+		return ok && !isNull(v)
 	}
 	var fixed int64
 	for i, m := range msgs {
-		if m == nil {
-			return 0, errBadRequest(fmt.Sprintf("'messages[%d]' must be an object", i))
-		}
 		fixed += msgOverheadTokens
-		if role, ok := m["role"]; ok {
-			var s string
-			if json.Unmarshal(role, &s) != nil {
-				return 0, errBadRequest(fmt.Sprintf("'messages[%d].role' must be a string", i))
-			}
+		var role string
+		if !present(m, "role") || json.Unmarshal(m["role"], &role) != nil {
+			return 0, errBadRequest(fmt.Sprintf("'messages[%d].role' must be a string", i))
 		}
-		if c, ok := m["content"]; ok && !isNull(c) {
-			n, gerr := countContentRef(c, i, tc)
+		if present(m, "content") {
+			n, gerr := countContentRef(m["content"], i, tc)
 			if gerr != nil {
 				return 0, gerr
 			}
 			fixed += n
+		} else if role != "assistant" || !(present(m, "tool_calls") || present(m, "function_call")) {
+			return 0, errBadRequest(fmt.Sprintf("'messages[%d].content' is required (an assistant turn may send tool_calls instead)", i))
 		}
 		for _, k := range []string{"name", "tool_calls", "function_call"} {
-			if v, ok := m[k]; ok && !isNull(v) {
-				tc.addBytes(v)
+			if present(m, k) {
+				tc.addBytes(m[k])
 			}
 		}
 	}

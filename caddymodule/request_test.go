@@ -12,6 +12,7 @@ import (
 )
 
 func TestParseInference(t *testing.T) {
+	const msgs = `"messages":[{"role":"user","content":"hi"}]`
 	tests := []struct {
 		name     string
 		endpoint string
@@ -26,7 +27,6 @@ func TestParseInference(t *testing.T) {
 					t.Errorf("got %+v", ir)
 				}
 			}},
-		{"empty messages allowed", endpointChat, `{"model":"m","messages":[]}`, 0, nil},
 		{"multimodal", endpointChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"abcd"},{"type":"image_url","image_url":{"url":"data:..."}}]}]}`, 0,
 			func(t *testing.T, ir *inferenceRequest) {
 				if want := int64(1 + imagePartTokens + msgOverheadTokens + replyPrimingTokens); ir.PromptTokens != want {
@@ -34,43 +34,72 @@ func TestParseInference(t *testing.T) {
 				}
 			}},
 		{"null content with tool calls", endpointChat, `{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[]}]}`, 0, nil},
-		{"stream and usage", endpointChat, `{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true},"max_tokens":50,"n":2}`, 0,
+		{"stream and usage", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":50,"n":2}`, 0,
 			func(t *testing.T, ir *inferenceRequest) {
 				if !ir.Stream || !ir.ClientIncludeUsage || ir.MaxTokens != 50 || ir.choices != 2 {
 					t.Errorf("got %+v", ir)
 				}
 			}},
-		{"both caps: larger wins", endpointChat, `{"model":"m","messages":[],"max_tokens":5,"max_completion_tokens":70}`, 0,
+		{"both caps: larger wins", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_completion_tokens":70}`, 0,
 			func(t *testing.T, ir *inferenceRequest) {
 				if ir.MaxTokens != 70 || ir.capKeys != capMaxTokens|capMaxCompletionTokens {
 					t.Errorf("got %+v", ir)
 				}
 			}},
-		{"null cap is absent", endpointChat, `{"model":"m","messages":[],"max_tokens":null}`, 0,
+		{"null cap is absent", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":null}`, 0,
 			func(t *testing.T, ir *inferenceRequest) {
 				if ir.MaxTokens != 0 || ir.capKeys != 0 {
 					t.Errorf("got %+v", ir)
 				}
 			}},
-		{"missing model", endpointChat, `{"messages":[]}`, 400, nil},
-		{"model not string", endpointChat, `{"model":5,"messages":[]}`, 400, nil},
-		{"empty model", endpointChat, `{"model":"","messages":[]}`, 400, nil},
+		{"missing model", endpointChat, `{"messages":[{"role":"user","content":"hi"}]}`, 400, nil},
+		{"model not string", endpointChat, `{"model":5,"messages":[{"role":"user","content":"hi"}]}`, 400, nil},
+		{"empty model", endpointChat, `{"model":"","messages":[{"role":"user","content":"hi"}]}`, 400, nil},
 		{"missing messages", endpointChat, `{"model":"m"}`, 400, nil},
 		{"messages not list", endpointChat, `{"model":"m","messages":"hi"}`, 400, nil},
 		{"message not object", endpointChat, `{"model":"m","messages":["hi"]}`, 400, nil},
 		{"content number", endpointChat, `{"model":"m","messages":[{"role":"user","content":5}]}`, 400, nil},
 		{"text part without text", endpointChat, `{"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]}`, 400, nil},
-		{"negative max_tokens", endpointChat, `{"model":"m","messages":[],"max_tokens":-1}`, 400, nil},
-		{"fractional max_tokens", endpointChat, `{"model":"m","messages":[],"max_tokens":1.5}`, 400, nil},
-		{"string max_tokens", endpointChat, `{"model":"m","messages":[],"max_tokens":"5"}`, 400, nil},
-		{"huge max_tokens", endpointChat, `{"model":"m","messages":[],"max_tokens":99999999999}`, 400, nil},
-		{"n zero", endpointChat, `{"model":"m","messages":[],"n":0}`, 400, nil},
-		{"stream not bool", endpointChat, `{"model":"m","messages":[],"stream":"yes"}`, 400, nil},
-		{"stream_options not object", endpointChat, `{"model":"m","messages":[],"stream_options":true}`, 400, nil},
+		{"negative max_tokens", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-1}`, 400, nil},
+		{"fractional max_tokens", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":1.5}`, 400, nil},
+		{"string max_tokens", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":"5"}`, 400, nil},
+		{"huge max_tokens", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":99999999999}`, 400, nil},
+		{"n zero", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"n":0}`, 400, nil},
+		{"stream not bool", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}`, 400, nil},
+		{"stream_options not object", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":true}`, 400, nil},
+		// Billing fields are validated before anything is reserved.
+		{"max_tokens zero", endpointChat, `{"model":"m",` + msgs + `,"max_tokens":0}`, 400, nil},
+		{"max_completion_tokens zero", endpointChat, `{"model":"m",` + msgs + `,"max_completion_tokens":0}`, 400, nil},
+		{"max_completion_tokens negative", endpointChat, `{"model":"m",` + msgs + `,"max_completion_tokens":-3}`, 400, nil},
+		{"max_completion_tokens string", endpointChat, `{"model":"m",` + msgs + `,"max_completion_tokens":"9"}`, 400, nil},
+		{"max_tokens one", endpointChat, `{"model":"m",` + msgs + `,"max_tokens":1}`, 0, nil},
+		{"n too large", endpointChat, `{"model":"m",` + msgs + `,"n":129}`, 400, nil},
+		{"n largest", endpointChat, `{"model":"m",` + msgs + `,"n":128}`, 0, nil},
+		{"n string", endpointChat, `{"model":"m",` + msgs + `,"n":"2"}`, 400, nil},
+		{"best_of zero", endpointCompletions, `{"model":"m","prompt":"x","best_of":0}`, 400, nil},
+		{"best_of too large", endpointCompletions, `{"model":"m","prompt":"x","best_of":129}`, 400, nil},
+		{"stream number", endpointChat, `{"model":"m",` + msgs + `,"stream":1}`, 400, nil},
+		{"stream null is absent", endpointChat, `{"model":"m",` + msgs + `,"stream":null}`, 0, nil},
+		{"stream_options array", endpointChat, `{"model":"m",` + msgs + `,"stream_options":[]}`, 400, nil},
+		{"stream_options string", endpointChat, `{"model":"m",` + msgs + `,"stream_options":"x"}`, 400, nil},
+		{"messages empty", endpointChat, `{"model":"m","messages":[]}`, 400, nil},
+		{"messages null element", endpointChat, `{"model":"m","messages":[null]}`, 400, nil},
+		{"message empty object", endpointChat, `{"model":"m","messages":[{}]}`, 400, nil},
+		{"message without content", endpointChat, `{"model":"m","messages":[{"role":"user"}]}`, 400, nil},
+		{"message null content", endpointChat, `{"model":"m","messages":[{"role":"user","content":null}]}`, 400, nil},
+		{"message without role", endpointChat, `{"model":"m","messages":[{"content":"hi"}]}`, 400, nil},
+		{"message role number", endpointChat, `{"model":"m","messages":[{"role":5,"content":"hi"}]}`, 400, nil},
+		{"message role null", endpointChat, `{"model":"m","messages":[{"role":null,"content":"hi"}]}`, 400, nil},
+		{"second message bad", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"user"}]}`, 400, nil},
+		{"assistant without content or tool calls", endpointChat, `{"model":"m","messages":[{"role":"assistant","content":null}]}`, 400, nil},
+		{"assistant null tool calls", endpointChat, `{"model":"m","messages":[{"role":"assistant","tool_calls":null}]}`, 400, nil},
+		{"user tool calls do not replace content", endpointChat, `{"model":"m","messages":[{"role":"user","tool_calls":[{}]}]}`, 400, nil},
+		{"assistant tool calls without content", endpointChat, `{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c1"}]}]}`, 0, nil},
+		{"assistant function call without content", endpointChat, `{"model":"m","messages":[{"role":"assistant","function_call":{"name":"f"}}]}`, 0, nil},
 		{"not json", endpointChat, `model=m`, 400, nil},
 		{"array body", endpointChat, `[]`, 400, nil},
 		{"null body", endpointChat, `null`, 400, nil},
-		{"trailing garbage", endpointChat, `{"model":"m","messages":[]} x`, 400, nil},
+		{"trailing garbage", endpointChat, `{"model":"m","messages":[{"role":"user","content":"hi"}]} x`, 400, nil},
 		{"completions string", endpointCompletions, `{"model":"m","prompt":"abcd","best_of":3,"n":2}`, 0,
 			func(t *testing.T, ir *inferenceRequest) {
 				if ir.PromptTokens != 1 || ir.choices != 3 {
@@ -207,7 +236,7 @@ func TestInferenceRewrite(t *testing.T) {
 	}
 
 	// a client that asked for usage is left alone; its own cap field is rewritten
-	ir2, _ := parseInference([]byte(`{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":900}`), endpointChat)
+	ir2, _ := parseInference([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":900}`), endpointChat)
 	if ir2.injectIncludeUsage() {
 		t.Fatal("injected although the client asked for usage")
 	}

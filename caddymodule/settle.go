@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -81,9 +82,13 @@ type meteringLog struct {
 	reqID     string
 	state     uint8 // logNone, logRefunded, logCharged
 	estimated bool
-	prompt    int64
-	completed int64
-	credits   int64
+	// waitMicros is the time waited for credits, in microseconds (it
+	// fits beside the flags, keeping the metered request's allocation in
+	// its size class).
+	waitMicros uint32
+	prompt     int64
+	completed  int64
+	credits    int64
 }
 
 const (
@@ -92,10 +97,19 @@ const (
 	logCharged
 )
 
-// MarshalLogObject writes gatewayz_request_id and, once settled,
+// setWait records the time waited for credits.
+func (l *meteringLog) setWait(d time.Duration) {
+	l.waitMicros = uint32(min(d.Microseconds(), math.MaxUint32))
+}
+
+// MarshalLogObject writes gatewayz_request_id, gatewayz_credit_wait (in
+// seconds, when the request waited for credits) and, once settled,
 // gatewayz_credits (with the token counts when charged).
 func (l *meteringLog) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("gatewayz_request_id", l.reqID)
+	if l.waitMicros > 0 {
+		enc.AddFloat64("gatewayz_credit_wait", float64(l.waitMicros)/1e6)
+	}
 	switch l.state {
 	case logRefunded:
 		enc.AddInt64("gatewayz_credits", 0)
@@ -298,6 +312,9 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 	if status == 0 {
 		status = http.StatusOK
 	}
+	// Whatever the settlement held beyond its cost comes back: the user's
+	// requests waiting for credits retry.
+	defer s.g.state.credits.release(s.adm.key.UserID)
 	charged, balance, err := s.g.state.store.Settle(ctx, s.res, cost, storage.UsageRecord{
 		Model:            s.ir.Model,
 		PromptTokens:     u.PromptTokens,
@@ -342,6 +359,7 @@ func (s *settlement) refund(outcome outcome) {
 	if err := s.g.state.store.Refund(context.WithoutCancel(s.r.Context()), s.res); err != nil {
 		s.g.logStoreError("refunding a reservation", err, zap.String("request_id", s.reqID))
 	}
+	s.g.state.credits.release(s.adm.key.UserID)
 	s.series.requests[outcome].Inc()
 	s.log.state = logRefunded
 	s.adm.recordRefund()

@@ -23,6 +23,10 @@ import (
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
+// TestPlanReservation runs the reservation of one request against a
+// balance the way the store does (storage.ReserveAmount, then the cap the
+// hold affords), alone and beside other requests of the same user (the
+// share rule), and the 402 when the hold cannot be had.
 func TestPlanReservation(t *testing.T) {
 	p := pricing{{Model: "dear", PromptPer1K: 2000, CompletionPer1K: 3000}}
 	m := Metering{}
@@ -32,48 +36,87 @@ func TestPlanReservation(t *testing.T) {
 	chat := func(model string, prompt, maxTok, n int64) *inferenceRequest {
 		return &inferenceRequest{Endpoint: endpointChat, Model: model, PromptTokens: prompt, MaxTokens: maxTok, choices: n}
 	}
+	emb := &inferenceRequest{Endpoint: endpointEmbeddings, Model: "e", PromptTokens: 10, choices: 1}
 	tests := []struct {
-		name      string
-		m         Metering
-		ir        *inferenceRequest
-		avail     int64
-		credits   int64
-		maxTokens int64
-		refused   bool
+		name           string
+		m              Metering
+		ir             *inferenceRequest
+		avail          int64
+		holds, waiting int64
+		credits        int64
+		maxTokens      int64
+		refusal        string // the 402's code, "" when held
 	}{
-		{"client cap affordable", m, chat("x", 10, 100, 1), 1000, 110, 0, false},
-		{"client cap × n", m, chat("x", 10, 100, 3), 1000, 310, 0, false},
-		{"client cap unaffordable: 402", m, chat("x", 10, 100, 1), 50, 0, 0, true},
-		{"client cap lowered", lower, chat("x", 10, 100, 1), 50, 50, 40, false},
-		{"client cap lowered per choice", lower, chat("x", 10, 100, 2), 50, 50, 20, false},
-		{"default cap affordable", m, chat("x", 10, 0, 1), 1_000_000, 10 + defaultMaxTokens, defaultMaxTokens, false},
-		{"default cap lowered to balance", m, chat("x", 10, 0, 1), 500, 500, 490, false},
-		{"exactly prompt + 1", m, chat("x", 10, 0, 1), 11, 11, 1, false},
-		{"prompt only: 402", m, chat("x", 10, 0, 1), 10, 0, 0, true},
-		{"nothing: 402", m, chat("x", 10, 0, 1), 0, 0, 0, true},
-		{"priced model", m, chat("dear", 10, 0, 1), 50, 50, 10, false}, // 20 + 10*3 = 50
-		{"embeddings with safety factor", m, &inferenceRequest{Endpoint: endpointEmbeddings, Model: "e", PromptTokens: 10, choices: 1}, 100, 15, 0, false},
-		{"embeddings unaffordable", m, &inferenceRequest{Endpoint: endpointEmbeddings, Model: "e", PromptTokens: 10, choices: 1}, 14, 0, 0, true},
+		{"client cap affordable", m, chat("x", 10, 100, 1), 1000, 0, 0, 110, 0, ""},
+		{"client cap × n", m, chat("x", 10, 100, 3), 1000, 0, 0, 310, 0, ""},
+		{"client cap unaffordable: 402", m, chat("x", 10, 100, 1), 50, 0, 0, 0, 0, "insufficient_credits"},
+		{"client cap lowered", lower, chat("x", 10, 100, 1), 50, 0, 0, 50, 40, ""},
+		{"client cap lowered per choice", lower, chat("x", 10, 100, 2), 50, 0, 0, 50, 20, ""},
+		{"default cap affordable", m, chat("x", 10, 0, 1), 1_000_000, 0, 0, 10 + defaultMaxTokens, defaultMaxTokens, ""},
+		{"default cap lowered to balance", m, chat("x", 10, 0, 1), 500, 0, 0, 500, 490, ""},
+		{"exactly prompt + 1", m, chat("x", 10, 0, 1), 11, 0, 0, 11, 1, ""},
+		{"prompt only: 402", m, chat("x", 10, 0, 1), 10, 0, 0, 0, 0, "insufficient_credits"},
+		{"nothing: 402", m, chat("x", 10, 0, 1), 0, 0, 0, 0, 0, "insufficient_credits"},
+		{"priced model", m, chat("dear", 10, 0, 1), 50, 0, 0, 50, 10, ""}, // 20 + 10*3 = 50
+		{"embeddings with safety factor", m, emb, 100, 0, 0, 15, 0, ""},
+		{"embeddings unaffordable", m, emb, 14, 0, 0, 0, 0, "insufficient_credits"},
+		// The share rule: a cap the gateway picks leaves room for the
+		// user's other requests, in flight or waiting.
+		{"share: one in flight", m, chat("x", 10, 0, 1), 1000, 1, 0, 500, 490, ""},
+		{"share: 19 waiting behind", m, chat("x", 10, 0, 1), 1000, 0, 19, 50, 40, ""},
+		{"share: in flight and waiting", m, chat("x", 10, 0, 1), 1000, 3, 6, 100, 90, ""},
+		{"share below the minimum: the minimum", m, chat("x", 10, 0, 1), 100, 10, 30, 11, 1, ""},
+		{"share never raises the worst case", m, chat("x", 10, 0, 1), 1_000_000, 1, 1, 10 + defaultMaxTokens, defaultMaxTokens, ""},
+		{"share lowers a client cap only when allowed", lower, chat("x", 10, 100, 1), 100, 1, 0, 50, 40, ""},
+		{"client cap is never shared", m, chat("x", 10, 100, 1), 1000, 5, 5, 110, 0, ""},
+		{"embeddings are never shared", m, emb, 100, 3, 3, 15, 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			plan, gerr := tt.m.planReservation(p, tt.ir, tt.avail)
-			if tt.refused {
-				if gerr == nil || gerr.Status != http.StatusPaymentRequired {
-					t.Fatalf("want 402, got %+v %+v", plan, gerr)
+			plan := tt.m.planReservation(p, tt.ir)
+			amount := storage.ReserveAmount(tt.avail, tt.holds, tt.waiting, plan.minCredits, plan.maxCredits)
+			if amount > tt.avail {
+				gerr := plan.refusal(p, tt.ir, &storage.CreditShortage{Needed: amount, Credits: tt.avail})
+				if tt.refusal == "" || gerr.Status != http.StatusPaymentRequired || gerr.Code != tt.refusal {
+					t.Fatalf("refused %d > %d available: %+v, want code %q", amount, tt.avail, gerr, tt.refusal)
 				}
 				return
 			}
-			if gerr != nil {
-				t.Fatalf("refused: %v", gerr)
+			if tt.refusal != "" {
+				t.Fatalf("held %d, want a 402", amount)
 			}
-			if plan.credits != tt.credits || plan.maxTokens != tt.maxTokens {
-				t.Fatalf("plan %+v, want credits %d maxTokens %d", plan, tt.credits, tt.maxTokens)
+			if got := plan.capFor(p, tt.ir, amount); amount != tt.credits || got != tt.maxTokens {
+				t.Fatalf("holds %d with max_tokens %d, want %d and %d (plan %+v)", amount, got, tt.credits, tt.maxTokens, plan)
 			}
-			if plan.credits > tt.avail {
-				t.Fatalf("reserves %d > available %d", plan.credits, tt.avail)
+			if cost := p.cost(tt.ir.Model, tt.ir.PromptTokens, plan.capFor(p, tt.ir, amount)*tt.ir.choices); tt.maxTokens > 0 && cost > amount {
+				t.Fatalf("the cap sent costs %d, more than the %d held", cost, amount)
 			}
 		})
+	}
+}
+
+// TestCreditRefusals: a 402 says whether the balance is too low or the
+// user's requests in flight hold the credits (with Retry-After).
+func TestCreditRefusals(t *testing.T) {
+	m := Metering{}
+	m.provisionMetering()
+	ir := &inferenceRequest{Endpoint: endpointChat, Model: "x", PromptTokens: 24, choices: 1}
+	plan := m.planReservation(nil, ir)
+	held := plan.refusal(nil, ir, &storage.CreditShortage{Needed: 25, Credits: 1000, Reserved: 990, Holds: 7})
+	if held.Code != "credits_held" || held.RetryAfter < 1 || held.Message != "Insufficient credits right now: 990 credits are held by 7 requests in flight; retry" {
+		t.Errorf("held: %+v", held)
+	}
+	low := plan.refusal(nil, ir, &storage.CreditShortage{Needed: 25, Credits: 20, Reserved: 20, Holds: 1})
+	if low.Code != "insufficient_credits" || low.RetryAfter != 0 || !strings.Contains(low.Message, "balance of 20 credits") {
+		t.Errorf("balance short: %+v", low)
+	}
+	capped := &inferenceRequest{Endpoint: endpointChat, Model: "x", PromptTokens: 10, MaxTokens: 100, choices: 1}
+	low = m.planReservation(nil, capped).refusal(nil, capped, &storage.CreditShortage{Needed: 110, Credits: 50})
+	if !strings.Contains(low.Message, "lower max_tokens to at most 40") {
+		t.Errorf("client cap: %+v", low)
+	}
+	if gone := errCreditsHeld(&storage.CreditShortage{}); gone.Code != "credits_held" || strings.Contains(gone.Message, "0 requests") {
+		t.Errorf("held without details: %+v", gone)
 	}
 }
 
@@ -469,10 +512,15 @@ func TestMeteringCaddyfile(t *testing.T) {
 		embeddings_reserve_percent 200
 		max_response_buffer 2MiB
 		settle_timeout 3s
+		credit_wait 250ms
 	}`)
 	if err := g.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
+	if g.CreditWait == nil || *g.CreditWait != caddy.Duration(250*time.Millisecond) {
+		t.Fatalf("credit_wait = %v", g.CreditWait)
+	}
+	g.CreditWait = nil
 	want := Metering{DefaultMaxTokens: 512, MinCompletionTokens: 8, LowerMaxTokens: true, MaxTokensField: "max_completion_tokens",
 		EmbeddingsReservePercent: 200, MaxResponseBuffer: 2 << 20, SettleTimeout: caddy.Duration(3 * time.Second)}
 	if g.Metering != want {
@@ -488,15 +536,27 @@ func TestMeteringCaddyfile(t *testing.T) {
 		"gatewayz {\n lower_max_tokens maybe\n}",
 		"gatewayz {\n max_response_buffer lots\n}",
 		"gatewayz {\n settle_timeout never\n}",
+		"gatewayz {\n credit_wait -1s\n}",
+		"gatewayz {\n credit_wait\n}",
 	} {
 		if err := new(Gateway).UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
 		}
 	}
-	for _, bad := range []Metering{{MaxTokensField: "tokens"}, {MinCompletionTokens: 5000}, {DefaultMaxTokens: 1 << 40}} {
+	negative := caddy.Duration(-time.Second)
+	for _, bad := range []Metering{{MaxTokensField: "tokens"}, {MinCompletionTokens: 5000}, {DefaultMaxTokens: 1 << 40}, {CreditWait: &negative}} {
 		if err := bad.validateMetering(); err == nil {
 			t.Errorf("validated %+v", bad)
 		}
+	}
+	// 0 is "no wait", not "unset": provisioning keeps it; unset gets the default.
+	zero := Metering{CreditWait: new(caddy.Duration)}
+	if zero.provisionMetering(); *zero.CreditWait != 0 {
+		t.Errorf("credit_wait 0 became %v", *zero.CreditWait)
+	}
+	var unset Metering
+	if unset.provisionMetering(); *unset.CreditWait != caddy.Duration(defaultCreditWait) {
+		t.Errorf("unset credit_wait became %v", *unset.CreditWait)
 	}
 }
 
@@ -543,7 +603,7 @@ func TestMeteredEdgeCases(t *testing.T) {
 			_, err := io.WriteString(w, `{"data":[{"embedding":[0.5]}],"usage":{"prompt_tokens":5,"total_tokens":5}}`)
 			return err
 		}, 200, 5, false, 1, nil},
-		{"stream ended before any event", `{"model":"m","stream":true,"messages":[]}`, func(w http.ResponseWriter, r *http.Request) error {
+		{"stream ended before any event", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`, func(w http.ResponseWriter, r *http.Request) error {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.WriteHeader(200)
 			return nil
@@ -591,7 +651,7 @@ func TestMeteredStoreClosedMidRequest(t *testing.T) {
 		}
 		return upstreamJSON(nil, 1, 1)(w, r)
 	}
-	rec, p := meterDo(t, e, "/v1/chat/completions", `{"model":"m","messages":[],"max_tokens":5}`, next, bearer(key))
+	rec, p := meterDo(t, e, "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5}`, next, bearer(key))
 	if p != nil {
 		t.Fatalf("panicked: %v", p)
 	}

@@ -40,6 +40,7 @@ type sharedState struct {
 	index        *keyIndex
 	plans        *planCache
 	limiter      *limiter
+	credits      *creditWaiters
 	audit        *auditor
 
 	unsubscribe func()
@@ -49,7 +50,7 @@ type sharedState struct {
 
 // newSharedState returns the state of a database not opened yet.
 func newSharedState(cfg sharedConfig, logger *zap.Logger) *sharedState {
-	return &sharedState{cfg: cfg, logger: logger, limiter: newLimiter()}
+	return &sharedState{cfg: cfg, logger: logger, limiter: newLimiter(), credits: newCreditWaiters()}
 }
 
 // open opens the store with openStore unless it is open, and starts the
@@ -85,8 +86,13 @@ func isFlusher(st storage.Store) bool {
 
 // onChange is the store's change feed: it drops what changed from the
 // in-memory caches (without blocking and without store reads), so the next
-// request re-reads the current record.
+// request re-reads the current record, and wakes the requests waiting for
+// credits that came back.
 func (s *sharedState) onChange(c storage.Change) {
+	if c.Kind == storage.ChangeCredits {
+		s.credits.release(c.UserID)
+		return
+	}
 	s.index.invalidate(c)
 	s.plans.invalidate(c)
 }

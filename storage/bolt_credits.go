@@ -20,6 +20,7 @@ type account struct {
 	mu       sync.Mutex
 	credits  int64
 	reserved int64
+	holds    int64 // open reservations
 	// pending counts this user's ops queued but not yet committed; it is
 	// incremented under mu and decremented by the committer.
 	pending atomic.Int64
@@ -115,7 +116,7 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
-	if req.Credits < 0 || req.MaxRequests < 0 {
+	if req.Credits < 0 || req.MinCredits < 0 || req.Waiting < 0 || req.MaxRequests < 0 {
 		return nil, fmt.Errorf("storage: negative reservation: %w", ErrInvalid)
 	}
 	a, err := s.account(req.UserID)
@@ -142,22 +143,26 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 		slot = true
 	}
 	a.mu.Lock()
-	if a.credits-a.reserved < req.Credits {
+	amount := ReserveAmount(a.credits-a.reserved, a.holds, req.Waiting, req.MinCredits, req.Credits)
+	if a.credits-a.reserved < amount {
+		short := &CreditShortage{Needed: amount, Credits: a.credits, Reserved: a.reserved, Holds: a.holds}
 		a.mu.Unlock()
 		if slot {
 			kc.mu.Lock()
 			kc.inflight--
 			kc.mu.Unlock()
 		}
-		return nil, ErrInsufficientCredits
+		return nil, short
 	}
-	a.reserved += req.Credits
+	a.reserved += amount
+	a.holds++
+	available := a.credits - a.reserved
 	a.mu.Unlock()
 	id := s.resSeq.Add(1)
 	// One allocation for the caller's handle and the store's copy.
 	box := &reservationBox{
-		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: req.Credits},
-		r:   openRes{userID: req.UserID, keyID: req.KeyID, amount: req.Credits, slot: slot, acct: a, kc: kc},
+		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: amount, Available: available},
+		r:   openRes{userID: req.UserID, keyID: req.KeyID, amount: amount, slot: slot, acct: a, kc: kc},
 	}
 	sh := &s.open[id%resShards]
 	sh.mu.Lock()
@@ -241,6 +246,7 @@ func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, re
 	a := r.acct
 	a.mu.Lock()
 	a.reserved -= r.amount
+	a.holds--
 	charged = min(cost, a.credits-a.reserved)
 	if charged < 0 {
 		charged = 0
@@ -294,6 +300,7 @@ func (s *BoltStore) Refund(ctx context.Context, res *Reservation) error {
 	}
 	r.acct.mu.Lock()
 	r.acct.reserved -= r.amount
+	r.acct.holds--
 	r.acct.mu.Unlock()
 	return nil
 }
@@ -357,6 +364,9 @@ func (s *BoltStore) AddCredits(ctx context.Context, userID, amount int64, kind L
 	// committed; returning early would misreport it as not done.
 	if err := <-op.done; err != nil {
 		return 0, false, err
+	}
+	if amount > 0 {
+		s.notify(Change{Kind: ChangeCredits, UserID: userID})
 	}
 	return bal, false, nil
 }

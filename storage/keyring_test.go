@@ -299,3 +299,20 @@ func TestHashToMatchesHash(t *testing.T) {
 		}
 	}
 }
+
+func TestMaskPrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"gw_live_AbCd":     "gw_live_AbCd…",
+		"gw_live_AbCd…":    "gw_live_AbCd…",
+		"gw_live_AbCd...":  "gw_live_AbCd…",
+		"":                 "…",
+		"gw_test_x y\x00z": "gw_test_x y\x00z…",
+	} {
+		if got := MaskPrefix(in); got != want {
+			t.Errorf("MaskPrefix(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := (*APIKey)(nil).Masked(); got != "" {
+		t.Errorf("nil key masked = %q", got)
+	}
+}

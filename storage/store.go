@@ -12,6 +12,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 )
@@ -41,6 +42,11 @@ const (
 	ChangeUser   ChangeKind = "user"   // a user was updated or deleted (with all their keys)
 	ChangePlan   ChangeKind = "plan"   // a plan's definition changed
 	ChangeLimits ChangeKind = "limits" // a user's admin rate limits or plan assignment changed
+	// ChangeCredits: credits came back to a user outside this process's
+	// own Settle and Refund calls: AddCredits, and, for a database several
+	// nodes share, another node's settlement or refund. Requests waiting
+	// for credits retry on it.
+	ChangeCredits ChangeKind = "credits"
 )
 
 // Change tells subscribers (the gateway's in-memory key index) that a record
@@ -56,15 +62,71 @@ type Change struct {
 
 // ReserveRequest asks to hold credit (and, for keys with max_requests, one
 // request slot) for one in-flight request.
+//
+// A fixed reservation (MinCredits 0, or not below Credits) holds exactly
+// Credits. A flexible one (0 < MinCredits < Credits: the caller can lower
+// the request's completion cap to fit) holds, in the same atomic step,
+// ReserveAmount of the user's position: as much as Credits, but no more
+// than an equal share of the available balance between this request, the
+// Waiting ones behind it and the user's open reservations, and never less
+// than MinCredits. Reservation.Amount is what was held.
 type ReserveRequest struct {
 	UserID int64
 	KeyID  int64
-	// Credits is the worst-case cost of the request.
+	// Credits is the worst-case cost of the request: the most to hold.
 	Credits int64
+	// MinCredits, when positive and below Credits, is the least worth
+	// holding (the prompt and a minimal completion): see ReserveAmount.
+	MinCredits int64
+	// Waiting is how many of the user's requests wait for credits behind
+	// this one (the caller's queue); they get a share of a flexible
+	// reservation's balance.
+	Waiting int64
 	// MaxRequests, when positive, is the key's request cap: the reservation
 	// fails with ErrRequestLimit when requests used plus in flight reach it.
 	MaxRequests int64
 }
+
+// ReserveAmount is the share rule of a reservation: what to hold of
+// available credits (balance minus open reservations) when holds
+// reservations of the user are open and waiting requests of theirs queue
+// behind this one, for a request worth between minCredits and maxCredits.
+// A fixed request (minCredits <= 0 or >= maxCredits) takes maxCredits. A
+// flexible one takes available / (1 + holds + waiting), rounded down, kept
+// between minCredits and maxCredits: a request on its own takes all the
+// balance affords, one among others leaves them room. The result may
+// exceed available: then the reservation fails with a *CreditShortage.
+func ReserveAmount(available, holds, waiting, minCredits, maxCredits int64) int64 {
+	if minCredits <= 0 || minCredits >= maxCredits {
+		return maxCredits
+	}
+	share := max(available, 0) / (1 + max(holds, 0) + max(waiting, 0))
+	return min(max(share, minCredits), maxCredits)
+}
+
+// CreditShortage is the error of a reservation the available balance
+// cannot cover; errors.Is(err, ErrInsufficientCredits) holds. It says why:
+// the balance itself is below what was needed (Credits < Needed), or open
+// reservations hold the difference (Holds requests hold Reserved credits),
+// which come back when they settle.
+type CreditShortage struct {
+	Needed   int64 // the least the request could have held
+	Credits  int64 // the user's balance
+	Reserved int64 // held by open reservations
+	Holds    int64 // open reservations
+}
+
+func (e *CreditShortage) Error() string {
+	return fmt.Sprintf("insufficient credits: %d needed, balance %d of which %d held by %d open reservations",
+		e.Needed, e.Credits, e.Reserved, e.Holds)
+}
+
+// Is makes errors.Is(err, ErrInsufficientCredits) hold.
+func (e *CreditShortage) Is(target error) bool { return target == ErrInsufficientCredits }
+
+// BalanceShort reports whether the balance itself cannot pay the request,
+// so that waiting for open reservations to settle cannot help.
+func (e *CreditShortage) BalanceShort() bool { return e.Credits < e.Needed }
 
 // The Store is split into the roles its callers play. The gateway's request
 // path needs KeyLookup, Policy, Credits, AuditLog and ChangeFeed (with
@@ -103,10 +165,12 @@ type Policy interface {
 // Credits holds and charges credit for requests in flight.
 type Credits interface {
 	Balance(ctx context.Context, userID int64) (Balance, error)
-	// Reserve atomically holds req.Credits when the user's available
-	// balance covers it, else ErrInsufficientCredits (or ErrRequestLimit).
-	// Reservations belong to the store instance that made them: they end
-	// with it (a restart releases them).
+	// Reserve atomically holds req.Credits (or, for a flexible request,
+	// ReserveAmount) when the user's available balance covers it, in one
+	// step: there is no separate balance read to race with. Otherwise it
+	// fails with a *CreditShortage (errors.Is ErrInsufficientCredits) or
+	// ErrRequestLimit, holding nothing. Reservations belong to the store
+	// instance that made them: they end with it (a restart releases them).
 	Reserve(ctx context.Context, req ReserveRequest) (*Reservation, error)
 	// Settle replaces the reservation with a charge of cost credits and
 	// records the usage, exactly once (a second Settle or Refund of the same
@@ -211,6 +275,8 @@ type Ledger interface {
 	// AddCredits appends a positive or negative (admin adjustment) ledger
 	// entry durably. With a non-empty idempotency key, a repeated call
 	// returns the first call's balance and replayed=true, changing nothing.
+	// A positive amount publishes ChangeCredits, so that requests waiting
+	// for the user's credits retry.
 	AddCredits(ctx context.Context, userID, amount int64, kind LedgerKind, idempotencyKey, note string) (balance int64, replayed bool, err error)
 	// Ledger returns a user's ledger entries, oldest first.
 	Ledger(ctx context.Context, userID int64) ([]LedgerEntry, error)

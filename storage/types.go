@@ -140,7 +140,11 @@ type Reservation struct {
 	ID     uint64
 	UserID int64
 	KeyID  int64
-	Amount int64
+	Amount int64 // credits held
+	// Available is the user's available balance right after the hold (for
+	// the caller's credits-remaining header; it moves with every other
+	// request of the user).
+	Available int64
 }
 
 // Balance is a user's credit position.

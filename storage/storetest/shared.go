@@ -177,6 +177,13 @@ func sharedChangeFeed(t *testing.T, a, b storage.Store) {
 	logA.waitFor(t, "user update from the other handle", func(c storage.Change) bool {
 		return c.Kind == storage.ChangeUser && c.UserID == kc.user.ID
 	})
+	// A top-up on one handle wakes the credit waiters of the other.
+	if _, _, err := b.AddCredits(ctx, kc.user.ID, 5, storage.LedgerTopUp, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	logA.waitFor(t, "credits from the other handle", func(c storage.Change) bool {
+		return c.Kind == storage.ChangeCredits && c.UserID == kc.user.ID
+	})
 }
 
 // sharedAuditChain: appends through both handles at once make one chain

@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"SettleCapsAtBalance", confSettleCap},
 		{"ConcurrentSettlements", confConcurrent},
 		{"MaxRequestsSlots", confMaxRequests},
+		{"FlexibleReservation", confFlexibleReserve},
 		{"AddCredits", confAddCredits},
 		{"Usage", confUsage},
 		{"UsageTotals", confUsageTotals},

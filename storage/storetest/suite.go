@@ -520,6 +520,65 @@ func confMaxRequests(t *testing.T, s storage.Store) {
 	}
 }
 
+// confFlexibleReserve: a flexible reservation takes its share of the
+// available balance in one step (ReserveAmount), and a refusal says whether
+// the balance or open reservations are short.
+func confFlexibleReserve(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	u, k := Register(t, s, "flex@example.com", 100)
+	// Alone: everything the balance affords, up to Credits.
+	r1, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10})
+	if err != nil || r1.Amount != 100 || r1.Available != 0 {
+		t.Fatalf("alone: %+v, %v", r1, err)
+	}
+	// Everything is held: the refusal names the holds, not the balance.
+	_, err = s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10})
+	var short *storage.CreditShortage
+	if !errors.As(err, &short) || !errors.Is(err, storage.ErrInsufficientCredits) {
+		t.Fatalf("held: %v", err)
+	}
+	if short.BalanceShort() || short.Needed != 10 || short.Credits != 100 || short.Reserved != 100 || short.Holds != 1 {
+		t.Fatalf("held shortage = %+v", short)
+	}
+	if _, _, err := s.Settle(ctx, r1, 40, storage.UsageRecord{Model: "m", RequestID: "flex-1"}); err != nil {
+		t.Fatal(err)
+	}
+	// 60 left, two waiting behind: a third each.
+	r2, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10, Waiting: 2})
+	if err != nil || r2.Amount != 20 || r2.Available != 40 {
+		t.Fatalf("with two waiting: %+v, %v", r2, err)
+	}
+	// 40 left, one open reservation: half of it.
+	r3, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 10})
+	if err != nil || r3.Amount != 20 {
+		t.Fatalf("beside one hold: %+v, %v", r3, err)
+	}
+	// A share below the minimum holds the minimum; a fixed request its cost.
+	r4, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 500, MinCredits: 15, Waiting: 5})
+	if err != nil || r4.Amount != 15 {
+		t.Fatalf("minimum: %+v, %v", r4, err)
+	}
+	if b := MustBalance(t, s, u.ID); b.Credits != 60 || b.Reserved != 55 {
+		t.Fatalf("balance = %+v", b)
+	}
+	// The balance itself is short: no wait can help.
+	_, err = s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 70})
+	if !errors.As(err, &short) || !short.BalanceShort() || short.Needed != 70 || short.Holds != 3 {
+		t.Fatalf("balance short: %v", err)
+	}
+	for _, r := range []*storage.Reservation{r2, r3, r4} {
+		if err := s.Refund(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b := MustBalance(t, s, u.ID); b.Credits != 60 || b.Reserved != 0 {
+		t.Fatalf("after refunds: %+v", b)
+	}
+	if _, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, Credits: 5, MinCredits: -1}); !errors.Is(err, storage.ErrInvalid) {
+		t.Fatalf("negative minimum: %v", err)
+	}
+}
+
 func confAddCredits(t *testing.T, s storage.Store) {
 	ctx := context.Background()
 	u, _ := Register(t, s, "a@example.com", 10)
@@ -799,6 +858,11 @@ func confSubscribe(t *testing.T, s storage.Store) {
 	log, unsub := subscribe(t, s)
 	kc := makeKeyChanges(t, s, "sub@example.com")
 	kc.waitFor(t, log)
+	// A top-up is a change too: requests waiting for credits retry on it.
+	if _, _, err := s.AddCredits(ctx, kc.user.ID, 5, storage.LedgerTopUp, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	log.waitFor(t, "credits", func(c storage.Change) bool { return c.Kind == storage.ChangeCredits && c.UserID == kc.user.ID })
 
 	// After unsubscribing nothing more arrives: a second subscription sees
 	// the next change, the first does not.
