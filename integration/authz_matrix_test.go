@@ -86,6 +86,8 @@ func victimTarget(f *matrixFixture) string { return fmt.Sprintf("/user/api-keys/
 // the OpenAPI document).
 var matrixRoutes = map[string]matrixRoute{
 	"GET /health":             {ok: 200},
+	"GET /":                   {ok: 200},
+	"GET /favicon.ico":        {ok: 200},
 	"GET /openapi.json":       {ok: 200},
 	"GET /docs":               {ok: 200},
 	"GET /redoc":              {ok: 200},
@@ -352,7 +354,7 @@ func (f *matrixFixture) headers(c matrixCaller) []string {
 func TestAuthorizationMatrix(t *testing.T) {
 	up := startFakeOpenAI(t)
 	g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), GatewayBlock: "responses",
-		SiteOptions: "@docs path /docs /docs/* /redoc /openapi.json\n\thandle @docs {\n\t\tgatewayz_api\n\t}"})
+		SiteOptions: "@docs path / /favicon.ico /docs /docs/* /redoc /openapi.json\n\thandle @docs {\n\t\tgatewayz_api\n\t}"})
 	plan := g.do("POST", "/admin/plans", map[string]any{"name": "Matrix", "daily_request_limit": 100000, "monthly_request_limit": 100000,
 		"daily_token_limit": 100000000, "monthly_token_limit": 100000000}, adminAuth()).mustStatus(t, 200, "plan").json()
 	planID := int64(plan["plan"].(map[string]any)["id"].(float64))
