@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/gatewayz/caddy-gatewayz/caddymodule"
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
@@ -120,6 +121,10 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 			details["note"] = note
 		}
 		h.audit(r, &storage.AuditEntry{UserID: u.ID, Action: actAddCredits, Details: details})
+		if err := h.endTrialAtTopUp(r, u); err != nil {
+			h.fail(w, r, err)
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"status":      "success",
@@ -128,6 +133,23 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 		"user_id":     u.ID,
 		"replayed":    replayed,
 	})
+}
+
+// endTrialAtTopUp ends a trial user's trial at their first top-up when the
+// operator set trial ends_at_top_up: they pay as they go from then on,
+// without the trial's limits.
+func (h *Handler) endTrialAtTopUp(r *http.Request, u *storage.User) error {
+	if !h.app.TrialPolicy().EndsAtTopUp || u.SubscriptionStatus != caddymodule.StatusTrial {
+		return nil
+	}
+	_, err := h.app.Store().UpdateUser(r.Context(), u.ID, func(u *storage.User) error {
+		if u.SubscriptionStatus == caddymodule.StatusTrial {
+			u.SubscriptionStatus = caddymodule.StatusPayAsYouGo
+			u.UpdatedAt = h.now().UTC()
+		}
+		return nil
+	})
+	return err
 }
 
 // sameTopUp reports whether the ledger entry recorded under idem added

@@ -755,6 +755,8 @@ func TestDocsResponsesMatchHandlers(t *testing.T) {
 	admin := testAdminKey
 
 	c.do(docsCall{method: "GET", template: "/health", want: 200})
+	c.do(docsCall{method: "GET", template: "/", want: 200})
+	c.do(docsCall{method: "GET", template: "/favicon.ico", want: 200})
 	c.do(docsCall{method: "GET", template: "/openapi.json", want: 200})
 	c.do(docsCall{method: "GET", template: "/docs", want: 200})
 	c.do(docsCall{method: "GET", template: "/redoc", want: 200})

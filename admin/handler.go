@@ -45,6 +45,7 @@ type Handler struct {
 	mux    *http.ServeMux
 	logger *zap.Logger
 	now    func() time.Time
+	home   []byte // the landing page (home.go)
 }
 
 // backend is what the handler needs from the gatewayz app. It is an
@@ -56,6 +57,8 @@ type backend interface {
 	Keyring() *storage.Keyring
 	AdminKey() string
 	SignupCredits() int64
+	SignupPlanFor() (name string, months int)
+	TrialPolicy() *caddymodule.TrialPolicy
 	RotationGrace() time.Duration
 	Authenticate(plaintext string) (*caddymodule.Identity, error)
 	CheckNetworkAccess(r *http.Request, id *caddymodule.Identity) error
@@ -87,6 +90,7 @@ func (h *Handler) setup(app backend, logger *zap.Logger) {
 		h.now = time.Now
 	}
 	h.mux = h.buildMux()
+	h.home = h.renderHome()
 }
 
 // Validate checks the configuration.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
@@ -20,13 +21,22 @@ func profileView(u *storage.User) map[string]any {
 		"auth_method":         u.AuthMethod,
 		"is_active":           u.IsActive,
 		"subscription_status": u.SubscriptionStatus,
-		"trial_expires_at":    u.TrialExpiresAt.UTC(),
+		"trial_expires_at":    timeOrNull(u.TrialExpiresAt),
 		"registration_date":   u.RegistrationDate.UTC(),
 		"preferences":         rawOrNull(u.Preferences),
 		"settings":            rawOrNull(u.Settings),
 		"created_at":          u.CreatedAt.UTC(),
 		"updated_at":          u.UpdatedAt.UTC(),
 	}
+}
+
+// timeOrNull is t in UTC, or null for the zero time (a trial without an
+// end).
+func timeOrNull(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UTC()
 }
 
 func rawOrNull(m json.RawMessage) any {

@@ -6,11 +6,11 @@ import (
 	"net/http"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/gatewayz/caddy-gatewayz/caddymodule"
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
-
-// trialPeriod is how long a new user's trial lasts.
-const trialPeriod = 3 * 24 * time.Hour
 
 // maxCredits bounds any single credit amount from a request, so sums stay
 // far from int64 overflow.
@@ -109,8 +109,8 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		Email:              email,
 		AuthMethod:         authMethod,
 		IsActive:           true,
-		SubscriptionStatus: "trial",
-		TrialExpiresAt:     now.Add(trialPeriod),
+		SubscriptionStatus: caddymodule.StatusTrial,
+		TrialExpiresAt:     h.app.TrialPolicy().ExpiresAt(now),
 		RegistrationDate:   now,
 	}
 	if err := h.app.Store().Register(ctx, u, key, credits); err != nil {
@@ -124,6 +124,11 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 	actor := fmt.Sprintf(auditActorUserFmt, u.ID)
 	if byAdmin {
 		actor = auditActorAdmin
+	}
+	planName, err := h.subscribeSignupPlan(r, actor, u, now)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	h.auditAs(r, actor, &storage.AuditEntry{UserID: u.ID, Action: actRegister, Details: map[string]any{
 		"username": username, "email": email, "auth_method": authMethod, "credits": credits,
@@ -143,10 +148,59 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		"scope_permissions":   key.Scopes,
 		"auth_method":         authMethod,
 		"subscription_status": u.SubscriptionStatus,
-		"trial_expires_at":    u.TrialExpiresAt,
+		"trial_expires_at":    timeOrNull(u.TrialExpiresAt),
+		"plan_name":           planName,
 		"message":             "User registered successfully",
 		"timestamp":           now,
 	})
+}
+
+// subscribeSignupPlan subscribes a new user to the operator's signup_plan
+// and returns its name, or returns the trial's name when there is none. A
+// signup_plan that names no active plan is a configuration error the
+// operator must see: the user stays on the trial and the log says why,
+// rather than a registration failing for what the user cannot fix.
+func (h *Handler) subscribeSignupPlan(r *http.Request, actor string, u *storage.User, now time.Time) (string, error) {
+	name, months := h.app.SignupPlanFor()
+	trial := h.app.TrialPolicy().Plan.Name
+	if name == "" {
+		return trial, nil
+	}
+	ctx := r.Context()
+	st := h.app.Store()
+	plans, err := st.ListPlans(ctx)
+	if err != nil {
+		return "", err
+	}
+	var plan *storage.Plan
+	for _, p := range plans {
+		if p.Name == name && p.IsActive {
+			plan = p
+			break
+		}
+	}
+	if plan == nil {
+		h.logger.Warn("signup_plan names no active plan; the new user starts on the trial", zap.String("signup_plan", name))
+		return trial, nil
+	}
+	up, err := st.AssignPlan(ctx, u.ID, plan.ID, now, now.AddDate(0, 0, 30*months))
+	if err != nil {
+		return "", err
+	}
+	updated, err := st.UpdateUser(ctx, u.ID, func(u *storage.User) error {
+		u.SubscriptionStatus = "active"
+		u.UpdatedAt = now
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	*u = *updated
+	h.auditAs(r, actor, &storage.AuditEntry{UserID: u.ID, Action: actAssignPlan, Details: map[string]any{
+		"plan_id": plan.ID, "plan_name": plan.Name, "duration_months": months,
+		"start_date": up.StartDate, "end_date": up.EndDate, "signup_plan": true,
+	}})
+	return plan.Name, nil
 }
 
 // newKey generates a key for env and returns its plaintext (to show once)

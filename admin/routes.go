@@ -26,6 +26,10 @@ func (h *Handler) routes() []route {
 		{"GET", "/plans", public, noScope, h.listPlans},
 		{"GET", "/plans/{plan_id}", public, noScope, h.getPlan},
 
+		// Landing page (home.go)
+		{"GET", "/{$}", public, noScope, h.homeHandler},
+		{"GET", "/favicon.ico", public, noScope, h.favicon},
+
 		// Documentation (docs.go)
 		{"GET", "/openapi.json", public, noScope, h.openAPI},
 		{"GET", "/docs", public, noScope, h.swaggerUI},

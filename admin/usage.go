@@ -6,18 +6,21 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gatewayz/caddy-gatewayz/caddymodule"
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
-// trialLimits are the limits without an active plan: 100 requests and
-// 10,000 tokens a day, 1,000 requests and 100,000 tokens a month.
-var trialLimits = storage.Plan{
-	Name:                "Trial",
-	DailyRequestLimit:   100,
-	MonthlyRequestLimit: 1000,
-	DailyTokenLimit:     10000,
-	MonthlyTokenLimit:   100000,
-	Features:            []string{"basic_models"},
+// payAsYouGo is what a user whose trial ended at a top-up has without a
+// plan: no plan limits.
+var payAsYouGo = storage.Plan{Name: caddymodule.PayAsYouGoPlanName, IsActive: true}
+
+// planWithout is what limits u without an active plan: nothing beyond
+// credits once they paid their way out of the trial, else the trial.
+func (h *Handler) planWithout(u *storage.User) *storage.Plan {
+	if u != nil && u.SubscriptionStatus == caddymodule.StatusPayAsYouGo {
+		return &payAsYouGo
+	}
+	return &h.app.TrialPolicy().Plan
 }
 
 // userPlan shows the caller's subscription (GET /user/plan). No plan, or a
@@ -108,7 +111,7 @@ func (h *Handler) userPlanUsage(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	plan := &trialLimits
+	plan := h.planWithout(id.User)
 	if up != nil && up.ActiveAt(now) {
 		plan = p
 	}
@@ -126,8 +129,13 @@ func (h *Handler) userPlanUsage(w http.ResponseWriter, r *http.Request) {
 		"daily_requests": plan.DailyRequestLimit, "daily_tokens": plan.DailyTokenLimit,
 		"monthly_requests": plan.MonthlyRequestLimit, "monthly_tokens": plan.MonthlyTokenLimit,
 	}
-	remaining, atLimit := map[string]int64{}, map[string]bool{}
+	// A limit of 0 is unlimited: nothing remaining to count, never at it.
+	remaining, atLimit := map[string]any{}, map[string]bool{}
 	for k, u := range used {
+		if limits[k] <= 0 {
+			remaining[k], atLimit[k] = nil, false
+			continue
+		}
 		remaining[k] = max(limits[k]-u, 0)
 		atLimit[k] = u >= limits[k]
 	}
@@ -158,7 +166,7 @@ func (h *Handler) userEntitlements(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	plan := &trialLimits
+	plan := h.planWithout(id.User)
 	resp := map[string]any{"has_plan": false}
 	switch {
 	case up != nil && up.ActiveAt(now):

@@ -105,7 +105,10 @@ func (g *Gateway) newAdmission(r *http.Request, e *keyEntry, rt route, clientIP 
 		}
 		return nil, errPlanUnchecked(err)
 	}
-	ent := pol.entitlementsAt(now, e.env, g.app.TrialModels)
+	ent := pol.entitlementsAt(now, e.env, e.id.User, g.app.trial)
+	if ent.trialEnded && rt.metered() {
+		return nil, errTrialExpired(e.id.User.TrialExpiresAt)
+	}
 	var a *admission
 	var mr *meteredRequest
 	if rt.metered() {

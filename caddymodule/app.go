@@ -80,9 +80,23 @@ type App struct {
 	// entry whose model glob matches wins. Default: 1 credit per token.
 	Prices []ModelPrice `json:"prices,omitempty"`
 
-	// TrialModels are the model globs callable without an active plan.
-	// Empty means every model.
+	// Trial is what a user without an active plan may do: daily and
+	// monthly limits, models, length, and whether a top-up ends it.
+	// Default: the reference's 100 requests and 10,000 tokens a day,
+	// 1,000 requests and 100,000 tokens a month, every model, no end.
+	Trial *Trial `json:"trial,omitempty"`
+
+	// TrialModels are model globs callable without an active plan, added
+	// to trial.models. Kept for older configs.
 	TrialModels []string `json:"trial_models,omitempty"`
+
+	// SignupPlan is the name of a plan every new user is subscribed to at
+	// registration, for signup_plan_months months of 30 days (default 1).
+	// Empty: new users start on the trial.
+	SignupPlan string `json:"signup_plan,omitempty"`
+
+	// SignupPlanMonths is how long the signup plan runs. Default 1.
+	SignupPlanMonths int `json:"signup_plan_months,omitempty"`
 
 	// RotationGracePeriod is how long a rotated key's previous secret
 	// keeps authenticating. Default 0 (it stops at once).
@@ -110,6 +124,7 @@ type App struct {
 	keyring       *storage.Keyring
 	adminKey      string
 	signupCredits int64
+	trial         *TrialPolicy
 	ctx           caddy.Context
 	logger        *zap.Logger
 }
@@ -141,6 +156,7 @@ const (
 	defaultSignupCredits     = 1000
 	defaultNegativeCacheSize = 10000
 	defaultAuditPerMinute    = 5
+	maxSignupPlanMonths      = 1200
 )
 
 // Provision resolves the settings. It opens, locks and creates nothing (so
@@ -186,10 +202,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("gatewayz: price for %q must not be negative", p.Model)
 		}
 	}
-	for _, m := range a.TrialModels {
-		if err := validateGlob(m); err != nil {
-			return fmt.Errorf("gatewayz: trial_models: %v", err)
-		}
+	if a.trial, err = resolveTrial(a.Trial, a.TrialModels); err != nil {
+		return err
+	}
+	if a.SignupPlanMonths < 0 || a.SignupPlanMonths > maxSignupPlanMonths {
+		return fmt.Errorf("gatewayz: signup_plan_months must be between 1 and %d", maxSignupPlanMonths)
 	}
 
 	if s := repl.ReplaceAll(a.Secret, ""); s != "" {
@@ -321,6 +338,15 @@ func (a *App) AdminKey() string { return a.adminKey }
 
 // SignupCredits returns the credit grant of a new user.
 func (a *App) SignupCredits() int64 { return a.signupCredits }
+
+// TrialPolicy returns the trial in force for users without an active plan.
+func (a *App) TrialPolicy() *TrialPolicy { return a.trial }
+
+// SignupPlanFor returns the name of the plan new users get and for how
+// many months; "" when they start on the trial.
+func (a *App) SignupPlanFor() (name string, months int) {
+	return a.SignupPlan, max(a.SignupPlanMonths, 1)
+}
 
 // RotationGrace returns how long a rotated key's previous secret keeps
 // working.

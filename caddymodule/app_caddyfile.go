@@ -35,7 +35,15 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //	    usage_retention <duration>
 //	    negative_cache_size <n>
 //	    security_audit_per_minute <n>
-//	    trial_models   <glob...>
+//	    trial {
+//	        requests_per_day <n>      # 0: unlimited; and tokens_per_day,
+//	        requests_per_month <n>    # tokens_per_month
+//	        models <glob...>
+//	        days <n>                  # trial length; 0: no end
+//	        ends_at_top_up            # the first top-up ends the trial
+//	    }
+//	    signup_plan <plan-name> [<months>]
+//	    trial_models   <glob...>      # same as trial { models ... }
 //	    default_limits {
 //	        requests_per_minute <n>    # and _hour, _day, tokens_per_*
 //	    }
@@ -123,6 +131,29 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			a.TrialModels = append(a.TrialModels, args...)
+		case "trial":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if a.Trial == nil {
+				a.Trial = new(Trial)
+			}
+			if err := unmarshalTrial(d, a.Trial); err != nil {
+				return err
+			}
+		case "signup_plan":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.ArgErr()
+			}
+			a.SignupPlan = args[0]
+			if len(args) == 2 {
+				n, err := strconv.Atoi(args[1])
+				if err != nil || n < 1 || n > maxSignupPlanMonths {
+					return d.Errf("signup_plan months must be between 1 and %d, got %q", maxSignupPlanMonths, args[1])
+				}
+				a.SignupPlanMonths = n
+			}
 		case "default_limits":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -145,10 +176,17 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.Prices = append(a.Prices, ModelPrice{Model: model, PromptPer1K: p, CompletionPer1K: c})
 		default:
-			return d.Errf("unknown gatewayz option %q", name)
+			return unknownOption(d, "gatewayz option", appOptions)
 		}
 	}
 	return nil
+}
+
+// appOptions are the options of the gatewayz global option.
+var appOptions = []string{
+	"storage", "db_path", "database_url", "secret", "admin_key", "signup_credits", "signup_plan", "trial",
+	"rotation_grace", "usage_retention", "negative_cache_size",
+	"security_audit_per_minute", "trial_models", "default_limits", "price",
 }
 
 // unmarshalStorage reads `storage <backend> [<args>] [{ ... }]` into the

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -36,6 +37,11 @@ func parseGatewayDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	    embeddings_reserve_percent <n>
 //	    max_response_buffer <size>
 //	    settle_timeout <duration>
+//	    cors [<origin...>] {
+//	        origins <origin...>     # or *
+//	        key_referrers           # the key's domain_referrers decide
+//	        max_age <duration>
+//	    }
 //	    limits {
 //	        requests_per_minute <n>
 //	        requests_per_hour   <n>
@@ -77,6 +83,12 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := parseRateLimits(d, &g.Limits); err != nil {
 				return err
 			}
+		case "cors":
+			c, err := unmarshalCORS(d)
+			if err != nil {
+				return err
+			}
+			g.CORS = c
 		default:
 			if ok, err := g.unmarshalMeteringOption(d); ok || err != nil {
 				if err != nil {
@@ -84,7 +96,7 @@ func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				continue
 			}
-			return d.Errf("unknown gatewayz subdirective %q", d.Val())
+			return unknownOption(d, "gatewayz subdirective", gatewayOptions)
 		}
 	}
 	return nil
@@ -109,19 +121,48 @@ func parseRateLimits(d *caddyfile.Dispenser, l *storage.RateLimits) error {
 		case "tokens_per_day":
 			field = &l.TokensPerDay
 		default:
-			return d.Errf("unknown limit %q", name)
+			return unknownOption(d, "limit", rateLimitOptions)
 		}
-		var s string
-		if !d.AllArgs(&s) {
-			return d.ArgErr()
-		}
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || n < 0 {
-			return d.Errf("%s must be a non-negative integer, got %q", name, s)
+		n, err := nonNegativeArg(d, name)
+		if err != nil {
+			return err
 		}
 		*field = n
 	}
 	return nil
+}
+
+// nonNegativeArg reads the one argument of the option name as a
+// non-negative integer.
+func nonNegativeArg(d *caddyfile.Dispenser, name string) (int64, error) {
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, d.Errf("%s must be a non-negative integer, got %q", name, s)
+	}
+	return n, nil
+}
+
+// gatewayOptions are the subdirectives of the gatewayz directive.
+var gatewayOptions = []string{
+	"max_body_size", "free_paths", "limits", "cors", "default_max_tokens", "min_completion_tokens",
+	"lower_max_tokens", "max_tokens_field", "embeddings_reserve_percent", "max_response_buffer", "settle_timeout",
+}
+
+// rateLimitOptions are the fields of a limits block.
+var rateLimitOptions = []string{
+	"requests_per_minute", "requests_per_hour", "requests_per_day",
+	"tokens_per_minute", "tokens_per_hour", "tokens_per_day",
+}
+
+// unknownOption is the error for an unknown option of a block: it names
+// the option and lists the valid ones, so a typo is fixed without reading
+// the source.
+func unknownOption(d *caddyfile.Dispenser, what string, valid []string) error {
+	return d.Errf("unknown %s %q; valid: %s", what, d.Val(), strings.Join(valid, ", "))
 }
 
 // Interface guards

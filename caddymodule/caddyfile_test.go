@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -46,7 +47,33 @@ func TestGatewayUnmarshalCaddyfile(t *testing.T) {
 		{name: "argument", input: `gatewayz foo`, wantErr: "wrong argument count"},
 		{name: "unknown option", input: `gatewayz {
 			bogus 1
-		}`, wantErr: `unknown gatewayz subdirective "bogus"`},
+		}`, wantErr: `unknown gatewayz subdirective "bogus"; valid: max_body_size, free_paths, limits, cors,`},
+		{name: "lower_max_tokens says on or off", input: `gatewayz {
+			lower_max_tokens maybe
+		}`, wantErr: `lower_max_tokens must be on or off, got "maybe"`},
+		{name: "cors", input: `gatewayz {
+			cors http://localhost:5173 {
+				origins https://app.example.com
+				key_referrers
+				max_age 1h
+			}
+		}`, want: Gateway{CORS: &CORS{
+			AllowedOrigins: []string{"http://localhost:5173", "https://app.example.com"}, KeyReferrers: true, MaxAge: caddy.Duration(time.Hour),
+		}}},
+		{name: "cors any origin", input: `gatewayz {
+			cors *
+		}`, want: Gateway{CORS: &CORS{AllowedOrigins: []string{"*"}}}},
+		{name: "cors needs origins", input: `gatewayz {
+			cors
+		}`, wantErr: "cors needs allowed_origins or key_referrers"},
+		{name: "cors origin with a path", input: `gatewayz {
+			cors https://app.example.com/page
+		}`, wantErr: "must be scheme://host[:port] or *"},
+		{name: "unknown cors option", input: `gatewayz {
+			cors * {
+				methods GET
+			}
+		}`, wantErr: `unknown cors option "methods"; valid: origins, key_referrers, max_age`},
 		{name: "bad size", input: `gatewayz {
 			max_body_size lots
 		}`, wantErr: "bad max_body_size"},
@@ -65,7 +92,7 @@ func TestGatewayUnmarshalCaddyfile(t *testing.T) {
 			limits {
 				requests_per_week 1
 			}
-		}`, wantErr: `unknown limit "requests_per_week"`},
+		}`, wantErr: `unknown limit "requests_per_week"; valid: requests_per_minute,`},
 		{name: "limit with two values", input: `gatewayz {
 			limits {
 				tokens_per_day 1 2
@@ -226,7 +253,38 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 		}`, wantErr: "wrong argument count"},
 		{name: "unknown option", input: `gatewayz {
 			database x
-		}`, wantErr: `unknown gatewayz option "database"`},
+		}`, wantErr: `unknown gatewayz option "database"; valid: storage, db_path, database_url, secret,`},
+		{name: "trial and signup plan", input: `gatewayz {
+			trial {
+				requests_per_day 0
+				tokens_per_day 5000
+				requests_per_month 300
+				tokens_per_month 0
+				models gpt-4o-mini meta-llama/*
+				days 14
+				ends_at_top_up
+			}
+			signup_plan Starter 3
+		}`, want: App{
+			Trial: &Trial{
+				RequestsPerDay: ptr[int64](0), TokensPerDay: ptr[int64](5000), RequestsPerMonth: ptr[int64](300), TokensPerMonth: ptr[int64](0),
+				Models: []string{"gpt-4o-mini", "meta-llama/*"}, Days: 14, EndsAtTopUp: true,
+			},
+			SignupPlan: "Starter", SignupPlanMonths: 3,
+		}},
+		{name: "unknown trial option", input: `gatewayz {
+			trial {
+				requests_per_week 3
+			}
+		}`, wantErr: `unknown trial option "requests_per_week"; valid: requests_per_day, tokens_per_day, requests_per_month, tokens_per_month, models, days, ends_at_top_up`},
+		{name: "negative trial limit", input: `gatewayz {
+			trial {
+				days -1
+			}
+		}`, wantErr: "trial days must be a non-negative integer"},
+		{name: "signup plan months", input: `gatewayz {
+			signup_plan Starter 0
+		}`, wantErr: "signup_plan months must be between 1 and 1200"},
 		{name: "argument", input: `gatewayz x`, wantErr: "wrong argument count"},
 	}
 	for _, tt := range tests {

@@ -24,6 +24,12 @@ func errorf(status int, typ, code, msg string) *gatewayError {
 	return &gatewayError{Status: status, Type: typ, Code: code, Message: msg}
 }
 
+// Codes of the 429s that are not rate limits.
+const (
+	codePlanLimit    = "plan_limit_exceeded"
+	codeRequestLimit = "request_limit_reached"
+)
+
 // errDatabaseUnavailable refuses a request the database could not serve
 // (storage.ErrUnavailable): it is down or unreachable, and the client may
 // retry once it is back.
@@ -53,6 +59,30 @@ func errInsufficientCredits(msg string) *gatewayError {
 	return errorf(http.StatusPaymentRequired, "insufficient_quota", "insufficient_credits", msg)
 }
 
+// hdrShouldRetry tells OpenAI SDKs whether to retry a refusal; they honour
+// it before their own rules (which retry every 429 after Retry-After).
+const hdrShouldRetry = "X-Should-Retry"
+
+// maxRetryAfter is the longest wait, in seconds, a refusal may ask for and
+// still be worth retrying automatically: an SDK's retry sleeps that long
+// while its caller's request hangs.
+const maxRetryAfter = 60
+
+// clearsSoon reports whether an automatic retry of the refusal can
+// succeed within maxRetryAfter: never for a 402 (credits do not come back
+// by waiting), and for a 429 only when it names a short wait (a per-minute
+// rate limit) rather than a daily or monthly quota, a plan limit or an
+// exhausted key cap. Other statuses are left to the SDK's own rules.
+func (e *gatewayError) clearsSoon() bool {
+	switch e.Status {
+	case http.StatusPaymentRequired:
+		return false
+	case http.StatusTooManyRequests:
+		return e.RetryAfter > 0 && e.RetryAfter <= maxRetryAfter
+	}
+	return true
+}
+
 // writeError writes e as an OpenAI-shaped JSON error. The caller returns nil
 // afterwards: returning an error to Caddy as well would write twice.
 func writeError(w http.ResponseWriter, e *gatewayError) {
@@ -64,6 +94,9 @@ func writeError(w http.ResponseWriter, e *gatewayError) {
 	}
 	if e.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
+	if !e.clearsSoon() {
+		h.Set(hdrShouldRetry, "false")
 	}
 	body, _ := json.Marshal(struct {
 		Error struct {

@@ -42,6 +42,10 @@ type Gateway struct {
 	// no plan counting (rate limits still count requests).
 	FreePaths []string `json:"free_paths,omitempty"`
 
+	// CORS lets web pages on other origins call the gateway from a
+	// browser (cors.go). Default: off (browsers refuse cross-origin calls).
+	CORS *CORS `json:"cors,omitempty"`
+
 	// Metering settings (metering.go): default_max_tokens,
 	// min_completion_tokens, lower_max_tokens, max_tokens_field,
 	// embeddings_reserve_percent, max_response_buffer, settle_timeout.
@@ -90,6 +94,9 @@ func (g *Gateway) Validate() error {
 	if err := g.validateMetering(); err != nil {
 		return err
 	}
+	if err := g.CORS.validate(); err != nil {
+		return err
+	}
 	for _, p := range g.FreePaths {
 		if _, err := path.Match(p, ""); err != nil || p == "" {
 			return fmt.Errorf("gatewayz: bad free_paths glob %q", p)
@@ -106,52 +113,68 @@ func (g *Gateway) Validate() error {
 // upstream.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := clockNow()
+	if g.CORS.preflight(w, r) {
+		requestCounters(route{}, false)[outcomePreflight].Inc()
+		return nil
+	}
 	if err := g.app.WaitStarted(r.Context()); err != nil {
-		return g.refuse(w, nil, errUnavailable, now)
+		return g.refuse(w, r, nil, route{}, false, errUnavailable, now)
 	}
 	rt, gerr := g.route(r)
 	if gerr != nil {
-		return g.refuse(w, nil, gerr, now)
+		return g.refuse(w, r, nil, rt, false, gerr, now)
 	}
 	rc := newRequestCtx(r)
 	ip := rc.clientIP()
 	e, gerr := g.authenticate(r, credentials(r), ip, now)
 	if gerr != nil {
-		return g.refuse(w, nil, gerr, now)
+		return g.refuse(w, r, nil, rt, true, gerr, now)
 	}
 	rc.annotate(e)
-	// The key's own restrictions need nothing but the key: they run before
-	// the policy lookup, which may read the store.
-	if gerr := g.checkAccess(r, e, ip, rt, now); gerr != nil {
+	// The key's own restrictions (its access rules, and the web origin it
+	// may be used from) need nothing but the key: they run before the
+	// policy lookup, which may read the store.
+	gerr = g.checkAccess(r, e, ip, rt, now)
+	if gerr == nil {
+		gerr = g.CORS.allowCaller(w.Header(), r, e.referrers)
+	}
+	if gerr != nil {
 		// The refusal still carries the caller's current limits when the
 		// policy can be had.
 		adm, _ := g.newAdmission(r, e, rt, ip, now)
-		return g.refuse(w, adm, gerr, now)
+		return g.refuse(w, r, adm, rt, true, gerr, now)
 	}
 	adm, gerr := g.newAdmission(r, e, rt, ip, now)
 	if gerr != nil {
-		return g.refuse(w, nil, gerr, now)
+		return g.refuse(w, r, nil, rt, true, gerr, now)
 	}
 	if rt.metered() {
 		if adm.req, gerr = readInferenceInto(adm.newRequest(), w, r, rt.endpoint, g.MaxBodySize); gerr != nil {
-			return g.refuse(w, adm, gerr, now)
+			return g.refuse(w, r, adm, rt, true, gerr, now)
 		}
+		setModelVars(r, adm.req.Model)
 		if gerr := adm.checkModel(); gerr != nil {
-			return g.refuse(w, adm, gerr, now)
+			return g.refuse(w, r, adm, rt, true, gerr, now)
 		}
 	}
 	if gerr := g.admit(r, adm, now, w.Header()); gerr != nil {
-		return g.refuse(w, adm, gerr, now)
+		return g.refuse(w, r, adm, rt, true, gerr, now)
 	}
 	return g.proxy(w, r, next, adm, &rc)
 }
 
-// refuse answers with the refusal, with the x-ratelimit-* headers of the
-// caller when known. It returns nil: the response is written.
-func (g *Gateway) refuse(w http.ResponseWriter, adm *admission, gerr *gatewayError, now time.Time) error {
-	if adm != nil && w.Header()[hdrLimitRequests] == nil {
-		g.state.limiter.peek(adm, now, w.Header())
+// refuse answers with the refusal, with the request's id, the CORS headers
+// of an allowed origin and the x-ratelimit-* headers of the caller when
+// known, and counts it by outcome. It returns nil: the response is written.
+func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, adm *admission, rt route, routed bool, gerr *gatewayError, now time.Time) error {
+	h := w.Header()
+	if adm != nil && h[hdrLimitRequests] == nil {
+		g.state.limiter.peek(adm, now, h)
 	}
+	rc := newRequestCtx(r)
+	h.Set(hdrRequestID, rc.requestID())
+	g.CORS.allowRefusal(h, r)
+	requestCounters(rt, routed)[refusalOutcome(gerr)].Inc()
 	writeError(w, gerr)
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -169,7 +170,7 @@ func (m *Metering) unmarshalMeteringOption(d *caddyfile.Dispenser) (bool, error)
 		case len(args) == 1 && (args[0] == "off" || args[0] == "false"):
 			m.LowerMaxTokens = false
 		default:
-			return true, d.ArgErr()
+			return true, d.Errf("lower_max_tokens must be on or off, got %q", strings.Join(args, " "))
 		}
 		return true, nil
 	case "max_tokens_field":
@@ -239,10 +240,12 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	delete(r.Header, hdrAPIKey)
 	if !adm.route.metered() { // free route
 		metricFreeRequests.Inc()
+		reqID := rc.requestID()
+		w.Header().Set(hdrRequestID, reqID)
 		if err := next.ServeHTTP(w, r); err != nil {
 			// As on metered routes: an unreachable upstream gets an
 			// OpenAI-shaped answer, not Caddy's empty error page.
-			g.logUpstreamUnavailable(rc.requestID(), err)
+			g.logUpstreamUnavailable(reqID, err)
 			writeError(w, upstreamUnavailable(err))
 		}
 		return nil
@@ -272,6 +275,12 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		s.series.requests[outcome].Inc()
 		adm.recordRefund()
 		w.Header().Set(hdrRequestID, s.reqID)
+		if gerr.Status == http.StatusPaymentRequired {
+			// The refusal path only: a 402 tells the client its balance.
+			if bal, err := g.state.store.Balance(r.Context(), adm.key.UserID); err == nil {
+				w.Header().Set(hdrCreditsRemaining, strconv.FormatInt(max(bal.Available(), 0), 10))
+			}
+		}
 		if gerr == errClientGone {
 			w.WriteHeader(gerr.Status)
 			return nil

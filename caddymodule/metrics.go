@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,12 @@ const (
 	outcomeRequestLimit                       // refused: key request cap
 	outcomeStoreError                         // the store failed: refused or not billed
 	outcomeFree                               // free route, passed through
+	outcomeUnauthenticated                    // refused: no, unknown, inactive or expired key (401)
+	outcomeForbidden                          // refused: IP, referrer, scope, model or trial (403)
+	outcomeRateLimited                        // refused: a per-minute/hour/day rate limit (429)
+	outcomePlanLimit                          // refused: a daily or monthly plan limit (429)
+	outcomeBadRequest                         // refused: bad body, path or method (4xx)
+	outcomePreflight                          // a CORS preflight answered by the gateway
 	numOutcomes
 )
 
@@ -102,6 +109,33 @@ var outcomeLabels = [numOutcomes]string{
 	outcomeRequestLimit:        "request_limit",
 	outcomeStoreError:          "store_error",
 	outcomeFree:                "free",
+	outcomeUnauthenticated:     "unauthenticated",
+	outcomeForbidden:           "forbidden",
+	outcomeRateLimited:         "rate_limited",
+	outcomePlanLimit:           "plan_limit",
+	outcomeBadRequest:          "bad_request",
+	outcomePreflight:           "preflight",
+}
+
+// refusalOutcome is the outcome a refusal of the gateway counts as.
+func refusalOutcome(e *gatewayError) outcome {
+	switch {
+	case e.Status == http.StatusUnauthorized:
+		return outcomeUnauthenticated
+	case e.Status == http.StatusForbidden:
+		return outcomeForbidden
+	case e.Status == http.StatusPaymentRequired:
+		return outcomeInsufficient
+	case e.Code == codeRequestLimit:
+		return outcomeRequestLimit
+	case e.Code == codePlanLimit:
+		return outcomePlanLimit
+	case e.Status == http.StatusTooManyRequests:
+		return outcomeRateLimited
+	case e.Status >= 500:
+		return outcomeStoreError
+	}
+	return outcomeBadRequest
 }
 
 func (o outcome) String() string { return outcomeLabels[o] }
@@ -144,9 +178,34 @@ var (
 	seriesChat        = newEndpointSeries(endpointChat)
 	seriesCompletions = newEndpointSeries(endpointCompletions)
 	seriesEmbeddings  = newEndpointSeries(endpointEmbeddings)
+	// seriesFree and seriesUnrouted count the outcomes of free routes and
+	// of requests refused before a route was known (endpoint "none").
+	seriesFree     = newOutcomeSeries("free")
+	seriesUnrouted = newOutcomeSeries("none")
 	// metricFreeRequests counts requests on free routes.
-	metricFreeRequests = metricRequests.WithLabelValues("free", outcomeFree.String())
+	metricFreeRequests = seriesFree[outcomeFree]
 )
+
+// newOutcomeSeries returns the request counters of every outcome for an
+// endpoint label that has no token series.
+func newOutcomeSeries(endpoint string) *[numOutcomes]prometheus.Counter {
+	var s [numOutcomes]prometheus.Counter
+	for o := range numOutcomes {
+		s[o] = metricRequests.WithLabelValues(endpoint, o.String())
+	}
+	return &s
+}
+
+// requestCounters returns the request counters of a route's endpoint.
+func requestCounters(rt route, routed bool) *[numOutcomes]prometheus.Counter {
+	switch {
+	case !routed:
+		return seriesUnrouted
+	case !rt.metered():
+		return seriesFree
+	}
+	return &seriesFor(rt.endpoint).requests
+}
 
 func newEndpointSeries(endpoint string) *endpointSeries {
 	s := &endpointSeries{

@@ -11,19 +11,6 @@ import (
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
-// Trial entitlements: what a user without an active plan gets (as the
-// reference).
-const (
-	trialPlanName            = "Trial"
-	trialDailyRequestLimit   = 100
-	trialMonthlyRequestLimit = 1000
-	trialDailyTokenLimit     = 10_000
-	trialMonthlyTokenLimit   = 100_000
-)
-
-// TrialFeatures are the features of users without an active plan.
-var TrialFeatures = []string{"basic_models"}
-
 // userPolicy is what the store says about a user beyond their keys: the
 // active subscription (with its plan) and the rate limits an admin set.
 // Snapshots, read-only.
@@ -35,25 +22,33 @@ type userPolicy struct {
 
 // entitlements are the plan rules in force for one request.
 type entitlements struct {
-	planName string
-	models   []string // globs; empty: every model
-	limits   periodLimits
+	planName   string
+	models     []string // globs; empty: every model
+	limits     periodLimits
+	trialEnded bool // no plan, and the trial is over: metered calls are refused
 }
 
-// entitlementsAt returns the user's entitlements at now for a key of the
-// environment env. An expired or missing plan gives the trial defaults.
-// Keys of other environments than live get half of each limit (at least 1).
-func (p *userPolicy) entitlementsAt(now time.Time, env string, trialModels []string) entitlements {
+// entitlementsAt returns the entitlements at now of user u for a key of
+// the environment env: the active plan's; without one, none beyond credits
+// for a user who paid their way out of the trial, else the trial's (which
+// may have ended). Keys of other environments than live get half of each
+// limit (at least 1).
+func (p *userPolicy) entitlementsAt(now time.Time, env string, u *storage.User, trial *TrialPolicy) entitlements {
 	var e entitlements
 	var dReq, mReq, dTok, mTok int64
-	if p != nil && p.plan != nil && p.userPlan.ActiveAt(now) {
+	switch {
+	case p != nil && p.plan != nil && p.userPlan.ActiveAt(now):
 		e.planName, e.models = p.plan.Name, p.plan.Models
 		dReq, mReq = p.plan.DailyRequestLimit, p.plan.MonthlyRequestLimit
 		dTok, mTok = p.plan.DailyTokenLimit, p.plan.MonthlyTokenLimit
-	} else {
-		e.planName, e.models = trialPlanName, trialModels
-		dReq, mReq = trialDailyRequestLimit, trialMonthlyRequestLimit
-		dTok, mTok = trialDailyTokenLimit, trialMonthlyTokenLimit
+	case u != nil && u.SubscriptionStatus == StatusPayAsYouGo:
+		e.planName = PayAsYouGoPlanName
+	default:
+		t := &trial.Plan
+		e.planName, e.models = t.Name, t.Models
+		dReq, mReq = t.DailyRequestLimit, t.MonthlyRequestLimit
+		dTok, mTok = t.DailyTokenLimit, t.MonthlyTokenLimit
+		e.trialEnded = trial.endedAt(u, now)
 	}
 	if env != "live" {
 		dReq, mReq, dTok, mTok = half(dReq), half(mReq), half(dTok), half(mTok)

@@ -86,6 +86,8 @@ func victimTarget(f *matrixFixture) string { return fmt.Sprintf("/user/api-keys/
 // the OpenAPI document).
 var matrixRoutes = map[string]matrixRoute{
 	"GET /health":             {ok: 200},
+	"GET /":                   {ok: 200},
+	"GET /favicon.ico":        {ok: 200},
 	"GET /openapi.json":       {ok: 200},
 	"GET /docs":               {ok: 200},
 	"GET /redoc":              {ok: 200},
@@ -110,24 +112,31 @@ var matrixRoutes = map[string]matrixRoute{
 	"PUT /user/profile":                  {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"name": f.unique("n")} }},
 	"DELETE /user/account":               {ok: 200, destructive: true, body: func(*matrixFixture) any { return map[string]any{"confirmation": "DELETE_ACCOUNT"} }},
 	"GET /user/monitor":                  {ok: 200},
+	"GET /user/usage":                    {ok: 200},
+	"GET /user/usage/daily":              {ok: 200},
+	"GET /user/usage/export":             {ok: 200},
 	"POST /admin/add_credits":            {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"user_id": f.victimID, "credits": 1} }},
 	"GET /admin/balance":                 {ok: 200},
 	"GET /admin/monitor":                 {ok: 200},
 	"POST /admin/limit": {ok: 200, body: func(f *matrixFixture) any {
 		return map[string]any{"user_id": f.victimID, "rate_limits": generousLimits}
 	}},
-	"POST /admin/assign-plan":       {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"user_id": f.victimID, "plan_id": f.planID} }},
-	"GET /admin/plans":              {ok: 200},
-	"POST /admin/plans":             {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"name": f.unique("plan")} }},
-	"PUT /admin/plans/{plan_id}":    {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/plans/%d", f.planID) }, body: func(*matrixFixture) any { return map[string]any{"description": "d"} }},
-	"DELETE /admin/plans/{plan_id}": {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/plans/%d", f.sparePlanID) }},
-	"GET /admin/users/{user_id}":    {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/users/%d", f.victimID) }},
-	"GET /admin/audit-logs":         {ok: 200},
-	"GET /admin/audit-logs/verify":  {ok: 200},
-	"GET /admin/audit-logs/export":  {ok: 200},
-	"GET /admin/security":           {ok: 200},
-	"GET /admin/backup":             {ok: 200},
-	"POST /v1/chat/completions":     {ok: 200, body: func(*matrixFixture) any { return chatBody("gpt-4o-mini") }},
+	"POST /admin/assign-plan":           {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"user_id": f.victimID, "plan_id": f.planID} }},
+	"GET /admin/plans":                  {ok: 200},
+	"POST /admin/plans":                 {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"name": f.unique("plan")} }},
+	"PUT /admin/plans/{plan_id}":        {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/plans/%d", f.planID) }, body: func(*matrixFixture) any { return map[string]any{"description": "d"} }},
+	"DELETE /admin/plans/{plan_id}":     {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/plans/%d", f.sparePlanID) }},
+	"GET /admin/users/{user_id}":        {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/users/%d", f.victimID) }},
+	"GET /admin/users":                  {ok: 200},
+	"GET /admin/users/{user_id}/usage":  {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/users/%d/usage", f.victimID) }},
+	"GET /admin/users/{user_id}/ledger": {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/users/%d/ledger", f.victimID) }},
+	"GET /admin/stats":                  {ok: 200},
+	"GET /admin/audit-logs":             {ok: 200},
+	"GET /admin/audit-logs/verify":      {ok: 200},
+	"GET /admin/audit-logs/export":      {ok: 200},
+	"GET /admin/security":               {ok: 200},
+	"GET /admin/backup":                 {ok: 200},
+	"POST /v1/chat/completions":         {ok: 200, body: func(*matrixFixture) any { return chatBody("gpt-4o-mini") }},
 	"POST /v1/completions": {ok: 200, body: func(*matrixFixture) any {
 		return map[string]any{"model": "gpt-4o-mini", "prompt": "hi", "max_tokens": 16}
 	}},
@@ -338,7 +347,7 @@ func (f *matrixFixture) headers(c matrixCaller) []string {
 func TestAuthorizationMatrix(t *testing.T) {
 	up := startFakeOpenAI(t)
 	g := startGateway(t, gatewayConfig{Upstream: up.hostPort(),
-		SiteOptions: "@docs path /docs /docs/* /redoc /openapi.json\n\thandle @docs {\n\t\tgatewayz_api\n\t}"})
+		SiteOptions: "@docs path / /favicon.ico /docs /docs/* /redoc /openapi.json\n\thandle @docs {\n\t\tgatewayz_api\n\t}"})
 	plan := g.do("POST", "/admin/plans", map[string]any{"name": "Matrix", "daily_request_limit": 100000, "monthly_request_limit": 100000,
 		"daily_token_limit": 100000000, "monthly_token_limit": 100000000}, adminAuth()).mustStatus(t, 200, "plan").json()
 	planID := int64(plan["plan"].(map[string]any)["id"].(float64))

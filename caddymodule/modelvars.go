@@ -1,0 +1,37 @@
+package caddymodule
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Request variables set once the body is parsed, so that Caddy's own
+// matchers can route by model after the gateway, for example
+//
+//	@anthropic vars gatewayz_provider anthropic
+//	reverse_proxy @anthropic anthropic-upstream:443
+//	@llama vars_regexp gatewayz_model ^meta-llama/
+//
+// and placeholders ({http.vars.gatewayz_model}) can log or forward it.
+const (
+	varModel    = "gatewayz_model"    // the request's model, as sent
+	varProvider = "gatewayz_provider" // the model's prefix before "/", "" without one
+)
+
+// setModelVars sets the model variables of a metered request.
+func setModelVars(r *http.Request, model string) {
+	caddyhttp.SetVar(r.Context(), varModel, model)
+	caddyhttp.SetVar(r.Context(), varProvider, modelProvider(model))
+}
+
+// modelProvider returns the provider prefix of a model name
+// ("anthropic/claude-3-5-sonnet" → "anthropic"), "" when it has none.
+func modelProvider(model string) string {
+	provider, _, ok := strings.Cut(model, "/")
+	if !ok {
+		return ""
+	}
+	return provider
+}
