@@ -13,26 +13,27 @@ import (
 )
 
 // Reserve holds credit (and a max_requests slot) in one call of
-// gw_reserve: a guarded UPDATE of the account that only succeeds while the
-// available balance covers the amount, and a hold row of this node.
+// gw_reserve: with the account row locked, it takes the share rule's amount
+// (storage.ReserveAmount) of the available balance when that covers it, and
+// adds a hold row of this node.
 func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, error) {
 	if s.closed.Load() {
 		return nil, storage.ErrClosed
 	}
-	if req.Credits < 0 || req.MaxRequests < 0 {
+	if req.Credits < 0 || req.MinCredits < 0 || req.Waiting < 0 || req.MaxRequests < 0 {
 		return nil, fmt.Errorf("storage: negative reservation: %w", storage.ErrInvalid)
 	}
-	var id *int64
+	var id, held, credits, reserved, holds *int64
 	var status string
-	err := s.pool.QueryRow(ctx, `SELECT hold_id, status FROM gw_reserve($1, $2, $3, $4, $5)`,
-		req.UserID, req.KeyID, req.Credits, req.MaxRequests, s.node).Scan(&id, &status)
+	err := s.pool.QueryRow(ctx, reserveSQL, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
+		req.MaxRequests, s.node).Scan(&id, &held, &credits, &reserved, &holds, &status)
 	if err != nil {
 		return nil, mapErr(err)
 	}
 	switch status {
 	case "ok":
 	case "insufficient":
-		return nil, storage.ErrInsufficientCredits
+		return nil, &storage.CreditShortage{Needed: *held, Credits: *credits, Reserved: *reserved, Holds: *holds}
 	case "request_limit":
 		return nil, storage.ErrRequestLimit
 	case "not_found":
@@ -42,8 +43,11 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	}
 	s.openN.Add(1)
 	s.holds.Store(*id, struct{}{})
-	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: req.Credits}, nil
+	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: *held,
+		Available: *credits - *reserved}, nil
 }
+
+const reserveSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status FROM gw_reserve($1, $2, $3, $4, $5, $6, $7)`
 
 // OpenReservations counts the reservations made through this handle and
 // not yet settled or refunded.
@@ -203,7 +207,9 @@ func (s *Store) Refund(ctx context.Context, res *storage.Reservation) error {
 
 // AddCredits appends a ledger entry in one call of gw_add_credits; a
 // non-empty idempotency key is applied once per user (unique in the
-// ledger).
+// ledger). Credits added (not replayed) are a ChangeCredits change in the
+// same transaction, so that requests waiting for credits on every node
+// retry.
 func (s *Store) AddCredits(ctx context.Context, userID, amount int64, kind storage.LedgerKind, idempotencyKey, note string) (int64, bool, error) {
 	if s.closed.Load() {
 		return 0, false, storage.ErrClosed
@@ -222,10 +228,16 @@ func (s *Store) AddCredits(ctx context.Context, userID, amount int64, kind stora
 	}
 	var balance *int64
 	var status string
-	err := s.pool.QueryRow(ctx, `SELECT balance, status FROM gw_add_credits($1, $2, $3, $4, $5, $6)`,
-		userID, amount, string(kind), idem, note, s.now().UTC()).Scan(&balance, &status)
+	err := s.update(ctx, func(tx pgx.Tx) ([]storage.Change, error) {
+		err := tx.QueryRow(ctx, `SELECT balance, status FROM gw_add_credits($1, $2, $3, $4, $5, $6)`,
+			userID, amount, string(kind), idem, note, s.now().UTC()).Scan(&balance, &status)
+		if err != nil || status != "ok" || amount < 0 {
+			return nil, err
+		}
+		return []storage.Change{{Kind: storage.ChangeCredits, UserID: userID}}, nil
+	})
 	if err != nil {
-		return 0, false, mapErr(err)
+		return 0, false, err
 	}
 	switch status {
 	case "ok", "replayed":
@@ -289,8 +301,8 @@ func collectLedger(ctx context.Context, q querier, where string, args ...any) ([
 
 // VerifyLedger checks for every account that its balance equals the sum of
 // its ledger, that each entry's balance_after is the running sum and never
-// negative, and that reserved equals what its open holds add up to, in one
-// consistent snapshot.
+// negative, and that reserved and holds are what its open holds add up to
+// and how many there are, in one consistent snapshot.
 func (s *Store) VerifyLedger(ctx context.Context) error {
 	var problems []error
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
@@ -314,16 +326,17 @@ func (s *Store) VerifyLedger(ctx context.Context) error {
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		rows, err = tx.Query(ctx, `SELECT a.user_id, a.credits, a.reserved,
+		rows, err = tx.Query(ctx, `SELECT a.user_id, a.credits, a.reserved, a.holds,
 			coalesce((SELECT sum(amount) FROM gw_ledger l WHERE l.user_id = a.user_id), 0),
-			coalesce((SELECT sum(amount) FROM gw_holds h WHERE h.user_id = a.user_id AND h.state = 'open'), 0)
+			coalesce((SELECT sum(amount) FROM gw_holds h WHERE h.user_id = a.user_id AND h.state = 'open'), 0),
+			(SELECT count(*) FROM gw_holds h WHERE h.user_id = a.user_id AND h.state = 'open')
 			FROM gw_accounts a ORDER BY a.user_id`)
 		if err != nil {
 			return err
 		}
 		for rows.Next() {
-			var uid, credits, reserved, sum, held int64
-			if err := rows.Scan(&uid, &credits, &reserved, &sum, &held); err != nil {
+			var uid, credits, reserved, holds, sum, held, open int64
+			if err := rows.Scan(&uid, &credits, &reserved, &holds, &sum, &held, &open); err != nil {
 				return err
 			}
 			if credits != sum {
@@ -331,6 +344,9 @@ func (s *Store) VerifyLedger(ctx context.Context) error {
 			}
 			if reserved != held {
 				problems = append(problems, fmt.Errorf("user %d: reserved %d, open holds %d", uid, reserved, held))
+			}
+			if holds != open {
+				problems = append(problems, fmt.Errorf("user %d: %d holds counted, %d open", uid, holds, open))
 			}
 		}
 		return rows.Err()

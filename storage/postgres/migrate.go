@@ -75,13 +75,19 @@ func Migrate(ctx context.Context, dsn string) error {
 	return migrate(ctx, pool)
 }
 
-// migrate brings the schema to SchemaVersion, each version in its own
-// transaction, holding a session advisory lock for the whole run.
+// migrate brings the schema to SchemaVersion.
 func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	ms, err := migrations()
 	if err != nil {
 		return err
 	}
+	return migrateTo(ctx, pool, ms)
+}
+
+// migrateTo applies the migrations ms (the first len(ms) versions) that the
+// database lacks, each version in its own transaction, holding a session
+// advisory lock for the whole run.
+func migrateTo(ctx context.Context, pool *pgxpool.Pool, ms []migration) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("storage: migrating the schema: %w", mapErr(err))

@@ -1,0 +1,145 @@
+package postgres
+
+import (
+	"context"
+	"net/url"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+	"github.com/gatewayz/caddy-gatewayz/storage/pgtest"
+)
+
+// The database's share rule is storage.ReserveAmount, over every
+// combination of a grid of positions.
+func TestReserveAmountInDatabase(t *testing.T) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pgtest.DatabaseURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	type args struct{ available, holds, waiting, min, max int64 }
+	var cases []args
+	batch := &pgx.Batch{}
+	for _, available := range []int64{-50, 0, 5, 33, 100, 1000} {
+		for _, holds := range []int64{0, 1, 3} {
+			for _, waiting := range []int64{0, 2, 19} {
+				for _, minimum := range []int64{0, 1, 10, 20, 400} {
+					for _, maximum := range []int64{0, 10, 300, 400, 4106} {
+						a := args{available, holds, waiting, minimum, maximum}
+						cases = append(cases, a)
+						batch.Queue(`SELECT gw_reserve_amount($1, $2, $3, $4, $5)`, a.available, a.holds, a.waiting, a.min, a.max)
+					}
+				}
+			}
+		}
+	}
+	results := conn.SendBatch(ctx, batch)
+	defer results.Close()
+	for _, a := range cases {
+		var got int64
+		if err := results.QueryRow().Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if want := storage.ReserveAmount(a.available, a.holds, a.waiting, a.min, a.max); got != want {
+			t.Errorf("gw_reserve_amount%+v = %d, storage.ReserveAmount = %d", a, got, want)
+		}
+	}
+}
+
+// A database of schema version 1 with open and released holds upgrades to
+// counted holds; a node of the older build keeps reserving through the
+// version 1 call, counted too.
+func TestMigrateCountsOpenHolds(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DatabaseURL(t)
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	// The test database has the current schema: version 1 goes in a schema
+	// of its own.
+	if _, err := admin.Exec(ctx, `CREATE SCHEMA v1`); err != nil {
+		t.Fatal(err)
+	}
+	dsn = withSearchPath(t, dsn, "v1")
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ms, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, pool, ms[:1]); err != nil {
+		t.Fatal(err)
+	}
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec(`INSERT INTO gw_accounts (user_id, credits) VALUES (1, 100), (2, 50)`)
+	exec(`INSERT INTO gw_ledger (user_id, kind, amount, balance_after, time) VALUES (1, 'grant', 100, 100, now()), (2, 'grant', 50, 50, now())`)
+	oldReserve := func(user, credits, node int64) {
+		t.Helper()
+		var status string
+		if err := pool.QueryRow(ctx, `SELECT status FROM gw_reserve($1, 0, $2, 0, $3)`, user, credits, node).Scan(&status); err != nil || status != "ok" {
+			t.Fatalf("version 1 reserve: %q, %v", status, err)
+		}
+	}
+	oldReserve(1, 30, 7)
+	oldReserve(1, 20, 7)
+	oldReserve(2, 10, 8)
+	exec(`SELECT gw_release(ARRAY[8::bigint])`) // user 2's hold: released, no longer open
+
+	if err := migrateTo(ctx, pool, ms); err != nil {
+		t.Fatal(err)
+	}
+	holds := func(user int64) int64 {
+		t.Helper()
+		var n int64
+		if err := pool.QueryRow(ctx, `SELECT holds FROM gw_accounts WHERE user_id = $1`, user).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if h1, h2 := holds(1), holds(2); h1 != 2 || h2 != 0 {
+		t.Fatalf("holds after the upgrade = %d, %d, want 2, 0", h1, h2)
+	}
+	s := openNode(t, dsn, "upgraded")
+	mustVerify(t, s)
+
+	// An older node's reservation counts: 40 available among four.
+	oldReserve(1, 10, 7)
+	r, err := s.Reserve(ctx, storage.ReserveRequest{UserID: 1, Credits: 100, MinCredits: 1})
+	if err != nil || r.Amount != 10 || r.Available != 30 {
+		t.Fatalf("flexible beside three holds: %+v, %v", r, err)
+	}
+	mustVerify(t, s)
+	exec(`SELECT gw_refund(id) FROM gw_holds ORDER BY id`)
+	if h1 := holds(1); h1 != 0 {
+		t.Fatalf("holds after every refund = %d", h1)
+	}
+	mustVerify(t, s)
+}
+
+// withSearchPath returns dsn (a URL or keyword/value string) with its
+// search_path set to schema.
+func withSearchPath(t *testing.T, dsn, schema string) string {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil || u.Scheme == "" {
+		return dsn + " search_path=" + schema
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
