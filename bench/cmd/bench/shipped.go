@@ -63,31 +63,34 @@ func shippedConfigs(example string) (gateway, plain string, err error) {
 	}
 	gateway = withGlobals(lines)
 
-	// Plain: the same file without the three gatewayz pieces.
+	// Plain: the same file without the three gatewayz pieces. The global
+	// option is looked for only inside the global options block and the
+	// handler only outside it, since both may be written `gatewayz {`.
 	p := lines
 	for _, cut := range []struct {
 		what string
 		at   func(t string) bool
-		// block: remove through the matching closing brace
-		block bool
+		// global: the piece sits inside the global options block
+		global bool
 		// within: the block must contain a line with this directive
 		within string
 	}{
 		{"the gatewayz global option", func(t string) bool { return t == "gatewayz {" }, true, ""},
-		{"the gatewayz handler", func(t string) bool { return t == "gatewayz" }, false, ""},
-		{"the gatewayz_api handle block", func(t string) bool { return t == "handle {" }, true, "gatewayz_api"},
+		{"the gatewayz handler", func(t string) bool { return t == "gatewayz" || t == "gatewayz {" }, false, ""},
+		{"the gatewayz_api handle block", func(t string) bool { return t == "handle {" }, false, "gatewayz_api"},
 	} {
+		globalEnd := blockEnd(p, global)
 		found := false
 		for i := 0; i < len(p); i++ {
-			if !cut.at(code(p[i])) {
+			if (i > global && i < globalEnd) != cut.global || !cut.at(code(p[i])) {
 				continue
 			}
 			end := i
-			if cut.block {
+			if strings.HasSuffix(code(p[i]), "{") {
 				end = blockEnd(p, i)
-				if cut.within != "" && findLine(p[i:end+1], func(t string) bool { return t == cut.within }) < 0 {
-					continue
-				}
+			}
+			if cut.within != "" && findLine(p[i:end+1], func(t string) bool { return t == cut.within }) < 0 {
+				continue
 			}
 			if found {
 				return "", "", fmt.Errorf("Caddyfile.example: %s appears twice", cut.what)

@@ -63,7 +63,7 @@ func TestShippedConfigsFromTheExample(t *testing.T) {
 	if strings.Contains(plainJSON, "gatewayz") {
 		t.Errorf("plain config has gatewayz:\n%s", plainJSON)
 	}
-	for _, both := range []string{`"handler":"reverse_proxy"`, `"dial":"127.0.0.1:9901"`, `X-Api-Key":{"filter":"delete"}`, `"response":{"delete":["x-ratelimit-*"]}`,
+	for _, both := range []string{`"handler":"reverse_proxy"`, `"dial":"127.0.0.1:9901"`, `X-Api-Key":{"filter":"delete"}`, `"response":{"delete":["x-ratelimit-*","anthropic-ratelimit-*"]}`,
 		`"default_logger_name":"log0"`, `"listen":[":9080"]`, `"admin":{"listen":"localhost:2999"`, `"persist":false`} {
 		if !strings.Contains(gwJSON, both) || !strings.Contains(plainJSON, both) {
 			t.Errorf("%s missing from one of the configs:\ngateway %s\nplain %s", both, gwJSON, plainJSON)
