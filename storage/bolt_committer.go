@@ -41,8 +41,12 @@ type pendingOp struct {
 	day       time.Time
 	idem      string
 	time      time.Time
-	acct      *account   // its pending count drops once applied to bbolt
-	done      chan error // nil for settlements
+	// keyWindow and userWindow are the spend windows (Unix seconds of
+	// their start) a settlement charges; keySpend says the key's counts.
+	keyWindow, userWindow int64
+	keySpend              bool
+	acct                  *account   // its pending count drops once applied to bbolt
+	done                  chan error // nil for settlements
 	// logOnly, on a marker, says its waiter needs the batch durable in
 	// the log, not applied to bbolt.
 	logOnly bool
@@ -406,6 +410,8 @@ type commitState struct {
 	days        map[uint32]*bbolt.Bucket
 	balances    map[int64]int64
 	keys        map[int64]keyDelta
+	keySpend    map[int64]Spend // charges per key, in the latest window seen
+	userSpend   map[int64]Spend
 	totals      map[totalsID]totalsDelta
 	usage       []usagePut
 }
@@ -424,6 +430,8 @@ func (st *commitState) reset() {
 		st.days = map[uint32]*bbolt.Bucket{}
 		st.balances = map[int64]int64{}
 		st.keys = map[int64]keyDelta{}
+		st.keySpend = map[int64]Spend{}
+		st.userSpend = map[int64]Spend{}
 		st.totals = map[totalsID]totalsDelta{}
 		return
 	}
@@ -431,6 +439,8 @@ func (st *commitState) reset() {
 	clear(st.days)
 	clear(st.balances)
 	clear(st.keys)
+	clear(st.keySpend)
+	clear(st.userSpend)
 	clear(st.totals)
 	clear(st.usage)
 	st.usage = st.usage[:0]
@@ -520,6 +530,12 @@ func (c *committer) apply(log []byte, seq uint64) error {
 					useq++
 					st.usage = append(st.usage, usagePut{day: day, b: db, user: uint64(op.userID), seq: useq, v: op.usage})
 					addTotals(st.totals, op.userID, op.day, op.tokens)
+					if op.spend {
+						addSpend(st.userSpend, op.userID, op.userWindow, op.charged)
+						if op.keyID != 0 && op.keySpend {
+							addSpend(st.keySpend, op.keyID, op.keyWindow, op.charged)
+						}
+					}
 					if op.keyID != 0 {
 						d := st.keys[op.keyID]
 						d.count++
@@ -590,6 +606,12 @@ func (c *committer) apply(log []byte, seq uint64) error {
 			if err := ku.Put(kbuf[:8], arena[start:len(arena):len(arena)]); err != nil {
 				return err
 			}
+		}
+		if err := applySpend(tx.Bucket(bKeySpend), st.keySpend, func(id []byte) bool { return ku.Get(id) != nil }); err != nil {
+			return err
+		}
+		if err := applySpend(tx.Bucket(bUserSpend), st.userSpend, func([]byte) bool { return true }); err != nil {
+			return err
 		}
 		return tx.Bucket(bMeta).Put(kWALApplied, u64(seq))
 	})

@@ -20,7 +20,8 @@ type account struct {
 	mu       sync.Mutex
 	credits  int64
 	reserved int64
-	holds    int64 // open reservations
+	holds    int64      // open reservations
+	spend    spendState // the user's spend budget window
 	// pending counts this user's ops queued but not yet committed; it is
 	// incremented under mu and decremented by the committer.
 	pending atomic.Int64
@@ -32,6 +33,60 @@ type keyCounter struct {
 	mu       sync.Mutex
 	used     int64
 	inflight int64
+	spend    spendState // the key's spend budget window
+}
+
+// spendState is a budget's spend in memory: the start of its window (Unix
+// seconds), what was charged in it (committed or queued) and what open
+// reservations made in it hold.
+type spendState struct {
+	window   int64
+	used     int64
+	reserved int64
+}
+
+// roll makes the window starting at start current when it began after the
+// one counted (a request whose clock is behind keeps the later window).
+func (s *spendState) roll(start int64) {
+	if start > s.window {
+		*s = spendState{window: start}
+	}
+}
+
+// heldBudget is a reservation's budget window: where its hold counts and
+// its charge goes, and the limit it was admitted under.
+type heldBudget struct {
+	window  int64
+	limit   int64
+	limited bool
+}
+
+// room is what the window lets a charge take beyond what st counts
+// (unlimited: maxRoom).
+func (h heldBudget) room(st *spendState) int64 {
+	return budgetRoom(BudgetWindow{Limit: h.limit, Limited: h.limited}, st.used, st.reserved)
+}
+
+// release ends hold's part of st and, with charge >= 0, charges it there:
+// the limit caps the charge, which it returns with what it did. A window
+// that ended since the hold was made no longer counts in memory: its charge
+// is capped by the hold itself (what that window let it take).
+func (h heldBudget) release(st *spendState, amount, charge int64) (int64, SpendChange) {
+	if h.window != st.window {
+		if h.limited {
+			charge = min(charge, amount)
+		}
+		return charge, SpendChange{}
+	}
+	st.reserved -= amount
+	if charge < 0 {
+		return 0, SpendChange{}
+	}
+	charge = min(charge, max(h.room(st), 0))
+	ch := SpendChange{Valid: true, Window: spendTime(h.window), Before: st.used, Limit: h.limit, Limited: h.limited}
+	st.used += charge
+	ch.After = st.used
+	return charge, ch
 }
 
 // openRes is the store's own copy of an open reservation.
@@ -42,6 +97,7 @@ type openRes struct {
 	slot   bool
 	acct   *account
 	kc     *keyCounter
+	kb, ub heldBudget
 }
 
 // account returns the in-memory account of a user, loading it from the
@@ -56,7 +112,12 @@ func (s *BoltStore) account(userID int64) (*account, error) {
 		return a.(*account), nil
 	}
 	var bal int64
+	var sp Spend
 	err := s.view(func(tx *bbolt.Tx) error {
+		var err error
+		if sp, err = readSpend(tx.Bucket(bUserSpend), id8(userID)); err != nil {
+			return err
+		}
 		v := tx.Bucket(bAccounts).Get(id8(userID))
 		if v == nil {
 			if tx.Bucket(bUsers).Get(id8(userID)) == nil {
@@ -64,14 +125,13 @@ func (s *BoltStore) account(userID int64) (*account, error) {
 			}
 			return nil
 		}
-		var err error
 		bal, err = decodeBalance(v)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	a := &account{credits: bal}
+	a := &account{credits: bal, spend: spendState{window: sp.Window.Unix(), used: sp.Used}}
 	s.accounts.Store(userID, a)
 	return a, nil
 }
@@ -95,7 +155,7 @@ func (s *BoltStore) keyCounter(keyID int64) (*keyCounter, error) {
 		}
 		return nil, err
 	}
-	kc := &keyCounter{used: k.RequestsUsed}
+	kc := &keyCounter{used: k.RequestsUsed, spend: spendState{window: k.Spend.Window.Unix(), used: k.Spend.Used}}
 	s.keyState.Store(keyID, kc)
 	return kc, nil
 }
@@ -107,6 +167,7 @@ func (s *BoltStore) overlayKey(k *APIKey) {
 		kc := v.(*keyCounter)
 		kc.mu.Lock()
 		k.RequestsUsed = kc.used
+		k.Spend = Spend{Window: spendTime(kc.spend.window), Used: kc.spend.used}
 		kc.mu.Unlock()
 	}
 }
@@ -131,29 +192,53 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 			return nil, err
 		}
 	}
-	slot := false
-	if req.MaxRequests > 0 && kc != nil {
+	if (req.KeyBudget.Limited && req.KeyBudget.Limit < 0) || (req.UserBudget.Limited && req.UserBudget.Limit < 0) {
+		return nil, fmt.Errorf("storage: negative spend limit: %w", ErrInvalid)
+	}
+	// The key's counter, then the account: one atomic step over the
+	// request slot, both budgets and the balance.
+	if kc != nil {
 		kc.mu.Lock()
-		if kc.used+kc.inflight >= req.MaxRequests {
-			kc.mu.Unlock()
-			return nil, ErrRequestLimit
-		}
-		kc.inflight++
-		kc.mu.Unlock()
-		slot = true
+		defer kc.mu.Unlock()
 	}
+	slot := req.MaxRequests > 0 && kc != nil
+	if slot && kc.used+kc.inflight >= req.MaxRequests {
+		return nil, ErrRequestLimit
+	}
+	kb := heldBudget{window: req.KeyBudget.Start.Unix(), limit: req.KeyBudget.Limit, limited: req.KeyBudget.Limited}
+	ub := heldBudget{window: req.UserBudget.Start.Unix(), limit: req.UserBudget.Limit, limited: req.UserBudget.Limited}
 	a.mu.Lock()
-	amount := ReserveAmount(a.credits-a.reserved, a.holds, req.Waiting, req.MinCredits, req.Credits)
-	if a.credits-a.reserved < amount {
-		short := &CreditShortage{Needed: amount, Credits: a.credits, Reserved: a.reserved, Holds: a.holds}
-		a.mu.Unlock()
-		if slot {
-			kc.mu.Lock()
-			kc.inflight--
-			kc.mu.Unlock()
-		}
-		return nil, short
+	keyRoom := maxRoom
+	if kc != nil {
+		kc.spend.roll(kb.window)
+		kb.window = kc.spend.window
+		keyRoom = kb.room(&kc.spend)
 	}
+	a.spend.roll(ub.window)
+	ub.window = a.spend.window
+	userRoom := ub.room(&a.spend)
+	balance := a.credits - a.reserved
+	amount := ReserveAmount(min(balance, keyRoom, userRoom), a.holds, req.Waiting, req.MinCredits, req.Credits)
+	var refusal error
+	switch {
+	case keyRoom < amount:
+		refusal = &BudgetExceeded{Key: true, Limit: kb.limit, Used: kc.spend.used, Reserved: kc.spend.reserved, Needed: amount}
+	case userRoom < amount:
+		refusal = &BudgetExceeded{Limit: ub.limit, Used: a.spend.used, Reserved: a.spend.reserved, Needed: amount}
+	case balance < amount:
+		refusal = &CreditShortage{Needed: amount, Credits: a.credits, Reserved: a.reserved, Holds: a.holds}
+	}
+	if refusal != nil {
+		a.mu.Unlock()
+		return nil, refusal
+	}
+	if slot {
+		kc.inflight++
+	}
+	if kc != nil {
+		kc.spend.reserved += amount
+	}
+	a.spend.reserved += amount
 	a.reserved += amount
 	a.holds++
 	available := a.credits - a.reserved
@@ -161,8 +246,9 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 	id := s.resSeq.Add(1)
 	// One allocation for the caller's handle and the store's copy.
 	box := &reservationBox{
-		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: amount, Available: available},
-		r:   openRes{userID: req.UserID, keyID: req.KeyID, amount: amount, slot: slot, acct: a, kc: kc},
+		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: amount, Available: available,
+			KeyBudget: req.KeyBudget, UserBudget: req.UserBudget},
+		r: openRes{userID: req.UserID, keyID: req.KeyID, amount: amount, slot: slot, acct: a, kc: kc, kb: kb, ub: ub},
 	}
 	sh := &s.open[id%resShards]
 	sh.mu.Lock()
@@ -235,52 +321,61 @@ func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, re
 		rec.Time = rec.Time.UTC()
 	}
 	rec.UserID, rec.KeyID = r.userID, r.keyID
-	if r.kc != nil {
-		r.kc.mu.Lock()
+	// The key's counter, then the account, as Reserve takes them.
+	kc := r.kc
+	var keySpend spendState
+	if kc != nil {
+		kc.mu.Lock()
+		defer kc.mu.Unlock()
 		if r.slot {
-			r.kc.inflight--
+			kc.inflight--
 		}
-		r.kc.used++
-		r.kc.mu.Unlock()
+		kc.used++
+		keySpend = kc.spend
 	}
 	a := r.acct
 	a.mu.Lock()
+	userSpend := a.spend
 	a.reserved -= r.amount
 	a.holds--
-	charged = min(cost, a.credits-a.reserved)
-	if charged < 0 {
-		charged = 0
+	charged = max(min(cost, a.credits-a.reserved), 0)
+	var spent SettleSpend
+	if kc != nil {
+		charged, spent.Key = r.kb.release(&kc.spend, r.amount, charged)
+	}
+	charged, spent.User = r.ub.release(&a.spend, r.amount, charged)
+	if kc != nil && spent.Key.Valid {
+		// The user's cap may have lowered the charge after the key's.
+		kc.spend.used = spent.Key.Before + charged
+		spent.Key.After = kc.spend.used
 	}
 	a.credits -= charged
 	balanceAfter = a.credits
 	rec.Credits = charged
 	// The committer encodes the entry and record; the op is queued under
 	// a.mu because the entry carries this user's running balance.
-	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, day: rec.Time, rec: rec, acct: a}
+	op := pendingOp{kind: opSettle, userID: r.userID, keyID: r.keyID, amount: -charged, balance: balanceAfter, time: now, day: rec.Time, rec: rec, acct: a,
+		keyWindow: r.kb.window, userWindow: r.ub.window, keySpend: kc != nil}
 	if charged > 0 {
 		op.entryID = s.ledgerID.Add(1)
 		op.entryKind = LedgerCharge
 	}
-	if err == nil {
-		a.pending.Add(1)
-		err = s.c.enqueue(&op) // under a.mu: the queue keeps this user's order
-		if err != nil {
-			a.pending.Add(-1)
-		}
-	}
-	if err != nil {
+	a.pending.Add(1)
+	if err = s.c.enqueue(&op); err != nil { // under a.mu: the queue keeps this user's order
 		// Not queued (store closed or failed): undo the charge.
+		a.pending.Add(-1)
 		a.credits += charged
+		a.spend = userSpend
+		if kc != nil {
+			kc.used--
+			kc.spend = keySpend
+		}
 	}
 	a.mu.Unlock()
 	if err != nil {
-		if r.kc != nil {
-			r.kc.mu.Lock()
-			r.kc.used--
-			r.kc.mu.Unlock()
-		}
 		return 0, 0, err
 	}
+	res.Spent = spent
 	return charged, balanceAfter, nil
 }
 
@@ -293,14 +388,18 @@ func (s *BoltStore) Refund(ctx context.Context, res *Reservation) error {
 	if err != nil {
 		return err
 	}
-	if r.slot {
+	if r.kc != nil {
 		r.kc.mu.Lock()
-		r.kc.inflight--
-		r.kc.mu.Unlock()
+		defer r.kc.mu.Unlock()
+		if r.slot {
+			r.kc.inflight--
+		}
+		r.kb.release(&r.kc.spend, r.amount, -1)
 	}
 	r.acct.mu.Lock()
 	r.acct.reserved -= r.amount
 	r.acct.holds--
+	r.ub.release(&r.acct.spend, r.amount, -1)
 	r.acct.mu.Unlock()
 	return nil
 }

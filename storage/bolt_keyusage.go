@@ -71,6 +71,9 @@ func getKey(tx *bbolt.Tx, id []byte, k *APIKey) error {
 	if err := getJSON(tx.Bucket(bKeys), id, k); err != nil {
 		return err
 	}
+	if err := overlayKeySpend(tx, k); err != nil {
+		return err
+	}
 	return overlayKeyUsage(tx, k)
 }
 

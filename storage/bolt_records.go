@@ -187,6 +187,9 @@ func (s *BoltStore) DeleteUser(ctx context.Context, id int64) error {
 		if err := tx.Bucket(bUserLimits).Delete(id8(id)); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bUserBudgets).Delete(id8(id)); err != nil {
+			return err
+		}
 		if err := tx.Bucket(bUsersByEmail).Delete([]byte(normEmail(u.Email))); err != nil {
 			return err
 		}
@@ -335,6 +338,9 @@ func deleteKeyTx(tx *bbolt.Tx, k *APIKey) error {
 	if err := tx.Bucket(bKeyUsage).Delete(id8(k.ID)); err != nil {
 		return err
 	}
+	if err := tx.Bucket(bKeySpend).Delete(id8(k.ID)); err != nil {
+		return err
+	}
 	return tx.Bucket(bKeys).Delete(id8(k.ID))
 }
 
@@ -430,6 +436,9 @@ func (s *BoltStore) AllKeys(ctx context.Context) ([]*APIKey, error) {
 		}
 		for _, k := range out {
 			if err := overlayKeyUsage(tx, k); err != nil {
+				return err
+			}
+			if err := overlayKeySpend(tx, k); err != nil {
 				return err
 			}
 		}

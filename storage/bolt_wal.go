@@ -307,12 +307,27 @@ type walOp struct {
 	lastUsed time.Time // the key's last use (settlements)
 	idemKey  []byte    // idempotency record (credits with a key)
 	idemVal  []byte
+	// spend: the settlement charged budget windows (walSettleSpend):
+	// charged credits to the user's window and, with keySpend, the key's.
+	spend                 bool
+	keySpend              bool
+	charged               int64
+	keyWindow, userWindow int64
 }
+
+// walSettleSpend is the kind byte of a settlement logged with its budget
+// windows (schema 6). A log written before keeps opSettle records, which
+// replay without spend.
+const walSettleSpend = 4
 
 // appendWALOp encodes op's writes: the ledger entry, usage record and
 // idempotency record are encoded here, on the committer goroutine.
 func appendWALOp(b []byte, op *pendingOp) ([]byte, error) {
-	b = append(b, byte(op.kind))
+	kind := byte(op.kind)
+	if op.kind == opSettle {
+		kind = walSettleSpend
+	}
+	b = append(b, kind)
 	b = binary.AppendVarint(b, op.userID)
 	b = binary.AppendVarint(b, op.keyID)
 	b = binary.AppendVarint(b, op.balance)
@@ -338,6 +353,14 @@ func appendWALOp(b []byte, op *pendingOp) ([]byte, error) {
 		b = binary.AppendVarint(b, op.day.Unix())
 		b = binary.AppendVarint(b, op.rec.TotalTokens)
 		b = binary.AppendVarint(b, op.time.UnixNano())
+		b = binary.AppendVarint(b, -op.amount)
+		b = binary.AppendVarint(b, op.userWindow)
+		if op.keySpend {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+		b = binary.AppendVarint(b, op.keyWindow)
 	case opCredit:
 		if op.idem == "" {
 			b = binary.AppendUvarint(b, 0)
@@ -444,11 +467,17 @@ func (r *walReader) op(op *walOp) error {
 		op.entry = r.bytes()
 	}
 	switch op.kind {
-	case opSettle:
+	case opSettle, walSettleSpend:
 		op.usage = r.bytes()
 		op.day = time.Unix(r.varint(), 0).UTC()
 		op.tokens = r.varint()
 		op.lastUsed = time.Unix(0, r.varint()).UTC()
+		if op.kind == walSettleSpend {
+			op.kind, op.spend = opSettle, true
+			op.charged, op.userWindow = r.varint(), r.varint()
+			op.keySpend = r.byte() == 1
+			op.keyWindow = r.varint()
+		}
 	case opCredit:
 		if r.uvarint() == 1 {
 			op.idemKey = r.bytes()

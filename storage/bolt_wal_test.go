@@ -80,6 +80,7 @@ func TestWALOpRoundTrip(t *testing.T) {
 	now := time.Date(2026, 11, 25, 23, 59, 59, 123456789, time.UTC)
 	ops := []pendingOp{
 		{kind: opSettle, userID: 9, keyID: 4, amount: -12, balance: 88, entryID: 41, entryKind: LedgerCharge, time: now, day: now,
+			keyWindow: 1767225600, userWindow: (time.Time{}).Unix(), keySpend: true,
 			rec: UsageRecord{UserID: 9, KeyID: 4, Model: "gpt", PromptTokens: 5, CompletionTokens: 7, TotalTokens: 12, Credits: 12, RequestID: "req-1", Time: now, Status: 200}},
 		{kind: opSettle, userID: 9, keyID: 0, balance: 88, time: now, day: now, rec: UsageRecord{UserID: 9, Model: "free", Time: now}},
 		{kind: opMarker},
@@ -118,6 +119,9 @@ func TestWALOpRoundTrip(t *testing.T) {
 	if !strings.Contains(string(charge.entry), `"kind":"charge","amount":-12,"balance_after":88,"key_id":4,"request_id":"req-1"`) ||
 		!strings.Contains(string(charge.usage), `"request_id":"req-1"`) {
 		t.Fatalf("settlement values: %s / %s", charge.entry, charge.usage)
+	}
+	if !charge.spend || !charge.keySpend || charge.charged != 12 || charge.keyWindow != 1767225600 || charge.userWindow != (time.Time{}).Unix() {
+		t.Fatalf("settlement's spend decoded as %+v", charge)
 	}
 	if free := got[1]; free.entryID != 0 || free.entry != nil || free.keyID != 0 || len(free.usage) == 0 {
 		t.Fatalf("free settlement decoded as %+v", free)
@@ -206,8 +210,11 @@ func TestWALReplay(t *testing.T) {
 			t.Fatalf("balance %d, want 930", b.Credits)
 		}
 		key, err := s.GetKey(ctx, k.ID)
-		if err != nil || key.RequestsUsed != 10 {
-			t.Fatalf("requests_used %d (%v)", key.RequestsUsed, err)
+		if err != nil || key.RequestsUsed != 10 || key.Spend.Used != 70 {
+			t.Fatalf("requests_used %d, spend %+v (%v)", key.RequestsUsed, key.Spend, err)
+		}
+		if _, sp, err := s.UserBudget(ctx, u.ID); err != nil || sp.Used != 70 {
+			t.Fatalf("user spend %+v (%v)", sp, err)
 		}
 		usage, err := s.ListUsage(ctx, UsageFilter{UserID: u.ID})
 		if err != nil || len(usage) != 10 {
@@ -233,6 +240,9 @@ func TestWALReplay(t *testing.T) {
 	defer s.Close()
 	if b := mustBalance(t, s, u.ID); b.Credits != 900 {
 		t.Fatalf("balance %d after replaying an applied log, want 900", b.Credits)
+	}
+	if key, err := s.GetKey(ctx, k.ID); err != nil || key.Spend.Used != 100 {
+		t.Fatalf("key spend %+v after replaying an applied log, want 100 (%v)", key.Spend, err)
 	}
 	if usage, err := s.ListUsage(ctx, UsageFilter{UserID: u.ID}); err != nil || len(usage) != 11 {
 		t.Fatalf("%d usage records after replaying an applied log (%v)", len(usage), err)
@@ -533,3 +543,31 @@ func TestLogUnderPreviousIDAccepted(t *testing.T) {
 // sync waits until every op queued before the call is durable (in the
 // log at least).
 func (c *committer) sync(ctx context.Context) error { return c.wait(ctx, true) }
+
+// TestWALSettleWithoutSpend: a settlement logged before schema 6 (kind
+// opSettle, without spend windows) still replays, charging no window.
+func TestWALSettleWithoutSpend(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	op := pendingOp{kind: opSettle, userID: 3, keyID: 2, amount: -5, balance: 10, entryID: 7, entryKind: LedgerCharge, time: now, day: now,
+		rec: UsageRecord{Model: "m", Time: now}, keyWindow: 99, userWindow: 98, keySpend: true}
+	b, err := appendWALOp(nil, &op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	suffix := binary.AppendVarint(nil, 5)
+	suffix = binary.AppendVarint(suffix, 98)
+	suffix = append(suffix, 1)
+	suffix = binary.AppendVarint(suffix, 99)
+	if b[0] != walSettleSpend || !bytes.HasSuffix(b, suffix) {
+		t.Fatalf("settlement encoded as %x", b)
+	}
+	legacy := append([]byte{byte(opSettle)}, b[1:len(b)-len(suffix)]...)
+	r := walReader{b: legacy}
+	var got walOp
+	if err := r.op(&got); err != nil || len(r.b) != 0 {
+		t.Fatalf("legacy settlement: %v, %d bytes left", err, len(r.b))
+	}
+	if got.kind != opSettle || got.spend || got.userID != 3 || got.keyID != 2 || got.entryID != 7 {
+		t.Fatalf("legacy settlement decoded as %+v", got)
+	}
+}

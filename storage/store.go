@@ -85,6 +85,15 @@ type ReserveRequest struct {
 	// MaxRequests, when positive, is the key's request cap: the reservation
 	// fails with ErrRequestLimit when requests used plus in flight reach it.
 	MaxRequests int64
+	// KeyBudget and UserBudget are the key's and the user's spend windows
+	// in force (Budget.Window at the caller's clock). What the reservation
+	// holds must also fit what each Limited window has left (its limit
+	// less what was charged and is held in it), else it fails with a
+	// *BudgetExceeded, holding nothing. The hold counts in these windows,
+	// and its settlement charges them; the zero value is the never-ending
+	// window without a limit.
+	KeyBudget  BudgetWindow
+	UserBudget BudgetWindow
 }
 
 // ReserveAmount is the share rule of a reservation: what to hold of
@@ -154,6 +163,10 @@ type Policy interface {
 	ActiveUserPlan(ctx context.Context, userID int64) (*UserPlan, error)
 	// UserLimits returns the limits an admin set, or ErrNotFound.
 	UserLimits(ctx context.Context, userID int64) (RateLimits, error)
+	// UserBudget returns the spend budget an admin set for the user (the
+	// zero Budget when none) and what the user spent in its window.
+	// Unknown users give ErrNotFound.
+	UserBudget(ctx context.Context, userID int64) (Budget, Spend, error)
 	// UsageTotals returns the number of usage records and the sum of their
 	// TotalTokens for the user in the UTC day holding dayStart and in the
 	// UTC month holding monthStart: what ListUsage's records of that day and
@@ -176,7 +189,9 @@ type Credits interface {
 	// records the usage, exactly once (a second Settle or Refund of the same
 	// reservation gives ErrAlreadySettled). The charge never takes the
 	// balance below zero: a cost above what the user has is capped, and the
-	// amount actually charged is returned with the balance after it. It also
+	// amount actually charged is returned with the balance after it. The
+	// charge is capped the same way by what the reservation's budget
+	// windows have left, and counted in them (res.Spent says how). It also
 	// counts one request toward the key's requests_used. A store may make
 	// the write durable after returning (group commit): see Flusher.
 	Settle(ctx context.Context, res *Reservation, cost int64, rec UsageRecord) (charged, balanceAfter int64, err error)
@@ -268,6 +283,9 @@ type Plans interface {
 	AssignPlan(ctx context.Context, userID, planID int64, start, end time.Time) (*UserPlan, error)
 	// SetUserLimits sets a user's admin rate limits (POST /admin/limit).
 	SetUserLimits(ctx context.Context, userID int64, l RateLimits) error
+	// SetUserBudget sets a user's spend budget (POST /admin/limit); a nil
+	// Limit removes it. It publishes ChangeLimits.
+	SetUserBudget(ctx context.Context, userID int64, b Budget) error
 }
 
 // Ledger moves credits outside requests and reads the history.

@@ -56,6 +56,11 @@ type APIKey struct {
 	IPAllowlist     []string   `json:"ip_allowlist"`
 	DomainReferrers []string   `json:"domain_referrers"`
 	RateLimits      RateLimits `json:"rate_limits"` // the key's own limits; zero fields unset
+	// Budget is the key's spend limit per window (storage/budget.go).
+	Budget
+	// Spend is what the key spent in its budget window: a counter kept
+	// beside the key like RequestsUsed, never in its JSON.
+	Spend           Spend      `json:"-"`
 	CreatedByUserID int64      `json:"created_by_user_id"`
 	LastUsedAt      *time.Time `json:"last_used_at,omitempty"`
 	CreatedAt       time.Time  `json:"created_at"`
@@ -145,6 +150,12 @@ type Reservation struct {
 	// the caller's credits-remaining header; it moves with every other
 	// request of the user).
 	Available int64
+	// KeyBudget and UserBudget are the budget windows the request was
+	// reserved under (as ReserveRequest gave them).
+	KeyBudget, UserBudget BudgetWindow
+	// Spent is set by a successful Settle: what it did to the key's and
+	// the user's spend budgets.
+	Spent SettleSpend
 }
 
 // Balance is a user's credit position.

@@ -166,8 +166,9 @@ func (c *copier) keys() error {
 		if err != nil {
 			return err
 		}
-		if err := c.exec(`INSERT INTO gw_keys (id, user_id, key_name, doc, requests_used, last_used_at) VALUES ($1, $2, $3, $4, $5, $6)`,
-			k.ID, k.UserID, k.KeyName, doc, k.RequestsUsed, k.LastUsedAt); err != nil {
+		if err := c.exec(`INSERT INTO gw_keys (id, user_id, key_name, doc, requests_used, last_used_at, spend_window, spend_used)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			k.ID, k.UserID, k.KeyName, doc, k.RequestsUsed, k.LastUsedAt, k.Spend.Window, k.Spend.Used); err != nil {
 			return fmt.Errorf("key %d: %w", k.ID, err)
 		}
 		if err := indexHashes(c.ctx, c.tx, k, now); err != nil {
@@ -207,6 +208,20 @@ func (c *copier) accounts() error {
 			return err
 		}
 		if err := c.exec(`INSERT INTO gw_accounts (user_id, credits) VALUES ($1, $2)`, uid, bal.Credits); err != nil {
+			return err
+		}
+		// The user's budget and spend (users deleted since have neither).
+		switch b, sp, err := c.src.UserBudget(c.ctx, uid); {
+		case err == nil:
+			if err := c.exec(`UPDATE gw_accounts SET spend_window = $2, spend_used = $3 WHERE user_id = $1`, uid, sp.Window, sp.Used); err != nil {
+				return err
+			}
+			if b.Limit != nil {
+				if err := c.exec(`INSERT INTO gw_user_budgets (user_id, spend_limit, reset) VALUES ($1, $2, $3)`, uid, *b.Limit, string(b.Reset)); err != nil {
+					return err
+				}
+			}
+		case !errors.Is(err, storage.ErrNotFound):
 			return err
 		}
 		entries, err := c.src.Ledger(c.ctx, uid)

@@ -30,6 +30,10 @@ func fillBolt(t *testing.T, s *storage.BoltStore) (kept *storage.User, keptKey *
 	if err := s.SetUserLimits(ctx, u.ID, storage.RateLimits{RequestsPerMinute: 7}); err != nil {
 		t.Fatal(err)
 	}
+	budget := int64(500)
+	if err := s.SetUserBudget(ctx, u.ID, storage.Budget{Limit: &budget, Reset: storage.ResetMonthly}); err != nil {
+		t.Fatal(err)
+	}
 	for i, who := range []*storage.User{u, u, gone} {
 		r, err := s.Reserve(ctx, storage.ReserveRequest{UserID: who.ID, Credits: 50})
 		if err != nil {
@@ -100,6 +104,10 @@ func TestCopyFromBolt(t *testing.T) {
 	}
 	if dr, dt, _, _, err := dst.UsageTotals(ctx, u.ID, time.Now(), time.Now()); err != nil || dr != 2 || dt != 21 {
 		t.Fatalf("usage totals %d/%d, %v", dr, dt, err)
+	}
+	// The user's budget and what it spent came along.
+	if b, sp, err := dst.UserBudget(ctx, u.ID); err != nil || b.Limit == nil || *b.Limit != 500 || b.Reset != storage.ResetMonthly || sp.Used != 21 {
+		t.Fatalf("copied budget %+v, spend %+v, %v", b, sp, err)
 	}
 	if up, err := dst.ActiveUserPlan(ctx, u.ID); err != nil || !up.ActiveAt(time.Now()) {
 		t.Fatalf("subscription %+v, %v", up, err)

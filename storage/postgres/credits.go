@@ -23,10 +23,14 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	if req.Credits < 0 || req.MinCredits < 0 || req.Waiting < 0 || req.MaxRequests < 0 {
 		return nil, fmt.Errorf("storage: negative reservation: %w", storage.ErrInvalid)
 	}
-	var id, held, credits, reserved, holds *int64
+	if (req.KeyBudget.Limited && req.KeyBudget.Limit < 0) || (req.UserBudget.Limited && req.UserBudget.Limit < 0) {
+		return nil, fmt.Errorf("storage: negative spend limit: %w", storage.ErrInvalid)
+	}
+	var id, held, credits, reserved, holds, used, inWindow *int64
 	var status string
 	err := s.pool.QueryRow(ctx, reserveSQL, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
-		req.MaxRequests, s.node).Scan(&id, &held, &credits, &reserved, &holds, &status)
+		req.MaxRequests, s.node, req.KeyBudget.Start, limitArg(req.KeyBudget), req.UserBudget.Start, limitArg(req.UserBudget)).
+		Scan(&id, &held, &credits, &reserved, &holds, &status, &used, &inWindow)
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -34,6 +38,12 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	case "ok":
 	case "insufficient":
 		return nil, &storage.CreditShortage{Needed: *held, Credits: *credits, Reserved: *reserved, Holds: *holds}
+	case "key_budget", "user_budget":
+		w := req.UserBudget
+		if status == "key_budget" {
+			w = req.KeyBudget
+		}
+		return nil, &storage.BudgetExceeded{Key: status == "key_budget", Limit: w.Limit, Used: *used, Reserved: *inWindow, Needed: *held}
 	case "request_limit":
 		return nil, storage.ErrRequestLimit
 	case "not_found":
@@ -44,10 +54,19 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	s.openN.Add(1)
 	s.holds.Store(*id, struct{}{})
 	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: *held,
-		Available: *credits - *reserved}, nil
+		Available: *credits - *reserved, KeyBudget: req.KeyBudget, UserBudget: req.UserBudget}, nil
 }
 
-const reserveSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status FROM gw_reserve($1, $2, $3, $4, $5, $6, $7)`
+// limitArg is a budget window's limit as gw_reserve takes it: null for none.
+func limitArg(w storage.BudgetWindow) *int64 {
+	if !w.Limited {
+		return nil
+	}
+	return &w.Limit
+}
+
+const reserveSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status, budget_used, budget_reserved
+	FROM gw_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
 
 // OpenReservations counts the reservations made through this handle and
 // not yet settled or refunded.
@@ -83,16 +102,58 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 	var status string
 	call := heldCall{settleSQL, []any{int64(res.ID), cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
 		rec.TotalTokens, rec.RequestID, string(doc)}}
-	err = s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balanceAfter, &status)
+	var sp spendRow
+	err = s.pool.QueryRow(ctx, settleSpendSQL, call.args...).Scan(&charged, &balanceAfter, &status,
+		&sp.keyTracked, &sp.keyWindow, &sp.keyBefore, &sp.keyAfter, &sp.userTracked, &sp.userWindow, &sp.userBefore, &sp.userAfter)
 	if err != nil {
 		return 0, 0, s.retryLater(call, mapErr(err))
 	}
+	if status == "ok" {
+		res.Spent = sp.settleSpend(res)
+	}
 	return s.settled(int64(res.ID), status, charged, balanceAfter)
+}
+
+// spendRow is what gw_settle_spend answers about the spend windows.
+type spendRow struct {
+	keyTracked, userTracked *bool
+	keyWindow, userWindow   *time.Time
+	keyBefore, keyAfter     *int64
+	userBefore, userAfter   *int64
+}
+
+// settleSpend turns the row into Reservation.Spent. The limits are the
+// reservation's (gw_settle_spend caps by those in the hold).
+func (r *spendRow) settleSpend(res *storage.Reservation) storage.SettleSpend {
+	change := func(tracked *bool, w *time.Time, before, after *int64, b storage.BudgetWindow) storage.SpendChange {
+		if tracked == nil || !*tracked || w == nil || before == nil || after == nil {
+			return storage.SpendChange{}
+		}
+		return storage.SpendChange{Valid: true, Window: windowTime(*w), Before: *before, After: *after, Limit: b.Limit, Limited: b.Limited}
+	}
+	return storage.SettleSpend{
+		Key:  change(r.keyTracked, r.keyWindow, r.keyBefore, r.keyAfter, res.KeyBudget),
+		User: change(r.userTracked, r.userWindow, r.userBefore, r.userAfter, res.UserBudget),
+	}
+}
+
+// windowTime is a stored window start as Go has it: the zero time for the
+// never-ending window.
+func windowTime(t time.Time) time.Time {
+	if t.Unix() == (time.Time{}).Unix() {
+		return time.Time{}
+	}
+	return t.UTC()
 }
 
 const (
 	settleSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 	refundSQL = `SELECT 0::bigint, 0::bigint, gw_refund($1)`
+	// settleSpendSQL is the first attempt of a settlement, which reports
+	// what it did to the spend windows; a retry goes through settleSQL.
+	settleSpendSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status,
+		key_tracked, key_window, key_before, key_after, user_tracked, user_window, user_before, user_after
+		FROM gw_settle_spend($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 )
 
 // done forgets a hold this handle made, now settled or refunded.

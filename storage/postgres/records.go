@@ -162,13 +162,14 @@ func (s *Store) ListUsers(ctx context.Context, offset, limit int) ([]*storage.Us
 // Keys
 
 // keyColumns are what readKey scans, from gw_keys aliased k.
-const keyColumns = `k.doc::text, k.requests_used, k.last_used_at`
+const keyColumns = `k.doc::text, k.requests_used, k.last_used_at, k.spend_window, k.spend_used`
 
 func readKey(row pgx.Row) (*storage.APIKey, error) {
 	var doc string
 	var used int64
 	var last *time.Time
-	if err := row.Scan(&doc, &used, &last); err != nil {
+	var spend storage.Spend
+	if err := row.Scan(&doc, &used, &last, &spend.Window, &spend.Used); err != nil {
 		return nil, err
 	}
 	var k storage.APIKey
@@ -176,6 +177,7 @@ func readKey(row pgx.Row) (*storage.APIKey, error) {
 		return nil, fmt.Errorf("storage: corrupt key record: %w", err)
 	}
 	k.RequestsUsed, k.LastUsedAt = used, nil
+	k.Spend = storage.Spend{Window: windowTime(spend.Window), Used: spend.Used}
 	if last != nil {
 		t := last.UTC()
 		k.LastUsedAt = &t
@@ -546,6 +548,60 @@ func (s *Store) SetUserLimits(ctx context.Context, userID int64, l storage.RateL
 		}
 		return []storage.Change{{Kind: storage.ChangeLimits, UserID: userID}}, nil
 	})
+}
+
+// SetUserBudget sets (or, with a nil Limit, removes) a user's budget.
+func (s *Store) SetUserBudget(ctx context.Context, userID int64, b storage.Budget) error {
+	reset, err := storage.ParseBudgetReset(string(b.Reset))
+	if err != nil || (b.Limit != nil && *b.Limit < 0) {
+		return fmt.Errorf("storage: invalid budget: %w", storage.ErrInvalid)
+	}
+	return s.update(ctx, func(tx pgx.Tx) ([]storage.Change, error) {
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM gw_users WHERE id = $1 FOR KEY SHARE)`, userID).Scan(&exists); err != nil {
+			return nil, err
+		}
+		if !exists {
+			return nil, fmt.Errorf("storage: unknown user %d: %w", userID, storage.ErrNotFound)
+		}
+		var err error
+		if b.Limit == nil {
+			_, err = tx.Exec(ctx, `DELETE FROM gw_user_budgets WHERE user_id = $1`, userID)
+		} else {
+			_, err = tx.Exec(ctx, `INSERT INTO gw_user_budgets (user_id, spend_limit, reset) VALUES ($1, $2, $3)
+				ON CONFLICT (user_id) DO UPDATE SET spend_limit = EXCLUDED.spend_limit, reset = EXCLUDED.reset`,
+				userID, *b.Limit, string(reset))
+		}
+		if err != nil {
+			return nil, err
+		}
+		return []storage.Change{{Kind: storage.ChangeLimits, UserID: userID}}, nil
+	})
+}
+
+// UserBudget returns the user's budget and spend.
+func (s *Store) UserBudget(ctx context.Context, userID int64) (storage.Budget, storage.Spend, error) {
+	if s.closed.Load() {
+		return storage.Budget{}, storage.Spend{}, storage.ErrClosed
+	}
+	var limit *int64
+	var reset *string
+	var sp storage.Spend
+	err := s.pool.QueryRow(ctx, `SELECT b.spend_limit, b.reset, coalesce(a.spend_window, '0001-01-01 00:00:00+00'), coalesce(a.spend_used, 0)
+		FROM gw_users u LEFT JOIN gw_user_budgets b ON b.user_id = u.id LEFT JOIN gw_accounts a ON a.user_id = u.id
+		WHERE u.id = $1`, userID).Scan(&limit, &reset, &sp.Window, &sp.Used)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return storage.Budget{}, storage.Spend{}, fmt.Errorf("storage: unknown user %d: %w", userID, storage.ErrNotFound)
+	}
+	if err != nil {
+		return storage.Budget{}, storage.Spend{}, mapErr(err)
+	}
+	b := storage.Budget{Limit: limit, Reset: storage.ResetNever}
+	if reset != nil {
+		b.Reset = storage.BudgetReset(*reset)
+	}
+	sp.Window = windowTime(sp.Window)
+	return b, sp, nil
 }
 
 func (s *Store) UserLimits(ctx context.Context, userID int64) (storage.RateLimits, error) {
