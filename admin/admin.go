@@ -278,23 +278,34 @@ func (in rateLimitsInput) limits() (storage.RateLimits, error) {
 type setLimitsRequest struct {
 	userRef
 	RateLimits *rateLimitsInput `json:"rate_limits"`
+	budgetInput
 }
 
-// setLimits sets a user's rate limits (POST /admin/limit); the gateway
-// enforces them (per user, above the key's and the defaults). rate_limits
-// is required (422), so a request that forgot it cannot reset the user's
-// limits to the defaults; within it, missing fields take the defaults.
+// setLimits sets a user's rate limits and spend budget (POST
+// /admin/limit); the gateway enforces them (rate limits per user, above
+// the key's and the defaults; the budget in every reservation of the
+// user's). rate_limits is required unless the request sets the budget
+// (422), so a request that forgot it cannot reset the user's limits to the
+// defaults; within it, missing fields take the defaults. spend_limit
+// (null removes it) and spend_limit_reset change only what they name.
 func (h *Handler) setLimits(w http.ResponseWriter, r *http.Request) {
 	req, ok := decodeRequest[setLimitsRequest](h, w, r)
 	if !ok {
 		return
 	}
-	if req.RateLimits == nil {
+	if req.RateLimits == nil && !req.budgetInput.given() {
 		h.fail(w, r, errValidation("Field \"rate_limits\" is required"))
 		return
 	}
-	limits, err := req.RateLimits.limits()
-	if err != nil {
+	var limits storage.RateLimits
+	if req.RateLimits != nil {
+		var err error
+		if limits, err = req.RateLimits.limits(); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+	}
+	if _, err := req.budget(storage.Budget{}); err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -304,28 +315,52 @@ func (h *Handler) setLimits(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := h.app.Store()
-	old, err := st.UserLimits(r.Context(), u.ID)
-	if err != nil && !errors.Is(err, storage.ErrNotFound) {
-		h.fail(w, r, err)
-		return
-	}
-	if err := st.SetUserLimits(r.Context(), u.ID, limits); err != nil {
-		h.fail(w, r, err)
-		return
-	}
+	details := map[string]any{}
+	resp := map[string]any{"status": "success", "user_id": u.ID}
 	who := fmt.Sprintf("user %d", u.ID)
 	if k != nil {
 		who = "user " + k.Masked()
 	}
-	h.audit(r, &storage.AuditEntry{UserID: u.ID, Action: actSetLimits, Details: map[string]any{
-		"old_values": old, "new_values": limits,
-	}})
-	writeJSON(w, http.StatusOK, map[string]any{
-		"status":      "success",
-		"message":     "Rate limits updated for " + who,
-		"user_id":     u.ID,
-		"rate_limits": limits,
-	})
+	if req.RateLimits != nil {
+		old, err := st.UserLimits(r.Context(), u.ID)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			h.fail(w, r, err)
+			return
+		}
+		if err := st.SetUserLimits(r.Context(), u.ID, limits); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		details["old_values"], details["new_values"] = old, limits
+		resp["message"] = "Rate limits updated for " + who
+		resp["rate_limits"] = limits
+	}
+	if req.budgetInput.given() {
+		old, _, err := st.UserBudget(r.Context(), u.ID)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		b, _ := req.budget(old) // validated above
+		if err := st.SetUserBudget(r.Context(), u.ID, b); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		_, sp, err := st.UserBudget(r.Context(), u.ID)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		details["old_budget"], details["new_budget"] = budgetAudit(old), budgetAudit(b)
+		if req.RateLimits == nil {
+			resp["message"] = "Spend budget updated for " + who
+		} else {
+			resp["message"] = "Rate limits and spend budget updated for " + who
+		}
+		resp["spend_budget"] = budgetView(map[string]any{}, b, sp, h.now())
+	}
+	h.audit(r, &storage.AuditEntry{UserID: u.ID, Action: actSetLimits, Details: details})
+	writeJSON(w, http.StatusOK, resp)
 }
 
 type assignPlanRequest struct {
@@ -447,14 +482,20 @@ func (h *Handler) adminGetUser(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	budget, spend, err := st.UserBudget(ctx, uid)
+	if err != nil {
+		h.fail(w, r, notFoundAs(err, "User not found"))
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
-		"status":      "success",
-		"user":        profileView(u),
-		"credits":     bal.Credits,
-		"reserved":    bal.Reserved,
-		"keys":        views,
-		"total_keys":  len(views),
-		"plan":        plan,
-		"rate_limits": limits,
+		"spend_budget": budgetView(map[string]any{}, budget, spend, now),
+		"status":       "success",
+		"user":         profileView(u),
+		"credits":      bal.Credits,
+		"reserved":     bal.Reserved,
+		"keys":         views,
+		"total_keys":   len(views),
+		"plan":         plan,
+		"rate_limits":  limits,
 	})
 }

@@ -88,7 +88,7 @@ func (h *Handler) setup(app backend, logger *zap.Logger) {
 	h.app = app
 	h.logger = logger
 	if h.now == nil {
-		h.now = time.Now
+		h.now = caddymodule.Now
 	}
 	h.mux = h.buildMux()
 	h.home = h.renderHome()

@@ -32,7 +32,7 @@ func keyView(k *storage.APIKey, now time.Time) map[string]any {
 	if k.LastUsedAt != nil {
 		lastUsed = k.LastUsedAt.UTC()
 	}
-	return map[string]any{
+	return budgetView(map[string]any{
 		"id":                 k.ID,
 		"key_name":           k.KeyName,
 		"api_key":            k.Masked(),
@@ -51,7 +51,7 @@ func keyView(k *storage.APIKey, now time.Time) map[string]any {
 		"created_at":         k.CreatedAt.UTC(),
 		"updated_at":         k.UpdatedAt.UTC(),
 		"last_used_at":       lastUsed,
-	}
+	}, k.Budget, k.Spend, now)
 }
 
 func scopesOut(s storage.Scopes) storage.Scopes {
@@ -91,6 +91,7 @@ type createKeyRequest struct {
 	IPAllowlist     []string    `json:"ip_allowlist"`
 	DomainReferrers []string    `json:"domain_referrers"`
 	Action          *string     `json:"action"`
+	budgetInput
 }
 
 // createKey creates a key for the caller (POST /user/api-keys; the route
@@ -128,6 +129,11 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, errBadRequest("Max requests must be positive"))
 		return
 	}
+	budget, err := req.budget(storage.Budget{})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	env, err := environmentOrLive(req.EnvironmentTag)
 	if err != nil {
 		h.fail(w, r, err)
@@ -160,6 +166,7 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	key.IsActive = true
 	key.ExpirationDate = expiration
 	key.MaxRequests = req.MaxRequests
+	key.Budget = budget
 	key.IPAllowlist = ips
 	key.DomainReferrers = domains
 	key.CreatedByUserID = id.User.ID
@@ -175,9 +182,9 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 		"key_name": name, "key_prefix": key.Masked(), "environment_tag": env, "scope_permissions": scopes,
 		"expiration_days": req.ExpirationDays, "expiration_date": expiration, "max_requests": req.MaxRequests,
 		"ip_allowlist": ips, "domain_referrers": domains, "is_primary": false,
-		"created_by_key_id": id.Key.ID,
+		"created_by_key_id": id.Key.ID, "budget": budgetAudit(budget),
 	}})
-	writeJSON(w, http.StatusOK, map[string]any{
+	writeJSON(w, http.StatusOK, budgetView(map[string]any{
 		"status":            "success",
 		"message":           "API key created successfully",
 		"api_key":           plaintext,
@@ -195,7 +202,7 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 			"last_used_tracking": true,
 		},
 		"phase4_integration": true,
-	})
+	}, key.Budget, key.Spend, now))
 }
 
 // listKeys lists the caller's keys, newest first (GET /user/api-keys; the

@@ -24,6 +24,7 @@ type updateKeyRequest struct {
 	Action          *string     `json:"action"`
 	// EnvironmentTag filters bulk_rotate; it does not change a key.
 	EnvironmentTag *string `json:"environment_tag"`
+	budgetInput
 }
 
 // updateKey updates, rotates or bulk-rotates (PUT /user/api-keys/{key_id},
@@ -78,6 +79,7 @@ type keyUpdate struct {
 	ips        []string
 	domains    []string
 	isActive   *bool
+	budget     *budgetInput
 	fields     []string
 }
 
@@ -128,6 +130,18 @@ func validateKeyUpdate(req *updateKeyRequest, caller storage.Scopes, now time.Ti
 		u.isActive = req.IsActive
 		u.fields = append(u.fields, "is_active")
 	}
+	if req.budgetInput.given() {
+		if _, err := req.budget(storage.Budget{}); err != nil {
+			return nil, err
+		}
+		u.budget = &req.budgetInput
+		if req.SpendLimit.set {
+			u.fields = append(u.fields, "spend_limit")
+		}
+		if req.SpendLimitReset != nil {
+			u.fields = append(u.fields, "spend_limit_reset")
+		}
+	}
 	if len(u.fields) == 0 {
 		return nil, errBadRequest("No valid fields to update")
 	}
@@ -167,6 +181,11 @@ func (u *keyUpdate) apply(k *storage.APIKey) (old, new map[string]any) {
 	if u.isActive != nil {
 		old["is_active"], new["is_active"] = k.IsActive, *u.isActive
 		k.IsActive = *u.isActive
+	}
+	if u.budget != nil {
+		b, _ := u.budget.budget(k.Budget) // validated
+		old["budget"], new["budget"] = budgetAudit(k.Budget), budgetAudit(b)
+		k.Budget = b
 	}
 	return old, new
 }

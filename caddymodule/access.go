@@ -271,6 +271,11 @@ func referrerAllowed(rules []string, host string) bool {
 	return false
 }
 
-// clockNow is the clock of the access side (a variable so tests can fake
-// it).
-var clockNow = time.Now
+// clockNow is the gateway's clock (a variable so tests can fake it; tests
+// of other packages use SetClock).
+var clockNow = func() time.Time {
+	if f := clockOverride.Load(); f != nil {
+		return (*f)()
+	}
+	return time.Now()
+}

@@ -353,10 +353,20 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 	if adm.key.MaxRequests != nil {
 		req.MaxRequests = *adm.key.MaxRequests
 	}
+	now := clockNow()
+	req.KeyBudget, req.UserBudget = adm.budgetWindows(now)
+	// A budget refusal is final for the window: it never waits.
+	try := func() (*storage.Reservation, *storage.CreditShortage, *gatewayError) {
+		res, short, be, gerr := g.tryReserve(ctx, req)
+		if be != nil {
+			return nil, nil, plan.budgetRefusal(prices, adm.req, be, adm.budgetReset(be), now)
+		}
+		return res, short, gerr
+	}
 	wait := time.Duration(*cfg.CreditWait)
 	queue := g.state.credits
 	if wait <= 0 || !queue.queued(req.UserID) {
-		res, short, gerr := g.tryReserve(ctx, req)
+		res, short, gerr := try()
 		switch {
 		case res != nil:
 			return reservation{res: res, maxTokens: plan.capFor(prices, adm.req, res.Amount)}, nil
@@ -380,7 +390,7 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 			req.Waiting = behind
 			var res *storage.Reservation
 			var gerr *gatewayError
-			res, short, gerr = g.tryReserve(ctx, req)
+			res, short, gerr = try()
 			switch {
 			case res != nil:
 				waited := time.Since(start)
@@ -411,26 +421,28 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 }
 
 // tryReserve makes the one store call of a reservation. It returns the
-// reservation, or the shortage when credits are short, or the refusal
-// when anything else stops it.
-func (g *Gateway) tryReserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, *storage.CreditShortage, *gatewayError) {
+// reservation, or the shortage when credits are short, or the budget that
+// refused it, or the refusal when anything else stops it.
+func (g *Gateway) tryReserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, *storage.CreditShortage, *storage.BudgetExceeded, *gatewayError) {
 	res, err := g.state.store.Reserve(ctx, req)
 	if err == nil {
-		return res, nil, nil
+		return res, nil, nil, nil
 	}
 	var short *storage.CreditShortage
 	switch {
 	case errors.As(err, &short):
-		return nil, short, nil
+		return nil, short, nil, nil
+	case asBudgetExceeded(err) != nil:
+		return nil, nil, asBudgetExceeded(err), nil
 	case errors.Is(err, storage.ErrRequestLimit):
-		return nil, nil, errKeyRequestLimit
+		return nil, nil, nil, errKeyRequestLimit
 	case errors.Is(err, storage.ErrInsufficientCredits):
 		// A store without the details: treat it as held, so that a wait
 		// can still help.
-		return nil, &storage.CreditShortage{}, nil
+		return nil, &storage.CreditShortage{}, nil, nil
 	}
 	g.logStoreError("reserving credits", err)
-	return nil, nil, errCreditsUnavail
+	return nil, nil, nil, errCreditsUnavail
 }
 
 // recordTokens replaces the estimated tokens counted at admission by the

@@ -18,6 +18,7 @@ type userPolicy struct {
 	userPlan    *storage.UserPlan // nil: none
 	plan        *storage.Plan     // nil: none
 	adminLimits storage.RateLimits
+	budget      storage.Budget // the user's spend budget an admin set
 }
 
 // entitlements are the plan rules in force for one request.
@@ -160,6 +161,13 @@ func (c *planCache) load(ctx context.Context, userID int64) (*userPolicy, error)
 	switch {
 	case err == nil:
 		p.adminLimits = l
+	case !errors.Is(err, storage.ErrNotFound):
+		return nil, err
+	}
+	b, _, err := c.store.UserBudget(ctx, userID)
+	switch {
+	case err == nil:
+		p.budget = b
 	case !errors.Is(err, storage.ErrNotFound):
 		return nil, err
 	}

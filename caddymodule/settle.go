@@ -370,6 +370,7 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 	sr.credits.Add(float64(charged))
 	s.log.state, s.log.prompt, s.log.completed, s.log.credits, s.log.estimated = logCharged, u.PromptTokens, u.CompletionTokens, charged, estimated
 	s.adm.recordTokens(u.TotalTokens)
+	s.g.observeSpend(s.adm, s.res)
 	return charged, balance, true
 }
 

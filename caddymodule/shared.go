@@ -42,6 +42,11 @@ type sharedState struct {
 	limiter      *limiter
 	credits      *creditWaiters
 	audit        *auditor
+	// spent, when set, is told what each settlement did to the spend
+	// budgets of its key and user (see observeSpend): where budget
+	// notices (a warning at 80 %, budget reached) are decided. It runs on
+	// the request's goroutine and must not block.
+	spent func(SpendNotice)
 
 	unsubscribe func()
 	cancel      context.CancelFunc

@@ -103,22 +103,32 @@ var matrixRoutes = map[string]matrixRoute{
 	"PUT /user/api-keys/{key_id}":        {ok: 200, path: victimTarget, victimOwned: true, body: func(f *matrixFixture) any { return map[string]any{"key_name": f.unique("t")} }},
 	"PUT /user/api-keys/{key_id} rotate": {ok: 200, path: victimTarget, victimOwned: true, body: func(*matrixFixture) any { return map[string]any{"action": "rotate"} }},
 	"DELETE /user/api-keys/{key_id}":     {ok: 200, path: victimTarget, victimOwned: true, destructive: true, body: func(*matrixFixture) any { return map[string]any{"confirmation": "DELETE_KEY"} }},
-	"GET /user/api-keys/usage":           {ok: 200},
-	"GET /user/api-keys/audit-logs":      {ok: 200},
-	"GET /user/balance":                  {ok: 200},
-	"GET /user/plan":                     {ok: 200},
-	"GET /user/plan/usage":               {ok: 200},
-	"GET /user/plan/entitlements":        {ok: 200},
-	"GET /user/profile":                  {ok: 200},
-	"PUT /user/profile":                  {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"name": f.unique("n")} }},
-	"DELETE /user/account":               {ok: 200, destructive: true, body: func(*matrixFixture) any { return map[string]any{"confirmation": "DELETE_ACCOUNT"} }},
-	"GET /user/monitor":                  {ok: 200},
-	"GET /user/usage":                    {ok: 200},
-	"GET /user/usage/daily":              {ok: 200},
-	"GET /user/usage/export":             {ok: 200},
-	"POST /admin/add_credits":            {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"user_id": f.victimID, "credits": 1} }},
-	"GET /admin/balance":                 {ok: 200},
-	"GET /admin/monitor":                 {ok: 200},
+	"POST /user/api-keys budget": {ok: 200, body: func(f *matrixFixture) any {
+		return map[string]any{"key_name": f.unique("b"), "spend_limit": 1000, "spend_limit_reset": "daily"}
+	}},
+	"PUT /user/api-keys/{key_id} budget": {ok: 200, path: victimTarget, victimOwned: true, body: func(f *matrixFixture) any {
+		*f.seq++
+		return map[string]any{"spend_limit": 1000 + *f.seq, "spend_limit_reset": "monthly"}
+	}},
+	"POST /admin/limit budget": {ok: 200, body: func(f *matrixFixture) any {
+		return map[string]any{"user_id": f.victimID, "spend_limit": 1000000, "spend_limit_reset": "weekly"}
+	}},
+	"GET /user/api-keys/usage":      {ok: 200},
+	"GET /user/api-keys/audit-logs": {ok: 200},
+	"GET /user/balance":             {ok: 200},
+	"GET /user/plan":                {ok: 200},
+	"GET /user/plan/usage":          {ok: 200},
+	"GET /user/plan/entitlements":   {ok: 200},
+	"GET /user/profile":             {ok: 200},
+	"PUT /user/profile":             {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"name": f.unique("n")} }},
+	"DELETE /user/account":          {ok: 200, destructive: true, body: func(*matrixFixture) any { return map[string]any{"confirmation": "DELETE_ACCOUNT"} }},
+	"GET /user/monitor":             {ok: 200},
+	"GET /user/usage":               {ok: 200},
+	"GET /user/usage/daily":         {ok: 200},
+	"GET /user/usage/export":        {ok: 200},
+	"POST /admin/add_credits":       {ok: 200, body: func(f *matrixFixture) any { return map[string]any{"user_id": f.victimID, "credits": 1} }},
+	"GET /admin/balance":            {ok: 200},
+	"GET /admin/monitor":            {ok: 200},
 	"POST /admin/limit": {ok: 200, body: func(f *matrixFixture) any {
 		return map[string]any{"user_id": f.victimID, "rate_limits": generousLimits}
 	}},
@@ -150,6 +160,14 @@ var matrixRoutes = map[string]matrixRoute{
 	"POST /v1/responses":              {ok: 200, body: func(*matrixFixture) any { return map[string]any{"model": "gpt-4o-mini", "input": "hi"} }},
 	"GET /v1/responses/{response_id}": {ok: 200, path: func(*matrixFixture) string { return "/v1/responses/resp_1" }},
 	"GET /v1/models/{model}":          {ok: 200, path: func(*matrixFixture) string { return "/v1/models/gpt-4o-mini" }},
+}
+
+// budgetRows are the documented operations the matrix also calls with the
+// spend budget fields (as "<operation> budget").
+var budgetRows = map[string]bool{
+	"POST /user/api-keys":         true,
+	"PUT /user/api-keys/{key_id}": true,
+	"POST /admin/limit":           true,
 }
 
 // generousLimits keep the matrix's requests clear of the rate limits.
@@ -368,6 +386,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 			rotate := op
 			rotate.key += " rotate"
 			cases = append(cases, rotate)
+		}
+		// The spend budget fields go through the same scope checks as
+		// every other field of their route.
+		if budgetRows[op.key] {
+			budget := op
+			budget.key += " budget"
+			cases = append(cases, budget)
 		}
 	}
 	documented := map[string]bool{}

@@ -177,3 +177,15 @@ type SpendChange struct {
 type SettleSpend struct {
 	Key, User SpendChange
 }
+
+// Crossed reports whether the charge took the window's spend to percent of
+// its limit or past it, from below: true once per crossing, for the
+// settlement that crossed it. A window without a limit crosses nothing.
+func (c SpendChange) Crossed(percent int64) bool {
+	if !c.Valid || !c.Limited {
+		return false
+	}
+	// Integer arithmetic: spend*100 >= limit*percent.
+	at := func(spend int64) bool { return spend*100 >= c.Limit*percent }
+	return !at(c.Before) && at(c.After)
+}

@@ -110,3 +110,26 @@ func TestMergeSpend(t *testing.T) {
 		}
 	}
 }
+
+func TestSpendCrossed(t *testing.T) {
+	for _, tc := range []struct {
+		c       SpendChange
+		percent int64
+		want    bool
+	}{
+		{SpendChange{Valid: true, Limited: true, Limit: 100, Before: 79, After: 80}, 80, true},
+		{SpendChange{Valid: true, Limited: true, Limit: 100, Before: 80, After: 90}, 80, false}, // crossed before
+		{SpendChange{Valid: true, Limited: true, Limit: 100, Before: 10, After: 79}, 80, false},
+		{SpendChange{Valid: true, Limited: true, Limit: 100, Before: 10, After: 100}, 80, true},
+		{SpendChange{Valid: true, Limited: true, Limit: 100, Before: 99, After: 100}, 100, true},
+		{SpendChange{Valid: true, Limited: true, Limit: 100, Before: 100, After: 100}, 100, false},
+		{SpendChange{Valid: true, Limited: true, Limit: 7, Before: 5, After: 6}, 80, true}, // 5.6 rounds up
+		{SpendChange{Valid: true, Limited: true, Limit: 0, Before: 0, After: 0}, 100, false},
+		{SpendChange{Valid: true, Limit: 100, Before: 0, After: 100}, 80, false},   // no limit
+		{SpendChange{Limited: true, Limit: 100, Before: 0, After: 100}, 80, false}, // not counted
+	} {
+		if got := tc.c.Crossed(tc.percent); got != tc.want {
+			t.Errorf("%+v crossed %d%% = %v, want %v", tc.c, tc.percent, got, tc.want)
+		}
+	}
+}
