@@ -263,7 +263,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	rsv, gerr := g.reserve(r.Context(), adm, cfg)
 	s.log.setWait(rsv.waited)
 	if gerr != nil {
-		outcome := outcomeInsufficient
+		outcome := refusalOutcome(gerr)
 		switch gerr {
 		case errKeyRequestLimit:
 			outcome = outcomeRequestLimit

@@ -94,6 +94,7 @@ const (
 	outcomePlanLimit                          // refused: a daily or monthly plan limit (429)
 	outcomeBadRequest                         // refused: bad body, path or method (4xx)
 	outcomePreflight                          // a CORS preflight answered by the gateway
+	outcomeBudget                             // refused with 402: a key's or user's spend budget
 	numOutcomes
 )
 
@@ -106,6 +107,7 @@ var outcomeLabels = [numOutcomes]string{
 	outcomeClientClosed:        "client_closed",
 	outcomeNoContent:           "no_content",
 	outcomeInsufficient:        "insufficient_credits",
+	outcomeBudget:              "budget_exceeded",
 	outcomeRequestLimit:        "request_limit",
 	outcomeStoreError:          "store_error",
 	outcomeFree:                "free",
@@ -124,6 +126,8 @@ func refusalOutcome(e *gatewayError) outcome {
 		return outcomeUnauthenticated
 	case e.Status == http.StatusForbidden:
 		return outcomeForbidden
+	case e.Code == codeKeyBudget, e.Code == codeUserBudget:
+		return outcomeBudget
 	case e.Status == http.StatusPaymentRequired:
 		return outcomeInsufficient
 	case e.Code == codeRequestLimit:

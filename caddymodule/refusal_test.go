@@ -46,6 +46,8 @@ func TestRefusalOutcome(t *testing.T) {
 		{errRateLimited(codePlanLimit, "", 3), outcomePlanLimit},
 		{errKeyRequestLimit, outcomeRequestLimit},
 		{errInsufficientCredits(""), outcomeInsufficient},
+		{errorf(402, "insufficient_quota", codeKeyBudget, ""), outcomeBudget},
+		{errorf(402, "insufficient_quota", codeUserBudget, ""), outcomeBudget},
 		{errBadRequest(""), outcomeBadRequest},
 		{errMethodNotAllowed("GET", "/v1/chat/completions"), outcomeBadRequest},
 		{errCreditsUnavail, outcomeStoreError},
