@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
 // Fuzz targets of the management API's pure input handling: the one JSON
@@ -124,6 +126,40 @@ func FuzzValidateRestrictions(f *testing.F) {
 		again, err := validateDomains(dout)
 		if err != nil || !reflect.DeepEqual(again, dout) {
 			t.Fatalf("domain_referrers %q not canonical: %q then %q (%v)", dList, dout, again, err)
+		}
+	})
+}
+
+// FuzzBudgetInput: spend_limit and spend_limit_reset decode into a budget
+// with a non-negative limit and a known period, or are refused with a 422;
+// nothing panics.
+func FuzzBudgetInput(f *testing.F) {
+	for _, s := range []string{
+		`{"spend_limit":100,"spend_limit_reset":"monthly"}`, `{"spend_limit":null}`, `{"spend_limit":0}`,
+		`{"spend_limit":-1}`, `{"spend_limit":1.5}`, `{"spend_limit":1e2}`, `{"spend_limit":"7"}`,
+		`{"spend_limit":99999999999999999999}`, `{"spend_limit":-0}`, `{"spend_limit_reset":"hourly"}`,
+		`{"spend_limit_reset":""}`, `{"spend_limit_reset":null}`, `{"spend_limit": 5 }`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req setLimitsRequest
+		err := decodeBody(body, &req)
+		if err == nil {
+			var b storage.Budget
+			if b, err = req.budget(storage.Budget{}); err == nil {
+				if b.Limit != nil && *b.Limit < 0 {
+					t.Fatalf("%q: negative limit %d", body, *b.Limit)
+				}
+				if _, perr := storage.ParseBudgetReset(string(b.Reset)); perr != nil || b.Reset == "" {
+					t.Fatalf("%q: period %q", body, b.Reset)
+				}
+				return
+			}
+		}
+		var ae *apiError
+		if !errors.As(err, &ae) || ae.Status != 422 && ae.Status != 413 {
+			t.Fatalf("%q: %v", body, err)
 		}
 	})
 }

@@ -70,3 +70,35 @@ func TestSetClock(t *testing.T) {
 		t.Fatalf("restored clock is off by %v", d)
 	}
 }
+
+// TestSpendNoticeHook: a settlement tells the state's spent hook what it
+// did to the key's and the user's budgets, and a spent budget refuses the
+// next request with 402 before the upstream.
+func TestSpendNoticeHook(t *testing.T) {
+	e := newTestEnv(t, nil)
+	limit := int64(20)
+	key, k := e.newKey(t, "", func(k *storage.APIKey) {
+		k.Budget = storage.Budget{Limit: &limit, Reset: storage.ResetDaily}
+	})
+	var notices []SpendNotice
+	e.g.state.spent = func(n SpendNotice) { notices = append(notices, n) }
+	t.Cleanup(func() { e.g.state.spent = nil })
+	rec := e.do(t, "POST", "/v1/chat/completions", strings.Replace(chatBody, `"max_tokens":10`, `"max_tokens":2`, 1), "", bearer(key))
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if len(notices) != 1 {
+		t.Fatalf("%d notices", len(notices))
+	}
+	n := notices[0]
+	ks := n.Spent.Key
+	if n.KeyID != k.ID || n.UserID != k.UserID || n.KeyReset != storage.ResetDaily || !ks.Valid || !ks.Limited ||
+		ks.Limit != 20 || ks.Before != 0 || ks.After != 6 || !ks.Crossed(30) || ks.Crossed(50) || !n.Spent.User.Valid {
+		t.Fatalf("notice %+v", n)
+	}
+	upstream := e.upstream.Load()
+	wantError(t, e.do(t, "POST", "/v1/chat/completions", chatBody, "", bearer(key)), 402, codeKeyBudget, "resets at")
+	if e.upstream.Load() != upstream || len(notices) != 1 {
+		t.Fatal("a refused request reached the upstream or was settled")
+	}
+}
