@@ -56,8 +56,13 @@ type Options struct {
 	// Lease is how long a node may stay silent before other nodes release
 	// its holds. Nodes heartbeat every third of it. Default 5s.
 	Lease time.Duration
+	// FeedBound is how far behind the change feed may fall before the
+	// node stops trusting what it cached (FeedBehind): the longest a change
+	// made on another node can go unseen here. Default 1s.
+	FeedBound time.Duration
 	// PollInterval is how often the change feed is read when no
-	// notification arrives (the fallback for missed ones). Default 1s.
+	// notification arrives (the fallback for missed ones). Default a
+	// quarter of FeedBound; at most half of it.
 	PollInterval time.Duration
 }
 
@@ -77,8 +82,11 @@ func (o *Options) setDefaults() {
 	if o.Lease <= 0 {
 		o.Lease = 5 * time.Second
 	}
-	if o.PollInterval <= 0 {
-		o.PollInterval = time.Second
+	if o.FeedBound <= 0 {
+		o.FeedBound = time.Second
+	}
+	if o.PollInterval <= 0 || o.PollInterval > o.FeedBound/2 {
+		o.PollInterval = o.FeedBound / 4
 	}
 }
 
@@ -97,6 +105,9 @@ type Store struct {
 	subMu  sync.Mutex
 	subs   map[int]func(storage.Change)
 	subSeq int
+
+	opened time.Time // the monotonic origin of feed times
+	feed   feedState
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -127,7 +138,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: connecting to PostgreSQL: %w", mapErr(err))
 	}
-	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now}
+	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now, opened: time.Now()}
 	if err := s.start(ctx, cfg.ConnConfig); err != nil {
 		pool.Close()
 		return nil, err
@@ -154,11 +165,18 @@ func (s *Store) start(ctx context.Context, connCfg *pgx.ConnConfig) error {
 	if err := s.pool.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM gw_changes`).Scan(&last); err != nil {
 		return mapErr(err)
 	}
+	// Nothing is cached yet: the feed is current as of now.
+	s.opened = time.Now()
+	s.feed.lastID.Store(last)
+	feedCfg := connCfg.Copy()
+	feedCfg.RuntimeParams["application_name"] = FeedApplicationName(s.node)
+	// No statement runs long on it; waiting for a notification is no statement.
+	delete(feedCfg.RuntimeParams, "statement_timeout")
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.keepAlive(bg) }()
-	go func() { defer s.wg.Done(); s.follow(bg, connCfg, last) }()
+	go func() { defer s.wg.Done(); s.follow(bg, feedCfg, last) }()
 	return nil
 }
 
@@ -248,4 +266,7 @@ func mapErr(err error) error {
 // Interface guard. A PostgreSQL database is backed up with pg_dump, not
 // through the gateway: Store is no storage.HotBackuper, and with every
 // settlement committed before Settle returns, no storage.Flusher.
-var _ storage.Store = (*Store)(nil)
+var (
+	_ storage.Store      = (*Store)(nil)
+	_ storage.SharedFeed = (*Store)(nil)
+)
