@@ -240,7 +240,9 @@ func sharedEveryChange(t *testing.T, a, b storage.Store) {
 		{"plan assignment", func() error {
 			_, err := a.AssignPlan(ctx, u.ID, plan.ID, time.Now(), time.Now().Add(time.Hour))
 			return err
-		}, func(c storage.Change) bool { return c.Kind == storage.ChangeLimits && c.UserID == u.ID && c.PlanID == plan.ID }},
+		}, func(c storage.Change) bool {
+			return c.Kind == storage.ChangeLimits && c.UserID == u.ID && c.PlanID == plan.ID
+		}},
 		{"plan change", func() error {
 			_, err := a.UpdatePlan(ctx, plan.ID, func(p *storage.Plan) error { p.DailyRequestLimit = 7; return nil })
 			return err
@@ -250,7 +252,9 @@ func sharedEveryChange(t *testing.T, a, b storage.Store) {
 		{"key deletion", func() error { return a.DeleteKey(ctx, k.ID) },
 			func(c storage.Change) bool { return isKey(c) && names(newHash)(c) }},
 		{"account deletion", func() error { return a.DeleteUser(ctx, gone.ID) },
-			func(c storage.Change) bool { return c.Kind == storage.ChangeUser && c.UserID == gone.ID && names(gk.Hash)(c) }},
+			func(c storage.Change) bool {
+				return c.Kind == storage.ChangeUser && c.UserID == gone.ID && names(gk.Hash)(c)
+			}},
 	}
 	for _, st := range steps {
 		from := len(logB.snapshot())
