@@ -133,6 +133,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	cfg.ConnConfig.ConnectTimeout = opts.ConnectTimeout
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["application_name"] = "gatewayz"
+	// A node stopped in the middle of a transaction (a frozen process)
+	// must not hold the rows it locked past the lease: the server ends
+	// the session, and the other nodes carry on.
+	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(opts.Lease.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -199,8 +203,9 @@ func where(c *pgx.ConnConfig) string {
 // Node returns this handle's node id.
 func (s *Store) Node() int64 { return s.node }
 
-// Close stops the background work, releases this node's open holds (their
-// requests can no longer settle through it) and closes the pool.
+// Close stops the background work, applies the settlements and refunds
+// kept while the database was unreachable, releases this node's open holds
+// (their requests can no longer settle through it) and closes the pool.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
@@ -208,6 +213,9 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.StatementTimeout)
 		defer cancel()
+		// Settlements kept while the database was unreachable go first:
+		// releasing their holds would forget what they charge.
+		s.retryHeld(ctx)
 		_, err := s.pool.Exec(ctx, `SELECT gw_release(ARRAY[$1::bigint])`, s.node)
 		if err == nil {
 			_, err = s.pool.Exec(ctx, `UPDATE gw_nodes SET heartbeat_at = '-infinity' WHERE id = $1`, s.node)
