@@ -13,7 +13,6 @@ import (
 // on one node is refused on every other within it.
 const clusterFeedBound = time.Second
 
-
 // revocation is one way to make a key stop working, made through api with
 // the owner's primary key: it returns the key that must stop working.
 type revocation struct {
