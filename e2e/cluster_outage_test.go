@@ -53,10 +53,16 @@ func TestClusterDatabaseOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	down := time.Now()
-	time.Sleep(outage / 2)
+	time.Sleep(outage / 2) // past the feed bound
 	for i, api := range c.APIs {
-		if h := health(t, api); h.status != http.StatusServiceUnavailable || h.Database != "unavailable" {
+		if h := health(t, api); h.status != http.StatusServiceUnavailable || h.Database != "unavailable" || !h.Feed.Behind {
 			t.Errorf("node %d's health with the database down: %d %+v", i, h.status, h)
+		}
+		// Fail closed: the key is cached and the model list needs no
+		// credits, but past the bound the cached key is not trusted.
+		resp, err := api.Do("GET", "/v1/models", u.APIKey, nil)
+		if err != nil || resp.Status != http.StatusServiceUnavailable || !strings.Contains(string(resp.Body), "cannot confirm this API key") {
+			t.Errorf("node %d: a cached key past the feed bound with the database down: %v %v", i, err, resp)
 		}
 	}
 	time.Sleep(outage - time.Since(down))
