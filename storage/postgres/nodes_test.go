@@ -170,3 +170,30 @@ func TestOrphanedHoldRefunded(t *testing.T) {
 	}
 	mustVerify(t, s)
 }
+
+// TestFrozenTransactionEnds: a node frozen inside a transaction (its
+// process stopped) holds the rows it locked only until the lease: the
+// server then ends its connection, and another node's statement on the
+// same row goes through.
+func TestFrozenTransactionEnds(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DatabaseURL(t)
+	frozen, other := openNode(t, dsn, "frozen"), openNode(t, dsn, "other")
+	u, _ := storetest.Register(t, frozen, "frozen@example.com", 10)
+	tx, err := frozen.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM gw_accounts WHERE user_id = $1 FOR UPDATE`, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	waited, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := other.Reserve(waited, storage.ReserveRequest{UserID: u.ID, Credits: 1}); err != nil {
+		t.Fatalf("reserving on the other node while a frozen node held the row: %v", err)
+	}
+	if err := tx.Commit(ctx); err == nil {
+		t.Fatal("the frozen transaction committed after the lease")
+	}
+}
