@@ -59,9 +59,12 @@ func TestDeadNodeHoldsReleased(t *testing.T) {
 		t.Fatalf("released %d holds of a live node: %v", n, err)
 	}
 	freeze(t, a)
+	log := record(t, b)
 	if n, err := b.releaseDead(ctx); err != nil || n != 2 {
 		t.Fatalf("releaseDead = %d, %v; want the dead node's 2 holds", n, err)
 	}
+	// Requests of the user waiting for credits on any node retry.
+	log.wait(t, "credits released", 0, func(c storage.Change) bool { return c.Kind == storage.ChangeCredits && c.UserID == u.ID })
 	if bal := storetest.MustBalance(t, b, u.ID); bal.Credits != 100 || bal.Reserved != 0 {
 		t.Fatalf("after release: %+v", bal)
 	}
