@@ -58,6 +58,9 @@ func TestDeadNodeHoldsReleased(t *testing.T) {
 	if n, err := b.releaseDead(ctx); err != nil || n != 0 {
 		t.Fatalf("released %d holds of a live node: %v", n, err)
 	}
+	// Only the call below reaps: b's own heartbeat would race it.
+	b.cancel()
+	b.wg.Wait()
 	freeze(t, a)
 	log := record(t, b)
 	if n, err := b.releaseDead(ctx); err != nil || n != 2 {
