@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -76,6 +77,11 @@ func (s *sharedState) open(openStore func() (storage.Store, error)) error {
 	s.index = newKeyIndex(st, s.cfg.negativeCacheSize)
 	s.plans = newPlanCache(st)
 	s.audit = newAuditor(st, s.cfg.auditPerMinute, s.logger)
+	if feed, ok := st.(storage.SharedFeed); ok {
+		// Other nodes change the database too: past the feed bound the
+		// caches are not trusted (fail closed).
+		s.index.behind, s.plans.behind = feed.FeedBehind, feed.FeedBehind
+	}
 	s.cancel = cancel
 	s.unsubscribe = st.Subscribe(s.onChange)
 	s.wg.Add(2)
@@ -112,6 +118,18 @@ func (s *sharedState) openReservations() int64 {
 		return 0
 	}
 	return st.OpenReservations()
+}
+
+// feedLag is how far behind the open store's change feed is (0 for a
+// store only this process changes, or before it opens).
+func (s *sharedState) feedLag() time.Duration {
+	s.mu.Lock()
+	st := s.store
+	s.mu.Unlock()
+	if feed, ok := st.(storage.SharedFeed); ok {
+		return feed.FeedStatus().Lag
+	}
+	return 0
 }
 
 // Destruct stops the goroutines, writes pending audit events and closes the
