@@ -87,7 +87,7 @@ var (
 )
 
 // SchemaVersion is the on-disk schema version this binary writes.
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // migrations[i] upgrades a database from schema version i to i+1. Open runs
 // the ones above the stored version, in order, each in its own transaction.
@@ -112,6 +112,8 @@ var migrations = []func(tx *bbolt.Tx) error{
 	// 4 → 5: keys stored with an empty scope get the full scope they had
 	// (see bolt_scope.go).
 	migrateEmptyScopes,
+	// 5 → 6: the alert outbox and users' webhooks (see bolt_outbox.go).
+	migrateOutbox,
 }
 
 // BoltStore is the embedded Store, backed by a bbolt file.

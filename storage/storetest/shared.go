@@ -27,6 +27,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b storage.Store)) {
 		{"ChangeFeed", sharedChangeFeed},
 		{"AuditChain", sharedAuditChain},
 		{"LedgerOrder", sharedLedgerOrder},
+		{"OutboxClaims", sharedOutboxClaims},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
