@@ -194,4 +194,3 @@ func TestAlertsSurviveKillPostgres(t *testing.T) {
 	dsn := pgtest.DatabaseURL(t)
 	testAlertsSurviveKill(t, func(c *Config) { c.Env = append(c.Env, "GATEWAYZ_DATABASE_URL="+dsn) })
 }
-
