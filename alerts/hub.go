@@ -149,12 +149,16 @@ func (h *Hub) BalanceEvents(uid, before, after int64, threshold *int64) []storag
 	if threshold != nil {
 		t = *threshold
 	}
+	low, empty := LowBalanceCrossed(before, after, t), Depleted(before, after)
+	if !low && !empty {
+		return nil
+	}
 	var evs []storage.Event
 	now := h.now()
-	if LowBalanceCrossed(before, after, t) {
+	if low {
 		evs = append(evs, NewEvent(BalanceLow, uid, map[string]int64{"balance": after, "threshold": t, "previous_balance": before}, now))
 	}
-	if Depleted(before, after) {
+	if empty {
 		evs = append(evs, NewEvent(BalanceDepleted, uid, map[string]int64{"balance": after, "previous_balance": before}, now))
 	}
 	return evs
