@@ -194,3 +194,58 @@ func TestAlertsSurviveKillPostgres(t *testing.T) {
 	dsn := pgtest.DatabaseURL(t)
 	testAlertsSurviveKill(t, func(c *Config) { c.Env = append(c.Env, "GATEWAYZ_DATABASE_URL="+dsn) })
 }
+
+// TestAlertsTwoNodes runs two gateways on one PostgreSQL database with one
+// operator endpoint: every node's worker claims deliveries, and each event
+// is sent once, by one of them.
+func TestAlertsTwoNodes(t *testing.T) {
+	dsn := pgtest.DatabaseURL(t)
+	rc := startAlertReceiver(t)
+	rc.setDown(false)
+	up, _ := newUpstream(t, mockOptions())
+	cf := alertsCaddyfile(t)
+	start := func() *Gateway {
+		return startGateway(t, up.URL, func(c *Config) {
+			c.Caddyfile = cf
+			c.Env = append(c.Env, "GATEWAYZ_DATABASE_URL="+dsn,
+				"GATEWAYZ_TEST_WEBHOOK_URL="+rc.URL+"/hook", "GATEWAYZ_WEBHOOK_SECRET="+e2eWebhookSecret)
+		})
+	}
+	a, b := start(), start()
+	apiA, apiB := NewAPI(a.URL, testAdminKey), NewAPI(b.URL, testAdminKey)
+	u, err := apiA.Register("twonodes", "twonodes@example.com", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const topUps = 40
+	var wg sync.WaitGroup
+	for i := range topUps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			api := apiA
+			if i%2 == 1 {
+				api = apiB
+			}
+			if _, err := api.AddCredits(u.ID, int64(i+1), ""); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, "every top-up's event delivered", func() bool { return len(rc.received()) == topUps })
+	waitFor(t, "deliveries recorded", func() bool {
+		ds := deliveries(t, apiB)
+		for _, d := range ds {
+			if d["status"] != "delivered" {
+				return false
+			}
+		}
+		return len(ds) == topUps
+	})
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.dups != 0 || rc.calls != topUps || len(rc.bad) != 0 {
+		t.Fatalf("%d calls for %d events, %d duplicates, bad %v", rc.calls, topUps, rc.dups, rc.bad)
+	}
+}
