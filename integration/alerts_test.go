@@ -341,3 +341,32 @@ func TestAlertsSecurityBurst(t *testing.T) {
 		t.Fatalf("%d security alerts for one burst", n)
 	}
 }
+
+// A key expiring within a day raises key.expiring once, however many
+// scans see it.
+func TestAlertsKeyExpiring(t *testing.T) {
+	t.Setenv("GATEWAYZ_TEST_WEBHOOK_SECRET", "exp-secret-0123456789")
+	rc := startReceiver(t, "exp-secret-0123456789", 0)
+	g := startGateway(t, gatewayConfig{AppOptions: fmt.Sprintf(`webhook {
+			url %s
+			secret {env.GATEWAYZ_TEST_WEBHOOK_SECRET}
+			events key.expiring
+		}
+		`+fastAlerts, rc.URL, "expiry_scan_interval 20ms")})
+	owner, uid := g.registerUser("expiring@example.com")
+	exp := time.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
+	_, soonID := g.createKey(owner, map[string]any{"key_name": "soon", "expiration_date": exp.Format(time.RFC3339)})
+	g.createKey(owner, map[string]any{"key_name": "later", "expiration_days": 30})
+	eventually(t, "key.expiring delivered", func() bool { return len(rc.ofType(alerts.KeyExpiring)) > 0 })
+	// Many more scans run meanwhile; still one event.
+	time.Sleep(300 * time.Millisecond)
+	got := rc.ofType(alerts.KeyExpiring)
+	if len(got) != 1 {
+		t.Fatalf("%d key.expiring events, want 1", len(got))
+	}
+	var data map[string]any
+	if err := json.Unmarshal(got[0].Data, &data); err != nil || data["key_id"] != float64(soonID) || data["key_name"] != "soon" ||
+		data["expiration_date"] != exp.Format(time.RFC3339) || got[0].UserID != uid {
+		t.Fatalf("key.expiring %+v %s", got[0], got[0].Data)
+	}
+}
