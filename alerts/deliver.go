@@ -109,6 +109,14 @@ func (h *Hub) attempt(ctx context.Context, d storage.Delivery) {
 	if !res.Delivered && res.RetryAt.IsZero() && res.Error == "" {
 		res.Error = "failed"
 	}
+	switch {
+	case res.Delivered:
+		countAttempt(outcomeDelivered)
+	case res.RetryAt.IsZero():
+		countAttempt(outcomeFailed)
+	default:
+		countAttempt(outcomeRetry)
+	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := h.store.FinishDelivery(wctx, d.ID, res); err != nil {

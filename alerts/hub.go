@@ -91,9 +91,11 @@ func (h *Hub) Config() *Config { return h.cfg.Load() }
 // Emit queues an event for the outbox without blocking (the request
 // path); see Hub for when it is durable.
 func (h *Hub) Emit(ev storage.Event) {
+	metricEvents.WithLabelValues(ev.Type).Inc()
 	select {
 	case h.queue <- ev:
 	default:
+		metricDropped.Inc()
 		if n := h.dropped.Add(1); n&(n-1) == 0 { // log at powers of two
 			h.logger.Error("alert queue full: events dropped", zap.Int64("dropped", n), zap.String("type", ev.Type))
 		}
@@ -108,6 +110,9 @@ func (h *Hub) Write(ctx context.Context, evs ...storage.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
+	for _, ev := range evs {
+		metricEvents.WithLabelValues(ev.Type).Inc()
+	}
 	err := h.store.AppendEvents(ctx, h.outboxEvents(evs))
 	if err == nil {
 		h.signal()
@@ -117,6 +122,7 @@ func (h *Hub) Write(ctx context.Context, evs ...storage.Event) error {
 
 // WriteTo stores a ping for webhook id of its user (its test).
 func (h *Hub) WriteTo(ctx context.Context, webhookID int64, ev storage.Event) error {
+	metricEvents.WithLabelValues(ev.Type).Inc()
 	err := h.store.AppendEvents(ctx, []storage.OutboxEvent{{Event: ev, Webhook: webhookID}})
 	if err == nil {
 		h.signal()

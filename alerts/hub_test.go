@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
@@ -88,6 +89,8 @@ func TestHubRetriesUntilDelivered(t *testing.T) {
 	srv := httptest.NewServer(rc)
 	defer srv.Close()
 
+	retries0 := counterValue(metricDeliveries.WithLabelValues("retry"))
+	delivered0 := counterValue(metricDeliveries.WithLabelValues("delivered"))
 	h := NewHub(st, zap.NewNop())
 	h.Configure(Config{
 		Endpoints:    []Endpoint{{URL: srv.URL, Secret: "op-secret", Events: []string{BalanceLow}}},
@@ -117,6 +120,10 @@ func TestHubRetriesUntilDelivered(t *testing.T) {
 	}
 	if len(ds) != 1 || ds[0].State != storage.DeliveryDelivered || ds[0].Attempts != 4 || ds[0].LastStatus != 200 {
 		t.Fatalf("deliveries %+v", ds)
+	}
+	if r, d := counterValue(metricDeliveries.WithLabelValues("retry"))-retries0,
+		counterValue(metricDeliveries.WithLabelValues("delivered"))-delivered0; r != 3 || d != 1 {
+		t.Fatalf("metrics: %v retries, %v delivered", r, d)
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
@@ -204,3 +211,11 @@ func TestScanExpiringOnce(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func counterValue(c interface{ Write(*dto.Metric) error }) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}
