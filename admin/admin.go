@@ -121,6 +121,7 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 			details["note"] = note
 		}
 		h.audit(r, &storage.AuditEntry{UserID: u.ID, Action: actAddCredits, Details: details})
+		h.creditAlerts(r, u, balance-*req.Credits, balance, storage.LedgerTopUp)
 		if err := h.endTrialAtTopUp(r, u); err != nil {
 			h.fail(w, r, err)
 			return

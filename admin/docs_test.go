@@ -851,6 +851,26 @@ func TestDocsResponsesMatchHandlers(t *testing.T) {
 	c.do(docsCall{method: "PUT", template: "/user/profile", bearer: key, want: 200,
 		body: map[string]any{"name": "Alice A.", "preferences": map[string]any{"theme": "dark"}, "settings": nil}})
 
+	c.do(docsCall{method: "PUT", template: "/user/profile", bearer: key, want: 200, body: map[string]any{"low_balance_threshold": 100}})
+	c.do(docsCall{method: "PUT", template: "/user/profile", bearer: key, want: 422, body: map[string]any{"low_balance_threshold": -1}})
+	c.do(docsCall{method: "PUT", template: "/user/profile", bearer: key, want: 422, body: `{"low_balance_threshold":1.5}`})
+
+	// Webhooks
+	hook := c.do(docsCall{method: "POST", template: "/user/webhooks", bearer: key, want: 200,
+		body: map[string]any{"url": "https://hooks.example.com/gatewayz", "events": []string{"balance.low", "credits.added"}, "description": "ops"}})
+	hookPath := fmt.Sprintf("/user/webhooks/%d", int64(hook["id"].(float64)))
+	c.do(docsCall{method: "POST", template: "/user/webhooks", bearer: key, want: 422, body: map[string]any{"url": "http://hooks.example.com/"}})
+	c.do(docsCall{method: "POST", template: "/user/webhooks", bearer: key, want: 422, body: map[string]any{"url": "https://127.0.0.1/"}})
+	c.do(docsCall{method: "POST", template: "/user/webhooks", bearer: key, want: 422, body: map[string]any{"url": "https://hooks.example.com/", "events": []string{"nope"}}})
+	c.do(docsCall{method: "GET", template: "/user/webhooks", bearer: key, want: 200})
+	c.do(docsCall{method: "POST", template: "/user/webhooks/{webhook_id}/test", path: hookPath + "/test", bearer: key, want: 200})
+	c.do(docsCall{method: "POST", template: "/user/webhooks/{webhook_id}/test", path: "/user/webhooks/999999/test", bearer: key, want: 404})
+	c.do(docsCall{method: "GET", template: "/user/webhooks/deliveries", path: "/user/webhooks/deliveries?limit=10", bearer: key, want: 200})
+	c.do(docsCall{method: "GET", template: "/user/webhooks/deliveries", path: "/user/webhooks/deliveries?limit=x", bearer: key, want: 422})
+	c.do(docsCall{method: "GET", template: "/admin/webhooks/deliveries", bearer: admin, want: 200})
+	c.do(docsCall{method: "DELETE", template: "/user/webhooks/{webhook_id}", path: hookPath, bearer: key, want: 200})
+	c.do(docsCall{method: "DELETE", template: "/user/webhooks/{webhook_id}", path: hookPath, bearer: key, want: 404})
+
 	// Admin
 	c.do(docsCall{method: "GET", template: "/admin/balance", want: 401})
 	c.do(docsCall{method: "GET", template: "/admin/balance", bearer: "wrong", want: 401})

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/gatewayz/caddy-gatewayz/alerts"
 	"github.com/gatewayz/caddy-gatewayz/caddymodule"
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
@@ -63,6 +64,8 @@ type backend interface {
 	Authenticate(plaintext string) (*caddymodule.Identity, error)
 	CheckNetworkAccess(r *http.Request, id *caddymodule.Identity) error
 	PriceTable() caddymodule.PriceTable
+	AlertHub() *alerts.Hub
+	WebhookGuard() alerts.Guard
 }
 
 // CaddyModule returns the Caddy module information.

@@ -14,19 +14,20 @@ import (
 // profileView is a user as the profile and admin views show it.
 func profileView(u *storage.User) map[string]any {
 	return map[string]any{
-		"user_id":             u.ID,
-		"username":            u.Username,
-		"email":               u.Email,
-		"name":                u.Name,
-		"auth_method":         u.AuthMethod,
-		"is_active":           u.IsActive,
-		"subscription_status": u.SubscriptionStatus,
-		"trial_expires_at":    timeOrNull(u.TrialExpiresAt),
-		"registration_date":   u.RegistrationDate.UTC(),
-		"preferences":         rawOrNull(u.Preferences),
-		"settings":            rawOrNull(u.Settings),
-		"created_at":          u.CreatedAt.UTC(),
-		"updated_at":          u.UpdatedAt.UTC(),
+		"user_id":               u.ID,
+		"username":              u.Username,
+		"email":                 u.Email,
+		"name":                  u.Name,
+		"auth_method":           u.AuthMethod,
+		"is_active":             u.IsActive,
+		"subscription_status":   u.SubscriptionStatus,
+		"trial_expires_at":      timeOrNull(u.TrialExpiresAt),
+		"registration_date":     u.RegistrationDate.UTC(),
+		"preferences":           rawOrNull(u.Preferences),
+		"settings":              rawOrNull(u.Settings),
+		"low_balance_threshold": int64OrNull(u.LowBalanceThreshold),
+		"created_at":            u.CreatedAt.UTC(),
+		"updated_at":            u.UpdatedAt.UTC(),
 	}
 }
 
@@ -37,6 +38,27 @@ func timeOrNull(t time.Time) any {
 		return nil
 	}
 	return t.UTC()
+}
+
+func int64OrNull(p *int64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// lowBalanceThreshold parses the profile's low_balance_threshold: a
+// non-negative integer of credits (0 turns balance.low off for the user),
+// or null for the operator's default. It reports clear=true for null.
+func lowBalanceThreshold(raw json.RawMessage) (v int64, clear bool, err error) {
+	t := bytes.TrimSpace(raw)
+	if bytes.Equal(t, []byte("null")) {
+		return 0, true, nil
+	}
+	if err := json.Unmarshal(t, &v); err != nil || v < 0 || v > maxCredits {
+		return 0, false, errValidation("low_balance_threshold must be a non-negative integer of credits (at most %d), or null for the default", int64(maxCredits))
+	}
+	return v, false, nil
 }
 
 func rawOrNull(m json.RawMessage) any {
@@ -91,6 +113,8 @@ type profileRequest struct {
 	Email       *string         `json:"email"`
 	Preferences json.RawMessage `json:"preferences"`
 	Settings    json.RawMessage `json:"settings"`
+	// LowBalanceThreshold: see lowBalanceThreshold.
+	LowBalanceThreshold json.RawMessage `json:"low_balance_threshold"`
 }
 
 // maxProfileBlob bounds preferences and settings.
@@ -175,6 +199,20 @@ func (h *Handler) updateProfile(w http.ResponseWriter, r *http.Request) {
 		}
 		fields = append(fields, "settings")
 	}
+	var threshold *int64
+	clearThreshold := false
+	if req.LowBalanceThreshold != nil {
+		v, clear, err := lowBalanceThreshold(req.LowBalanceThreshold)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		if !clear {
+			threshold = &v
+		}
+		clearThreshold = clear
+		fields = append(fields, "low_balance_threshold")
+	}
 	if len(fields) == 0 {
 		h.fail(w, r, errBadRequest("No valid fields to update"))
 		return
@@ -211,6 +249,10 @@ func (h *Handler) updateProfile(w http.ResponseWriter, r *http.Request) {
 		}
 		if settings != nil {
 			u.Settings = settings
+		}
+		if threshold != nil || clearThreshold {
+			oldVals["low_balance_threshold"], newVals["low_balance_threshold"] = int64OrNull(u.LowBalanceThreshold), int64OrNull(threshold)
+			u.LowBalanceThreshold = threshold
 		}
 		u.UpdatedAt = now
 		return nil

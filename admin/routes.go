@@ -55,6 +55,11 @@ func (h *Handler) routes() []route {
 		{"GET", "/user/usage", user, needRead(storage.ResourceUsage, "read usage"), h.userUsage},
 		{"GET", "/user/usage/export", user, needRead(storage.ResourceUsage, "export usage"), h.exportUsage},
 		{"GET", "/user/usage/daily", user, needRead(storage.ResourceUsage, "read usage"), h.userUsageDaily},
+		{"POST", "/user/webhooks", user, needWrite(storage.ResourceWebhooks, "create webhooks"), h.createWebhook},
+		{"GET", "/user/webhooks", user, needRead(storage.ResourceWebhooks, "list webhooks"), h.listWebhooks},
+		{"GET", "/user/webhooks/deliveries", user, needRead(storage.ResourceWebhooks, "read webhook deliveries"), h.userDeliveries},
+		{"DELETE", "/user/webhooks/{webhook_id}", user, needWrite(storage.ResourceWebhooks, "delete webhooks"), h.deleteWebhook},
+		{"POST", "/user/webhooks/{webhook_id}/test", user, needWrite(storage.ResourceWebhooks, "test webhooks"), h.testWebhook},
 
 		// Admin (Bearer GATEWAYZ_ADMIN_KEY)
 		{"POST", "/admin/add_credits", admin, noScope, h.addCredits},
@@ -77,6 +82,7 @@ func (h *Handler) routes() []route {
 		{"GET", "/admin/security", admin, noScope, h.securityDashboard},
 		{"GET", "/admin/backup", admin, noScope, h.backup},
 		{"GET", "/admin/prices", admin, noScope, h.adminPrices},
+		{"GET", "/admin/webhooks/deliveries", admin, noScope, h.adminDeliveries},
 	}
 }
 

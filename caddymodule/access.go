@@ -47,7 +47,7 @@ func checkAccess(e *keyEntry, r *http.Request, clientIP string, inference bool) 
 func (g *Gateway) checkAccess(r *http.Request, e *keyEntry, clientIP string, rt route, now time.Time) *gatewayError {
 	gerr, action := checkAccess(e, r, clientIP, rt.metered())
 	if action != "" {
-		recordSecurity(g.state.audit, action, e, r, clientIP, now)
+		recordSecurity(g.state, action, e, r, clientIP, now)
 	}
 	return gerr
 }
@@ -95,7 +95,7 @@ func (a *App) CheckNetworkAccess(r *http.Request, id *Identity) error {
 	if action == "" {
 		return nil
 	}
-	recordSecurity(a.state.audit, action, e, r, ip, clockNow())
+	recordSecurity(a.state, action, e, r, ip, clockNow())
 	if action == auditIPDenied {
 		return ErrIPNotAllowed
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/gatewayz/caddy-gatewayz/alerts"
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
@@ -119,7 +120,16 @@ type App struct {
 	// per key or client IP each minute. Default 5.
 	SecurityAuditPerMinute int `json:"security_audit_per_minute,omitempty"`
 
+	// Webhooks are the operator's webhook endpoints: each receives every
+	// user's events of its types, signed with its secret.
+	Webhooks []OperatorWebhook `json:"webhooks,omitempty"`
+
+	// Alerts configures alert events and webhook delivery (thresholds,
+	// what users' webhooks may target, retries).
+	Alerts *AlertSettings `json:"alerts,omitempty"`
+
 	storage       StorageBackend
+	alertsCfg     alerts.Config
 	secretSource  string // "config", or "file <path>" for a generated secret
 	started       chan struct{}
 	startErr      error
@@ -224,6 +234,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.trial, err = resolveTrial(a.Trial, a.TrialModels); err != nil {
 		return err
 	}
+	if a.alertsCfg, err = a.resolveAlerts(repl); err != nil {
+		return err
+	}
 	if a.SignupPlanMonths < 0 || a.SignupPlanMonths > maxSignupPlanMonths {
 		return fmt.Errorf("gatewayz: signup_plan_months must be between 1 and %d", maxSignupPlanMonths)
 	}
@@ -291,7 +304,8 @@ func (a *App) start() error {
 			return fmt.Errorf("gatewayz: %v", err)
 		}
 	}
-	if err := a.state.open(func() (storage.Store, error) { return a.storage.OpenStore(a.ctx, a.logger) }); err != nil {
+	a.alertsCfg.Secrets = a.keyring
+	if err := a.state.open(func() (storage.Store, error) { return a.storage.OpenStore(a.ctx, a.logger) }, a.alertsCfg); err != nil {
 		return fmt.Errorf("gatewayz: %v", err)
 	}
 	return nil

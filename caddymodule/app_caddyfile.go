@@ -48,6 +48,19 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //	        requests_per_minute <n>    # and _hour, _day, tokens_per_*
 //	    }
 //	    price <model-glob> <prompt_per_1k> <completion_per_1k> [<cache_read_per_1k> [<cache_write_per_1k>]]
+//	    webhook {                      # several allowed: the operator's endpoints
+//	        url    <url>
+//	        secret {env.GATEWAYZ_WEBHOOK_SECRET}   # a runtime placeholder only
+//	        events <type...>           # default: every type
+//	    }
+//	    alerts {
+//	        low_balance_threshold <n>  # users' default; 0: off
+//	        allow_http                 # users' webhooks may use http
+//	        allow_private_targets      # users' webhooks may reach private addresses
+//	        timeout <d>  retry_base <d>  retry_ceiling <d>  retry_for <d>
+//	        poll_interval <d>  batch_window <d>  expiry_scan_interval <d>
+//	        security_burst <n>  security_window <d>  retention <d>
+//	    }
 //	    upstream_prices {
 //	        url <model-list-url>     # e.g. {env.GATEWAYZ_UPSTREAM}/v1/models
 //	        api_key <key>            # a placeholder: {env.GATEWAYZ_API_KEY}
@@ -173,6 +186,19 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.UpstreamPrices = up
+		case "webhook":
+			w, err := parseWebhook(d)
+			if err != nil {
+				return err
+			}
+			a.Webhooks = append(a.Webhooks, w)
+		case "alerts":
+			if a.Alerts == nil {
+				a.Alerts = new(AlertSettings)
+			}
+			if err := parseAlerts(d, a.Alerts); err != nil {
+				return err
+			}
 		case "price":
 			mp, err := parsePrice(d)
 			if err != nil {
@@ -190,7 +216,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var appOptions = []string{
 	"storage", "db_path", "database_url", "secret", "admin_key", "signup_credits", "signup_plan", "trial",
 	"rotation_grace", "usage_retention", "negative_cache_size",
-	"security_audit_per_minute", "trial_models", "default_limits", "price",
+	"security_audit_per_minute", "trial_models", "default_limits", "price", "webhook", "alerts",
 }
 
 // unmarshalStorage reads `storage <backend> [<args>] [{ ... }]` into the

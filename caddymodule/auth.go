@@ -76,10 +76,10 @@ func (g *Gateway) authenticate(r *http.Request, key, clientIP string, now time.T
 		}, now)
 		return nil, errInvalidKey
 	case errors.Is(err, ErrInactiveKey):
-		recordSecurity(g.state.audit, auditKeyInactive, e, r, clientIP, now)
+		recordSecurity(g.state, auditKeyInactive, e, r, clientIP, now)
 		return nil, errInactiveKey
 	case errors.Is(err, ErrExpiredKey):
-		recordSecurity(g.state.audit, auditKeyExpired, e, r, clientIP, now)
+		recordSecurity(g.state, auditKeyExpired, e, r, clientIP, now)
 		return nil, errExpiredKey
 	case errors.Is(err, ErrFeedBehind):
 		if c := g.logger.Check(zap.WarnLevel, "API key not confirmed: change feed behind and database unreachable"); c != nil {
@@ -120,8 +120,11 @@ func (a *App) authenticate(ctx context.Context, key string, now time.Time) (*key
 // recordSecurity queues the audit event of a security refusal of key e (the
 // gateway's and the management API's alike): its id and masked prefix,
 // never the key.
-func recordSecurity(audit *auditor, action string, e *keyEntry, r *http.Request, clientIP string, now time.Time) {
-	audit.record(action, e.keyID+"|"+clientIP, &storage.AuditEntry{
+//
+// It also counts the refusal toward the key's security.alert burst.
+func recordSecurity(st *sharedState, action string, e *keyEntry, r *http.Request, clientIP string, now time.Time) {
+	st.alerts.SecurityRefusal(e.id.Key, strings.TrimPrefix(action, "security."), now)
+	st.audit.record(action, e.keyID+"|"+clientIP, &storage.AuditEntry{
 		UserID: e.id.Key.UserID,
 		KeyID:  e.id.Key.ID,
 		IP:     clientIP,

@@ -126,6 +126,10 @@ func FuzzGlobalOption(f *testing.F) {
 		"gatewayz {\n\tdefault_limits {\n\t\ttokens_per_day x\n\t}\n}",
 		"gatewayz {\n\tdb_path\n}",
 		"gatewayz extra",
+		"gatewayz {\n\twebhook {\n\t\turl https://hooks.example.com/\n\t\tsecret {env.S}\n\t\tevents balance.low\n\t}\n}",
+		"gatewayz {\n\twebhook https://x/ {\n\t\tsecret {env.S}\n\t}\n\talerts {\n\t\tallow_http\n\t\tretry_base 1s\n\t\tlow_balance_threshold 5\n\t}\n}",
+		"gatewayz {\n\twebhook {\n\t\tsecret plain\n\t}\n}",
+		"gatewayz {\n\talerts {\n\t\tsecurity_burst -1\n\t}\n}",
 	} {
 		f.Add(s)
 	}

@@ -318,6 +318,87 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			signup_plan Starter 0
 		}`, wantErr: "signup_plan months must be between 1 and 1200"},
 		{name: "argument", input: `gatewayz x`, wantErr: "wrong argument count"},
+		{name: "webhooks and alerts", input: `gatewayz {
+			webhook {
+				url https://hooks.example.com/gatewayz
+				secret {env.GATEWAYZ_WEBHOOK_SECRET}
+				events balance.low balance.depleted
+			}
+			webhook https://ops.example.com/ {
+				secret {env.OPS_SECRET}
+			}
+			alerts {
+				low_balance_threshold 500
+				allow_http
+				allow_private_targets
+				timeout 5s
+				retry_base 1s
+				retry_ceiling 10m
+				retry_for 12h
+				poll_interval 2s
+				batch_window 20ms
+				expiry_scan_interval 1m
+				security_burst 4
+				security_window 30s
+				retention 48h
+			}
+		}`, want: App{
+			Webhooks: []OperatorWebhook{
+				{URL: "https://hooks.example.com/gatewayz", Secret: "{env.GATEWAYZ_WEBHOOK_SECRET}", Events: []string{"balance.low", "balance.depleted"}},
+				{URL: "https://ops.example.com/", Secret: "{env.OPS_SECRET}"},
+			},
+			Alerts: &AlertSettings{
+				LowBalanceThreshold: 500, AllowHTTP: true, AllowPrivateTargets: true,
+				Timeout: caddy.Duration(5 * time.Second), RetryBase: caddy.Duration(time.Second), RetryCeiling: caddy.Duration(10 * time.Minute),
+				RetryFor: caddy.Duration(12 * time.Hour), PollInterval: caddy.Duration(2 * time.Second), BatchWindow: caddy.Duration(20 * time.Millisecond),
+				ExpiryScanInterval: caddy.Duration(time.Minute), SecurityBurst: 4, SecurityWindow: caddy.Duration(30 * time.Second),
+				Retention: caddy.Duration(48 * time.Hour),
+			},
+		}},
+		{name: "literal secret", input: `gatewayz {
+			webhook {
+				url https://hooks.example.com/
+				secret hunter2
+			}
+		}`, wantErr: "must be a runtime placeholder"},
+		{name: "no url", input: `gatewayz {
+			webhook {
+				secret {env.S}
+			}
+		}`, wantErr: "url is required"},
+		{name: "unknown event", input: `gatewayz {
+			webhook https://x.example/ {
+				secret {env.S}
+				events balance.high
+			}
+		}`, wantErr: `unknown event type "balance.high"`},
+		{name: "ping is not for operators", input: `gatewayz {
+			webhook https://x.example/ {
+				secret {env.S}
+				events ping
+			}
+		}`, wantErr: `unknown event type "ping"`},
+		{name: "unknown webhook option", input: `gatewayz {
+			webhook https://x.example/ {
+				secret {env.S}
+				method PUT
+			}
+		}`, wantErr: `unknown webhook option "method"`},
+		{name: "negative threshold", input: `gatewayz {
+			alerts {
+				low_balance_threshold -1
+			}
+		}`, wantErr: "low_balance_threshold must be a non-negative integer"},
+		{name: "bad duration", input: `gatewayz {
+			alerts {
+				retry_base soon
+			}
+		}`, wantErr: `bad retry_base "soon"`},
+		{name: "unknown alerts option", input: `gatewayz {
+			alerts {
+				sms +1555
+			}
+		}`, wantErr: `unknown alerts option "sms"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

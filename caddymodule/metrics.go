@@ -8,6 +8,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatewayz/caddy-gatewayz/alerts"
 )
 
 // Metering metrics. The collectors are package-level and registered into
@@ -262,7 +264,9 @@ func registerMetrics(ctx caddy.Context, state *sharedState) error {
 // registerCollectors registers the collectors into reg, tolerating ones
 // already there.
 func registerCollectors(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricCreditWait, metricCreditWaits, metricCreditWaiting, metricOpenReservations, metricFeedLag, metricPriceRefreshFailures} {
+	collectors := []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricCreditWait,
+		metricCreditWaits, metricCreditWaiting, metricOpenReservations, metricFeedLag, metricPriceRefreshFailures}
+	for _, c := range append(collectors, alerts.Collectors()...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

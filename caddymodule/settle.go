@@ -359,6 +359,9 @@ func (s *settlement) charge(u usage, estimated bool) (charged, balance int64, ok
 		s.adm.recordRefund()
 		return 0, 0, false
 	}
+	// Alerts: computed from this settlement's own before and after, so
+	// each crossing fires once however many requests run at once.
+	s.g.state.alerts.BalanceChanged(s.adm.key.UserID, balance+charged, balance, s.adm.user.LowBalanceThreshold)
 	outcome := outcomeOK
 	if estimated {
 		outcome = outcomeEstimated

@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/gatewayz/caddy-gatewayz/alerts"
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
@@ -48,6 +49,7 @@ type sharedState struct {
 	// notices (a warning at 80 %, budget reached) are decided. It runs on
 	// the request's goroutine and must not block.
 	spent func(SpendNotice)
+	alerts       *alerts.Hub
 
 	unsubscribe func()
 	cancel      context.CancelFunc
@@ -61,10 +63,15 @@ func newSharedState(cfg sharedConfig, logger *zap.Logger) *sharedState {
 
 // open opens the store with openStore unless it is open, and starts the
 // state's goroutines.
-func (s *sharedState) open(openStore func() (storage.Store, error)) error {
+//
+// alertsCfg is the alert config of the config starting: the first one
+// configures the alert hub before its worker starts; a later one (a reload)
+// replaces the hub's config.
+func (s *sharedState) open(openStore func() (storage.Store, error), alertsCfg alerts.Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.store != nil {
+		s.alerts.Configure(alertsCfg)
 		return nil
 	}
 	st, err := openStore()
@@ -83,10 +90,13 @@ func (s *sharedState) open(openStore func() (storage.Store, error)) error {
 		s.index.behind, s.plans.behind = feed.FeedBehind, feed.FeedBehind
 	}
 	s.cancel = cancel
+	s.alerts = alerts.NewHub(st, s.logger)
+	s.alerts.Configure(alertsCfg)
 	s.unsubscribe = st.Subscribe(s.onChange)
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.limiter.sweep(ctx, sweepInterval) }()
 	go func() { defer s.wg.Done(); s.audit.run(ctx) }()
+	go func() { defer s.wg.Done(); s.alerts.Run(ctx) }()
 	return nil
 }
 

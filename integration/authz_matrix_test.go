@@ -30,8 +30,8 @@ type matrixCaller struct {
 }
 
 var (
-	grantsRead  = []string{"read:api_keys", "read:usage", "read:profile", "read:models"}
-	grantsWrite = []string{"write:api_keys", "write:chat", "write:profile"}
+	grantsRead  = []string{"read:api_keys", "read:usage", "read:profile", "read:models", "read:webhooks"}
+	grantsWrite = []string{"write:api_keys", "write:chat", "write:profile", "write:webhooks"}
 )
 
 // Special callers.
@@ -64,6 +64,10 @@ var matrixCallers = []matrixCaller{
 	{name: "read profile", scope: map[string]any{"read": []string{"profile"}}, grants: []string{"read:profile"}},
 	{name: "write profile_update", scope: map[string]any{"write": []string{"profile_update"}}, grants: []string{"write:profile"}},
 	{name: "read usage", scope: map[string]any{"read": []string{"usage"}}, grants: []string{"read:usage"}},
+	{name: "read webhooks", scope: map[string]any{"read": []string{"webhooks"}}, grants: []string{"read:webhooks"}},
+	{name: "write webhooks", scope: map[string]any{"write": []string{"webhooks"}}, grants: []string{"write:webhooks"}},
+	{name: "write profile and usage", scope: map[string]any{"read": []string{"usage", "profile"}, "write": []string{"profile"}},
+		grants: []string{"read:usage", "read:profile", "write:profile"}},
 	{name: "read+write * without admin", scope: map[string]any{"read": []string{"*"}, "write": []string{"*"}},
 		grants: append(slices.Clone(grantsRead), grantsWrite...)},
 	{name: callerOther, full: true},
@@ -81,6 +85,8 @@ type matrixRoute struct {
 }
 
 func victimTarget(f *matrixFixture) string { return fmt.Sprintf("/user/api-keys/%d", f.targetID) }
+
+func victimWebhook(f *matrixFixture) string { return fmt.Sprintf("/user/webhooks/%d", f.webhookID) }
 
 // matrixRoutes declares every documented operation ("METHOD /path" as in
 // the OpenAPI document).
@@ -148,7 +154,15 @@ var matrixRoutes = map[string]matrixRoute{
 	"GET /admin/security":               {ok: 200},
 	"GET /admin/backup":                 {ok: 200},
 	"GET /admin/prices":                 {ok: 200},
-	"POST /v1/chat/completions":         {ok: 200, body: func(*matrixFixture) any { return chatBody("gpt-4o-mini") }},
+	"POST /user/webhooks": {ok: 200, destructive: true, body: func(f *matrixFixture) any {
+		return map[string]any{"url": "https://hooks.example.com/" + f.unique("h"), "events": []string{"balance.low"}}
+	}},
+	"GET /user/webhooks":                    {ok: 200},
+	"GET /user/webhooks/deliveries":         {ok: 200},
+	"DELETE /user/webhooks/{webhook_id}":    {ok: 200, path: victimWebhook, victimOwned: true, destructive: true},
+	"POST /user/webhooks/{webhook_id}/test": {ok: 200, path: func(f *matrixFixture) string { return victimWebhook(f) + "/test" }, victimOwned: true},
+	"GET /admin/webhooks/deliveries":        {ok: 200},
+	"POST /v1/chat/completions":             {ok: 200, body: func(*matrixFixture) any { return chatBody("gpt-4o-mini") }},
 	"POST /v1/completions": {ok: 200, body: func(*matrixFixture) any {
 		return map[string]any{"model": "gpt-4o-mini", "prompt": "hi", "max_tokens": 16}
 	}},
@@ -255,6 +269,7 @@ type matrixFixture struct {
 	seq                 *int
 	victimID            int64
 	targetID            int64 // a key of the victim with scope {} (covered by every key)
+	webhookID           int64 // a webhook of the victim
 	planID, sparePlanID int64
 	keys                map[string]string // caller name → key
 }
@@ -289,6 +304,8 @@ func newMatrixFixture(t *testing.T, g *gateway, seq *int, planID int64) *matrixF
 	f.keys[callerDeleted], deletedID = g.createKey(primary, map[string]any{"key_name": "deleted"})
 	g.do("DELETE", fmt.Sprintf("/user/api-keys/%d", deletedID), map[string]any{"confirmation": "DELETE_KEY"}, bearer(primary)).mustStatus(t, 200, "delete key")
 	_, f.targetID = g.createKey(primary, map[string]any{"key_name": "target", "scope_permissions": map[string]any{}})
+	hook := g.do("POST", "/user/webhooks", map[string]any{"url": "https://hooks.example.com/victim"}, bearer(primary)).mustStatus(t, 200, "webhook").json()
+	f.webhookID = int64(hook["id"].(float64))
 	spare := g.do("POST", "/admin/plans", map[string]any{"name": f.unique("spare")}, adminAuth()).mustStatus(t, 200, "spare plan").json()
 	f.sparePlanID = int64(spare["plan"].(map[string]any)["id"].(float64))
 	time.Sleep(time.Until(expiresAt))

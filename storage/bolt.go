@@ -87,7 +87,7 @@ var (
 )
 
 // SchemaVersion is the on-disk schema version this binary writes.
-const SchemaVersion = 6
+const SchemaVersion = 7
 
 // migrations[i] upgrades a database from schema version i to i+1. Open runs
 // the ones above the stored version, in order, each in its own transaction.
@@ -114,6 +114,8 @@ var migrations = []func(tx *bbolt.Tx) error{
 	migrateEmptyScopes,
 	// 5 → 6: spend budgets (see bolt_spend.go).
 	migrateBudgets,
+	// 6 → 7: the alert outbox and users' webhooks (see bolt_outbox.go).
+	migrateOutbox,
 }
 
 // BoltStore is the embedded Store, backed by a bbolt file.

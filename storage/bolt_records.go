@@ -190,6 +190,9 @@ func (s *BoltStore) DeleteUser(ctx context.Context, id int64) error {
 		if err := tx.Bucket(bUserBudgets).Delete(id8(id)); err != nil {
 			return err
 		}
+		if err := deleteUserWebhooks(tx, id); err != nil {
+			return err
+		}
 		if err := tx.Bucket(bUsersByEmail).Delete([]byte(normEmail(u.Email))); err != nil {
 			return err
 		}

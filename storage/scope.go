@@ -31,14 +31,18 @@ const (
 	ResourceModels  = "models"   // read: accepted for the reference's scopes; model listing is open to any key
 	ResourceProfile = "profile"  // read: the account profile; write: change it
 	ResourceUsage   = "usage"    // read: balance, plan, usage and monitoring views
-	anyResource     = "*"
+	// ResourceWebhooks: read lists the user's webhooks and their
+	// deliveries; write creates, deletes and tests them. A webhook carries
+	// the user's balance and key events out, so it needs its own grant.
+	ResourceWebhooks = "webhooks"
+	anyResource      = "*"
 )
 
 // ScopePermissions and ScopeResources list the names a scope may use, in
 // the order error messages give them.
 var (
 	ScopePermissions = []string{PermRead, PermWrite, PermAdmin}
-	ScopeResources   = []string{ResourceAPIKeys, ResourceChat, ResourceModels, ResourceProfile, ResourceUsage}
+	ScopeResources   = []string{ResourceAPIKeys, ResourceChat, ResourceModels, ResourceProfile, ResourceUsage, ResourceWebhooks}
 )
 
 // scopeAliases are the reference's resource names for the same thing.

@@ -79,7 +79,7 @@ func TestParseScopes(t *testing.T) {
 		{"glob expands to names", map[string][]string{"write": {"api_*"}}, Scopes{PermWrite: {ResourceAPIKeys}}},
 		{"suffix glob", map[string][]string{"write": {"*_KEYS"}}, Scopes{PermWrite: {ResourceAPIKeys}}},
 		{"glob over several", map[string][]string{"read": {"*s"}},
-			Scopes{PermRead: {ResourceAPIKeys, ResourceModels}}},
+			Scopes{PermRead: {ResourceAPIKeys, ResourceModels, ResourceWebhooks}}},
 		{"aliases", map[string][]string{"write": {"completions", "profile_update"}},
 			Scopes{PermWrite: {ResourceChat, ResourceProfile}}},
 		{"reference registration scope", map[string][]string{

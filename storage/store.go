@@ -365,6 +365,7 @@ type Store interface {
 	Plans
 	Ledger
 	AuditReader
+	Outbox
 }
 
 // Flusher is implemented by a store whose Settle returns before the

@@ -19,8 +19,11 @@ type User struct {
 	RegistrationDate   time.Time       `json:"registration_date"`
 	Preferences        json.RawMessage `json:"preferences,omitempty"`
 	Settings           json.RawMessage `json:"settings,omitempty"`
-	CreatedAt          time.Time       `json:"created_at"`
-	UpdatedAt          time.Time       `json:"updated_at"`
+	// LowBalanceThreshold is the balance below which balance.low fires
+	// for this user; nil: the operator's default; 0: off.
+	LowBalanceThreshold *int64    `json:"low_balance_threshold,omitempty"`
+	CreatedAt           time.Time `json:"created_at"`
+	UpdatedAt           time.Time `json:"updated_at"`
 }
 
 // RateLimits are per-window request and token limits. A zero field means

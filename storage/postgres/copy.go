@@ -24,12 +24,12 @@ type Source interface {
 
 // CopyCounts is what Copy moved.
 type CopyCounts struct {
-	Users, Keys, Plans, Subscriptions, Limits, Accounts, LedgerEntries, UsageRecords, AuditEntries int
+	Users, Keys, Plans, Subscriptions, Limits, Accounts, LedgerEntries, UsageRecords, AuditEntries, Webhooks int
 }
 
 func (c CopyCounts) String() string {
-	return fmt.Sprintf("%d users, %d keys, %d plans, %d subscriptions, %d user limits, %d accounts, %d ledger entries, %d usage records, %d audit entries",
-		c.Users, c.Keys, c.Plans, c.Subscriptions, c.Limits, c.Accounts, c.LedgerEntries, c.UsageRecords, c.AuditEntries)
+	return fmt.Sprintf("%d users, %d keys, %d plans, %d subscriptions, %d user limits, %d accounts, %d ledger entries, %d usage records, %d audit entries, %d webhooks",
+		c.Users, c.Keys, c.Plans, c.Subscriptions, c.Limits, c.Accounts, c.LedgerEntries, c.UsageRecords, c.AuditEntries, c.Webhooks)
 }
 
 // ErrTargetNotEmpty is Copy's refusal of a database that already holds data.
@@ -97,6 +97,7 @@ func (c *copier) run() error {
 		"gw_user_plans": `SELECT id FROM gw_user_plans`,
 		"gw_ledger":     `SELECT id FROM gw_ledger`,
 		"gw_usage":      `SELECT id FROM gw_usage`,
+		"gw_webhooks":   `SELECT id FROM gw_webhooks`,
 	} {
 		if err := c.exec(`SELECT setval(pg_get_serial_sequence('` + table + `', 'id'), coalesce(max(id), 0) + 1, false) FROM (` + used + `) AS t(id)`); err != nil {
 			return err
@@ -128,6 +129,24 @@ func (c *copier) users() error {
 				return err
 			}
 			c.n.Subscriptions++
+		}
+		// Users' webhooks (their secrets stay encrypted with the same
+		// server secret). The outbox is not copied: let pending alerts be
+		// delivered before moving.
+		hooks, err := c.src.ListWebhooks(c.ctx, u.ID)
+		if err != nil {
+			return err
+		}
+		for _, w := range hooks {
+			doc, err := json.Marshal(w)
+			if err != nil {
+				return err
+			}
+			if err := c.exec(`INSERT INTO gw_webhooks (id, user_id, events, active, doc) VALUES ($1, $2, $3, $4, $5)`,
+				w.ID, w.UserID, w.Events, w.IsActive, string(doc)); err != nil {
+				return fmt.Errorf("webhook %d: %w", w.ID, err)
+			}
+			c.n.Webhooks++
 		}
 		switch l, err := c.src.UserLimits(c.ctx, u.ID); {
 		case err == nil:

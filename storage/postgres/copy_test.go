@@ -34,6 +34,9 @@ func fillBolt(t *testing.T, s *storage.BoltStore) (kept *storage.User, keptKey *
 	if err := s.SetUserBudget(ctx, u.ID, storage.Budget{Limit: &budget, Reset: storage.ResetMonthly}); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.CreateWebhook(ctx, &storage.Webhook{UserID: u.ID, URL: "https://hooks.example.com/a", Events: []string{"balance.low"}, Secret: "enc", IsActive: true}, 5); err != nil {
+		t.Fatal(err)
+	}
 	for i, who := range []*storage.User{u, u, gone} {
 		r, err := s.Reserve(ctx, storage.ReserveRequest{UserID: who.ID, Credits: 50})
 		if err != nil {
@@ -82,7 +85,7 @@ func TestCopyFromBolt(t *testing.T) {
 		t.Fatalf("copy after a failed one: %v", err)
 	}
 	want := postgres.CopyCounts{Users: 1, Keys: 1, Plans: 1, Subscriptions: 1, Limits: 1, Accounts: 2,
-		LedgerEntries: 6, UsageRecords: 3, AuditEntries: 3}
+		LedgerEntries: 6, UsageRecords: 3, AuditEntries: 3, Webhooks: 1}
 	if n != want {
 		t.Fatalf("copied %v\nwant   %v", n, want)
 	}
@@ -111,6 +114,9 @@ func TestCopyFromBolt(t *testing.T) {
 	}
 	if up, err := dst.ActiveUserPlan(ctx, u.ID); err != nil || !up.ActiveAt(time.Now()) {
 		t.Fatalf("subscription %+v, %v", up, err)
+	}
+	if hooks, err := dst.ListWebhooks(ctx, u.ID); err != nil || len(hooks) != 1 || hooks[0].Secret != "enc" || hooks[0].URL != "https://hooks.example.com/a" {
+		t.Fatalf("copied webhooks %+v, %v", hooks, err)
 	}
 	// New rows get ids after the copied ones; the chain goes on.
 	u2, _ := storetest.Register(t, dst, "new@example.com", 1)

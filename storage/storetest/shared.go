@@ -31,6 +31,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b storage.Store)) {
 		{"AuditChain", sharedAuditChain},
 		{"LedgerOrder", sharedLedgerOrder},
 		{"NoBudgetOverspend", sharedBudget},
+		{"OutboxClaims", sharedOutboxClaims},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

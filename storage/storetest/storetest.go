@@ -49,6 +49,8 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"Audit", confAudit},
 		{"Subscribe", confSubscribe},
 		{"Backup", confBackup},
+		{"Webhooks", confWebhooks},
+		{"Outbox", confOutbox},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
