@@ -82,6 +82,38 @@ func TestKeyBudgetUnderConcurrency(t *testing.T) {
 	g.do("POST", "/v1/chat/completions", uncappedChat("t30", false), bearer(key)).mustStatus(t, 200, "raised budget")
 }
 
+// TestKeyBudgetHeldIsWaitedFor: a request without max_tokens holds all a
+// key's budget while it runs; a second request of the key waits for it
+// (credit_wait) instead of a false budget refusal, and goes through once
+// the first settles below what it held. With credit_wait 0 it is refused
+// at once, saying what is held.
+func TestKeyBudgetHeldIsWaitedFor(t *testing.T) {
+	for _, wait := range []string{"0", "5s"} {
+		t.Run("credit_wait "+wait, func(t *testing.T) {
+			up := startPacedUpstream(t)
+			g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), GatewayBlock: "credit_wait " + wait,
+				ServerBlock: "metrics", SiteOptions: "handle /metrics {\n\t\tmetrics\n\t}"})
+			owner, _ := g.registerUser("held-budget@example.com")
+			key, _ := g.createKey(owner, map[string]any{"key_name": "budgeted", "spend_limit": 100})
+			holder := holdCredits(t, g, up, key)
+			second := make(chan response, 1)
+			go func() {
+				second <- doRequest(t, g.tester.Client, "POST", gatewayBase+"/v1/chat/completions", uncappedChat("t10", false), bearer(key))
+			}()
+			if wait == "0" {
+				wantRefusal(t, <-second, 402, "key_budget_exceeded", "0 of 100 credits spent and 100 held by requests in flight", "held budget")
+			} else {
+				waitFor(t, "the second request waiting", func() bool { return g.metric("gatewayz_credit_waiting") == 1 })
+			}
+			close(up.release)
+			(<-holder).mustStatus(t, 200, "the holder")
+			if wait != "0" {
+				(<-second).mustStatus(t, 200, "the request that waited for the budget")
+			}
+		})
+	}
+}
+
 // TestKeyBudgetWindowReset: a daily budget spent before midnight UTC is
 // whole again after it, on the gateway's clock; the refusal says when.
 func TestKeyBudgetWindowReset(t *testing.T) {
