@@ -236,6 +236,7 @@ func TestBudgetBadInput(t *testing.T) {
 			{"POST", "/user/api-keys", create, bearer(owner)},
 			{"PUT", fmt.Sprintf("/user/api-keys/%d", id), update, bearer(owner)},
 			{"POST", "/admin/limit", limit, adminAuth()},
+			{"PUT", fmt.Sprintf("/admin/api-keys/%d", id), update, adminAuth()},
 		} {
 			r := g.do(c.method, c.path, c.body, c.auth)
 			if r.Status != 422 || r.json()["detail"] == nil {
@@ -277,5 +278,17 @@ func TestKeyBudgetNeedsKeyWrites(t *testing.T) {
 	out := g.updateKey(writer, writerID, map[string]any{"spend_limit": 1000, "spend_limit_reset": "weekly"})
 	if k, _ := out["updated_key"].(map[string]any); k["spend_limit"] != float64(1000) || k["spend_limit_reset"] != "weekly" {
 		t.Fatalf("update answer %v", out)
+	}
+	// The operator may set any key's budget; a key may not use that route.
+	path := fmt.Sprintf("/admin/api-keys/%d", chatID)
+	if r := g.do("PUT", path, map[string]any{"spend_limit": 1000}, bearer(owner)); r.Status != 401 {
+		t.Fatalf("a user key on the admin route: %d %s", r.Status, r.Body)
+	}
+	out = g.do("PUT", path, map[string]any{"spend_limit": 1000, "spend_limit_reset": "daily"}, adminAuth()).mustStatus(t, 200, "admin sets the budget").json()
+	if k, _ := out["updated_key"].(map[string]any); k["spend_limit"] != float64(1000) || k["spend_limit_reset"] != "daily" {
+		t.Fatalf("admin update answer %v", out)
+	}
+	if v := g.keyView(owner, chatID); v["spend_limit"] != float64(1000) || v["spend_limit_reset"] != "daily" {
+		t.Fatalf("key view after the admin's update %v", v)
 	}
 }
