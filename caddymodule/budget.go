@@ -106,10 +106,10 @@ type SpendNotice struct {
 // hook, if any.
 func (g *Gateway) observeSpend(adm *admission, res *storage.Reservation) {
 	hook := g.state.spent
-	if hook == nil || res == nil {
+	if hook == nil || res == nil || res.Spent == nil {
 		return
 	}
-	n := SpendNotice{UserID: adm.key.UserID, KeyID: adm.key.ID, Spent: res.Spent, KeyReset: adm.key.Budget.Reset}
+	n := SpendNotice{UserID: adm.key.UserID, KeyID: adm.key.ID, Spent: *res.Spent, KeyReset: adm.key.Budget.Reset}
 	if adm.rl != nil && adm.rl.pol != nil {
 		n.UserReset = adm.rl.pol.budget.Reset
 	}
