@@ -27,7 +27,7 @@ ALTER TABLE gw_holds
 
 CREATE TABLE gw_user_budgets (
 	user_id     bigint PRIMARY KEY REFERENCES gw_users ON DELETE CASCADE,
-	spend_limit bigint NOT NULL CHECK (spend_limit >= 0),
+	spend_limit bigint CHECK (spend_limit >= 0), -- null: none (the period is kept)
 	reset       text NOT NULL CHECK (reset IN ('never', 'daily', 'weekly', 'monthly'))
 );
 
