@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -102,4 +103,54 @@ func budgetAudit(b storage.Budget) map[string]any {
 		limit = *b.Limit
 	}
 	return map[string]any{"spend_limit": limit, "spend_limit_reset": b.Reset}
+}
+
+// adminKeyBudgetRequest is the body of PUT /admin/api-keys/{key_id}.
+type adminKeyBudgetRequest struct {
+	budgetInput
+}
+
+// adminUpdateKeyBudget sets any user's key's spend budget (PUT
+// /admin/api-keys/{key_id}): the operator's override of what the key's
+// owner set, answered like the owner's update.
+func (h *Handler) adminUpdateKeyBudget(w http.ResponseWriter, r *http.Request) {
+	keyID, err := pathID(r, "key_id")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	req, ok := decodeRequest[adminKeyBudgetRequest](h, w, r)
+	if !ok {
+		return
+	}
+	if !req.given() {
+		h.fail(w, r, errBadRequest("No valid fields to update"))
+		return
+	}
+	if _, err := req.budget(storage.Budget{}); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	now := h.now().UTC()
+	var old storage.Budget
+	updated, err := h.app.Store().UpdateKey(r.Context(), keyID, func(k *storage.APIKey) error {
+		old = k.Budget
+		k.Budget, _ = req.budget(k.Budget) // validated above
+		k.UpdatedAt = now
+		return nil
+	})
+	if err != nil {
+		h.fail(w, r, notFoundAs(err, "API key not found"))
+		return
+	}
+	h.audit(r, &storage.AuditEntry{UserID: updated.UserID, KeyID: updated.ID, Action: actUpdate, Details: map[string]any{
+		"updated_fields": []string{"budget"}, "old_values": map[string]any{"budget": budgetAudit(old)},
+		"new_values": map[string]any{"budget": budgetAudit(updated.Budget)}, "update_timestamp": now, "key_prefix": updated.Masked(),
+	}})
+	writeJSON(w, http.StatusOK, map[string]any{
+		"status":      "success",
+		"message":     "API key budget updated successfully",
+		"updated_key": keyView(updated, now),
+		"timestamp":   now,
+	})
 }

@@ -823,7 +823,7 @@ func TestDocsResponsesMatchHandlers(t *testing.T) {
 	created := c.do(docsCall{method: "POST", template: "/user/api-keys", bearer: key, want: 200, body: map[string]any{
 		"key_name": "ci", "environment_tag": "test", "scope_permissions": map[string]any{"read": []string{"*"}, "write": []string{"chat"}},
 		"expiration_days": 30, "max_requests": 100, "ip_allowlist": []string{"10.0.0.0/8", "2001:db8::1"},
-		"domain_referrers": []string{"*.example.com"}, "action": "create",
+		"domain_referrers": []string{"*.example.com"}, "action": "create", "spend_limit": 5000, "spend_limit_reset": "monthly",
 	}})
 	ciID := int64(created["key_id"].(float64))
 	ciPath := fmt.Sprintf("/user/api-keys/%d", ciID)
@@ -836,6 +836,14 @@ func TestDocsResponsesMatchHandlers(t *testing.T) {
 	c.do(docsCall{method: "GET", template: "/user/api-keys", bearer: key, want: 200})
 	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 200,
 		body: map[string]any{"key_name": "ci-2", "max_requests": 50, "is_active": true}})
+	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 200,
+		body: map[string]any{"spend_limit": nil, "spend_limit_reset": "weekly"}})
+	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 422, body: map[string]any{"spend_limit": -5}})
+	c.do(docsCall{method: "PUT", template: "/admin/api-keys/{key_id}", path: fmt.Sprintf("/admin/api-keys/%d", ciID), bearer: admin, want: 200,
+		body: map[string]any{"spend_limit": 100, "spend_limit_reset": "daily"}})
+	c.do(docsCall{method: "PUT", template: "/admin/api-keys/{key_id}", path: fmt.Sprintf("/admin/api-keys/%d", ciID), bearer: admin, want: 400, body: map[string]any{}})
+	c.do(docsCall{method: "PUT", template: "/admin/api-keys/{key_id}", path: fmt.Sprintf("/admin/api-keys/%d", ciID), bearer: admin, want: 422, body: `{"spend_limit":1.5}`})
+	c.do(docsCall{method: "PUT", template: "/admin/api-keys/{key_id}", path: "/admin/api-keys/999999", bearer: admin, want: 404, body: map[string]any{"spend_limit": 1}})
 	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 400, body: map[string]any{}})
 	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: "/user/api-keys/999999", bearer: key, want: 404, body: map[string]any{"key_name": "z"}})
 	c.do(docsCall{method: "PUT", template: "/user/api-keys/{key_id}", path: ciPath, bearer: key, want: 200, body: map[string]any{"action": "rotate"}})
@@ -887,6 +895,9 @@ func TestDocsResponsesMatchHandlers(t *testing.T) {
 	c.do(docsCall{method: "GET", template: "/admin/monitor", bearer: admin, want: 200})
 	c.do(docsCall{method: "POST", template: "/admin/limit", bearer: admin, want: 200, body: map[string]any{
 		"user_id": uid, "rate_limits": map[string]any{"requests_per_minute": 10, "tokens_per_day": 100000}}})
+	c.do(docsCall{method: "POST", template: "/admin/limit", bearer: admin, want: 200, body: map[string]any{
+		"user_id": uid, "spend_limit": 100000, "spend_limit_reset": "monthly"}})
+	c.do(docsCall{method: "POST", template: "/admin/limit", bearer: admin, want: 422, body: map[string]any{"user_id": uid, "spend_limit_reset": "hourly"}})
 	c.do(docsCall{method: "GET", template: "/admin/users/{user_id}", path: fmt.Sprintf("/admin/users/%d", uid), bearer: admin, want: 200})
 	c.do(docsCall{method: "GET", template: "/admin/users/{user_id}", path: "/admin/users/999999", bearer: admin, want: 404})
 	c.do(docsCall{method: "GET", template: "/admin/audit-logs", path: fmt.Sprintf("/admin/audit-logs?user_id=%d&limit=100", uid), bearer: admin, want: 200})

@@ -66,6 +66,7 @@ func (h *Handler) routes() []route {
 		{"GET", "/admin/balance", admin, noScope, h.adminBalance},
 		{"GET", "/admin/monitor", admin, noScope, h.adminMonitor},
 		{"POST", "/admin/limit", admin, noScope, h.setLimits},
+		{"PUT", "/admin/api-keys/{key_id}", admin, noScope, h.adminUpdateKeyBudget},
 		{"POST", "/admin/assign-plan", admin, noScope, h.assignPlan},
 		{"GET", "/admin/plans", admin, noScope, h.adminListPlans},
 		{"POST", "/admin/plans", admin, noScope, h.createPlan},

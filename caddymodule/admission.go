@@ -355,15 +355,24 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 	}
 	now := clockNow()
 	req.KeyBudget, req.UserBudget = adm.budgetWindows(now)
-	// A budget refusal is final for the window: it never waits.
+	wait := time.Duration(*cfg.CreditWait)
+	// A spent budget is refused at once: waiting for credits cannot help.
+	// A budget whose rest is held by requests in flight is waited for like
+	// held credits (the holds come back as those settle), so that
+	// concurrent requests are not refused while the budget has room.
+	var budgetHeld *storage.BudgetExceeded
 	try := func() (*storage.Reservation, *storage.CreditShortage, *gatewayError) {
 		res, short, be, gerr := g.tryReserve(ctx, req)
+		budgetHeld = nil
 		if be != nil {
-			return nil, nil, plan.budgetRefusal(prices, adm.req, be, adm.budgetReset(be), now)
+			if wait <= 0 || !plan.budgetHeld(be) {
+				return nil, nil, plan.budgetRefusal(prices, adm.req, be, adm.budgetReset(be), now)
+			}
+			budgetHeld = be
+			return nil, &storage.CreditShortage{}, nil // held: wait
 		}
 		return res, short, gerr
 	}
-	wait := time.Duration(*cfg.CreditWait)
 	queue := g.state.credits
 	if wait <= 0 || !queue.queued(req.UserID) {
 		res, short, gerr := try()
@@ -409,6 +418,9 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 			recheck.Reset(creditRecheck)
 		case <-bound.C:
 			observeCreditWait(waitRefused, time.Since(start))
+			if budgetHeld != nil {
+				return reservation{waited: time.Since(start)}, plan.budgetRefusal(prices, adm.req, budgetHeld, adm.budgetReset(budgetHeld), now)
+			}
 			if short == nil { // never at the head: the requests ahead waited too
 				short = &storage.CreditShortage{Needed: plan.minCredits}
 			}

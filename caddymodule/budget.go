@@ -13,8 +13,12 @@ import (
 // the user's (set by an admin, part of the user's policy) become the
 // budget windows of the reservation, which the store checks in the same
 // atomic step as the balance (storage/budget.go). A refusal is a 402 that
-// says when the budget resets; it never waits for credits, since requests
-// in flight settling would rarely make room.
+// says when the budget resets. A spent budget is refused at once, whatever
+// the balance: credit_wait is for credits. Only when the window's spend
+// leaves room that requests in flight hold does the request wait for
+// them, in the same queue and bound as for held credits, since they give
+// back what they do not spend (a budget is not refused falsely because a
+// request without max_tokens held all its room for a moment).
 
 // budgetWindows returns the key's and the user's budget windows at now.
 func (a *admission) budgetWindows(now time.Time) (key, user storage.BudgetWindow) {
@@ -34,6 +38,14 @@ func (a *admission) budgetReset(be *storage.BudgetExceeded) storage.BudgetReset 
 		return a.rl.pol.budget.Reset
 	}
 	return storage.ResetNever
+}
+
+// budgetHeld reports whether what the budget's window spent still leaves
+// room for the least the request could hold, so that the refusal is only
+// due to requests in flight holding the rest (they give back what they do
+// not spend when they settle). Pure.
+func (plan reservationPlan) budgetHeld(be *storage.BudgetExceeded) bool {
+	return be.Reserved > 0 && be.Used+plan.minCredits <= be.Limit
 }
 
 // Codes of the budget refusals.
@@ -94,10 +106,10 @@ type SpendNotice struct {
 // hook, if any.
 func (g *Gateway) observeSpend(adm *admission, res *storage.Reservation) {
 	hook := g.state.spent
-	if hook == nil || res == nil {
+	if hook == nil || res == nil || res.Spent == nil {
 		return
 	}
-	n := SpendNotice{UserID: adm.key.UserID, KeyID: adm.key.ID, Spent: res.Spent, KeyReset: adm.key.Budget.Reset}
+	n := SpendNotice{UserID: adm.key.UserID, KeyID: adm.key.ID, Spent: *res.Spent, KeyReset: adm.key.Budget.Reset}
 	if adm.rl != nil && adm.rl.pol != nil {
 		n.UserReset = adm.rl.pol.budget.Reset
 	}

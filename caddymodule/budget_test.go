@@ -102,3 +102,21 @@ func TestSpendNoticeHook(t *testing.T) {
 		t.Fatal("a refused request reached the upstream or was settled")
 	}
 }
+
+func TestBudgetHeld(t *testing.T) {
+	plan := reservationPlan{minCredits: 10, maxCredits: 100}
+	for _, tc := range []struct {
+		be   storage.BudgetExceeded
+		want bool
+	}{
+		{storage.BudgetExceeded{Limit: 100, Used: 0, Reserved: 100}, true}, // all held: wait
+		{storage.BudgetExceeded{Limit: 100, Used: 90, Reserved: 5}, true},  // 10 left once the hold settles
+		{storage.BudgetExceeded{Limit: 100, Used: 91, Reserved: 5}, false}, // spent: refuse
+		{storage.BudgetExceeded{Limit: 100, Used: 95, Reserved: 0}, false}, // nothing held
+		{storage.BudgetExceeded{Limit: 0, Used: 0, Reserved: 0}, false},    // a zero budget
+	} {
+		if got := plan.budgetHeld(&tc.be); got != tc.want {
+			t.Errorf("%+v: held %v, want %v", tc.be, got, tc.want)
+		}
+	}
+}

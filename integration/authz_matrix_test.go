@@ -116,6 +116,8 @@ var matrixRoutes = map[string]matrixRoute{
 		*f.seq++
 		return map[string]any{"spend_limit": 1000 + *f.seq, "spend_limit_reset": "monthly"}
 	}},
+	"PUT /admin/api-keys/{key_id}": {ok: 200, path: func(f *matrixFixture) string { return fmt.Sprintf("/admin/api-keys/%d", f.targetID) },
+		body: func(*matrixFixture) any { return map[string]any{"spend_limit": 1000000, "spend_limit_reset": "never"} }},
 	"POST /admin/limit budget": {ok: 200, body: func(f *matrixFixture) any {
 		return map[string]any{"user_id": f.victimID, "spend_limit": 1000000, "spend_limit_reset": "weekly"}
 	}},

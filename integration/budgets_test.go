@@ -82,6 +82,38 @@ func TestKeyBudgetUnderConcurrency(t *testing.T) {
 	g.do("POST", "/v1/chat/completions", uncappedChat("t30", false), bearer(key)).mustStatus(t, 200, "raised budget")
 }
 
+// TestKeyBudgetHeldIsWaitedFor: a request without max_tokens holds all a
+// key's budget while it runs; a second request of the key waits for it
+// (credit_wait) instead of a false budget refusal, and goes through once
+// the first settles below what it held. With credit_wait 0 it is refused
+// at once, saying what is held.
+func TestKeyBudgetHeldIsWaitedFor(t *testing.T) {
+	for _, wait := range []string{"0", "5s"} {
+		t.Run("credit_wait "+wait, func(t *testing.T) {
+			up := startPacedUpstream(t)
+			g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), GatewayBlock: "credit_wait " + wait,
+				ServerBlock: "metrics", SiteOptions: "handle /metrics {\n\t\tmetrics\n\t}"})
+			owner, _ := g.registerUser("held-budget@example.com")
+			key, _ := g.createKey(owner, map[string]any{"key_name": "budgeted", "spend_limit": 100})
+			holder := holdCredits(t, g, up, key)
+			second := make(chan response, 1)
+			go func() {
+				second <- doRequest(t, g.tester.Client, "POST", gatewayBase+"/v1/chat/completions", uncappedChat("t10", false), bearer(key))
+			}()
+			if wait == "0" {
+				wantRefusal(t, <-second, 402, "key_budget_exceeded", "0 of 100 credits spent and 100 held by requests in flight", "held budget")
+			} else {
+				waitFor(t, "the second request waiting", func() bool { return g.metric("gatewayz_credit_waiting") == 1 })
+			}
+			close(up.release)
+			(<-holder).mustStatus(t, 200, "the holder")
+			if wait != "0" {
+				(<-second).mustStatus(t, 200, "the request that waited for the budget")
+			}
+		})
+	}
+}
+
 // TestKeyBudgetWindowReset: a daily budget spent before midnight UTC is
 // whole again after it, on the gateway's clock; the refusal says when.
 func TestKeyBudgetWindowReset(t *testing.T) {
@@ -204,6 +236,7 @@ func TestBudgetBadInput(t *testing.T) {
 			{"POST", "/user/api-keys", create, bearer(owner)},
 			{"PUT", fmt.Sprintf("/user/api-keys/%d", id), update, bearer(owner)},
 			{"POST", "/admin/limit", limit, adminAuth()},
+			{"PUT", fmt.Sprintf("/admin/api-keys/%d", id), update, adminAuth()},
 		} {
 			r := g.do(c.method, c.path, c.body, c.auth)
 			if r.Status != 422 || r.json()["detail"] == nil {
@@ -245,5 +278,17 @@ func TestKeyBudgetNeedsKeyWrites(t *testing.T) {
 	out := g.updateKey(writer, writerID, map[string]any{"spend_limit": 1000, "spend_limit_reset": "weekly"})
 	if k, _ := out["updated_key"].(map[string]any); k["spend_limit"] != float64(1000) || k["spend_limit_reset"] != "weekly" {
 		t.Fatalf("update answer %v", out)
+	}
+	// The operator may set any key's budget; a key may not use that route.
+	path := fmt.Sprintf("/admin/api-keys/%d", chatID)
+	if r := g.do("PUT", path, map[string]any{"spend_limit": 1000}, bearer(owner)); r.Status != 401 {
+		t.Fatalf("a user key on the admin route: %d %s", r.Status, r.Body)
+	}
+	out = g.do("PUT", path, map[string]any{"spend_limit": 1000, "spend_limit_reset": "daily"}, adminAuth()).mustStatus(t, 200, "admin sets the budget").json()
+	if k, _ := out["updated_key"].(map[string]any); k["spend_limit"] != float64(1000) || k["spend_limit_reset"] != "daily" {
+		t.Fatalf("admin update answer %v", out)
+	}
+	if v := g.keyView(owner, chatID); v["spend_limit"] != float64(1000) || v["spend_limit_reset"] != "daily" {
+		t.Fatalf("key view after the admin's update %v", v)
 	}
 }

@@ -54,17 +54,27 @@ func (s *spendState) roll(start int64) {
 }
 
 // heldBudget is a reservation's budget window: where its hold counts and
-// its charge goes, and the limit it was admitted under.
+// its charge goes, and the limit it was admitted under (negative: none).
 type heldBudget struct {
-	window  int64
-	limit   int64
-	limited bool
+	window int64
+	limit  int64
 }
+
+// heldWindow is the heldBudget of a reservation's budget window.
+func heldWindow(w BudgetWindow) heldBudget {
+	h := heldBudget{window: w.Start.Unix(), limit: -1}
+	if w.Limited {
+		h.limit = w.Limit
+	}
+	return h
+}
+
+func (h heldBudget) limited() bool { return h.limit >= 0 }
 
 // room is what the window lets a charge take beyond what st counts
 // (unlimited: maxRoom).
 func (h heldBudget) room(st *spendState) int64 {
-	return budgetRoom(BudgetWindow{Limit: h.limit, Limited: h.limited}, st.used, st.reserved)
+	return budgetRoom(BudgetWindow{Limit: h.limit, Limited: h.limited()}, st.used, st.reserved)
 }
 
 // release ends hold's part of st and, with charge >= 0, charges it there:
@@ -73,7 +83,7 @@ func (h heldBudget) room(st *spendState) int64 {
 // is capped by the hold itself (what that window let it take).
 func (h heldBudget) release(st *spendState, amount, charge int64) (int64, SpendChange) {
 	if h.window != st.window {
-		if h.limited {
+		if h.limited() {
 			charge = min(charge, amount)
 		}
 		return charge, SpendChange{}
@@ -83,7 +93,7 @@ func (h heldBudget) release(st *spendState, amount, charge int64) (int64, SpendC
 		return 0, SpendChange{}
 	}
 	charge = min(charge, max(h.room(st), 0))
-	ch := SpendChange{Valid: true, Window: spendTime(h.window), Before: st.used, Limit: h.limit, Limited: h.limited}
+	ch := SpendChange{Valid: true, Window: spendTime(h.window), Before: st.used, Limit: max(h.limit, 0), Limited: h.limited()}
 	st.used += charge
 	ch.After = st.used
 	return charge, ch
@@ -205,8 +215,7 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 	if slot && kc.used+kc.inflight >= req.MaxRequests {
 		return nil, ErrRequestLimit
 	}
-	kb := heldBudget{window: req.KeyBudget.Start.Unix(), limit: req.KeyBudget.Limit, limited: req.KeyBudget.Limited}
-	ub := heldBudget{window: req.UserBudget.Start.Unix(), limit: req.UserBudget.Limit, limited: req.UserBudget.Limited}
+	kb, ub := heldWindow(req.KeyBudget), heldWindow(req.UserBudget)
 	a.mu.Lock()
 	keyRoom := maxRoom
 	if kc != nil {
@@ -246,9 +255,8 @@ func (s *BoltStore) Reserve(ctx context.Context, req ReserveRequest) (*Reservati
 	id := s.resSeq.Add(1)
 	// One allocation for the caller's handle and the store's copy.
 	box := &reservationBox{
-		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: amount, Available: available,
-			KeyBudget: req.KeyBudget, UserBudget: req.UserBudget},
-		r: openRes{userID: req.UserID, keyID: req.KeyID, amount: amount, slot: slot, acct: a, kc: kc, kb: kb, ub: ub},
+		pub: Reservation{ID: id, UserID: req.UserID, KeyID: req.KeyID, Amount: amount, Available: available},
+		r:   openRes{userID: req.UserID, keyID: req.KeyID, amount: amount, slot: slot, acct: a, kc: kc, kb: kb, ub: ub},
 	}
 	sh := &s.open[id%resShards]
 	sh.mu.Lock()
@@ -375,7 +383,7 @@ func (s *BoltStore) Settle(ctx context.Context, res *Reservation, cost int64, re
 	if err != nil {
 		return 0, 0, err
 	}
-	res.Spent = spent
+	res.Spent = &spent
 	return charged, balanceAfter, nil
 }
 

@@ -125,7 +125,8 @@ func migrateBudgets(tx *bbolt.Tx) error {
 	return nil
 }
 
-// SetUserBudget sets (or, with a nil Limit, removes) a user's budget.
+// SetUserBudget sets a user's budget (a nil Limit and the never period
+// remove the record).
 func (s *BoltStore) SetUserBudget(ctx context.Context, userID int64, b Budget) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
@@ -137,7 +138,7 @@ func (s *BoltStore) SetUserBudget(ctx context.Context, userID int64, b Budget) e
 		if tx.Bucket(bUsers).Get(id8(userID)) == nil {
 			return fmt.Errorf("storage: unknown user %d: %w", userID, ErrNotFound)
 		}
-		if b.Limit == nil {
+		if b.Limit == nil && (b.Reset == "" || b.Reset == ResetNever) {
 			return tx.Bucket(bUserBudgets).Delete(id8(userID))
 		}
 		return putJSON(tx.Bucket(bUserBudgets), id8(userID), &b)

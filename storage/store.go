@@ -329,7 +329,7 @@ type Plans interface {
 	// SetUserLimits sets a user's admin rate limits (POST /admin/limit).
 	SetUserLimits(ctx context.Context, userID int64, l RateLimits) error
 	// SetUserBudget sets a user's spend budget (POST /admin/limit); a nil
-	// Limit removes it. It publishes ChangeLimits.
+	// Limit is none (the period is kept). It publishes ChangeLimits.
 	SetUserBudget(ctx context.Context, userID int64, b Budget) error
 }
 

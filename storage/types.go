@@ -153,12 +153,10 @@ type Reservation struct {
 	// the caller's credits-remaining header; it moves with every other
 	// request of the user).
 	Available int64
-	// KeyBudget and UserBudget are the budget windows the request was
-	// reserved under (as ReserveRequest gave them).
-	KeyBudget, UserBudget BudgetWindow
 	// Spent is set by a successful Settle: what it did to the key's and
-	// the user's spend budgets.
-	Spent SettleSpend
+	// the user's spend budgets (nil before; allocated by the settlement,
+	// so that a reservation stays small).
+	Spent *SettleSpend
 }
 
 // Balance is a user's credit position.

@@ -235,8 +235,8 @@ func (c *copier) accounts() error {
 			if err := c.exec(`UPDATE gw_accounts SET spend_window = $2, spend_used = $3 WHERE user_id = $1`, uid, sp.Window, sp.Used); err != nil {
 				return err
 			}
-			if b.Limit != nil {
-				if err := c.exec(`INSERT INTO gw_user_budgets (user_id, spend_limit, reset) VALUES ($1, $2, $3)`, uid, *b.Limit, string(b.Reset)); err != nil {
+			if b.Limit != nil || b.Reset != storage.ResetNever {
+				if err := c.exec(`INSERT INTO gw_user_budgets (user_id, spend_limit, reset) VALUES ($1, $2, $3)`, uid, b.Limit, string(b.Reset)); err != nil {
 					return err
 				}
 			}

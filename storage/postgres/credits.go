@@ -54,7 +54,7 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	s.openN.Add(1)
 	s.holds.Store(*id, struct{}{})
 	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: *held,
-		Available: *credits - *reserved, KeyBudget: req.KeyBudget, UserBudget: req.UserBudget}, nil
+		Available: *credits - *reserved}, nil
 }
 
 // limitArg is a budget window's limit as gw_reserve takes it: null for none.
@@ -104,12 +104,14 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 		rec.TotalTokens, rec.RequestID, string(doc)}}
 	var sp spendRow
 	err = s.pool.QueryRow(ctx, settleSpendSQL, call.args...).Scan(&charged, &balanceAfter, &status,
-		&sp.keyTracked, &sp.keyWindow, &sp.keyBefore, &sp.keyAfter, &sp.userTracked, &sp.userWindow, &sp.userBefore, &sp.userAfter)
+		&sp.keyTracked, &sp.keyWindow, &sp.keyBefore, &sp.keyAfter, &sp.keyLimit,
+		&sp.userTracked, &sp.userWindow, &sp.userBefore, &sp.userAfter, &sp.userLimit)
 	if err != nil {
 		return 0, 0, s.retryLater(call, mapErr(err))
 	}
 	if status == "ok" {
-		res.Spent = sp.settleSpend(res)
+		spent := sp.settleSpend()
+		res.Spent = &spent
 	}
 	return s.settled(int64(res.ID), status, charged, balanceAfter)
 }
@@ -120,20 +122,24 @@ type spendRow struct {
 	keyWindow, userWindow   *time.Time
 	keyBefore, keyAfter     *int64
 	userBefore, userAfter   *int64
+	keyLimit, userLimit     *int64 // the hold's (null: none)
 }
 
-// settleSpend turns the row into Reservation.Spent. The limits are the
-// reservation's (gw_settle_spend caps by those in the hold).
-func (r *spendRow) settleSpend(res *storage.Reservation) storage.SettleSpend {
-	change := func(tracked *bool, w *time.Time, before, after *int64, b storage.BudgetWindow) storage.SpendChange {
+// settleSpend turns the row into Reservation.Spent.
+func (r *spendRow) settleSpend() storage.SettleSpend {
+	change := func(tracked *bool, w *time.Time, before, after, limit *int64) storage.SpendChange {
 		if tracked == nil || !*tracked || w == nil || before == nil || after == nil {
 			return storage.SpendChange{}
 		}
-		return storage.SpendChange{Valid: true, Window: windowTime(*w), Before: *before, After: *after, Limit: b.Limit, Limited: b.Limited}
+		c := storage.SpendChange{Valid: true, Window: windowTime(*w), Before: *before, After: *after}
+		if limit != nil {
+			c.Limit, c.Limited = *limit, true
+		}
+		return c
 	}
 	return storage.SettleSpend{
-		Key:  change(r.keyTracked, r.keyWindow, r.keyBefore, r.keyAfter, res.KeyBudget),
-		User: change(r.userTracked, r.userWindow, r.userBefore, r.userAfter, res.UserBudget),
+		Key:  change(r.keyTracked, r.keyWindow, r.keyBefore, r.keyAfter, r.keyLimit),
+		User: change(r.userTracked, r.userWindow, r.userBefore, r.userAfter, r.userLimit),
 	}
 }
 
@@ -152,7 +158,7 @@ const (
 	// settleSpendSQL is the first attempt of a settlement, which reports
 	// what it did to the spend windows; a retry goes through settleSQL.
 	settleSpendSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status,
-		key_tracked, key_window, key_before, key_after, user_tracked, user_window, user_before, user_after
+		key_tracked, key_window, key_before, key_after, key_limit, user_tracked, user_window, user_before, user_after, user_limit
 		FROM gw_settle_spend($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 )
 

@@ -550,7 +550,8 @@ func (s *Store) SetUserLimits(ctx context.Context, userID int64, l storage.RateL
 	})
 }
 
-// SetUserBudget sets (or, with a nil Limit, removes) a user's budget.
+// SetUserBudget sets a user's budget (a nil Limit and the never period
+// remove the row).
 func (s *Store) SetUserBudget(ctx context.Context, userID int64, b storage.Budget) error {
 	reset, err := storage.ParseBudgetReset(string(b.Reset))
 	if err != nil || (b.Limit != nil && *b.Limit < 0) {
@@ -565,12 +566,12 @@ func (s *Store) SetUserBudget(ctx context.Context, userID int64, b storage.Budge
 			return nil, fmt.Errorf("storage: unknown user %d: %w", userID, storage.ErrNotFound)
 		}
 		var err error
-		if b.Limit == nil {
+		if b.Limit == nil && reset == storage.ResetNever {
 			_, err = tx.Exec(ctx, `DELETE FROM gw_user_budgets WHERE user_id = $1`, userID)
 		} else {
 			_, err = tx.Exec(ctx, `INSERT INTO gw_user_budgets (user_id, spend_limit, reset) VALUES ($1, $2, $3)
 				ON CONFLICT (user_id) DO UPDATE SET spend_limit = EXCLUDED.spend_limit, reset = EXCLUDED.reset`,
-				userID, *b.Limit, string(reset))
+				userID, b.Limit, string(reset))
 		}
 		if err != nil {
 			return nil, err

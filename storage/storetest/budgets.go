@@ -231,8 +231,18 @@ func confUserBudget(t *testing.T, s storage.Store) {
 	if err := s.SetUserBudget(ctx, u.ID, storage.Budget{}); err != nil {
 		t.Fatal(err)
 	}
-	if b, _, _ := s.UserBudget(ctx, u.ID); b.Limit != nil {
+	if b, _, _ := s.UserBudget(ctx, u.ID); b.Limit != nil || b.Reset != storage.ResetNever {
 		t.Fatalf("budget not removed: %+v", b)
+	}
+	// A period without a limit is kept for when a limit comes.
+	if err := s.SetUserBudget(ctx, u.ID, storage.Budget{Reset: storage.ResetDaily}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _, _ := s.UserBudget(ctx, u.ID); b.Limit != nil || b.Reset != storage.ResetDaily {
+		t.Fatalf("period without a limit: %+v", b)
+	}
+	if err := s.SetUserBudget(ctx, u.ID, storage.Budget{}); err != nil {
+		t.Fatal(err)
 	}
 	budgetErr(t, ignoreRes(s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 5000, UserBudget: ub})), false)
 	verifyLedger(t, s)

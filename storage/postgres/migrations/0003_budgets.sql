@@ -27,7 +27,7 @@ ALTER TABLE gw_holds
 
 CREATE TABLE gw_user_budgets (
 	user_id     bigint PRIMARY KEY REFERENCES gw_users ON DELETE CASCADE,
-	spend_limit bigint NOT NULL CHECK (spend_limit >= 0),
+	spend_limit bigint CHECK (spend_limit >= 0), -- null: none (the period is kept)
 	reset       text NOT NULL CHECK (reset IN ('never', 'daily', 'weekly', 'monthly'))
 );
 
@@ -135,12 +135,13 @@ $$;
 -- released; a window that ended since the hold was made is no longer
 -- counted, and its charge is capped by the hold (what that window let it
 -- take). key_tracked and user_tracked say the charge went to a window still
--- counted, whose spend went from *_before to *_after.
+-- counted, whose spend went from *_before to *_after; *_limit are the
+-- hold's limits.
 CREATE FUNCTION gw_settle_spend(p_hold bigint, p_cost bigint, p_now timestamptz, p_time timestamptz,
 	p_day integer, p_month integer, p_tokens bigint, p_request_id text, p_usage jsonb,
 	OUT charged bigint, OUT balance bigint, OUT status text,
-	OUT key_tracked boolean, OUT key_window timestamptz, OUT key_before bigint, OUT key_after bigint,
-	OUT user_tracked boolean, OUT user_window timestamptz, OUT user_before bigint, OUT user_after bigint)
+	OUT key_tracked boolean, OUT key_window timestamptz, OUT key_before bigint, OUT key_after bigint, OUT key_limit bigint,
+	OUT user_tracked boolean, OUT user_window timestamptz, OUT user_before bigint, OUT user_after bigint, OUT user_limit bigint)
 	LANGUAGE plpgsql AS $$
 DECLARE
 	h gw_holds%ROWTYPE;
@@ -211,6 +212,7 @@ BEGIN
 	INSERT INTO gw_usage_totals VALUES (h.user_id, 'd', p_day, 1, p_tokens), (h.user_id, 'm', p_month, 1, p_tokens)
 		ON CONFLICT (user_id, kind, period) DO UPDATE
 		SET requests = gw_usage_totals.requests + 1, tokens = gw_usage_totals.tokens + EXCLUDED.tokens;
+	key_limit := h.key_limit; user_limit := h.user_limit;
 	key_window := v_kw; key_before := v_ku; key_after := v_ku + CASE WHEN key_tracked THEN charged ELSE 0 END;
 	user_window := v_uw; user_before := v_uu; user_after := v_uu + CASE WHEN user_tracked THEN charged ELSE 0 END;
 	status := 'ok';
