@@ -370,3 +370,57 @@ func TestAlertsKeyExpiring(t *testing.T) {
 		t.Fatalf("key.expiring %+v %s", got[0], got[0].Data)
 	}
 }
+
+// A key's spend crossing 80 % and then all of its spend_limit raises
+// key.budget_warning and key.budget_reached, once each.
+func TestAlertsKeyBudget(t *testing.T) {
+	t.Setenv("GATEWAYZ_TEST_WEBHOOK_SECRET", "budget-secret-0123456789")
+	rc := startReceiver(t, "budget-secret-0123456789", 0)
+	up := startFakeOpenAI(t)
+	g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), AppOptions: fmt.Sprintf(`webhook {
+			url %s
+			secret {env.GATEWAYZ_TEST_WEBHOOK_SECRET}
+			events key.budget_warning key.budget_reached
+		}
+		`+fastAlerts, rc.URL, "")})
+	owner, uid := g.registerUser("keybudget@example.com")
+	key, keyID := g.createKey(owner, map[string]any{"key_name": "capped", "spend_limit": 100, "spend_limit_reset": "daily"})
+	body := map[string]any{"model": "gpt-4o-mini", "max_tokens": 1, "messages": []map[string]any{{"role": "user", "content": "hi"}}}
+	// Each request costs 10 (the fake upstream's usage): 80 after the
+	// eighth, 100 after the tenth, then refused.
+	for i := 0; ; i++ {
+		r := g.do("POST", "/v1/chat/completions", body, bearer(key))
+		if r.Status == 402 {
+			break
+		}
+		r.mustStatus(t, 200, "a request within the budget")
+		if i > 20 {
+			t.Fatal("the budget never refused")
+		}
+	}
+	eventually(t, "budget alerts delivered", func() bool {
+		return len(rc.ofType(alerts.KeyBudgetWarning)) > 0 && len(rc.ofType(alerts.KeyBudgetReached)) > 0
+	})
+	eventually(t, "deliveries settled", func() bool {
+		out := g.do("GET", "/admin/webhooks/deliveries", nil, adminAuth()).mustStatus(t, 200, "deliveries").json()
+		ds, _ := out["deliveries"].([]any)
+		for _, d := range ds {
+			if d.(map[string]any)["status"] != "delivered" {
+				return false
+			}
+		}
+		return len(ds) == 2
+	})
+	warn, reached := rc.ofType(alerts.KeyBudgetWarning), rc.ofType(alerts.KeyBudgetReached)
+	if len(warn) != 1 || len(reached) != 1 {
+		t.Fatalf("%d warnings, %d reached; want one each", len(warn), len(reached))
+	}
+	var data map[string]any
+	if err := json.Unmarshal(reached[0].Data, &data); err != nil || data["key_id"] != float64(keyID) || data["spend_limit"] != float64(100) ||
+		data["spend_used"].(float64) < 100 || data["resets_at"] == nil || reached[0].UserID != uid {
+		t.Fatalf("key.budget_reached %s", reached[0].Data)
+	}
+	if err := json.Unmarshal(warn[0].Data, &data); err != nil || data["spend_used"].(float64) < 80 || data["spend_used"].(float64) >= 100 {
+		t.Fatalf("key.budget_warning %s", warn[0].Data)
+	}
+}
