@@ -76,6 +76,24 @@ func (rc *webhookReceiver) badSignatures() []string {
 	return append([]string(nil), rc.bad...)
 }
 
+// awaitDelivered waits until the admin's delivery log holds n deliveries,
+// all delivered, and returns them.
+func (g *gateway) awaitDelivered(t *testing.T, n int) []map[string]any {
+	t.Helper()
+	var ds []map[string]any
+	eventually(t, fmt.Sprintf("%d deliveries delivered", n), func() bool {
+		out := g.do("GET", "/admin/webhooks/deliveries", nil, adminAuth()).mustStatus(t, 200, "deliveries").json()
+		ds = nil
+		for _, d := range out["deliveries"].([]any) {
+			if m := d.(map[string]any); m["status"] == "delivered" {
+				ds = append(ds, m)
+			}
+		}
+		return len(ds) == n && len(out["deliveries"].([]any)) == n
+	})
+	return ds
+}
+
 // fastAlerts are alert settings with short retries, so a test sees a
 // receiver's recovery at once.
 const fastAlerts = `alerts {
@@ -124,20 +142,7 @@ func TestAlertsOperatorWebhook(t *testing.T) {
 	}
 	// Settled: nothing more comes, and the log shows 4 attempts for the
 	// first alert.
-	var deliveries []map[string]any
-	eventually(t, "delivery log settled", func() bool {
-		out := g.do("GET", "/admin/webhooks/deliveries", nil, adminAuth()).mustStatus(t, 200, "deliveries").json()
-		deliveries = nil
-		for _, d := range out["deliveries"].([]any) {
-			deliveries = append(deliveries, d.(map[string]any))
-		}
-		for _, d := range deliveries {
-			if d["status"] != "delivered" {
-				return false
-			}
-		}
-		return len(deliveries) == 2
-	})
+	deliveries := g.awaitDelivered(t, 2)
 	for _, d := range deliveries {
 		if d["event_type"] == alerts.BalanceLow && (d["attempts"] != float64(4) || d["response_status"] != float64(200)) {
 			t.Fatalf("balance.low delivery %v", d)
@@ -332,11 +337,7 @@ func TestAlertsSecurityBurst(t *testing.T) {
 	}
 	// The rest of the burst raised nothing more: wait until the log has
 	// settled on one delivery.
-	eventually(t, "one delivery", func() bool {
-		out := g.do("GET", "/admin/webhooks/deliveries", nil, adminAuth()).mustStatus(t, 200, "deliveries").json()
-		ds, _ := out["deliveries"].([]any)
-		return len(ds) == 1 && ds[0].(map[string]any)["status"] == "delivered"
-	})
+	g.awaitDelivered(t, 1)
 	if n := len(rc.ofType(alerts.SecurityAlert)); n != 1 {
 		t.Fatalf("%d security alerts for one burst", n)
 	}
@@ -401,16 +402,7 @@ func TestAlertsKeyBudget(t *testing.T) {
 	eventually(t, "budget alerts delivered", func() bool {
 		return len(rc.ofType(alerts.KeyBudgetWarning)) > 0 && len(rc.ofType(alerts.KeyBudgetReached)) > 0
 	})
-	eventually(t, "deliveries settled", func() bool {
-		out := g.do("GET", "/admin/webhooks/deliveries", nil, adminAuth()).mustStatus(t, 200, "deliveries").json()
-		ds, _ := out["deliveries"].([]any)
-		for _, d := range ds {
-			if d.(map[string]any)["status"] != "delivered" {
-				return false
-			}
-		}
-		return len(ds) == 2
-	})
+	g.awaitDelivered(t, 2)
 	warn, reached := rc.ofType(alerts.KeyBudgetWarning), rc.ofType(alerts.KeyBudgetReached)
 	if len(warn) != 1 || len(reached) != 1 {
 		t.Fatalf("%d warnings, %d reached; want one each", len(warn), len(reached))
