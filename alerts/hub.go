@@ -179,15 +179,23 @@ func (h *Hub) BalanceChanged(uid, before, after int64, threshold *int64) {
 }
 
 // BudgetChanged emits key.budget_warning and key.budget_reached when a
-// key's spend in its window crossed 80 % or all of limit.
-func (h *Hub) BudgetChanged(uid, keyID, before, after, limit int64) {
-	data := map[string]int64{"key_id": keyID, "spend_used": after, "spend_limit": limit}
-	if BudgetWarningCrossed(before, after, limit) {
-		h.Emit(NewEvent(KeyBudgetWarning, uid, data, h.now()))
+// key's spend in its budget window went from before to after and crossed
+// 80 % or all of limit; resetsAt is when the window ends (zero: never).
+// It costs two comparisons when nothing crossed.
+func (h *Hub) BudgetChanged(uid, keyID, before, after, limit int64, resetsAt time.Time) {
+	warn, reached := BudgetWarningCrossed(before, after, limit), BudgetReached(before, after, limit)
+	if !warn && !reached {
+		return
 	}
-	if BudgetReached(before, after, limit) {
-		h.Emit(NewEvent(KeyBudgetReached, uid, data, h.now()))
+	data := map[string]any{"key_id": keyID, "spend_used": after, "spend_limit": limit, "resets_at": nil}
+	if !resetsAt.IsZero() {
+		data["resets_at"] = resetsAt.UTC()
 	}
+	typ := KeyBudgetWarning
+	if reached {
+		typ = KeyBudgetReached
+	}
+	h.Emit(NewEvent(typ, uid, data, h.now()))
 }
 
 // SecurityRefusal counts a refused request of key (reason: the refusal,

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -218,4 +219,31 @@ func counterValue(c interface{ Write(*dto.Metric) error }) float64 {
 		return -1
 	}
 	return m.GetCounter().GetValue()
+}
+
+// Budget alerts fire once per crossing: 80 % once, the limit once, and
+// again in a new window (spend from zero).
+func TestBudgetChangedOncePerCrossing(t *testing.T) {
+	h := NewHub(nil, zap.NewNop())
+	steps := [][2]int64{{0, 30}, {30, 60}, {60, 85}, {85, 95}, {95, 100}, {100, 100}, {0, 90}, {90, 120}}
+	for _, s := range steps {
+		h.BudgetChanged(7, 3, s[0], s[1], 100, time.Time{})
+	}
+	var got []string
+	for len(h.queue) > 0 {
+		ev := <-h.queue
+		if ev.UserID != 7 {
+			t.Fatalf("event %+v", ev)
+		}
+		got = append(got, ev.Type)
+	}
+	want := []string{KeyBudgetWarning, KeyBudgetReached, KeyBudgetWarning, KeyBudgetReached}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("events %v, want %v", got, want)
+	}
+	// No budget: nothing.
+	h.BudgetChanged(7, 3, 0, 1000, 0, time.Time{})
+	if len(h.queue) != 0 {
+		t.Fatal("an event without a budget")
+	}
 }

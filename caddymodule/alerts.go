@@ -258,3 +258,17 @@ func parseAlerts(d *caddyfile.Dispenser, s *AlertSettings) error {
 
 // WebhookGuard is what users' webhooks may target under this config.
 func (a *App) WebhookGuard() alerts.Guard { return a.alertsCfg.Guard }
+
+// budgetAlerts is the state's spent hook (see observeSpend): a settlement
+// that took its key's spend in the current budget window across 80 % or
+// all of the key's spend_limit raises key.budget_warning or
+// key.budget_reached, once per crossing (from the spend before and after
+// this settlement, counted by the store in its atomic step); a new window
+// starts from zero, so the next window fires again.
+func (s *sharedState) budgetAlerts(n SpendNotice) {
+	k := n.Spent.Key
+	if !k.Valid || !k.Limited {
+		return
+	}
+	s.alerts.BudgetChanged(n.UserID, n.KeyID, k.Before, k.After, k.Limit, n.KeyReset.WindowEnd(k.Window))
+}

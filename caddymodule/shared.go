@@ -48,8 +48,8 @@ type sharedState struct {
 	// budgets of its key and user (see observeSpend): where budget
 	// notices (a warning at 80 %, budget reached) are decided. It runs on
 	// the request's goroutine and must not block.
-	spent func(SpendNotice)
-	alerts       *alerts.Hub
+	spent  func(SpendNotice)
+	alerts *alerts.Hub
 
 	unsubscribe func()
 	cancel      context.CancelFunc
@@ -92,6 +92,7 @@ func (s *sharedState) open(openStore func() (storage.Store, error), alertsCfg al
 	s.cancel = cancel
 	s.alerts = alerts.NewHub(st, s.logger)
 	s.alerts.Configure(alertsCfg)
+	s.spent = s.budgetAlerts
 	s.unsubscribe = st.Subscribe(s.onChange)
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.limiter.sweep(ctx, sweepInterval) }()

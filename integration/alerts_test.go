@@ -76,6 +76,24 @@ func (rc *webhookReceiver) badSignatures() []string {
 	return append([]string(nil), rc.bad...)
 }
 
+// awaitDelivered waits until the admin's delivery log holds n deliveries,
+// all delivered, and returns them.
+func (g *gateway) awaitDelivered(t *testing.T, n int) []map[string]any {
+	t.Helper()
+	var ds []map[string]any
+	eventually(t, fmt.Sprintf("%d deliveries delivered", n), func() bool {
+		out := g.do("GET", "/admin/webhooks/deliveries", nil, adminAuth()).mustStatus(t, 200, "deliveries").json()
+		ds = nil
+		for _, d := range out["deliveries"].([]any) {
+			if m := d.(map[string]any); m["status"] == "delivered" {
+				ds = append(ds, m)
+			}
+		}
+		return len(ds) == n && len(out["deliveries"].([]any)) == n
+	})
+	return ds
+}
+
 // fastAlerts are alert settings with short retries, so a test sees a
 // receiver's recovery at once.
 const fastAlerts = `alerts {
@@ -124,20 +142,7 @@ func TestAlertsOperatorWebhook(t *testing.T) {
 	}
 	// Settled: nothing more comes, and the log shows 4 attempts for the
 	// first alert.
-	var deliveries []map[string]any
-	eventually(t, "delivery log settled", func() bool {
-		out := g.do("GET", "/admin/webhooks/deliveries", nil, adminAuth()).mustStatus(t, 200, "deliveries").json()
-		deliveries = nil
-		for _, d := range out["deliveries"].([]any) {
-			deliveries = append(deliveries, d.(map[string]any))
-		}
-		for _, d := range deliveries {
-			if d["status"] != "delivered" {
-				return false
-			}
-		}
-		return len(deliveries) == 2
-	})
+	deliveries := g.awaitDelivered(t, 2)
 	for _, d := range deliveries {
 		if d["event_type"] == alerts.BalanceLow && (d["attempts"] != float64(4) || d["response_status"] != float64(200)) {
 			t.Fatalf("balance.low delivery %v", d)
@@ -332,11 +337,7 @@ func TestAlertsSecurityBurst(t *testing.T) {
 	}
 	// The rest of the burst raised nothing more: wait until the log has
 	// settled on one delivery.
-	eventually(t, "one delivery", func() bool {
-		out := g.do("GET", "/admin/webhooks/deliveries", nil, adminAuth()).mustStatus(t, 200, "deliveries").json()
-		ds, _ := out["deliveries"].([]any)
-		return len(ds) == 1 && ds[0].(map[string]any)["status"] == "delivered"
-	})
+	g.awaitDelivered(t, 1)
 	if n := len(rc.ofType(alerts.SecurityAlert)); n != 1 {
 		t.Fatalf("%d security alerts for one burst", n)
 	}
@@ -368,5 +369,50 @@ func TestAlertsKeyExpiring(t *testing.T) {
 	if err := json.Unmarshal(got[0].Data, &data); err != nil || data["key_id"] != float64(soonID) || data["key_name"] != "soon" ||
 		data["expiration_date"] != exp.Format(time.RFC3339) || got[0].UserID != uid {
 		t.Fatalf("key.expiring %+v %s", got[0], got[0].Data)
+	}
+}
+
+// A key's spend crossing 80 % and then all of its spend_limit raises
+// key.budget_warning and key.budget_reached, once each.
+func TestAlertsKeyBudget(t *testing.T) {
+	t.Setenv("GATEWAYZ_TEST_WEBHOOK_SECRET", "budget-secret-0123456789")
+	rc := startReceiver(t, "budget-secret-0123456789", 0)
+	up := startFakeOpenAI(t)
+	g := startGateway(t, gatewayConfig{Upstream: up.hostPort(), AppOptions: fmt.Sprintf(`webhook {
+			url %s
+			secret {env.GATEWAYZ_TEST_WEBHOOK_SECRET}
+			events key.budget_warning key.budget_reached
+		}
+		`+fastAlerts, rc.URL, "")})
+	owner, uid := g.registerUser("keybudget@example.com")
+	key, keyID := g.createKey(owner, map[string]any{"key_name": "capped", "spend_limit": 100, "spend_limit_reset": "daily"})
+	body := map[string]any{"model": "gpt-4o-mini", "max_tokens": 1, "messages": []map[string]any{{"role": "user", "content": "hi"}}}
+	// Each request costs 10 (the fake upstream's usage): 80 after the
+	// eighth, 100 after the tenth, then refused.
+	for i := 0; ; i++ {
+		r := g.do("POST", "/v1/chat/completions", body, bearer(key))
+		if r.Status == 402 {
+			break
+		}
+		r.mustStatus(t, 200, "a request within the budget")
+		if i > 20 {
+			t.Fatal("the budget never refused")
+		}
+	}
+	eventually(t, "budget alerts delivered", func() bool {
+		return len(rc.ofType(alerts.KeyBudgetWarning)) > 0 && len(rc.ofType(alerts.KeyBudgetReached)) > 0
+	})
+	g.awaitDelivered(t, 2)
+	warn, reached := rc.ofType(alerts.KeyBudgetWarning), rc.ofType(alerts.KeyBudgetReached)
+	if len(warn) != 1 || len(reached) != 1 {
+		t.Fatalf("%d warnings, %d reached; want one each", len(warn), len(reached))
+	}
+	var data map[string]any
+	if err := json.Unmarshal(reached[0].Data, &data); err != nil || data["key_id"] != float64(keyID) || data["spend_limit"] != float64(100) ||
+		data["spend_used"].(float64) < 100 || data["resets_at"] == nil || reached[0].UserID != uid {
+		t.Fatalf("key.budget_reached %s", reached[0].Data)
+	}
+	if err := json.Unmarshal(warn[0].Data, &data); err != nil || data["spend_used"].(float64) < 80 || data["spend_used"].(float64) >= 100 {
+		t.Fatalf("key.budget_warning %s", warn[0].Data)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// The alert outbox and the users' webhooks (schema version 6):
+// The alert outbox and the users' webhooks (schema version 7):
 //
 //	events             event id → creation time (unix ns): dedupe and pruning
 //	deliveries         id → Delivery JSON (with its event)

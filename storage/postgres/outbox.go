@@ -12,7 +12,7 @@ import (
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
-// The alert outbox (migrations/0003_alert_outbox.sql).
+// The alert outbox (migrations/0004_alert_outbox.sql).
 
 // AppendEvents stores events and their deliveries in one transaction; an
 // event id stored already (by this node or another) is skipped.
