@@ -205,11 +205,13 @@ func TestClusterNodeDeath(t *testing.T) {
 // nodeStoppedPastLease is the SIGSTOP variant of scenario 4.
 func nodeStoppedPastLease(t *testing.T, c *Cluster) {
 	// Streams that hold much (max_tokens 1000) and cost little (40
-	// completion tokens), so the user can afford all 30 at admission.
+	// completion tokens), so the user can afford all 30 at admission, and
+	// last long enough (4s) that none ends before B is stopped, however
+	// slowly the 30 open.
 	const streams, chunks, maxTokens = 30, 40, 1000
 	u := bigPlanUser(t, c, "frozen", streams*(mockPrompt+maxTokens)+200)
 	open := openStreams(t, c.Nodes[1], u.APIKey, streams, maxTokens,
-		mock.HeaderChunks+fmt.Sprintf(": %d", chunks), mock.HeaderChunkDelay+": 20ms")
+		mock.HeaderChunks+fmt.Sprintf(": %d", chunks), mock.HeaderChunkDelay+": 100ms")
 	c.Signal(t, 1, syscall.SIGSTOP)
 	stopped := time.Now()
 	took := waitReleased(t, c, u.ID, stopped)
@@ -234,8 +236,12 @@ func nodeStoppedPastLease(t *testing.T, c *Cluster) {
 	if reserved != 0 {
 		t.Fatalf("%d reserved before SIGCONT", reserved)
 	}
-	var usageBefore int64
-	c.Query(t, []any{&usageBefore}, `SELECT count(*) FROM gw_usage WHERE user_id = $1`, u.ID)
+	var usageBefore, released int64
+	c.Query(t, []any{&usageBefore, &released}, `SELECT (SELECT count(*) FROM gw_usage WHERE user_id = $1),
+		(SELECT count(*) FROM gw_holds WHERE user_id = $1 AND state = 'released')`, u.ID)
+	if released != streams {
+		t.Fatalf("%d of the stopped node's %d holds released before SIGCONT", released, streams)
+	}
 	c.Signal(t, 1, syscall.SIGCONT)
 	var wg sync.WaitGroup
 	for _, s := range open {
@@ -267,6 +273,10 @@ func nodeStoppedPastLease(t *testing.T, c *Cluster) {
 		t.Errorf("%d usage records for %d requests: a settlement was recorded twice", records, distinct)
 	case after < 0 || after > before:
 		t.Errorf("balance %d -> %d", before, after)
+	}
+	c.Query(t, []any{&released}, `SELECT count(*) FROM gw_holds WHERE user_id = $1`, u.ID)
+	if released != 0 {
+		t.Errorf("%d holds left after the late settlements", released)
 	}
 	if h := health(t, c.APIs[1]); h.status != http.StatusOK {
 		t.Errorf("the continued node's health: %+v", h)

@@ -44,8 +44,10 @@ const (
 	ChangeLimits ChangeKind = "limits" // a user's admin rate limits or plan assignment changed
 	// ChangeCredits: credits came back to a user outside this process's
 	// own Settle and Refund calls: AddCredits, and, for a database several
-	// nodes share, another node's settlement or refund. Requests waiting
-	// for credits retry on it.
+	// nodes share, the release of a dead node's holds. Requests waiting
+	// for credits retry on it. Another node's settlements and refunds are
+	// not published (a change per request would load the feed): waiting
+	// requests also retry on a timer.
 	ChangeCredits ChangeKind = "credits"
 	// ChangeAll: any record may have changed. A store whose feed comes
 	// from other processes sends it when the feed resumes after a break
