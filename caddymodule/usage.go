@@ -530,10 +530,13 @@ func scanGenerated(b []byte, tc *textCounter) (usageObj, exact bool) {
 type textSpan struct{ open, close int }
 
 // firstText is the first generated-text string a scan counted, and what
-// tc held once it was counted.
+// tc held once it was counted; and the last string the scan walked over
+// when that one is the value of a key without generated text, its open 0
+// when it is not (see eventShape.last).
 type firstText struct {
 	span    textSpan
 	through textCounter
+	last    textSpan
 }
 
 // scanGeneratedFrom is scanGenerated resumed at offset i, where prevClose
@@ -553,6 +556,9 @@ func scanGeneratedFrom(b []byte, i, prevClose int, tc *textCounter, first *first
 		}
 		if prevClose >= 0 && isUsage(prevClose, q) {
 			usageObj = true
+		}
+		if first != nil {
+			first.last = textSpan{} // until a value string of a key without text is walked
 		}
 		kStart := q + 1
 		kEnd, esc := stringEndEsc(b, kStart)
@@ -590,8 +596,10 @@ func scanGeneratedFrom(b []byte, i, prevClose int, tc *textCounter, first *first
 		if isGeneratedTextKey(b[kStart:kEnd]) {
 			countJSONString(b[j+1:vEnd], tc)
 			if first != nil && first.span.open < 0 {
-				*first = firstText{span: textSpan{open: j + 1, close: vEnd}, through: *tc}
+				first.span, first.through = textSpan{open: j + 1, close: vEnd}, *tc
 			}
+		} else if first != nil {
+			first.last = textSpan{open: j + 1, close: vEnd}
 		}
 		i = vEnd + 1
 	}
