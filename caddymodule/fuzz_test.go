@@ -142,6 +142,10 @@ func FuzzParseInferenceReference(f *testing.F) {
 	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":false,"x":[1],"include_usage":null},"stream":true,"stream_options":{}}`), uint8(0))
 	f.Add([]byte(`{"mod\u0065l":"m","messages":[null],"max_tokens":null,"max_tokens":3}`), uint8(0))
 	f.Add([]byte(` {"model":"m\xff","messages":[{"role":null,"content":null,"name":"n","tool_calls":[{}]}],"tools":[1]} `), uint8(0))
+	// A message's error, and an element that is not an object after it:
+	// the element is reported.
+	f.Add([]byte(`{"model":"m","messages":[{"content":"x"},{"role":"user","content":[{"type":"text"}]},1]}`), uint8(0))
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"a"},{"role":"user","content":[{"type":"text"}]},{}]}`), uint8(0))
 	endpoints := []string{endpointChat, endpointCompletions, endpointEmbeddings}
 	f.Fuzz(func(t *testing.T, body []byte, ep uint8) {
 		endpoint := endpoints[int(ep)%len(endpoints)]
