@@ -49,6 +49,8 @@ func FuzzUsageFromJSON(f *testing.F) {
 	f.Add([]byte(`{"usage":{"input_tokens":3,"output_tokens":"4"}}`))
 	f.Add([]byte(`{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":2},"prompt_tokens_details":null}}`))
 	f.Add([]byte(`{"usage":{"input_tokens":3,"cache_read_input_tokens":8,"cache_creation_input_tokens":"2","input_tokens_details":{"cached_tokens":1}}}`))
+	// Keys matched case-insensitively: ASCII, a Kelvin sign for k, an escape.
+	f.Add([]byte(`{"usage":{"PROMPT_tokens":5,"completion_toKens":2,"total_tok\u0065ns":7,"prompt_tokens_details":{"Cached_Tokens":1}}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		u, ok := usageFromJSON(body)
 		// On valid JSON the byte scan must agree with a full decode.

@@ -147,27 +147,27 @@ func parseCount(n []byte) (int64, bool) {
 func decodeUsageObject(obj []byte, u *usageFields) bool {
 	for it := (objIter{b: obj}); it.next(); {
 		var dst *[]byte
-		switch k := it.key; {
-		case keyFold(k, "prompt_tokens"):
+		switch k := newFoldKey(it.key); {
+		case k.is("prompt_tokens"):
 			dst = &u.prompt
-		case keyFold(k, "completion_tokens"):
+		case k.is("completion_tokens"):
 			dst = &u.completion
-		case keyFold(k, "total_tokens"):
+		case k.is("total_tokens"):
 			dst = &u.total
-		case keyFold(k, "input_tokens"):
+		case k.is("input_tokens"):
 			dst = &u.input
-		case keyFold(k, "output_tokens"):
+		case k.is("output_tokens"):
 			dst = &u.output
-		case keyFold(k, "cache_read_input_tokens"):
+		case k.is("cache_read_input_tokens"):
 			dst = &u.cacheReadExtra
-		case keyFold(k, "cache_creation_input_tokens"):
+		case k.is("cache_creation_input_tokens"):
 			dst = &u.cacheWriteExtra
-		case keyFold(k, "prompt_tokens_details"):
+		case k.is("prompt_tokens_details"):
 			if !decodeCacheDetails(it.val, &u.details[0]) {
 				return false
 			}
 			continue
-		case keyFold(k, "input_tokens_details"):
+		case k.is("input_tokens_details"):
 			if !decodeCacheDetails(it.val, &u.details[1]) {
 				return false
 			}
@@ -221,10 +221,10 @@ func decodeCacheDetails(v []byte, u *cacheDetails) bool {
 	}
 	for it := (objIter{b: v}); it.next(); {
 		var dst *[]byte
-		switch {
-		case keyFold(it.key, "cached_tokens"):
+		switch k := newFoldKey(it.key); {
+		case k.is("cached_tokens"):
 			dst = &u.cached
-		case keyFold(it.key, "cache_write_tokens"):
+		case k.is("cache_write_tokens"):
 			dst = &u.cacheWrite
 		default:
 			continue
