@@ -385,3 +385,42 @@ func BenchmarkStageLogFields(b *testing.B) {
 	}
 	cpu.report(b)
 }
+
+// BenchmarkStageLogHeaders is the access log's resp_headers field as
+// Caddyfile.example's filter encoder writes it: plain Caddy's response
+// headers, and the same with the eight the gateway adds (X-Request-Id,
+// X-Gatewayz-Credits-Remaining and the six x-ratelimit-*).
+func BenchmarkStageLogHeaders(b *testing.B) {
+	enc := shippedLogEncoder(b)
+	plain := http.Header{
+		"Via": {"1.1 Caddy"}, "Content-Length": {"953"}, "Content-Type": {"application/json"},
+		"Date": {"Sat, 05 Dec 2026 07:32:27 GMT"},
+	}
+	gateway := plain.Clone()
+	for k, v := range map[string]string{
+		hdrRequestID: "f11078df-0a43-47bf-9b35-10759028666b", hdrCreditsRemaining: "999999168960",
+		hdrLimitRequests: "1000000000", hdrRemainingRequests: "999956232", hdrResetRequests: "27m33s",
+		hdrLimitTokens: "100000000000", hdrRemainingTokens: "99999141785", hdrResetTokens: "27m33s",
+	} {
+		gateway[k] = []string{v}
+	}
+	for _, c := range []struct {
+		name string
+		h    http.Header
+	}{{"plain", plain}, {"gateway", gateway}} {
+		b.Run(c.name, func(b *testing.B) {
+			fields := []zapcore.Field{zapcore.Field{Key: "resp_headers", Type: zapcore.ObjectMarshalerType,
+				Interface: caddyhttp.LoggableHTTPHeader{Header: c.h}}}
+			b.ReportAllocs()
+			cpu := startCPU()
+			for b.Loop() {
+				buf, err := enc.EncodeEntry(zapcore.Entry{Message: "handled request"}, fields)
+				if err != nil {
+					b.Fatal(err)
+				}
+				buf.Free()
+			}
+			cpu.report(b)
+		})
+	}
+}
