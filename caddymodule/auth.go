@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
@@ -178,7 +179,7 @@ func (rc *requestCtx) annotate(e *keyEntry) {
 	rc.setVar("gatewayz_key_id", e.keyIDVal)
 	rc.setVar("gatewayz_env", e.envVal)
 	if rc.extra != nil {
-		rc.extra.Add(zap.Inline(e))
+		rc.extra.Add(zap.Field{Key: logFieldKey, Type: zapcore.InlineMarshalerType, Interface: e})
 	}
 }
 

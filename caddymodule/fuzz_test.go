@@ -49,6 +49,8 @@ func FuzzUsageFromJSON(f *testing.F) {
 	f.Add([]byte(`{"usage":{"input_tokens":3,"output_tokens":"4"}}`))
 	f.Add([]byte(`{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":2},"prompt_tokens_details":null}}`))
 	f.Add([]byte(`{"usage":{"input_tokens":3,"cache_read_input_tokens":8,"cache_creation_input_tokens":"2","input_tokens_details":{"cached_tokens":1}}}`))
+	// Keys matched case-insensitively: ASCII, a Kelvin sign for k, an escape.
+	f.Add([]byte(`{"usage":{"PROMPT_tokens":5,"completion_toKens":2,"total_tok\u0065ns":7,"prompt_tokens_details":{"Cached_Tokens":1}}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		u, ok := usageFromJSON(body)
 		// On valid JSON the byte scan must agree with a full decode.
@@ -142,6 +144,10 @@ func FuzzParseInferenceReference(f *testing.F) {
 	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":false,"x":[1],"include_usage":null},"stream":true,"stream_options":{}}`), uint8(0))
 	f.Add([]byte(`{"mod\u0065l":"m","messages":[null],"max_tokens":null,"max_tokens":3}`), uint8(0))
 	f.Add([]byte(` {"model":"m\xff","messages":[{"role":null,"content":null,"name":"n","tool_calls":[{}]}],"tools":[1]} `), uint8(0))
+	// A message's error, and an element that is not an object after it:
+	// the element is reported.
+	f.Add([]byte(`{"model":"m","messages":[{"content":"x"},{"role":"user","content":[{"type":"text"}]},1]}`), uint8(0))
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"a"},{"role":"user","content":[{"type":"text"}]},{}]}`), uint8(0))
 	endpoints := []string{endpointChat, endpointCompletions, endpointEmbeddings}
 	f.Fuzz(func(t *testing.T, body []byte, ep uint8) {
 		endpoint := endpoints[int(ep)%len(endpoints)]

@@ -296,6 +296,33 @@ func keyFold(raw []byte, name string) bool {
 	return ok && bytes.EqualFold([]byte(k), []byte(name))
 }
 
+// foldKey is a raw object key to compare with several names as keyFold
+// does, checked once for what makes the comparison cheap: a key with no
+// escape and no byte outside ASCII matches an ASCII name only when both
+// have the same length (no case folding crosses between ASCII and the
+// rest), so most names are ruled out by their length.
+type foldKey struct {
+	raw   []byte
+	plain bool // no backslash, ASCII only
+}
+
+func newFoldKey(raw []byte) foldKey {
+	for _, c := range raw {
+		if c == '\\' || c >= utf8.RuneSelf {
+			return foldKey{raw: raw}
+		}
+	}
+	return foldKey{raw: raw, plain: true}
+}
+
+// is reports keyFold(k.raw, name) for an ASCII name.
+func (k foldKey) is(name string) bool {
+	if k.plain {
+		return len(k.raw) == len(name) && bytes.EqualFold(k.raw, []byte(name))
+	}
+	return keyFold(k.raw, name)
+}
+
 func decodeKey(raw []byte) (string, bool) {
 	q := make([]byte, 0, len(raw)+2)
 	q = append(append(append(q, '"'), raw...), '"')

@@ -255,10 +255,8 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	s := adm.newSettlement()
 	s.g, s.adm, s.ir, s.reqID, s.r = g, adm, ir, rc.requestID(), r
 	s.series = seriesFor(ir.Endpoint)
-	if extra := rc.extra; extra != nil {
-		s.log.reqID = s.reqID
-		extra.Set(zap.Field{Key: "gatewayz", Type: zapcore.InlineMarshalerType, Interface: &s.log})
-	}
+	s.log.reqID = s.reqID
+	s.addLogFields(rc)
 
 	rsv, gerr := g.reserve(r.Context(), adm, cfg)
 	s.log.setWait(rsv.waited)
@@ -308,6 +306,31 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	}()
 	err := next.ServeHTTP(&s.m, up)
 	return s.complete(err)
+}
+
+// logFieldKey names the gateway's one extra access-log field (inline: its
+// keys are gatewayz_* at the top of the entry). The caller's ids are
+// added under it when the key is known (requestCtx.annotate); a metered
+// request replaces them with its settlement, which writes the ids and the
+// metering fields, so that the access log's encoder (the filter encoder of
+// Caddyfile.example wraps every field it is given) handles one field.
+const logFieldKey = "gatewayz"
+
+// addLogFields puts the settlement in the request's access-log entry
+// (filled in as the request settles: the entry is written after the
+// handler returns).
+func (s *settlement) addLogFields(rc *requestCtx) {
+	if extra := rc.extra; extra != nil {
+		extra.Set(zap.Field{Key: logFieldKey, Type: zapcore.InlineMarshalerType, Interface: s})
+	}
+}
+
+// MarshalLogObject writes the caller's ids, then the metering fields.
+func (s *settlement) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	if e := s.adm.entry; e != nil {
+		_ = e.MarshalLogObject(enc)
+	}
+	return s.log.MarshalLogObject(enc)
 }
 
 // upstreamUnavailable is the answer when reverse_proxy could not reach the

@@ -404,52 +404,68 @@ func countMessages(raw []byte, tc *textCounter) (int64, *gatewayError) {
 	if raw[0] != '[' {
 		return 0, errShape()
 	}
-	// Every element must be an object before any is looked at.
-	count := 0
-	for it := (arrIter{b: raw}); it.next(); count++ {
-		if it.val[0] != '{' {
-			return 0, errShape()
-		}
-	}
-	if count == 0 {
-		return 0, errShape()
-	}
+	// One pass: a message is looked at as it comes; an element that is
+	// not an object is reported before any message's own error, as if
+	// every element had been checked first.
 	var fixed int64
 	i := 0
 	for it := (arrIter{b: raw}); it.next(); i++ {
-		fixed += msgOverheadTokens
-		var role, content, name, toolCalls, functionCall []byte
-		for m := (objIter{b: it.val}); m.next(); {
-			switch {
-			case keyIs(m.key, "role"):
-				role = m.val
-			case keyIs(m.key, "content"):
-				content = m.val
-			case keyIs(m.key, "name"):
-				name = m.val
-			case keyIs(m.key, "tool_calls"):
-				toolCalls = m.val
-			case keyIs(m.key, "function_call"):
-				functionCall = m.val
-			}
+		if it.val[0] != '{' {
+			return 0, errShape()
 		}
-		at := "'messages[" + strconv.Itoa(i) + "]"
-		if role == nil || role[0] != '"' {
-			return 0, errBadRequest(at + ".role' must be a string")
-		}
-		if content != nil && !isNull(content) {
-			n, gerr := countContent(content, i, tc)
-			if gerr != nil {
-				return 0, gerr
+		n, gerr := countMessage(it.val, i, tc)
+		if gerr != nil {
+			for it.next() {
+				if it.val[0] != '{' {
+					return 0, errShape()
+				}
 			}
-			fixed += n
-		} else if r, _ := decodeString(role); r != "assistant" || (isAbsent(toolCalls) && isAbsent(functionCall)) {
-			return 0, errBadRequest(at + ".content' is required (an assistant turn may send tool_calls instead)")
+			return 0, gerr
 		}
-		for _, v := range [...][]byte{name, toolCalls, functionCall} {
-			if !isAbsent(v) {
-				tc.addBytes(v)
-			}
+		fixed += msgOverheadTokens + n
+	}
+	if i == 0 {
+		return 0, errShape()
+	}
+	return fixed, nil
+}
+
+// countMessage validates message i (an object) and counts its text into
+// tc; it returns its fixed-estimate tokens (images) beyond the per-message
+// overhead.
+func countMessage(msg []byte, i int, tc *textCounter) (int64, *gatewayError) {
+	var role, content, name, toolCalls, functionCall []byte
+	for m := (objIter{b: msg}); m.next(); {
+		switch {
+		case keyIs(m.key, "role"):
+			role = m.val
+		case keyIs(m.key, "content"):
+			content = m.val
+		case keyIs(m.key, "name"):
+			name = m.val
+		case keyIs(m.key, "tool_calls"):
+			toolCalls = m.val
+		case keyIs(m.key, "function_call"):
+			functionCall = m.val
+		}
+	}
+	at := func() string { return "'messages[" + strconv.Itoa(i) + "]" } // only for an error
+	if role == nil || role[0] != '"' {
+		return 0, errBadRequest(at() + ".role' must be a string")
+	}
+	var fixed int64
+	if content != nil && !isNull(content) {
+		n, gerr := countContent(content, i, tc)
+		if gerr != nil {
+			return 0, gerr
+		}
+		fixed = n
+	} else if r, _ := decodeString(role); r != "assistant" || (isAbsent(toolCalls) && isAbsent(functionCall)) {
+		return 0, errBadRequest(at() + ".content' is required (an assistant turn may send tool_calls instead)")
+	}
+	for _, v := range [...][]byte{name, toolCalls, functionCall} {
+		if !isAbsent(v) {
+			tc.addBytes(v)
 		}
 	}
 	return fixed, nil

@@ -58,10 +58,17 @@ type sseScanner struct {
 // to the first generated-text string is, there, where the full scan of the
 // kept event was, so only that string and what follows it are scanned; and
 // what follows is known too when it equals the kept event's, byte for byte.
+//
+// OpenAI's streams end every event with a string that changes each time
+// (`"obfuscation":"…"`, random padding of random length). When the kept
+// event's last string is such a value (of a key without generated text,
+// with no quote after it), an event that equals the kept one everywhere
+// but inside that string is counted without scanning its tail either.
 type eventShape struct {
 	data  []byte      // the kept event's data; empty: none
 	span  textSpan    // its first generated-text string
 	after textCounter // the generated text after that string
+	last  textSpan    // its last string, when it may vary (see above); open 0: none
 }
 
 // shapePool recycles the shapes (and their buffers) of ended streams.
@@ -71,8 +78,9 @@ var shapePool = sync.Pool{New: func() any { return &eventShape{data: make([]byte
 const maxShape = 4 << 10
 
 // count counts the generated text of an event of the kept shape; ok is
-// false when the event needs a full scan (another shape, a usage object
-// or an escaped quote after the shape's prefix).
+// false when the event needs a full scan (another shape, a usage object,
+// or an escaped quote after the shape's prefix outside its first string
+// of generated text).
 func (sh *eventShape) count(d []byte) (tc textCounter, ok bool) {
 	if sh == nil || len(sh.data) == 0 {
 		return tc, false
@@ -82,43 +90,78 @@ func (sh *eventShape) count(d []byte) (tc textCounter, ok bool) {
 		return tc, false
 	}
 	end, escQuote := stringEndEsc(d, open)
-	if end < 0 || escQuote || string(d[open:end]) == "usage" { // the scan checks what follows "usage"
+	if end < 0 || string(d[open:end]) == "usage" { // the scan checks what follows "usage"
 		return tc, false
 	}
 	countJSONString(d[open:end], &tc)
-	if bytes.Equal(d[end:], sh.data[sh.span.close:]) {
+	if bytes.Equal(d[end:], sh.data[sh.span.close:]) || sh.sameButLast(d, end) {
+		// An escaped quote in the string (a tool call's arguments are
+		// JSON) leaves the count as it is; the scan then decides on a
+		// usage object by looking for "usage" in the raw bytes.
+		if escQuote && hasUsageObject(d) {
+			return textCounter{}, false
+		}
 		tc.add(sh.after)
 		return tc, true
 	}
-	var after textCounter
-	if usageObj, exact := scanGeneratedFrom(d, end+1, end, &after, nil); usageObj || !exact {
+	if escQuote {
 		return textCounter{}, false
 	}
-	sh.keep(d, textSpan{open: open, close: end}, after)
+	var after textCounter
+	last := firstText{span: textSpan{open: -1}}
+	if usageObj, exact := scanGeneratedFrom(d, end+1, end, &after, &last); usageObj || !exact {
+		return textCounter{}, false
+	}
+	sh.keep(d, textSpan{open: open, close: end}, after, last.last)
 	tc.add(after)
 	return tc, true
 }
 
+// sameButLast reports whether the tail of d from end (the closing quote of
+// its first generated-text string) equals the kept event's tail except
+// for the contents of the last string, which hold neither a quote nor a
+// backslash in d and are not "usage". The scan of such a tail walks over
+// the same strings in the same places, the last one being a value that is
+// not counted, so it counts what the kept tail counted.
+func (sh *eventShape) sameButLast(d []byte, end int) bool {
+	if sh.last.open <= sh.span.close {
+		return false
+	}
+	lo := end + sh.last.open - sh.span.close // where d's last string starts
+	suffix := sh.data[sh.last.close:]        // its closing quote and what follows
+	hi := len(d) - len(suffix)
+	if lo > hi || !bytes.Equal(d[hi:], suffix) || !bytes.Equal(d[end:lo], sh.data[sh.span.close:sh.last.open]) {
+		return false
+	}
+	for _, c := range d[lo:hi] {
+		if c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return string(d[lo:hi]) != "usage" // a "usage" followed by an object is looked at
+}
+
 // keep makes d, whose first generated-text string is at span and which has
-// the generated text after after it, the kept shape.
-func (sh *eventShape) keep(d []byte, span textSpan, after textCounter) {
+// the generated text after after it, the kept shape; last is its last
+// string when that one may vary (eventShape.last).
+func (sh *eventShape) keep(d []byte, span textSpan, after textCounter, last textSpan) {
 	if len(d) > maxShape {
 		sh.data = sh.data[:0]
 		return
 	}
 	sh.data = append(sh.data[:0], d...)
-	sh.span, sh.after = span, after
+	sh.span, sh.after, sh.last = span, after, last
 }
 
 // keepShape keeps d as the stream's shape (see eventShape).
-func (s *sseScanner) keepShape(d []byte, span textSpan, after textCounter) {
+func (s *sseScanner) keepShape(d []byte, span textSpan, after textCounter, last textSpan) {
 	if s.shape == nil {
 		if len(d) > maxShape {
 			return
 		}
 		s.shape = shapePool.Get().(*eventShape)
 	}
-	s.shape.keep(d, span, after)
+	s.shape.keep(d, span, after, last)
 }
 
 // sseSink receives the bytes a strip-mode scanner forwards, in order.
@@ -291,7 +334,7 @@ func (s *sseScanner) processLine(line []byte) (drop bool) {
 	if !usageObj {
 		if exact && first.span.open >= 0 {
 			after := textCounter{ascii: text.ascii - first.through.ascii, other: text.other - first.through.other}
-			s.keepShape(data, first.span, after)
+			s.keepShape(data, first.span, after, first.last)
 		}
 		s.generated.add(text)
 		return false

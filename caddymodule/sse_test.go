@@ -526,6 +526,15 @@ func TestSSEScannerRepeatedShapes(t *testing.T) {
 		{"generated text in the tail", repeatedStream(`{"choices":[{"delta":{"content":"`, []string{`","reasoning":"hm"}}]}`, `","reasoning":"hmm"}}]}`}, words), 7, 26 + 25, 2, false},
 		{"same length, other text in the tail", repeatedStream(mockPrefix, []string{`","reasoning":"abcdef"}`, `","reasoning":"\u00e9"}`}, words), 7, 26 + 5*6, 2 + 5, false},
 		{"usage in a content event", repeatedStream(oaPrefix, []string{oaTail + "}", `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}`}, []string{"a", "b", "c", "d"}), 1, 4, 0, true},
+		// The last string varies (OpenAI's obfuscation padding): counted
+		// from the kept shape whatever it holds, unless it is generated
+		// text, holds a quote or a backslash, or reads "usage".
+		{"last string varies", repeatedStream(oaPrefix, []string{oaTail + `,"obfuscation":"ab"}`, oaTail + `,"obfuscation":"abcdef"}`, oaTail + `,"obfuscation":""}`}, words), 8, 26, 2, false},
+		{"last string varies, with escapes", repeatedStream(oaPrefix, []string{oaTail + `,"obfuscation":"a\"b"}`, oaTail + `,"obfuscation":"\\"}`, oaTail + `,"obfuscation":"\u0022"}`, oaTail + `,"obfuscation":"usage"}`}, words), 4, 26, 2, false},
+		{"last string is generated text", repeatedStream(oaPrefix, []string{oaTail + `,"refusal":"no"}`, oaTail + `,"refusal":"never"}`, oaTail + `,"refusal":""}`}, words), 8, 26 + 4*2 + 3*5, 2, false},
+		{"last string is a key", repeatedStream(oaPrefix, []string{oaTail + `,"obfuscation":1}`, oaTail + `,"obf":1}`}, words), 8, 26, 2, false},
+		{"last string then usage", repeatedStream(oaPrefix, []string{oaTail + `,"obfuscation":"ab"}`, oaTail + `,"obfuscation":"usage":{"total_tokens":3}}`}, words), 2, 26, 2, false},
+		{"escaped quotes in the string", repeatedStream(oaPrefix, []string{oaTail + `,"obfuscation":"ab"}`, oaTail + `,"obfuscation":"abc"}`}, []string{"a", `{\"lo`, "cati", `on\":`, `\"usage\":{`, `\"usage`, `x\"`}), 5, 30, 0, false},
 	}
 	for _, tc := range cases {
 		for _, strip := range []bool{false, true} {
@@ -539,6 +548,43 @@ func TestSSEScannerRepeatedShapes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// The streams of bench/mock's realistic answers (every field OpenAI
+// sends, obfuscation padding included) count as the reference does, with
+// all their content events counted from the kept shape but the first few
+// (the role chunk, the first content chunks until one without an escaped
+// quote is kept, the final chunk and the usage event).
+func TestSSEScannerRealisticStreams(t *testing.T) {
+	for _, a := range stageAnswers {
+		_, pieces := upstreamAnswer(t, a, stageRequest(a, true), true)
+		for _, strip := range []bool{false, true} {
+			checkScannerMatchesReference(t, pieces, strip)
+			s, _ := runScanner(strip, pieces)
+			if s.shapeHits < s.events-5 {
+				t.Errorf("%s: %d of %d events counted from the shape", a, s.shapeHits, s.events)
+			}
+		}
+	}
+}
+
+// FuzzSSEScannerVaryingLastString holds the scanner to the reference on
+// streams of events that repeat a shape whose last string changes from
+// event to event (NUL separates the contents and the last strings).
+func FuzzSSEScannerVaryingLastString(f *testing.F) {
+	f.Add(`{"id":"c","choices":[{"index":0,"delta":{"content":"`, `"},"finish_reason":null}],"usage":null,"obfuscation":"`, `"}`,
+		"Hello\x00 there\x00!", "Af\x00nSx27\x00\x00usage\x00a\"b", uint16(40), true)
+	f.Add(`{"choices":[{"delta":{"content":"`, `"}}],"refusal":"`, `"}`, "a\x00b\x00c", "x\x00yy\x00", uint16(0), false)
+	f.Add(`{"choices":[{"delta":{"content":"`, `"}}],"obfuscation":"`, `":{"total_tokens":3}}`, "a\x00b\x00c", "x\x00usage\x00y", uint16(7), true)
+	f.Fuzz(func(t *testing.T, prefix, middle, end, contents, lasts string, cut uint16, strip bool) {
+		cs, ls := strings.Split(contents, "\x00"), strings.Split(lasts, "\x00")
+		var b bytes.Buffer
+		for i, c := range cs {
+			b.WriteString("data: " + prefix + c + middle + ls[i%len(ls)] + end + "\n\n")
+		}
+		b.WriteString("data: [DONE]\n\n")
+		checkScannerMatchesReference(t, splitAt(b.Bytes(), cut, cut+300), strip)
+	})
 }
 
 // FuzzSSEScannerRepeatedEvents holds the scanner to the reference on

@@ -147,27 +147,27 @@ func parseCount(n []byte) (int64, bool) {
 func decodeUsageObject(obj []byte, u *usageFields) bool {
 	for it := (objIter{b: obj}); it.next(); {
 		var dst *[]byte
-		switch k := it.key; {
-		case keyFold(k, "prompt_tokens"):
+		switch k := newFoldKey(it.key); {
+		case k.is("prompt_tokens"):
 			dst = &u.prompt
-		case keyFold(k, "completion_tokens"):
+		case k.is("completion_tokens"):
 			dst = &u.completion
-		case keyFold(k, "total_tokens"):
+		case k.is("total_tokens"):
 			dst = &u.total
-		case keyFold(k, "input_tokens"):
+		case k.is("input_tokens"):
 			dst = &u.input
-		case keyFold(k, "output_tokens"):
+		case k.is("output_tokens"):
 			dst = &u.output
-		case keyFold(k, "cache_read_input_tokens"):
+		case k.is("cache_read_input_tokens"):
 			dst = &u.cacheReadExtra
-		case keyFold(k, "cache_creation_input_tokens"):
+		case k.is("cache_creation_input_tokens"):
 			dst = &u.cacheWriteExtra
-		case keyFold(k, "prompt_tokens_details"):
+		case k.is("prompt_tokens_details"):
 			if !decodeCacheDetails(it.val, &u.details[0]) {
 				return false
 			}
 			continue
-		case keyFold(k, "input_tokens_details"):
+		case k.is("input_tokens_details"):
 			if !decodeCacheDetails(it.val, &u.details[1]) {
 				return false
 			}
@@ -221,10 +221,10 @@ func decodeCacheDetails(v []byte, u *cacheDetails) bool {
 	}
 	for it := (objIter{b: v}); it.next(); {
 		var dst *[]byte
-		switch {
-		case keyFold(it.key, "cached_tokens"):
+		switch k := newFoldKey(it.key); {
+		case k.is("cached_tokens"):
 			dst = &u.cached
-		case keyFold(it.key, "cache_write_tokens"):
+		case k.is("cache_write_tokens"):
 			dst = &u.cacheWrite
 		default:
 			continue
@@ -530,10 +530,13 @@ func scanGenerated(b []byte, tc *textCounter) (usageObj, exact bool) {
 type textSpan struct{ open, close int }
 
 // firstText is the first generated-text string a scan counted, and what
-// tc held once it was counted.
+// tc held once it was counted; and the last string the scan walked over
+// when that one is the value of a key without generated text, its open 0
+// when it is not (see eventShape.last).
 type firstText struct {
 	span    textSpan
 	through textCounter
+	last    textSpan
 }
 
 // scanGeneratedFrom is scanGenerated resumed at offset i, where prevClose
@@ -553,6 +556,9 @@ func scanGeneratedFrom(b []byte, i, prevClose int, tc *textCounter, first *first
 		}
 		if prevClose >= 0 && isUsage(prevClose, q) {
 			usageObj = true
+		}
+		if first != nil {
+			first.last = textSpan{} // until a value string of a key without text is walked
 		}
 		kStart := q + 1
 		kEnd, esc := stringEndEsc(b, kStart)
@@ -590,8 +596,10 @@ func scanGeneratedFrom(b []byte, i, prevClose int, tc *textCounter, first *first
 		if isGeneratedTextKey(b[kStart:kEnd]) {
 			countJSONString(b[j+1:vEnd], tc)
 			if first != nil && first.span.open < 0 {
-				*first = firstText{span: textSpan{open: j + 1, close: vEnd}, through: *tc}
+				first.span, first.through = textSpan{open: j + 1, close: vEnd}, *tc
 			}
+		} else if first != nil {
+			first.last = textSpan{open: j + 1, close: vEnd}
 		}
 		i = vEnd + 1
 	}
