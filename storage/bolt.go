@@ -87,7 +87,7 @@ var (
 )
 
 // SchemaVersion is the on-disk schema version this binary writes.
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // migrations[i] upgrades a database from schema version i to i+1. Open runs
 // the ones above the stored version, in order, each in its own transaction.
@@ -112,6 +112,10 @@ var migrations = []func(tx *bbolt.Tx) error{
 	// 4 → 5: keys stored with an empty scope get the full scope they had
 	// (see bolt_scope.go).
 	migrateEmptyScopes,
+	// 5 → 6: the name dictionary and the usage rollups (see
+	// bolt_rollups.go); records written from now on are binary (see
+	// bolt_codec.go).
+	migrateRollups,
 }
 
 // BoltStore is the embedded Store, backed by a bbolt file.
@@ -150,6 +154,8 @@ type BoltStore struct {
 	c *committer
 
 	auditMu sync.Mutex
+
+	names nameCache // model and endpoint names by id (see bolt_names.go)
 
 	subMu  sync.Mutex
 	subs   map[int]func(Change)

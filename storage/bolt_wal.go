@@ -317,24 +317,24 @@ func appendWALOp(b []byte, op *pendingOp) ([]byte, error) {
 	b = binary.AppendVarint(b, op.keyID)
 	b = binary.AppendVarint(b, op.balance)
 	var err error
-	if op.entryKind != "" {
+	switch {
+	case op.entryKind != "" && op.kind == opSettle:
+		// The checkpoint writes the charge entry, from the usage record
+		// (its credits) and the op's balance: it may group it with the
+		// user's other settlements (see committer.apply).
 		b = binary.AppendUvarint(b, op.entryID)
-		e := LedgerEntry{ID: int64(op.entryID), UserID: op.userID, Kind: op.entryKind, Amount: op.amount,
-			BalanceAfter: op.balance, KeyID: op.keyID, IdempotencyKey: op.idem, Note: op.note, Time: op.time}
-		if op.kind == opSettle {
-			e.RequestID = op.rec.RequestID
-		}
-		if b, err = appendSized(b, func(b []byte) ([]byte, error) { return appendLedgerEntry(b, &e) }); err != nil {
-			return b, err
-		}
-	} else {
+		b = appendBytes(b, nil)
+	case op.entryKind != "":
+		b = binary.AppendUvarint(b, op.entryID)
+		e := LedgerEntry{Kind: op.entryKind, Amount: op.amount, BalanceAfter: op.balance, KeyID: op.keyID,
+			IdempotencyKey: op.idem, Note: op.note, Time: op.time}
+		b = appendBytes(b, appendLedgerBinary(nil, &e))
+	default:
 		b = binary.AppendUvarint(b, 0)
 	}
 	switch op.kind {
 	case opSettle:
-		if b, err = appendSized(b, func(b []byte) ([]byte, error) { return appendUsageRecord(b, &op.rec) }); err != nil {
-			return b, err
-		}
+		b = appendBytes(b, appendUsageBinary(nil, &op.rec, time.Unix(0, 0), nil))
 		b = binary.AppendVarint(b, op.day.Unix())
 		b = binary.AppendVarint(b, op.rec.TotalTokens)
 		b = binary.AppendVarint(b, op.time.UnixNano())
