@@ -96,13 +96,13 @@ func (h *Handler) adminListUsers(w http.ResponseWriter, r *http.Request) {
 	now := h.now().UTC()
 	spent := map[int64]int64{}
 	if len(matched) > 0 {
-		recs, err := st.ListUsage(ctx, storage.UsageFilter{Since: now.AddDate(0, 0, -spendWindowDays)})
+		rows, err := usageSince(ctx, st, 0, 0, now.AddDate(0, 0, -spendWindowDays))
 		if err != nil {
 			h.fail(w, r, err)
 			return
 		}
-		for i := range recs {
-			spent[recs[i].UserID] += recs[i].Credits
+		for i := range rows {
+			spent[rows[i].UserID] += rows[i].Credits
 		}
 	}
 	out := make([]map[string]any, 0, len(matched))

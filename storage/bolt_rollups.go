@@ -20,7 +20,8 @@ import (
 // were made.
 //
 // Key: period kind ('h' or 'd'), period number (4 bytes: hours or days
-// since the Unix epoch), user id (8), key id (8), model name id (4, see
+// since the Unix epoch, plus 2^31 so that the years before 1970 sort
+// first), user id (8), key id (8), model name id (4, see
 // bolt_names.go), outcome (1). Value: varints of requests, prompt,
 // completion, total, cached and cache-write tokens, and credits.
 
@@ -46,17 +47,19 @@ func periodKind(p RollupPeriod) byte {
 	return 'h'
 }
 
-// periodNum numbers the hour or day (UTC) holding t.
-func periodNum(kind byte, t time.Time) uint32 {
-	h := t.Unix() / 3600
-	if t.Unix() < 0 && t.Unix()%3600 != 0 {
-		h--
-	}
+// periodNum numbers the hour or day (UTC) holding t: hours or days since
+// the Unix epoch (negative before it).
+func periodNum(kind byte, t time.Time) int64 {
+	h := floorDiv(t.Unix(), 3600)
 	if kind == 'd' {
-		return uint32(floorDiv(h, 24))
+		return floorDiv(h, 24)
 	}
-	return uint32(h)
+	return h
 }
+
+const periodBias = 1 << 31
+
+func periodKey(n int64) uint32 { return uint32(n + periodBias) }
 
 func floorDiv(a, b int64) int64 {
 	q := a / b
@@ -66,17 +69,17 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
-func periodStart(kind byte, n uint32) time.Time {
+func periodStart(kind byte, n int64) time.Time {
 	if kind == 'd' {
-		return time.Unix(int64(n)*86400, 0).UTC()
+		return time.Unix(n*86400, 0).UTC()
 	}
-	return time.Unix(int64(n)*3600, 0).UTC()
+	return time.Unix(n*3600, 0).UTC()
 }
 
 // rollupID is the key of one rollup.
 type rollupID struct {
 	kind    byte
-	period  uint32
+	period  int64
 	user    int64
 	key     int64
 	model   uint32
@@ -85,7 +88,7 @@ type rollupID struct {
 
 func (id rollupID) appendKey(b []byte) []byte {
 	b = append(b, id.kind)
-	b = binary.BigEndian.AppendUint32(b, id.period)
+	b = binary.BigEndian.AppendUint32(b, periodKey(id.period))
 	b = binary.BigEndian.AppendUint64(b, uint64(id.user))
 	b = binary.BigEndian.AppendUint64(b, uint64(id.key))
 	b = binary.BigEndian.AppendUint32(b, id.model)
@@ -97,7 +100,7 @@ func parseRollupKey(k []byte) (rollupID, bool) {
 		return rollupID{}, false
 	}
 	return rollupID{
-		kind: k[0], period: binary.BigEndian.Uint32(k[1:]), user: int64(binary.BigEndian.Uint64(k[5:])),
+		kind: k[0], period: int64(binary.BigEndian.Uint32(k[1:])) - periodBias, user: int64(binary.BigEndian.Uint64(k[5:])),
 		key: int64(binary.BigEndian.Uint64(k[13:])), model: binary.BigEndian.Uint32(k[21:]), outcome: k[25],
 	}, true
 }
@@ -181,7 +184,7 @@ func (s *BoltStore) UsageRollups(ctx context.Context, f RollupFilter) ([]UsageRo
 		if periodStart(kind, n).Before(f.Since) {
 			n++
 		}
-		lo = binary.BigEndian.AppendUint32(lo, n)
+		lo = binary.BigEndian.AppendUint32(lo, periodKey(n))
 	}
 	var out []UsageRollup
 	err := s.view(func(tx *bbolt.Tx) error {
@@ -227,8 +230,8 @@ func (s *BoltStore) UsageRollups(ctx context.Context, f RollupFilter) ([]UsageRo
 // the UTC day of before.
 func pruneRollups(b *bbolt.Bucket, before time.Time) error {
 	day := periodNum('d', before)
-	for kind, cut := range map[byte]uint32{'h': day * 24, 'd': day} {
-		hi := binary.BigEndian.AppendUint32([]byte{kind}, cut)
+	for kind, cut := range map[byte]int64{'h': day * 24, 'd': day} {
+		hi := binary.BigEndian.AppendUint32([]byte{kind}, periodKey(cut))
 		var dead [][]byte
 		c := b.Cursor()
 		for k, _ := c.Seek([]byte{kind}); k != nil && bytes.Compare(k, hi) < 0; k, _ = c.Next() {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -25,33 +24,20 @@ func (s *Store) ListUsage(ctx context.Context, f storage.UsageFilter) ([]storage
 	if s.closed.Load() {
 		return nil, storage.ErrClosed
 	}
-	var where []string
-	var args []any
-	add := func(cond string, v any) {
-		args = append(args, v)
-		where = append(where, fmt.Sprintf(cond, len(args)))
-	}
-	if f.UserID != 0 {
-		add("user_id = $%d", f.UserID)
-	}
-	if f.KeyID != 0 {
-		add("key_id = $%d", f.KeyID)
-	}
+	var c conditions
+	c.ids(f.UserID, f.KeyID)
 	if !f.Since.IsZero() {
-		add("time >= $%d", f.Since)
+		c.add("time >= $%d", f.Since)
 	}
 	if !f.Until.IsZero() {
-		add("time <= $%d", f.Until)
+		c.add("time <= $%d", f.Until)
 	}
-	sql := `SELECT doc::text FROM gw_usage`
-	if len(where) > 0 {
-		sql += ` WHERE ` + strings.Join(where, " AND ")
-	}
+	sql := `SELECT doc::text FROM gw_usage` + c.sql()
 	sql += ` ORDER BY time DESC, id DESC`
 	if f.Limit > 0 {
 		sql += fmt.Sprintf(` LIMIT %d`, f.Limit)
 	}
-	rows, err := s.pool.Query(ctx, sql, args...)
+	rows, err := s.pool.Query(ctx, sql, c.args...)
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -182,26 +168,17 @@ func (s *Store) UsageRollups(ctx context.Context, f storage.RollupFilter) ([]sto
 	if f.Period != storage.RollupHour && f.Period != storage.RollupDay {
 		return nil, fmt.Errorf("storage: rollup period %q: %w", f.Period, storage.ErrInvalid)
 	}
-	where := []string{`period = $1::text::"char"`}
-	args := []any{rollupPeriodCode(f.Period)}
-	add := func(cond string, v any) {
-		args = append(args, v)
-		where = append(where, fmt.Sprintf(cond, len(args)))
-	}
-	if f.UserID != 0 {
-		add("user_id = $%d", f.UserID)
-	}
-	if f.KeyID != 0 {
-		add("key_id = $%d", f.KeyID)
-	}
+	var c conditions
+	c.add(`period = $%d::text::"char"`, rollupPeriodCode(f.Period))
+	c.ids(f.UserID, f.KeyID)
 	if !f.Since.IsZero() {
-		add("start >= $%d", f.Since)
+		c.add("start >= $%d", f.Since)
 	}
 	if !f.Until.IsZero() {
-		add("start < $%d", f.Until)
+		c.add("start < $%d", f.Until)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT start, user_id, key_id, model, outcome, `+rollupSums+` FROM gw_usage_rollups
-		WHERE `+strings.Join(where, " AND ")+` ORDER BY start, user_id, key_id, model COLLATE "C", outcome COLLATE "C"`, args...)
+	rows, err := s.pool.Query(ctx, `SELECT start, user_id, key_id, model, outcome, `+rollupSums+` FROM gw_usage_rollups`+
+		c.sql()+` ORDER BY start, user_id, key_id, model COLLATE "C", outcome COLLATE "C"`, c.args...)
 	if err != nil {
 		return nil, mapErr(err)
 	}

@@ -11,8 +11,8 @@ import (
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
-// rollupsOf sums records as the store's rollups of period p must.
-func rollupsOf(recs []storage.UsageRecord, p storage.RollupPeriod) []storage.UsageRollup {
+// RollupsOf sums records as the store's rollups of period p must.
+func RollupsOf(recs []storage.UsageRecord, p storage.RollupPeriod) []storage.UsageRollup {
 	type id struct {
 		start     time.Time
 		user, key int64
@@ -104,7 +104,7 @@ func confRollups(t *testing.T, s storage.Store) {
 	if err != nil || len(recs) != 90 {
 		t.Fatalf("ListUsage: %d records, %v", len(recs), err)
 	}
-	hours, days := rollupsOf(recs, storage.RollupHour), rollupsOf(recs, storage.RollupDay)
+	hours, days := RollupsOf(recs, storage.RollupHour), RollupsOf(recs, storage.RollupDay)
 	sameRollups(t, "hourly", mustRollups(t, s, storage.RollupFilter{Period: storage.RollupHour}), hours)
 	sameRollups(t, "daily", mustRollups(t, s, storage.RollupFilter{Period: storage.RollupDay}), days)
 	// Filters: a user, a key, a window of whole periods.
@@ -115,7 +115,7 @@ func confRollups(t *testing.T, s storage.Store) {
 		}
 	}
 	sameRollups(t, "key since", mustRollups(t, s, storage.RollupFilter{Period: storage.RollupHour, KeyID: k3.ID, Since: base.Add(24 * time.Hour)}),
-		rollupsOf(mine, storage.RollupHour))
+		RollupsOf(mine, storage.RollupHour))
 	var u2Day []storage.UsageRecord
 	day2 := storage.RollupDay.Truncate(base.Add(24 * time.Hour))
 	for _, r := range recs {
@@ -124,7 +124,7 @@ func confRollups(t *testing.T, s storage.Store) {
 		}
 	}
 	sameRollups(t, "user's day", mustRollups(t, s, storage.RollupFilter{Period: storage.RollupDay, UserID: u2.ID, Since: day2, Until: day2.AddDate(0, 0, 1)}),
-		rollupsOf(u2Day, storage.RollupDay))
+		RollupsOf(u2Day, storage.RollupDay))
 	if _, err := s.UsageRollups(ctx, storage.RollupFilter{Period: "week"}); err == nil {
 		t.Fatal("a rollup period of a week accepted")
 	}
@@ -154,8 +154,8 @@ func confRollups(t *testing.T, s storage.Store) {
 		{UserID: u.ID, KeyID: k.ID, Model: "m", Time: base, Status: 200, Credits: 3},
 		{UserID: u.ID, KeyID: k.ID, Model: "m", Time: base, Status: 200, Credits: 4},
 	}
-	hours = rollupsOf(append(recs, extra...), storage.RollupHour)
-	days = rollupsOf(append(recs, extra...), storage.RollupDay)
+	hours = RollupsOf(append(recs, extra...), storage.RollupHour)
+	days = RollupsOf(append(recs, extra...), storage.RollupDay)
 	charges := map[int64]int64{}
 	for _, rec := range append(recs, extra...) {
 		if rec.Credits > 0 {
@@ -219,4 +219,28 @@ func confRollups(t *testing.T, s storage.Store) {
 	}
 	sameRollups(t, "hourly after pruning rollups", mustRollups(t, s, storage.RollupFilter{Period: storage.RollupHour}), keptH)
 	sameRollups(t, "daily after pruning rollups", mustRollups(t, s, storage.RollupFilter{Period: storage.RollupDay}), keptD)
+}
+
+// RollupPeriods are the periods of the rollups a store keeps.
+var RollupPeriods = []storage.RollupPeriod{storage.RollupHour, storage.RollupDay}
+
+// CheckRollups fails t unless s's hourly and daily rollups are what want
+// holds (all of each period), and returns them.
+func CheckRollups(t testing.TB, s storage.Store, what string, want map[storage.RollupPeriod][]storage.UsageRollup) {
+	t.Helper()
+	for _, p := range RollupPeriods {
+		got, err := s.UsageRollups(context.Background(), storage.RollupFilter{Period: p})
+		if err != nil || !slices.Equal(got, want[p]) {
+			t.Fatalf("%s: %s rollups %v\n got %+v\nwant %+v", what, p, err, got, want[p])
+		}
+	}
+}
+
+// RollupsOfAll is RollupsOf for each of RollupPeriods.
+func RollupsOfAll(recs []storage.UsageRecord) map[storage.RollupPeriod][]storage.UsageRollup {
+	out := map[storage.RollupPeriod][]storage.UsageRollup{}
+	for _, p := range RollupPeriods {
+		out[p] = RollupsOf(recs, p)
+	}
+	return out
 }
