@@ -140,8 +140,11 @@ func (m rollupDeltas) add(rec *UsageRecord, model uint32) {
 	}
 }
 
-// apply adds the deltas to the rollups of b, in key order.
+// apply adds the deltas to the rollups of b, in key order. New rollups
+// mostly come after every other (keys start with the period), so pages
+// are filled as the ledger's and the records' are.
 func (m rollupDeltas) apply(b *bbolt.Bucket) error {
+	b.FillPercent = 0.95
 	ids := make([]rollupID, 0, len(m))
 	for id := range m {
 		ids = append(ids, id)
