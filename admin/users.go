@@ -172,12 +172,13 @@ func (h *Handler) adminUserLedger(w http.ResponseWriter, r *http.Request) {
 		IdempotencyKey string    `json:"idempotency_key"`
 		Note           string    `json:"note"`
 		Time           time.Time `json:"time"`
+		Requests       int64     `json:"requests"`
 	}
 	rows := make([]ledgerRow, 0, len(newest))
 	for _, e := range newest {
 		rows = append(rows, ledgerRow{
 			ID: e.ID, Kind: string(e.Kind), Amount: e.Amount, BalanceAfter: e.BalanceAfter, KeyID: e.KeyID,
-			RequestID: e.RequestID, IdempotencyKey: e.IdempotencyKey, Note: e.Note, Time: e.Time.UTC(),
+			RequestID: e.RequestID, IdempotencyKey: e.IdempotencyKey, Note: e.Note, Time: e.Time.UTC(), Requests: e.Requests,
 		})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
