@@ -98,8 +98,8 @@ func (s *Store) PruneUsage(ctx context.Context, detailBefore, rollupsBefore time
 	if err != nil {
 		return n, err
 	}
-	if _, err := conn.Exec(ctx, compactLedgerSQL, detailBefore.UTC()); err != nil {
-		return n, mapErr(err)
+	if err := compactLedger(ctx, conn, detailBefore.UTC()); err != nil {
+		return n, err
 	}
 	if rollupsBefore.IsZero() {
 		return n, nil
@@ -133,27 +133,61 @@ func deleteBatches(ctx context.Context, conn *pgxpool.Conn, sql string, cut time
 	}
 }
 
+// ledgerBatch is how many ledger ids one grouping statement covers (a
+// variable for tests).
+var ledgerBatch int64 = 50000
+
+// compactLedger groups the charge entries older than cut, from where the
+// last run stopped (gw_ledger_grouped) up to the first entry that is not
+// older than cut, ledgerBatch ids per statement: it reads only what became
+// old since the last run, walking the primary key. A run of charges that
+// two statements (or two runs) split becomes two entries.
+func compactLedger(ctx context.Context, conn *pgxpool.Conn, cut time.Time) error {
+	var upto int64
+	if err := conn.QueryRow(ctx, `SELECT upto FROM gw_ledger_grouped`).Scan(&upto); err != nil {
+		return mapErr(err)
+	}
+	// end: the first id after upto that is not old, or past the last one.
+	var end int64
+	if err := conn.QueryRow(ctx, `SELECT coalesce(
+		(SELECT id FROM gw_ledger WHERE id > $1 AND time >= $2 ORDER BY id LIMIT 1),
+		(SELECT coalesce(max(id), 0) + 1 FROM gw_ledger))`, upto, cut).Scan(&end); err != nil {
+		return mapErr(err)
+	}
+	for upto+1 < end {
+		hi := min(end, upto+1+ledgerBatch)
+		if _, err := conn.Exec(ctx, compactLedgerSQL, upto, hi); err != nil {
+			return mapErr(err)
+		}
+		if _, err := conn.Exec(ctx, `UPDATE gw_ledger_grouped SET upto = $1`, hi-1); err != nil {
+			return mapErr(err)
+		}
+		upto = hi - 1
+	}
+	return nil
+}
+
 // compactLedgerSQL groups, for every user, each run of consecutive charge
-// entries (in id order, without an idempotency key) in the part of the
-// ledger older than $1 into one entry: the run's last entry, given the
+// entries (in id order, without an idempotency key) among the entries
+// with ids in ($1, $2) into one entry: the run's last entry, given the
 // run's sum as amount and its request count; the others are deleted. The
 // last entry's balance_after stays, so every balance_after is still the
-// running sum (as bbolt's compactLedger).
-const compactLedgerSQL = `WITH l AS (
+// running sum (as bbolt's compactLedger). A user's entries are written
+// under their account's row lock, so an entry still being written in the
+// range belongs to a user none of whose visible entries follows it.
+const compactLedgerSQL = `WITH g AS (
 	SELECT id, user_id, amount, key_id, requests, time,
 		kind = 'charge' AND idempotency_key IS NULL AS charge,
-		bool_and(time < $1) OVER (PARTITION BY user_id ORDER BY id) AS old
-	FROM gw_ledger
-), g AS (
-	SELECT *, sum(CASE WHEN charge AND old THEN 0 ELSE 1 END) OVER (PARTITION BY user_id ORDER BY id) AS run
-	FROM l
+		sum(CASE WHEN kind = 'charge' AND idempotency_key IS NULL THEN 0 ELSE 1 END)
+			OVER (PARTITION BY user_id ORDER BY id) AS run
+	FROM gw_ledger WHERE id > $1 AND id < $2
 ), runs AS (
 	SELECT user_id, run, max(id) AS last_id, sum(amount) AS amount, sum(GREATEST(requests, 1)) AS requests,
 		CASE WHEN min(key_id) = max(key_id) THEN min(key_id) ELSE 0 END AS key_id, min(time) AS first
-	FROM g WHERE charge AND old GROUP BY user_id, run HAVING count(*) > 1
+	FROM g WHERE charge GROUP BY user_id, run HAVING count(*) > 1
 ), gone AS (
 	DELETE FROM gw_ledger d USING g JOIN runs r ON r.user_id = g.user_id AND r.run = g.run
-	WHERE d.id = g.id AND g.charge AND g.old AND g.id <> r.last_id
+	WHERE d.id = g.id AND g.charge AND g.id <> r.last_id
 )
 UPDATE gw_ledger e SET amount = r.amount, requests = r.requests, key_id = r.key_id, request_id = '',
 	note = r.requests || ' requests settled from ' || to_char(r.first AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')

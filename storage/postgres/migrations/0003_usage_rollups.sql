@@ -45,6 +45,12 @@ INSERT INTO gw_usage_rollups
 -- entries cover several); 0 on the charge entries written before, one each.
 ALTER TABLE gw_ledger ADD COLUMN requests bigint NOT NULL DEFAULT 0;
 
+-- The ledger entries up to this id were grouped by the pruning job (all
+-- older than the usage detail retention then); it goes on from there, so
+-- each run reads only the entries that became old since the last.
+CREATE TABLE gw_ledger_grouped (upto bigint NOT NULL);
+INSERT INTO gw_ledger_grouped VALUES (0);
+
 -- gw_settle as in version 2, adding the settlement to its hour's and its
 -- day's rollup.
 CREATE OR REPLACE FUNCTION gw_settle(p_hold bigint, p_cost bigint, p_now timestamptz, p_time timestamptz,
