@@ -1,9 +1,11 @@
 // Command gen-schema5 wrote testdata/schema5.db.gz and schema5.json.gz:
 // a database of schema 5 (the build before usage rollups, commit 47dcbea)
 // with usage records and ledger entries, and the JSON of what that build
-// listed from it. It must be run with that build of the storage package
-// (a module replace to a checkout of it); upgrade_test.go opens the
-// database with the current one. gzip both files it writes.
+// listed from it; and schema5-crash.db.gz with its write-ahead log
+// schema5-crash.db.wal.gz, a crash image whose last settlements are only in
+// the log. It must be run with that build of the storage package (a module
+// replace to a checkout of it); upgrade_test.go opens the databases with
+// the current one. gzip the files it writes.
 package main
 
 import (
@@ -68,6 +70,51 @@ func main() {
 	data, err := json.MarshalIndent(out, "", " ")
 	check(err)
 	check(os.WriteFile(dir+"/schema5.json", data, 0o644))
+	crashImage(dir, kr)
+}
+
+// crashImage writes dir/schema5-crash.db and its .wal: a database whose
+// last settlements are only in the write-ahead log, as a crash leaves it.
+func crashImage(dir string, kr *storage.Keyring) {
+	ctx := context.Background()
+	live := dir + "/live.db"
+	s, err := storage.Open(live, storage.Options{NoSync: true, InitialMmapSize: 1, CheckpointInterval: time.Hour})
+	check(err)
+	plain, err := kr.Generate("live")
+	check(err)
+	enc, err := kr.Encrypt(plain)
+	check(err)
+	k := &storage.APIKey{KeyName: "primary", Hash: kr.Hash(plain), Encrypted: enc, Prefix: storage.KeyDisplayPrefix(plain),
+		EnvironmentTag: "live", Scopes: storage.FullScopes(), IsActive: true, IsPrimary: true}
+	u := &storage.User{Username: "crash", Email: "crash@example.com", AuthMethod: "email", IsActive: true, SubscriptionStatus: "trial"}
+	check(s.Register(ctx, u, k, 1000))
+	settle := func(i int) {
+		r, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 100})
+		check(err)
+		_, _, err = s.Settle(ctx, r, int64(10+i), storage.UsageRecord{Model: "gpt-4o-mini", PromptTokens: int64(10 + i), TotalTokens: int64(10 + i),
+			RequestID: fmt.Sprintf("%08x-aaaa-4bbb-8ccc-000000000000", i), Status: 200, Endpoint: "/v1/chat/completions"})
+		check(err)
+	}
+	for i := range 3 {
+		settle(i)
+	}
+	_, _, err = s.AddCredits(ctx, u.ID, 50, storage.LedgerTopUp, "crash-topup", "") // applies the log
+	check(err)
+	for i := 3; i < 10; i++ {
+		settle(i)
+	}
+	_, _, err = s.AddCredits(ctx, u.ID, 5, storage.LedgerTopUp, "", "") // applied with the log
+	check(err)
+	for i := 10; i < 17; i++ {
+		settle(i)
+	}
+	time.Sleep(500 * time.Millisecond) // logged, not applied (checkpoint in an hour)
+	for _, ext := range []string{"", ".wal"} {
+		data, err := os.ReadFile(live + ext)
+		check(err)
+		check(os.WriteFile(dir+"/schema5-crash.db"+ext, data, 0o600))
+	}
+	check(s.Close())
 }
 
 func check(err error) {
