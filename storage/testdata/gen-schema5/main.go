@@ -29,14 +29,7 @@ func main() {
 	var users []*storage.User
 	var keys []*storage.APIKey
 	for i := 0; i < 2; i++ {
-		plain, err := kr.Generate("live")
-		check(err)
-		enc, err := kr.Encrypt(plain)
-		check(err)
-		k := &storage.APIKey{KeyName: "primary", Hash: kr.Hash(plain), Encrypted: enc, Prefix: storage.KeyDisplayPrefix(plain),
-			EnvironmentTag: "live", Scopes: storage.FullScopes(), IsActive: true, IsPrimary: true}
-		u := &storage.User{Username: fmt.Sprintf("old%d", i), Email: fmt.Sprintf("old%d@example.com", i), AuthMethod: "email", IsActive: true, SubscriptionStatus: "trial"}
-		check(s.Register(ctx, u, k, 100_000))
+		u, k := register(s, kr, fmt.Sprintf("old%d", i), 100_000)
 		users, keys = append(users, u), append(keys, k)
 	}
 	base := time.Date(2026, 11, 28, 21, 0, 0, 0, time.UTC)
@@ -80,14 +73,7 @@ func crashImage(dir string, kr *storage.Keyring) {
 	live := dir + "/live.db"
 	s, err := storage.Open(live, storage.Options{NoSync: true, InitialMmapSize: 1, CheckpointInterval: time.Hour})
 	check(err)
-	plain, err := kr.Generate("live")
-	check(err)
-	enc, err := kr.Encrypt(plain)
-	check(err)
-	k := &storage.APIKey{KeyName: "primary", Hash: kr.Hash(plain), Encrypted: enc, Prefix: storage.KeyDisplayPrefix(plain),
-		EnvironmentTag: "live", Scopes: storage.FullScopes(), IsActive: true, IsPrimary: true}
-	u := &storage.User{Username: "crash", Email: "crash@example.com", AuthMethod: "email", IsActive: true, SubscriptionStatus: "trial"}
-	check(s.Register(ctx, u, k, 1000))
+	u, k := register(s, kr, "crash", 1000)
 	settle := func(i int) {
 		r, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 100})
 		check(err)
@@ -115,6 +101,19 @@ func crashImage(dir string, kr *storage.Keyring) {
 		check(os.WriteFile(dir+"/schema5-crash.db"+ext, data, 0o600))
 	}
 	check(s.Close())
+}
+
+// register makes a user named name with a primary key and credits.
+func register(s *storage.BoltStore, kr *storage.Keyring, name string, credits int64) (*storage.User, *storage.APIKey) {
+	plain, err := kr.Generate("live")
+	check(err)
+	enc, err := kr.Encrypt(plain)
+	check(err)
+	k := &storage.APIKey{KeyName: "primary", Hash: kr.Hash(plain), Encrypted: enc, Prefix: storage.KeyDisplayPrefix(plain),
+		EnvironmentTag: "live", Scopes: storage.FullScopes(), IsActive: true, IsPrimary: true}
+	u := &storage.User{Username: name, Email: name + "@example.com", AuthMethod: "email", IsActive: true, SubscriptionStatus: "trial"}
+	check(s.Register(context.Background(), u, k, credits))
+	return u, k
 }
 
 func check(err error) {
