@@ -334,7 +334,9 @@ func appendWALOp(b []byte, op *pendingOp) ([]byte, error) {
 	}
 	switch op.kind {
 	case opSettle:
-		b = appendBytes(b, appendUsageBinary(nil, &op.rec, time.Unix(0, 0), nil))
+		if b, err = appendSized(b, func(b []byte) ([]byte, error) { return appendUsageBinary(b, &op.rec, time.Unix(0, 0), nil), nil }); err != nil {
+			return b, err
+		}
 		b = binary.AppendVarint(b, op.day.Unix())
 		b = binary.AppendVarint(b, op.rec.TotalTokens)
 		b = binary.AppendVarint(b, op.time.UnixNano())
