@@ -126,9 +126,9 @@ var migrations = []func(tx *bbolt.Tx) error{
 // log append and fdatasync per batch, and applied to the database file
 // about once a second (Open replays what was logged and not applied); a
 // crash loses at most the settlements accepted in the last CommitWindow
-// (those not yet covered by a Flush), never part of one: the charge entry,
-// balance snapshot, usage record and key counters of a settlement are
-// logged and applied together. Every other mutation (AddCredits included)
+// (those not yet covered by a Flush), never part of one: the charge,
+// balance snapshot, usage record, rollups and key counters of a settlement
+// are logged and applied together. Every other mutation (AddCredits included)
 // is durable when it returns. The stored balance always equals the sum of
 // the ledger (VerifyLedger checks it). After a failed commit (disk full, I/O
 // error) the store refuses further writes and Ping reports the error.

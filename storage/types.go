@@ -120,8 +120,9 @@ const (
 
 // LedgerEntry is one append-only movement of credits. The balance of a user
 // is the sum of the Amount of their entries. Reservations are not ledger
-// entries: they hold credit without moving it, and a settlement writes one
-// charge entry (a refund writes none, because nothing moved).
+// entries: they hold credit without moving it, and a settlement's charge is
+// in a charge entry, which may cover several settlements (see Requests; a
+// refund writes none, because nothing moved).
 type LedgerEntry struct {
 	ID             int64      `json:"id"`
 	UserID         int64      `json:"user_id"`
