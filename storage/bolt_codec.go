@@ -6,10 +6,11 @@ import (
 	"time"
 )
 
-// Binary encodings of the records every settlement writes (schema 6): usage
-// records and ledger entries are varints instead of JSON, the model and
-// endpoint of a stored usage record are ids of the name dictionary (see
-// bolt_names.go) and a UUID request id is its 16 bytes. A binary record
+// Binary encodings of the records every settlement writes (since
+// migrateRollups): usage records and ledger entries are varints instead of
+// JSON, the model and endpoint of a stored usage record are ids of the
+// name dictionary (see bolt_names.go) and a UUID request id is its 16
+// bytes. A binary record
 // starts with recBinary; older records are JSON (they start with '{') and
 // are read as they are, so nothing is rewritten by the upgrade: they age
 // out with the usage detail retention.

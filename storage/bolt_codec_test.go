@@ -99,7 +99,7 @@ func TestLedgerCodecRoundTrip(t *testing.T) {
 			}
 		}
 	}
-	// An entry of the JSON encoding before schema 6 reads as it was, a
+	// An entry of the JSON encoding before the rollups reads as it was, a
 	// charge covering one request.
 	old := `{"id":9,"user_id":3,"kind":"charge","amount":-5,"balance_after":95,"key_id":2,"request_id":"r","time":"2026-11-25T09:46:28.123456789Z"}`
 	got, err := decodeLedger([]byte(old), 9, 3)

@@ -8,7 +8,7 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// The name dictionary (schema 6): stored usage records and rollups name
+// The name dictionary (added by migrateRollups): stored usage records and rollups name
 // their model and endpoint by a small id instead of repeating the string
 // in every record. Names are never removed, so an id, once committed,
 // means the same name for good and is cached in memory.

@@ -12,7 +12,7 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// Usage rollups (schema 6): the sums of the usage records per user, key,
+// Usage rollups: the sums of the usage records per user, key,
 // model and outcome over each UTC hour and day, updated in the same
 // checkpoint transaction as the records they sum. Records are kept for the
 // usage detail retention only; rollups for the long one, so reports over
@@ -249,10 +249,10 @@ func pruneRollups(b *bbolt.Bucket, before time.Time) error {
 	return nil
 }
 
-// migrateRollups (schema 5 → 6) creates the name dictionary and the
-// rollups, and sums every stored usage record into them. The records stay
-// as they are (JSON: see bolt_codec.go). Rollups that exist already (a
-// file that had schema 6 once) are complete and kept.
+// migrateRollups (the migration that added them) creates the name
+// dictionary and the rollups, and sums every stored usage record into
+// them. The records stay as they are (JSON: see bolt_codec.go). Rollups
+// that exist already (a file that had them once) are complete and kept.
 func migrateRollups(tx *bbolt.Tx) error {
 	names, err := tx.CreateBucketIfNotExists(bNames)
 	if err != nil {
@@ -296,7 +296,7 @@ func migrateRollups(tx *bbolt.Tx) error {
 	return deltas.apply(rollups)
 }
 
-// noNames resolves no name id: records before schema 6 have none.
+// noNames resolves no name id: records before the dictionary have none.
 func noNames(id uint32) (string, error) {
 	return "", fmt.Errorf("storage: corrupt record: name id %d before the name dictionary", id)
 }

@@ -34,7 +34,7 @@ func gunzip(t *testing.T, path string) []byte {
 }
 
 // A database written by the build of schema 5 (JSON records and ledger
-// entries, no rollups; see testdata/gen-schema5) upgrades to schema 6:
+// entries, no rollups; see testdata/gen-schema5) upgrades to the current schema:
 // its records and ledger read as that build listed them, the rollups are
 // their sums, new settlements are counted beside them, and once every
 // record is pruned the reports from the rollups are unchanged and the

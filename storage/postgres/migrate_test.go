@@ -158,7 +158,7 @@ func withSearchPath(t *testing.T, dsn, schema string) string {
 }
 
 // A database of schema version 2 with usage records and charge entries
-// upgrades to version 3: the records read as before, the rollups are their
+// upgrades to the rollups (0003): the records read as before, the rollups are their
 // sums, and once every record is pruned the reports from the rollups are
 // unchanged and the grouped ledger still adds up to the balances.
 func TestMigrateBuildsRollups(t *testing.T) {
