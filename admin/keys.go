@@ -300,18 +300,18 @@ func (h *Handler) keysUsage(w http.ResponseWriter, r *http.Request) {
 // keyUsageThisMonth totals the user's metered usage per key since the 1st
 // of the month (UTC), cached prompt tokens apart.
 func (h *Handler) keyUsageThisMonth(r *http.Request, userID int64, now time.Time) (map[int64]*usageTotals, error) {
-	recs, err := h.app.Store().ListUsage(r.Context(), storage.UsageFilter{UserID: userID, Since: monthStart(now)})
+	rows, err := usageSince(r.Context(), h.app.Store(), userID, 0, monthStart(now))
 	if err != nil {
 		return nil, err
 	}
 	byKey := map[int64]*usageTotals{}
-	for i := range recs {
-		t := byKey[recs[i].KeyID]
+	for i := range rows {
+		t := byKey[rows[i].KeyID]
 		if t == nil {
 			t = new(usageTotals)
-			byKey[recs[i].KeyID] = t
+			byKey[rows[i].KeyID] = t
 		}
-		t.add(&recs[i])
+		t.add(&rows[i])
 	}
 	return byKey, nil
 }

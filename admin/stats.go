@@ -18,29 +18,12 @@ import (
 // statsPeriods are the bucket sizes GET /admin/stats offers, with how many
 // buckets each shows.
 var statsPeriods = map[string]struct {
-	step  time.Duration
-	count int
+	step   time.Duration
+	count  int
+	rollup storage.RollupPeriod
 }{
-	"hour": {time.Hour, 24},
-	"day":  {24 * time.Hour, 30},
-}
-
-// Outcomes of a settled request in the system view.
-const (
-	outcomeSuccess   = "success"   // answered, usage reported by the upstream
-	outcomeEstimated = "estimated" // answered, usage estimated
-	outcomeError     = "error"     // settled with an error status
-)
-
-// recordOutcome classifies a settled request.
-func recordOutcome(rec *storage.UsageRecord) string {
-	switch {
-	case rec.Status >= 400:
-		return outcomeError
-	case rec.Estimated:
-		return outcomeEstimated
-	}
-	return outcomeSuccess
+	"hour": {time.Hour, 24, storage.RollupHour},
+	"day":  {24 * time.Hour, 30, storage.RollupDay},
 }
 
 // statsRow is the usage of one model with one outcome in one bucket.
@@ -58,10 +41,10 @@ type refusalRow struct {
 	Count int64     `json:"count"`
 }
 
-// bucketStats groups records and refusal audit entries into count buckets
-// of step from first on (anything before first is left out), rows sorted
-// by bucket, then model or kind, then outcome.
-func bucketStats(recs []storage.UsageRecord, refusals []storage.AuditEntry, first time.Time, step time.Duration, count int) ([]time.Time, []statsRow, []refusalRow) {
+// bucketStats groups usage rollups (of step, or shorter) and refusal audit
+// entries into count buckets of step from first on (anything before first
+// is left out), rows sorted by bucket, then model or kind, then outcome.
+func bucketStats(usage []storage.UsageRollup, refusals []storage.AuditEntry, first time.Time, step time.Duration, count int) ([]time.Time, []statsRow, []refusalRow) {
 	starts := make([]time.Time, count)
 	for i := range starts {
 		starts[i] = first.Add(time.Duration(i) * step)
@@ -80,21 +63,21 @@ func bucketStats(recs []storage.UsageRecord, refusals []storage.AuditEntry, firs
 		start          time.Time
 		model, outcome string
 	}
-	usage := map[usageCell]*usageTotals{}
-	for i := range recs {
-		rec := &recs[i]
-		start, ok := bucket(rec.Time.UTC())
+	sums := map[usageCell]*usageTotals{}
+	for i := range usage {
+		u := &usage[i]
+		start, ok := bucket(u.Start.UTC())
 		if !ok {
 			continue
 		}
-		c := usageCell{start, rec.Model, recordOutcome(rec)}
-		if usage[c] == nil {
-			usage[c] = &usageTotals{}
+		c := usageCell{start, u.Model, string(u.Outcome)}
+		if sums[c] == nil {
+			sums[c] = &usageTotals{}
 		}
-		usage[c].add(rec)
+		sums[c].add(u)
 	}
-	rows := make([]statsRow, 0, len(usage))
-	for c, t := range usage {
+	rows := make([]statsRow, 0, len(sums))
+	for c, t := range sums {
 		rows = append(rows, statsRow{Start: c.start, Model: c.model, Outcome: c.outcome, usageTotals: *t})
 	}
 	slices.SortFunc(rows, func(a, b statsRow) int {
@@ -146,7 +129,8 @@ func (h *Handler) adminStats(w http.ResponseWriter, r *http.Request) {
 	first := now.Truncate(period.step).Add(-time.Duration(period.count-1) * period.step)
 	ctx := r.Context()
 	st := h.app.Store()
-	recs, err := st.ListUsage(ctx, storage.UsageFilter{Since: first})
+	// first is a whole hour or UTC day: the rollups of the period hold it.
+	usage, err := st.UsageRollups(ctx, storage.RollupFilter{Period: period.rollup, Since: first})
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -156,10 +140,10 @@ func (h *Handler) adminStats(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	starts, rows, refRows := bucketStats(recs, refusals, first, period.step, period.count)
+	starts, rows, refRows := bucketStats(usage, refusals, first, period.step, period.count)
 	var total usageTotals
-	for i := range recs {
-		total.add(&recs[i])
+	for i := range usage {
+		total.add(&usage[i])
 	}
 	latency := caddymodule.UpstreamLatency()
 	if latency == nil {

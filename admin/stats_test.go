@@ -9,21 +9,13 @@ import (
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
-func TestRecordOutcome(t *testing.T) {
-	for _, tc := range []struct {
-		rec  storage.UsageRecord
-		want string
-	}{
-		{storage.UsageRecord{Status: 200}, outcomeSuccess},
-		{storage.UsageRecord{Status: 200, Estimated: true}, outcomeEstimated},
-		{storage.UsageRecord{Status: 499, Estimated: true}, outcomeError},
-		{storage.UsageRecord{Status: 502}, outcomeError},
-		{storage.UsageRecord{Status: 0}, outcomeSuccess},
-	} {
-		if got := recordOutcome(&tc.rec); got != tc.want {
-			t.Errorf("status %d estimated %v: %s, want %s", tc.rec.Status, tc.rec.Estimated, got, tc.want)
-		}
+// rowsOf is records as rows of usage, as usageSince gives them.
+func rowsOf(recs []storage.UsageRecord) []storage.UsageRollup {
+	rows := make([]storage.UsageRollup, len(recs))
+	for i := range recs {
+		rows[i] = recordRow(&recs[i])
 	}
+	return rows
 }
 
 func TestBucketStats(t *testing.T) {
@@ -44,7 +36,7 @@ func TestBucketStats(t *testing.T) {
 		{Time: at(70), Action: "security.unknown_key"},
 		{Time: at(-30), Action: "security.unknown_key"},
 	}
-	starts, rows, refRows := bucketStats(recs, refusals, first, time.Hour, 3)
+	starts, rows, refRows := bucketStats(rowsOf(recs), refusals, first, time.Hour, 3)
 	if !slices.Equal(starts, []time.Time{first, at(60), at(120)}) {
 		t.Errorf("buckets %v", starts)
 	}

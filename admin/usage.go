@@ -66,14 +66,15 @@ type usageTotals struct {
 	Credits          int64 `json:"credits"`
 }
 
-func (t *usageTotals) add(rec *storage.UsageRecord) {
-	t.Requests++
-	t.Tokens += rec.TotalTokens
-	t.PromptTokens += rec.PromptTokens
-	t.CompletionTokens += rec.CompletionTokens
-	t.CachedTokens += rec.CachedTokens
-	t.CacheWriteTokens += rec.CacheWriteTokens
-	t.Credits += rec.Credits
+// add adds a row of usage (a rollup, or one request's record).
+func (t *usageTotals) add(u *storage.UsageRollup) {
+	t.Requests += u.Requests
+	t.Tokens += u.TotalTokens
+	t.PromptTokens += u.PromptTokens
+	t.CompletionTokens += u.CompletionTokens
+	t.CachedTokens += u.CachedTokens
+	t.CacheWriteTokens += u.CacheWriteTokens
+	t.Credits += u.Credits
 }
 
 // dayStart and monthStart are the UTC calendar boundaries of now.
@@ -87,18 +88,18 @@ func monthStart(now time.Time) time.Time {
 	return time.Date(y, m, 1, 0, 0, 0, 0, time.UTC)
 }
 
-// planUsage counts usage records since 00:00 UTC today and since the 1st
-// of the month (UTC).
-func planUsage(recs []storage.UsageRecord, now time.Time) (day, month usageTotals) {
+// planUsage counts the usage (rows starting on whole days: daily rollups)
+// since 00:00 UTC today and since the 1st of the month (UTC).
+func planUsage(rows []storage.UsageRollup, now time.Time) (day, month usageTotals) {
 	ds, ms := dayStart(now), monthStart(now)
-	for i := range recs {
-		rec := &recs[i]
-		if rec.Time.Before(ms) {
+	for i := range rows {
+		row := &rows[i]
+		if row.Start.Before(ms) {
 			continue
 		}
-		month.add(rec)
-		if !rec.Time.Before(ds) {
-			day.add(rec)
+		month.add(row)
+		if !row.Start.Before(ds) {
+			day.add(row)
 		}
 	}
 	return day, month
@@ -119,12 +120,12 @@ func (h *Handler) userPlanUsage(w http.ResponseWriter, r *http.Request) {
 	if up != nil && up.ActiveAt(now) {
 		plan = p
 	}
-	recs, err := h.app.Store().ListUsage(ctx, storage.UsageFilter{UserID: id.User.ID, Since: monthStart(now)})
+	rows, err := usageSince(ctx, h.app.Store(), id.User.ID, 0, monthStart(now))
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	day, month := planUsage(recs, now)
+	day, month := planUsage(rows, now)
 	used := map[string]int64{
 		"daily_requests": day.Requests, "daily_tokens": day.Tokens,
 		"monthly_requests": month.Requests, "monthly_tokens": month.Tokens,
@@ -243,7 +244,8 @@ func (h *Handler) userMonitor(w http.ResponseWriter, r *http.Request) {
 	}
 	now := h.now().UTC()
 	since := dayStart(now).AddDate(0, 0, -int(days-1))
-	recs, err := h.app.Store().ListUsage(r.Context(), storage.UsageFilter{UserID: id.User.ID, Since: since})
+	ctx := r.Context()
+	rows, err := usageSince(ctx, h.app.Store(), id.User.ID, 0, since)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -251,18 +253,19 @@ func (h *Handler) userMonitor(w http.ResponseWriter, r *http.Request) {
 	var total, today usageTotals
 	var byDay, byModel breakdown
 	ds := dayStart(now)
-	var last any
-	for i := range recs {
-		rec := &recs[i]
-		total.add(rec)
-		if !rec.Time.Before(ds) {
-			today.add(rec)
+	for i := range rows {
+		row := &rows[i]
+		total.add(row)
+		if !row.Start.Before(ds) {
+			today.add(row)
 		}
-		byDay.at(rec.Time.UTC().Format("2006-01-02")).add(rec)
-		byModel.at(rec.Model).add(rec)
-		if i == 0 {
-			last = rec.Time.UTC()
-		}
+		byDay.at(row.Start.UTC().Format("2006-01-02")).add(row)
+		byModel.at(row.Model).add(row)
+	}
+	last, err := lastRequestTime(ctx, h.app.Store(), id.User.ID, rows)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	var avg float64
 	if total.Requests > 0 {
@@ -297,33 +300,40 @@ func (h *Handler) adminMonitor(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	recs, err := st.ListUsage(ctx, storage.UsageFilter{})
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
 	dayAgo, monthAgo := now.Add(-24*time.Hour), now.Add(-30*24*time.Hour)
+	var windows [3][]storage.UsageRollup // all kept, the last 30 days, the last 24 hours
+	for i, since := range [3]time.Time{{}, monthAgo, dayAgo} {
+		if windows[i], err = usageSince(ctx, st, 0, 0, since); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+	}
 	var all, today, month usageTotals
 	activeToday := map[int64]bool{}
 	perUser := map[int64]*usageTotals{}
 	var byModel breakdown
-	for i := range recs {
-		rec := &recs[i]
-		all.add(rec)
-		byModel.at(rec.Model).add(rec)
-		if !rec.Time.Before(monthAgo) {
-			month.add(rec)
-		}
-		if !rec.Time.Before(dayAgo) {
-			today.add(rec)
-			activeToday[rec.UserID] = true
-		}
-		t := perUser[rec.UserID]
+	for i := range windows[0] {
+		row := &windows[0][i]
+		all.add(row)
+		byModel.at(row.Model).add(row)
+		t := perUser[row.UserID]
 		if t == nil {
 			t = &usageTotals{}
-			perUser[rec.UserID] = t
+			perUser[row.UserID] = t
 		}
-		t.add(rec)
+		t.add(row)
+	}
+	for i := range windows[1] {
+		month.add(&windows[1][i])
+	}
+	for i := range windows[2] {
+		today.add(&windows[2][i])
+		activeToday[windows[2][i].UserID] = true
+	}
+	recs, err := st.ListUsage(ctx, storage.UsageFilter{Limit: 20})
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	mostUsed := ""
 	var mostTokens int64 = -1
@@ -336,9 +346,10 @@ func (h *Handler) adminMonitor(w http.ResponseWriter, r *http.Request) {
 	if all.Requests > 0 {
 		avg = float64(all.Tokens) / float64(all.Requests)
 	}
-	var last any
-	if len(recs) > 0 {
-		last = recs[0].Time.UTC()
+	last, err := lastRequestTime(ctx, st, 0, windows[2])
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 
 	uids := make([]int64, 0, len(perUser))
@@ -373,7 +384,7 @@ func (h *Handler) adminMonitor(w http.ResponseWriter, r *http.Request) {
 	}
 	prefixes := map[int64]any{}
 	recent := []map[string]any{}
-	for i := range recs[:min(20, len(recs))] {
+	for i := range recs {
 		rec := &recs[i]
 		p, ok := prefixes[rec.KeyID]
 		if !ok {

@@ -224,28 +224,29 @@ type dailyRow struct {
 	usageTotals
 }
 
-// dailyByModel groups records by UTC day and model over the days from
-// first (a UTC midnight) on, rows sorted by day then model. It also
-// returns every day of the period, so charts show the days without usage.
-func dailyByModel(recs []storage.UsageRecord, first time.Time, days int) ([]string, []dailyRow) {
+// dailyByModel groups usage (rollups of a day or shorter) by UTC day and
+// model over the days from first (a UTC midnight) on, rows sorted by day
+// then model. It also returns every day of the period, so charts show the
+// days without usage.
+func dailyByModel(usage []storage.UsageRollup, first time.Time, days int) ([]string, []dailyRow) {
 	dates := make([]string, days)
 	for i := range dates {
 		dates[i] = first.AddDate(0, 0, i).Format(time.DateOnly)
 	}
 	type cell struct{ date, model string }
 	sums := map[cell]*usageTotals{}
-	for i := range recs {
-		rec := &recs[i]
-		if rec.Time.Before(first) {
+	for i := range usage {
+		u := &usage[i]
+		if u.Start.Before(first) {
 			continue
 		}
-		c := cell{rec.Time.UTC().Format(time.DateOnly), rec.Model}
+		c := cell{u.Start.UTC().Format(time.DateOnly), u.Model}
 		t := sums[c]
 		if t == nil {
 			t = &usageTotals{}
 			sums[c] = t
 		}
-		t.add(rec)
+		t.add(u)
 	}
 	rows := make([]dailyRow, 0, len(sums))
 	for c, t := range sums {
@@ -284,13 +285,13 @@ func (h *Handler) userUsageDaily(w http.ResponseWriter, r *http.Request) {
 	if ms := monthStart(now); ms.Before(since) {
 		since = ms
 	}
-	recs, err := h.app.Store().ListUsage(r.Context(), storage.UsageFilter{UserID: id.User.ID, KeyID: keyID, Since: since})
+	usage, err := usageSince(r.Context(), h.app.Store(), id.User.ID, keyID, since)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	today, month := planUsage(recs, now)
-	dates, rows := dailyByModel(recs, first, int(days))
+	today, month := planUsage(usage, now)
+	dates, rows := dailyByModel(usage, first, int(days))
 	writeJSON(w, http.StatusOK, map[string]any{
 		"status":     "success",
 		"user_id":    id.User.ID,

@@ -42,7 +42,7 @@ func TestDailyByModel(t *testing.T) {
 		}, 2, []string{"2026-03-01", "2026-03-02"}, []string{"2026-03-02 a 1 1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dates, rows := dailyByModel(tc.recs, first, tc.days)
+			dates, rows := dailyByModel(rowsOf(tc.recs), first, tc.days)
 			if !slices.Equal(dates, tc.dates) {
 				t.Errorf("dates %v, want %v", dates, tc.dates)
 			}

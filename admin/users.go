@@ -96,13 +96,13 @@ func (h *Handler) adminListUsers(w http.ResponseWriter, r *http.Request) {
 	now := h.now().UTC()
 	spent := map[int64]int64{}
 	if len(matched) > 0 {
-		recs, err := st.ListUsage(ctx, storage.UsageFilter{Since: now.AddDate(0, 0, -spendWindowDays)})
+		rows, err := usageSince(ctx, st, 0, 0, now.AddDate(0, 0, -spendWindowDays))
 		if err != nil {
 			h.fail(w, r, err)
 			return
 		}
-		for i := range recs {
-			spent[recs[i].UserID] += recs[i].Credits
+		for i := range rows {
+			spent[rows[i].UserID] += rows[i].Credits
 		}
 	}
 	out := make([]map[string]any, 0, len(matched))
@@ -172,12 +172,13 @@ func (h *Handler) adminUserLedger(w http.ResponseWriter, r *http.Request) {
 		IdempotencyKey string    `json:"idempotency_key"`
 		Note           string    `json:"note"`
 		Time           time.Time `json:"time"`
+		Requests       int64     `json:"requests"`
 	}
 	rows := make([]ledgerRow, 0, len(newest))
 	for _, e := range newest {
 		rows = append(rows, ledgerRow{
 			ID: e.ID, Kind: string(e.Kind), Amount: e.Amount, BalanceAfter: e.BalanceAfter, KeyID: e.KeyID,
-			RequestID: e.RequestID, IdempotencyKey: e.IdempotencyKey, Note: e.Note, Time: e.Time.UTC(),
+			RequestID: e.RequestID, IdempotencyKey: e.IdempotencyKey, Note: e.Note, Time: e.Time.UTC(), Requests: e.Requests,
 		})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{

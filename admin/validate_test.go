@@ -298,7 +298,7 @@ func TestPlanUsageWindows(t *testing.T) {
 		{time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), 80},     // this month, first instant
 		{time.Date(2026, 10, 31, 23, 59, 0, 0, time.UTC), 160}, // last month
 	}
-	day, month := planUsage(toRecords(recs), now)
+	day, month := planUsage(rowsOf(toRecords(recs)), now)
 	if day.Requests != 2 || day.Tokens != 30 || month.Requests != 4 || month.Tokens != 150 {
 		t.Fatalf("day %+v month %+v", day, month)
 	}

@@ -107,9 +107,17 @@ type App struct {
 	// keeps authenticating. Default 0 (it stops at once).
 	RotationGracePeriod caddy.Duration `json:"rotation_grace,omitempty"`
 
-	// UsageRetention, when positive, prunes usage records older than this
-	// (checked hourly). Default 0: keep everything.
+	// UsageRetention, when positive, prunes the hourly and daily usage
+	// rollups (what reports, statistics and plan quotas read) older than
+	// this (checked hourly). Default 0: keep them.
 	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
+
+	// UsageDetailRetention is how long the per-request usage records are
+	// kept (the recent requests views, disputes); older ones are pruned
+	// hourly (their rollups stay), and the ledger's older charge entries
+	// are grouped, so the database stops growing with traffic. Default 7
+	// days; never longer than usage_retention when that is set.
+	UsageDetailRetention caddy.Duration `json:"usage_detail_retention,omitempty"`
 
 	// NegativeCacheSize bounds the cache of unknown key hashes that keeps
 	// floods of made-up keys off the store. Default 10000.
@@ -274,8 +282,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 // Start reads (or creates) a generated secret and opens the store, unless
 // a config still running opened it already (a reload keeps it open); then
-// it logs what the gateway runs with and starts the usage pruner when
-// usage_retention is set, which stops when this config is unloaded.
+// it logs what the gateway runs with and starts the usage pruner, which
+// stops when this config is unloaded.
 // Handlers wait for Start (WaitStarted) before they serve.
 func (a *App) Start() error {
 	err := a.start()
@@ -285,9 +293,7 @@ func (a *App) Start() error {
 		return err
 	}
 	a.logStartup()
-	if a.UsageRetention > 0 {
-		go a.pruneUsage(a.ctx, time.Duration(a.UsageRetention))
-	}
+	go a.pruneUsage(a.ctx, a.detailRetention(), time.Duration(a.UsageRetention))
 	if a.UpstreamPrices != nil && a.prices != nil {
 		a.startUpstreamPrices(a.ctx)
 	}
@@ -345,11 +351,35 @@ func (a *App) Cleanup() error {
 	return err
 }
 
-func (a *App) pruneUsage(ctx context.Context, retention time.Duration) {
+// DefaultUsageDetailRetention is how long usage records are kept when
+// usage_detail_retention is not set.
+const DefaultUsageDetailRetention = 7 * 24 * time.Hour
+
+// detailRetention is how long usage records are kept: the configured
+// time (default DefaultUsageDetailRetention), at most usage_retention.
+func (a *App) detailRetention() time.Duration {
+	d := time.Duration(a.UsageDetailRetention)
+	if d <= 0 {
+		d = DefaultUsageDetailRetention
+	}
+	if r := time.Duration(a.UsageRetention); r > 0 && r < d {
+		d = r
+	}
+	return d
+}
+
+// pruneUsage prunes, hourly, the usage records older than detail and,
+// when rollups is positive, the rollups older than it.
+func (a *App) pruneUsage(ctx context.Context, detail, rollups time.Duration) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
-		n, err := a.state.store.PruneUsage(ctx, time.Now().Add(-retention))
+		now := time.Now()
+		var rollupsBefore time.Time
+		if rollups > 0 {
+			rollupsBefore = now.Add(-rollups)
+		}
+		n, err := a.state.store.PruneUsage(ctx, now.Add(-detail), rollupsBefore)
 		if err != nil && ctx.Err() == nil {
 			a.logger.Error("pruning usage records", zap.Error(err))
 		} else if n > 0 {

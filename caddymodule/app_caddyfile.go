@@ -33,6 +33,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //	    signup_credits <n>             # or a placeholder
 //	    rotation_grace <duration>
 //	    usage_retention <duration>
+//	    usage_detail_retention <duration>
 //	    negative_cache_size <n>
 //	    security_audit_per_minute <n>
 //	    trial {
@@ -108,7 +109,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				a.SignupCreditsValue = s
 			}
-		case "rotation_grace", "usage_retention":
+		case "rotation_grace", "usage_retention", "usage_detail_retention":
 			var s string
 			if !d.AllArgs(&s) {
 				return d.ArgErr()
@@ -122,6 +123,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.RotationGracePeriod = caddy.Duration(dur)
 			case "usage_retention":
 				a.UsageRetention = caddy.Duration(dur)
+			case "usage_detail_retention":
+				a.UsageDetailRetention = caddy.Duration(dur)
 			}
 		case "commit_window", "lock_timeout", "no_sync":
 			return d.Errf("%s is an option of the bolt storage: storage bolt { %s ... }", name, name)
@@ -215,7 +218,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // appOptions are the options of the gatewayz global option.
 var appOptions = []string{
 	"storage", "db_path", "database_url", "secret", "admin_key", "signup_credits", "signup_plan", "trial",
-	"rotation_grace", "usage_retention", "negative_cache_size",
+	"rotation_grace", "usage_retention", "usage_detail_retention", "negative_cache_size",
 	"security_audit_per_minute", "trial_models", "default_limits", "price", "webhook", "alerts",
 }
 

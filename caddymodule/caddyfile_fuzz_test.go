@@ -107,7 +107,7 @@ func FuzzGlobalOption(f *testing.F) {
 	for _, s := range []string{
 		"gatewayz",
 		"gatewayz {\n\tdb_path {env.GATEWAYZ_DB}\n\tsecret {env.GATEWAYZ_SECRET}\n\tadmin_key {env.GATEWAYZ_ADMIN_KEY}\n\tsignup_credits {env.GATEWAYZ_SIGNUP_CREDITS}\n}",
-		"gatewayz {\n\tsignup_credits 500\n\trotation_grace 1h\n\tusage_retention 720h\n}",
+		"gatewayz {\n\tsignup_credits 500\n\trotation_grace 1h\n\tusage_retention 720h\n\tusage_detail_retention 24h\n}",
 		"gatewayz {\n\tstorage bolt {\n\t\tpath {env.GATEWAYZ_DB}\n\t\tcommit_window 2ms\n\t\tlock_timeout 1s\n\t\tno_sync\n\t}\n}",
 		"gatewayz {\n\tstorage bolt /data/gw.db\n\tdatabase_url {env.GATEWAYZ_DATABASE_URL}\n}",
 		"gatewayz {\n\tnegative_cache_size 100\n\tsecurity_audit_per_minute 3\n\ttrial_models gpt-4o-mini* llama-*\n}",
@@ -162,7 +162,7 @@ func FuzzGlobalOption(f *testing.F) {
 				t.Fatalf("%q: storage JSON %s: %v", src, a.StorageRaw, err)
 			}
 		}
-		for _, v := range []int64{int64(a.RotationGracePeriod), int64(a.UsageRetention), int64(bolt.CommitWindow), int64(bolt.LockTimeout)} {
+		for _, v := range []int64{int64(a.RotationGracePeriod), int64(a.UsageRetention), int64(a.UsageDetailRetention), int64(bolt.CommitWindow), int64(bolt.LockTimeout)} {
 			if v < 0 {
 				t.Fatalf("%q: negative duration accepted", src)
 			}

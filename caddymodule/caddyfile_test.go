@@ -177,6 +177,7 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			signup_credits {env.GATEWAYZ_SIGNUP_CREDITS}
 			rotation_grace 10m
 			usage_retention 90d
+			usage_detail_retention 2d
 			negative_cache_size 500
 			security_audit_per_minute 3
 			trial_models gpt-4o-mini llama-*
@@ -191,7 +192,8 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			Secret: "{env.GATEWAYZ_SECRET}", AdminKeyValue: "{env.GATEWAYZ_ADMIN_KEY}",
 			SignupCreditsValue:  "{env.GATEWAYZ_SIGNUP_CREDITS}",
 			RotationGracePeriod: caddy.Duration(10 * 60e9), UsageRetention: caddy.Duration(90 * 24 * 3600e9),
-			NegativeCacheSize: 500, SecurityAuditPerMinute: 3,
+			UsageDetailRetention: caddy.Duration(2 * 24 * 3600e9),
+			NegativeCacheSize:    500, SecurityAuditPerMinute: 3,
 			TrialModels:   []string{"gpt-4o-mini", "llama-*"},
 			DefaultLimits: storage.RateLimits{RequestsPerMinute: 60, TokensPerDay: 1000000},
 			Prices:        []ModelPrice{{Model: "gpt-4o*", PromptPer1K: 2500, CompletionPer1K: 10000}, {Model: "cheap", PromptPer1K: 1, CompletionPer1K: 2}},
@@ -225,6 +227,9 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 		{name: "bolt options moved", input: `gatewayz {
 			commit_window 5ms
 		}`, wantErr: "storage bolt { commit_window"},
+		{name: "negative detail retention", input: `gatewayz {
+			usage_detail_retention -1h
+		}`, wantErr: "bad usage_detail_retention"},
 		{name: "literal signup credits", input: `gatewayz {
 			signup_credits 250
 		}`, want: App{SignupCreditsValue: "250"}},

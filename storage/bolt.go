@@ -87,7 +87,7 @@ var (
 )
 
 // SchemaVersion is the on-disk schema version this binary writes.
-const SchemaVersion = 7
+const SchemaVersion = 8
 
 // migrations[i] upgrades a database from schema version i to i+1. Open runs
 // the ones above the stored version, in order, each in its own transaction.
@@ -116,6 +116,10 @@ var migrations = []func(tx *bbolt.Tx) error{
 	migrateBudgets,
 	// 6 → 7: the alert outbox and users' webhooks (see bolt_outbox.go).
 	migrateOutbox,
+	// 7 → 8: the name dictionary and the usage rollups (see
+	// bolt_rollups.go); records written from now on are binary (see
+	// bolt_codec.go).
+	migrateRollups,
 }
 
 // BoltStore is the embedded Store, backed by a bbolt file.
@@ -126,9 +130,9 @@ var migrations = []func(tx *bbolt.Tx) error{
 // log append and fdatasync per batch, and applied to the database file
 // about once a second (Open replays what was logged and not applied); a
 // crash loses at most the settlements accepted in the last CommitWindow
-// (those not yet covered by a Flush), never part of one: the charge entry,
-// balance snapshot, usage record and key counters of a settlement are
-// logged and applied together. Every other mutation (AddCredits included)
+// (those not yet covered by a Flush), never part of one: the charge,
+// balance snapshot, usage record, rollups and key counters of a settlement
+// are logged and applied together. Every other mutation (AddCredits included)
 // is durable when it returns. The stored balance always equals the sum of
 // the ledger (VerifyLedger checks it). After a failed commit (disk full, I/O
 // error) the store refuses further writes and Ping reports the error.
@@ -154,6 +158,8 @@ type BoltStore struct {
 	c *committer
 
 	auditMu sync.Mutex
+
+	names nameCache // model and endpoint names by id (see bolt_names.go)
 
 	subMu  sync.Mutex
 	subs   map[int]func(Change)

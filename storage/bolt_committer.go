@@ -413,6 +413,9 @@ type commitState struct {
 	keySpend    map[int64]Spend // charges per key, in the latest window seen
 	userSpend   map[int64]Spend
 	totals      map[totalsID]totalsDelta
+	rollups     rollupDeltas
+	charges     map[int64]*chargeRun
+	names       map[string]uint32 // names given ids in this checkpoint
 	usage       []usagePut
 }
 
@@ -424,6 +427,39 @@ type usagePut struct {
 	v         []byte
 }
 
+// chargeRun is a user's settlements in a checkpoint since their last
+// other ledger entry: they become one charge entry.
+type chargeRun struct {
+	n         int64
+	amount    int64
+	lastID    uint64
+	balance   int64
+	keyID     int64 // -1: several keys
+	requestID string
+	time      time.Time
+}
+
+func (r *chargeRun) add(op *walOp, rec *UsageRecord) {
+	if r.n == 0 {
+		r.keyID, r.requestID = op.keyID, rec.RequestID
+	} else if r.keyID != op.keyID {
+		r.keyID = -1
+	}
+	r.n++
+	r.amount -= rec.Credits
+	r.lastID, r.balance, r.time = op.entryID, op.balance, op.lastUsed // the settlement's time
+}
+
+// entry is the charge entry of the run.
+func (r *chargeRun) entry(userID int64) LedgerEntry {
+	e := LedgerEntry{ID: int64(r.lastID), UserID: userID, Kind: LedgerCharge, Amount: r.amount,
+		BalanceAfter: r.balance, KeyID: max(r.keyID, 0), Requests: r.n, Time: r.time}
+	if r.n == 1 {
+		e.RequestID = r.requestID
+	}
+	return e
+}
+
 func (st *commitState) reset() {
 	if st.userLedgers == nil {
 		st.userLedgers = map[int64]*bbolt.Bucket{}
@@ -433,6 +469,9 @@ func (st *commitState) reset() {
 		st.keySpend = map[int64]Spend{}
 		st.userSpend = map[int64]Spend{}
 		st.totals = map[totalsID]totalsDelta{}
+		st.rollups = rollupDeltas{}
+		st.charges = map[int64]*chargeRun{}
+		st.names = map[string]uint32{}
 		return
 	}
 	clear(st.userLedgers)
@@ -442,6 +481,9 @@ func (st *commitState) reset() {
 	clear(st.keySpend)
 	clear(st.userSpend)
 	clear(st.totals)
+	clear(st.rollups)
+	clear(st.charges)
+	clear(st.names)
 	clear(st.usage)
 	st.usage = st.usage[:0]
 	if cap(st.usage) > 1<<16 {
@@ -450,9 +492,14 @@ func (st *commitState) reset() {
 }
 
 // apply writes the logged ops in log to bbolt in one transaction, with
-// seq as the last applied batch. The values put point into log, which
-// must not change until the transaction ends (bbolt copies keys, not
-// values).
+// seq as the last applied batch. The values put point into log or the
+// arena, which must not change until the transaction ends (bbolt copies
+// keys, not values).
+//
+// A user's settlements between two of their other ledger entries become
+// one charge entry (the sum, the balance after the last, and the id the
+// last was given, so entries stay in ledger order): the usage records
+// keep each request's charge, and the ledger stays a running sum.
 func (c *committer) apply(log []byte, seq uint64) error {
 	arena := c.arena[:0]
 	defer func() {
@@ -464,9 +511,11 @@ func (c *committer) apply(log []byte, seq uint64) error {
 	st.reset()
 	defer st.reset() // drop bucket references
 	var kbuf [16]byte
-	return c.s.db.Update(func(tx *bbolt.Tx) error {
+	epoch := time.Unix(0, 0)
+	err := c.s.db.Update(func(tx *bbolt.Tx) error {
 		ledger := tx.Bucket(bLedger)
 		usage := tx.Bucket(bUsage)
+		names := tx.Bucket(bNames)
 		var maxEntry uint64
 
 		// One usage sequence range for all: the records get the numbers
@@ -497,6 +546,26 @@ func (c *committer) apply(log []byte, seq uint64) error {
 			st.userLedgers[uid] = b
 			return b, nil
 		}
+		putEntry := func(uid int64, id uint64, v []byte) error {
+			b, err := ledgerBucket(uid)
+			if err != nil {
+				return err
+			}
+			binary.BigEndian.PutUint64(kbuf[:8], id)
+			maxEntry = max(maxEntry, id)
+			return b.Put(kbuf[:8], v)
+		}
+		endRun := func(uid int64) error {
+			r := st.charges[uid]
+			if r == nil || r.n == 0 {
+				return nil
+			}
+			e := r.entry(uid)
+			start := len(arena)
+			arena = appendLedgerBinary(arena, &e)
+			*r = chargeRun{}
+			return putEntry(uid, uint64(e.ID), arena[start:len(arena):len(arena)])
+		}
 		var op walOp
 		err := walRecords(log, func(n, _ int, r *walReader) error {
 			for ; n > 0; n-- {
@@ -504,31 +573,44 @@ func (c *committer) apply(log []byte, seq uint64) error {
 					return err
 				}
 				if op.entryID != 0 {
-					b, err := ledgerBucket(op.userID)
-					if err != nil {
-						return err
-					}
-					binary.BigEndian.PutUint64(kbuf[:8], op.entryID)
-					if err := b.Put(kbuf[:8], op.entry); err != nil {
-						return err
-					}
-					maxEntry = max(maxEntry, op.entryID)
 					st.balances[op.userID] = op.balance
 				}
 				switch op.kind {
 				case opSettle:
+					rec, err := decodeUsage(op.usage, op.userID, epoch, noNames)
+					if err != nil {
+						return err
+					}
+					rec.UserID, rec.KeyID = op.userID, op.keyID
+					if op.entryID != 0 {
+						run := st.charges[op.userID]
+						if run == nil {
+							run = new(chargeRun)
+							st.charges[op.userID] = run
+						}
+						run.add(&op, &rec)
+					}
+					var un usageNames
+					if un.model, err = c.s.names.nameID(names, rec.Model, st.names); err != nil {
+						return err
+					}
+					if un.endpoint, err = c.s.names.nameID(names, rec.Endpoint, st.names); err != nil {
+						return err
+					}
+					dayStart := RollupDay.Truncate(op.day)
 					day := dayNum(op.day)
 					db := st.days[day]
 					if db == nil {
-						var err error
 						if db, err = usage.CreateBucketIfNotExists(dayKey(op.day)); err != nil {
 							return err
 						}
 						db.FillPercent = 0.95
 						st.days[day] = db
 					}
+					start := len(arena)
+					arena = appendUsageBinary(arena, &rec, dayStart, &un)
 					useq++
-					st.usage = append(st.usage, usagePut{day: day, b: db, user: uint64(op.userID), seq: useq, v: op.usage})
+					st.usage = append(st.usage, usagePut{day: day, b: db, user: uint64(op.userID), seq: useq, v: arena[start:len(arena):len(arena)]})
 					addTotals(st.totals, op.userID, op.day, op.tokens)
 					if op.spend {
 						addSpend(st.userSpend, op.userID, op.userWindow, op.charged)
@@ -536,6 +618,7 @@ func (c *committer) apply(log []byte, seq uint64) error {
 							addSpend(st.keySpend, op.keyID, op.keyWindow, op.charged)
 						}
 					}
+					st.rollups.add(&rec, un.model)
 					if op.keyID != 0 {
 						d := st.keys[op.keyID]
 						d.count++
@@ -545,6 +628,14 @@ func (c *committer) apply(log []byte, seq uint64) error {
 						st.keys[op.keyID] = d
 					}
 				case opCredit:
+					if op.entryID != 0 {
+						if err := endRun(op.userID); err != nil {
+							return err
+						}
+						if err := putEntry(op.userID, op.entryID, op.entry); err != nil {
+							return err
+						}
+					}
 					if op.idemKey != nil {
 						if err := tx.Bucket(bIdempotency).Put(op.idemKey, op.idemVal); err != nil {
 							return err
@@ -559,6 +650,11 @@ func (c *committer) apply(log []byte, seq uint64) error {
 		})
 		if err != nil {
 			return err
+		}
+		for uid := range st.charges {
+			if err := endRun(uid); err != nil {
+				return err
+			}
 		}
 		// In key order: bbolt splits nodes only when it commits, so puts in
 		// the middle of a node that a large checkpoint keeps growing would
@@ -591,6 +687,9 @@ func (c *committer) apply(log []byte, seq uint64) error {
 		if err := applyTotals(tx.Bucket(bUsageTotals), st.totals); err != nil {
 			return err
 		}
+		if err := st.rollups.apply(tx.Bucket(bRollups)); err != nil {
+			return err
+		}
 		ku := tx.Bucket(bKeyUsage)
 		for kid, d := range st.keys {
 			binary.BigEndian.PutUint64(kbuf[:8], uint64(kid))
@@ -615,6 +714,10 @@ func (c *committer) apply(log []byte, seq uint64) error {
 		}
 		return tx.Bucket(bMeta).Put(kWALApplied, u64(seq))
 	})
+	if err == nil {
+		c.s.names.add(st.names)
+	}
+	return err
 }
 
 // keyUsed returns the committed requests_used of key id, from its key

@@ -522,8 +522,8 @@ func (s *BoltStore) Ledger(ctx context.Context, userID int64) ([]LedgerEntry, er
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			var e LedgerEntry
-			if err := jsonUnmarshal(v, &e); err != nil {
+			e, err := decodeLedger(v, int64(binary.BigEndian.Uint64(k)), userID)
+			if err != nil {
 				return err
 			}
 			out = append(out, e)
@@ -551,8 +551,8 @@ func (s *BoltStore) VerifyLedger(ctx context.Context) error {
 			uid := int64(binary.BigEndian.Uint64(uk))
 			var sum int64
 			err := lb.Bucket(uk).ForEach(func(k, v []byte) error {
-				var e LedgerEntry
-				if err := jsonUnmarshal(v, &e); err != nil {
+				e, err := decodeLedger(v, int64(binary.BigEndian.Uint64(k)), uid)
+				if err != nil {
 					return err
 				}
 				sum += e.Amount
@@ -650,7 +650,7 @@ func putLedger(tx *bbolt.Tx, e *LedgerEntry) error {
 		return err
 	}
 	b.FillPercent = 0.95
-	if err := putJSON(b, id8(e.ID), e); err != nil {
+	if err := b.Put(id8(e.ID), appendLedgerBinary(nil, e)); err != nil {
 		return err
 	}
 	return bumpSequence(tx.Bucket(bLedger), uint64(e.ID))

@@ -144,15 +144,17 @@ func migrateUsageTotals(tx *bbolt.Tx) error {
 	m := map[totalsID]totalsDelta{}
 	usage := tx.Bucket(bUsage)
 	err = usage.ForEachBucket(func(name []byte) error {
+		base, err := time.Parse("20060102", string(name))
+		if err != nil {
+			return nil // not a day bucket
+		}
 		return usage.Bucket(name).ForEach(func(k, v []byte) error {
 			if len(k) != 16 {
 				return nil
 			}
-			var r struct {
-				TotalTokens int64     `json:"total_tokens"`
-				Time        time.Time `json:"timestamp"`
-			}
-			if err := jsonUnmarshal(v, &r); err != nil {
+			// Only the tokens and time are read: names need not resolve.
+			r, err := decodeUsage(v, 0, base, func(uint32) (string, error) { return "", nil })
+			if err != nil {
 				return err
 			}
 			addTotals(m, int64(binary.BigEndian.Uint64(k)), r.Time, r.TotalTokens)

@@ -26,6 +26,7 @@ func (s *BoltStore) ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord
 		hi = dayKey(f.Until)
 	}
 	err := s.view(func(tx *bbolt.Tx) error {
+		name := s.nameResolver(tx)
 		usage := tx.Bucket(bUsage)
 		days := usage.Cursor()
 		var day []byte
@@ -47,7 +48,11 @@ func (s *BoltStore) ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord
 			if b == nil {
 				continue
 			}
-			full, err := scanUsageDay(b, &f, &out)
+			base, err := time.Parse("20060102", string(day))
+			if err != nil {
+				continue // not a day bucket
+			}
+			full, err := scanUsageDay(b, base, name, &f, &out)
 			if err != nil || full {
 				return err
 			}
@@ -60,10 +65,10 @@ func (s *BoltStore) ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord
 // scanUsageDay appends the matching records of one day bucket to out,
 // newest first, and reports whether the limit is reached. Records are keyed
 // user id + sequence, so a user's records are one range.
-func scanUsageDay(b *bbolt.Bucket, f *UsageFilter, out *[]UsageRecord) (bool, error) {
-	match := func(v []byte) (bool, error) {
-		var r UsageRecord
-		if err := jsonUnmarshal(v, &r); err != nil {
+func scanUsageDay(b *bbolt.Bucket, base time.Time, name func(uint32) (string, error), f *UsageFilter, out *[]UsageRecord) (bool, error) {
+	match := func(k, v []byte) (bool, error) {
+		r, err := decodeUsage(v, int64(binary.BigEndian.Uint64(k)), base, name)
+		if err != nil {
 			return false, err
 		}
 		if (f.UserID != 0 && r.UserID != f.UserID) || (f.KeyID != 0 && r.KeyID != f.KeyID) ||
@@ -83,7 +88,7 @@ func scanUsageDay(b *bbolt.Bucket, f *UsageFilter, out *[]UsageRecord) (bool, er
 			k, v = c.Prev()
 		}
 		for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
-			if full, err := match(v); err != nil || full {
+			if full, err := match(k, v); err != nil || full {
 				return full, err
 			}
 		}
@@ -91,18 +96,18 @@ func scanUsageDay(b *bbolt.Bucket, f *UsageFilter, out *[]UsageRecord) (bool, er
 	}
 	// Every user: order the day's records by sequence, newest first.
 	type rec struct {
-		seq uint64
-		v   []byte
+		seq  uint64
+		k, v []byte
 	}
 	var all []rec
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if len(k) == 16 {
-			all = append(all, rec{binary.BigEndian.Uint64(k[8:]), v})
+			all = append(all, rec{binary.BigEndian.Uint64(k[8:]), k, v})
 		}
 	}
 	slices.SortFunc(all, func(a, b rec) int { return cmp.Compare(b.seq, a.seq) })
 	for _, r := range all {
-		if full, err := match(r.v); err != nil || full {
+		if full, err := match(r.k, r.v); err != nil || full {
 			return full, err
 		}
 	}
@@ -110,12 +115,15 @@ func scanUsageDay(b *bbolt.Bucket, f *UsageFilter, out *[]UsageRecord) (bool, er
 }
 
 // PruneUsage deletes the day buckets of usage records before the day of
-// before (UTC) and returns how many records they held.
-func (s *BoltStore) PruneUsage(ctx context.Context, before time.Time) (int, error) {
+// detailBefore (UTC), groups the older runs of charge entries of the
+// ledger (see compactLedger), and, when rollupsBefore is set, deletes the
+// rollups and totals of the days before it. It returns how many records
+// the deleted day buckets held.
+func (s *BoltStore) PruneUsage(ctx context.Context, detailBefore, rollupsBefore time.Time) (int, error) {
 	if err := s.Flush(ctx); err != nil {
 		return 0, err
 	}
-	cut := string(dayKey(before))
+	cut := string(dayKey(detailBefore))
 	n := 0
 	err := s.update(func(tx *bbolt.Tx) error {
 		usage := tx.Bucket(bUsage)
@@ -133,7 +141,16 @@ func (s *BoltStore) PruneUsage(ctx context.Context, before time.Time) (int, erro
 				return err
 			}
 		}
-		return pruneTotals(tx.Bucket(bUsageTotals), dayNum(before))
+		if err := compactLedger(tx.Bucket(bLedger), detailBefore); err != nil {
+			return err
+		}
+		if rollupsBefore.IsZero() {
+			return nil
+		}
+		if err := pruneRollups(tx.Bucket(bRollups), rollupsBefore); err != nil {
+			return err
+		}
+		return pruneTotals(tx.Bucket(bUsageTotals), dayNum(rollupsBefore))
 	})
 	if err != nil {
 		return 0, err

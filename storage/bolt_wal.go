@@ -317,7 +317,9 @@ type walOp struct {
 
 // walSettleSpend is the kind byte of a settlement logged with its budget
 // windows (schema 6). A log written before keeps opSettle records, which
-// replay without spend.
+// replay without spend. Since schema 8 the usage record is binary and the
+// charge entry is left to the checkpoint; logs of schemas 5 to 7 hold JSON
+// ones, which decodeUsage still reads (the entry is rebuilt from the record).
 const walSettleSpend = 4
 
 // appendWALOp encodes op's writes: the ledger entry, usage record and
@@ -332,22 +334,24 @@ func appendWALOp(b []byte, op *pendingOp) ([]byte, error) {
 	b = binary.AppendVarint(b, op.keyID)
 	b = binary.AppendVarint(b, op.balance)
 	var err error
-	if op.entryKind != "" {
+	switch {
+	case op.entryKind != "" && op.kind == opSettle:
+		// The checkpoint writes the charge entry, from the usage record
+		// (its credits) and the op's balance: it may group it with the
+		// user's other settlements (see committer.apply).
 		b = binary.AppendUvarint(b, op.entryID)
-		e := LedgerEntry{ID: int64(op.entryID), UserID: op.userID, Kind: op.entryKind, Amount: op.amount,
-			BalanceAfter: op.balance, KeyID: op.keyID, IdempotencyKey: op.idem, Note: op.note, Time: op.time}
-		if op.kind == opSettle {
-			e.RequestID = op.rec.RequestID
-		}
-		if b, err = appendSized(b, func(b []byte) ([]byte, error) { return appendLedgerEntry(b, &e) }); err != nil {
-			return b, err
-		}
-	} else {
+		b = appendBytes(b, nil)
+	case op.entryKind != "":
+		b = binary.AppendUvarint(b, op.entryID)
+		e := LedgerEntry{Kind: op.entryKind, Amount: op.amount, BalanceAfter: op.balance, KeyID: op.keyID,
+			IdempotencyKey: op.idem, Note: op.note, Time: op.time}
+		b = appendBytes(b, appendLedgerBinary(nil, &e))
+	default:
 		b = binary.AppendUvarint(b, 0)
 	}
 	switch op.kind {
 	case opSettle:
-		if b, err = appendSized(b, func(b []byte) ([]byte, error) { return appendUsageRecord(b, &op.rec) }); err != nil {
+		if b, err = appendSized(b, func(b []byte) ([]byte, error) { return appendUsageBinary(b, &op.rec, time.Unix(0, 0), nil), nil }); err != nil {
 			return b, err
 		}
 		b = binary.AppendVarint(b, op.day.Unix())

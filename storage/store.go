@@ -267,9 +267,14 @@ type SharedFeed interface {
 
 // Maintenance is the store's life cycle and upkeep.
 type Maintenance interface {
-	// PruneUsage deletes the day buckets of usage records before day, and
-	// their day totals (a month's totals go with its last day).
-	PruneUsage(ctx context.Context, before time.Time) (int, error)
+	// PruneUsage deletes the usage records (the per-request detail) before
+	// the UTC day of detailBefore, and groups each user's consecutive
+	// charge entries of the ledger older than detailBefore into one entry
+	// (sum, last balance: the balance stays the running sum). When
+	// rollupsBefore is not zero it also deletes the rollups and usage
+	// totals of the days before it (a month's totals go with its last
+	// day). It returns how many usage records it deleted.
+	PruneUsage(ctx context.Context, detailBefore, rollupsBefore time.Time) (int, error)
 	// Ping reports whether the store can serve.
 	Ping(ctx context.Context) error
 	// Close flushes pending writes and closes the store.
@@ -345,8 +350,14 @@ type Ledger interface {
 	AddCredits(ctx context.Context, userID, amount int64, kind LedgerKind, idempotencyKey, note string) (balance int64, replayed bool, err error)
 	// Ledger returns a user's ledger entries, oldest first.
 	Ledger(ctx context.Context, userID int64) ([]LedgerEntry, error)
-	// ListUsage returns usage records matching f, newest first.
+	// ListUsage returns usage records matching f, newest first. Records
+	// are kept for the usage detail retention only: reports over longer
+	// periods read UsageRollups.
 	ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord, error)
+	// UsageRollups returns the rollups matching f, ordered by start, user,
+	// key, model and outcome. Every settled request is in them, also after
+	// its record was pruned.
+	UsageRollups(ctx context.Context, f RollupFilter) ([]UsageRollup, error)
 }
 
 // AuditReader reads, verifies and exports the audit log.

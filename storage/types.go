@@ -128,8 +128,9 @@ const (
 
 // LedgerEntry is one append-only movement of credits. The balance of a user
 // is the sum of the Amount of their entries. Reservations are not ledger
-// entries: they hold credit without moving it, and a settlement writes one
-// charge entry (a refund writes none, because nothing moved).
+// entries: they hold credit without moving it, and a settlement's charge is
+// in a charge entry, which may cover several settlements (see Requests; a
+// refund writes none, because nothing moved).
 type LedgerEntry struct {
 	ID             int64      `json:"id"`
 	UserID         int64      `json:"user_id"`
@@ -141,6 +142,12 @@ type LedgerEntry struct {
 	IdempotencyKey string     `json:"idempotency_key,omitempty"`
 	Note           string     `json:"note,omitempty"`
 	Time           time.Time  `json:"time"`
+	// Requests is how many settled requests a charge entry covers: the
+	// store may group the charges of a user's consecutive settlements into
+	// one entry (a group commit's worth, and every run older than the
+	// usage detail retention), whose RequestID is then empty. The usage
+	// records, and after them the rollups, keep the per-request detail.
+	Requests int64 `json:"requests,omitempty"`
 }
 
 // Reservation holds credit for one in-flight request.
@@ -186,6 +193,97 @@ type UsageRecord struct {
 	// upstream read from and wrote to its prompt cache (priced apart).
 	CachedTokens     int64 `json:"cached_tokens,omitempty"`
 	CacheWriteTokens int64 `json:"cache_write_tokens,omitempty"`
+}
+
+// Outcome classes a settled request for the rollups.
+type Outcome string
+
+// Outcomes.
+const (
+	OutcomeSuccess   Outcome = "success"   // answered, usage reported by the upstream
+	OutcomeEstimated Outcome = "estimated" // answered, usage estimated
+	OutcomeError     Outcome = "error"     // settled with an error status (a refusal)
+)
+
+// Outcome classes the record.
+func (r *UsageRecord) Outcome() Outcome {
+	switch {
+	case r.Status >= 400:
+		return OutcomeError
+	case r.Estimated:
+		return OutcomeEstimated
+	}
+	return OutcomeSuccess
+}
+
+// RollupPeriod is the span of a rollup.
+type RollupPeriod string
+
+// Rollup periods (UTC).
+const (
+	RollupHour RollupPeriod = "hour"
+	RollupDay  RollupPeriod = "day"
+)
+
+// Truncate returns the start of the period holding t, in UTC.
+func (p RollupPeriod) Truncate(t time.Time) time.Time {
+	t = t.UTC()
+	if p == RollupDay {
+		y, m, d := t.Date()
+		return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+	}
+	return t.Truncate(time.Hour)
+}
+
+// UsageRollup is the sum of the usage records of one user, key, model and
+// outcome over one UTC hour or day. Rollups are kept after the records
+// they sum are pruned (see Maintenance.PruneUsage), so reports over long
+// periods read them.
+type UsageRollup struct {
+	Start            time.Time `json:"start"`
+	UserID           int64     `json:"user_id"`
+	KeyID            int64     `json:"key_id"`
+	Model            string    `json:"model"`
+	Outcome          Outcome   `json:"outcome"`
+	Requests         int64     `json:"requests"`
+	PromptTokens     int64     `json:"prompt_tokens"`
+	CompletionTokens int64     `json:"completion_tokens"`
+	TotalTokens      int64     `json:"total_tokens"`
+	CachedTokens     int64     `json:"cached_tokens"`
+	CacheWriteTokens int64     `json:"cache_write_tokens"`
+	Credits          int64     `json:"credits"`
+}
+
+// Add adds one usage record to the rollup's sums.
+func (u *UsageRollup) Add(r *UsageRecord) {
+	u.Requests++
+	u.PromptTokens += r.PromptTokens
+	u.CompletionTokens += r.CompletionTokens
+	u.TotalTokens += r.TotalTokens
+	u.CachedTokens += r.CachedTokens
+	u.CacheWriteTokens += r.CacheWriteTokens
+	u.Credits += r.Credits
+}
+
+// Merge adds another rollup's sums.
+func (u *UsageRollup) Merge(o *UsageRollup) {
+	u.Requests += o.Requests
+	u.PromptTokens += o.PromptTokens
+	u.CompletionTokens += o.CompletionTokens
+	u.TotalTokens += o.TotalTokens
+	u.CachedTokens += o.CachedTokens
+	u.CacheWriteTokens += o.CacheWriteTokens
+	u.Credits += o.Credits
+}
+
+// RollupFilter selects rollups of one period kind whose Start is in
+// [Since, Until). Zero fields do not filter.
+type RollupFilter struct {
+	Period RollupPeriod // RollupHour or RollupDay (required)
+	UserID int64
+	KeyID  int64
+	Since  time.Time
+	Until  time.Time
 }
 
 // UsageFilter selects usage records. Zero fields do not filter.

@@ -70,37 +70,24 @@ func (s *Store) ListAudit(ctx context.Context, f storage.AuditFilter) ([]storage
 	if s.closed.Load() {
 		return nil, storage.ErrClosed
 	}
-	var where []string
-	var args []any
-	add := func(cond string, v any) {
-		args = append(args, v)
-		where = append(where, fmt.Sprintf(cond, len(args)))
-	}
-	if f.UserID != 0 {
-		add("user_id = $%d", f.UserID)
-	}
-	if f.KeyID != 0 {
-		add("key_id = $%d", f.KeyID)
-	}
+	var c conditions
+	c.ids(f.UserID, f.KeyID)
 	if f.Action != "" || len(f.Actions) > 0 {
-		add("action = ANY($%d)", append([]string{f.Action}, f.Actions...))
+		c.add("action = ANY($%d)", append([]string{f.Action}, f.Actions...))
 	}
 	if !f.Since.IsZero() {
-		add("time >= $%d", f.Since)
+		c.add("time >= $%d", f.Since)
 	}
 	if !f.Until.IsZero() {
-		add("time <= $%d", f.Until)
+		c.add("time <= $%d", f.Until)
 	}
-	sql := `SELECT id, doc FROM gw_audit`
-	if len(where) > 0 {
-		sql += ` WHERE ` + strings.Join(where, " AND ")
-	}
+	sql := `SELECT id, doc FROM gw_audit` + c.sql()
 	sql += ` ORDER BY id DESC`
 	if f.Limit > 0 {
 		sql += fmt.Sprintf(` LIMIT %d`, f.Limit)
 	}
 	var out []storage.AuditEntry
-	err := s.scanAudit(ctx, sql, args, func(_ int64, e storage.AuditEntry, _ string) error {
+	err := s.scanAudit(ctx, sql, c.args, func(_ int64, e storage.AuditEntry, _ string) error {
 		out = append(out, e)
 		return nil
 	})

@@ -24,12 +24,12 @@ type Source interface {
 
 // CopyCounts is what Copy moved.
 type CopyCounts struct {
-	Users, Keys, Plans, Subscriptions, Limits, Accounts, LedgerEntries, UsageRecords, AuditEntries, Webhooks int
+	Users, Keys, Plans, Subscriptions, Limits, Accounts, LedgerEntries, UsageRecords, Rollups, AuditEntries, Webhooks int
 }
 
 func (c CopyCounts) String() string {
-	return fmt.Sprintf("%d users, %d keys, %d plans, %d subscriptions, %d user limits, %d accounts, %d ledger entries, %d usage records, %d audit entries, %d webhooks",
-		c.Users, c.Keys, c.Plans, c.Subscriptions, c.Limits, c.Accounts, c.LedgerEntries, c.UsageRecords, c.AuditEntries, c.Webhooks)
+	return fmt.Sprintf("%d users, %d keys, %d plans, %d subscriptions, %d user limits, %d accounts, %d ledger entries, %d usage records, %d usage rollups, %d audit entries, %d webhooks",
+		c.Users, c.Keys, c.Plans, c.Subscriptions, c.Limits, c.Accounts, c.LedgerEntries, c.UsageRecords, c.Rollups, c.AuditEntries, c.Webhooks)
 }
 
 // ErrTargetNotEmpty is Copy's refusal of a database that already holds data.
@@ -252,9 +252,9 @@ func (c *copier) accounts() error {
 			if e.IdempotencyKey != "" {
 				idem = &e.IdempotencyKey
 			}
-			if err := c.exec(`INSERT INTO gw_ledger (id, user_id, kind, amount, balance_after, key_id, request_id, idempotency_key, note, time)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-				e.ID, e.UserID, string(e.Kind), e.Amount, e.BalanceAfter, e.KeyID, e.RequestID, idem, e.Note, e.Time); err != nil {
+			if err := c.exec(`INSERT INTO gw_ledger (id, user_id, kind, amount, balance_after, key_id, request_id, idempotency_key, note, time, requests)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+				e.ID, e.UserID, string(e.Kind), e.Amount, e.BalanceAfter, e.KeyID, e.RequestID, idem, e.Note, e.Time, e.Requests); err != nil {
 				return fmt.Errorf("ledger entry %d of user %d: %w", e.ID, uid, err)
 			}
 			c.n.LedgerEntries++
@@ -282,13 +282,33 @@ func (c *copier) usage() error {
 		return err
 	}
 	c.n.UsageRecords = len(rows)
-	// The totals, from the records, as the source keeps them.
+	return c.rollups()
+}
+
+// rollups copies the source's rollups (which outlive its records) and
+// derives the day and month totals from the daily ones.
+func (c *copier) rollups() error {
+	for _, p := range []storage.RollupPeriod{storage.RollupHour, storage.RollupDay} {
+		rs, err := c.src.UsageRollups(c.ctx, storage.RollupFilter{Period: p})
+		if err != nil {
+			return err
+		}
+		rows := make([][]any, 0, len(rs))
+		for _, r := range rs {
+			rows = append(rows, []any{rollupPeriodChar(p), r.Start, r.UserID, r.KeyID, r.Model, string(r.Outcome), r.Requests,
+				r.PromptTokens, r.CompletionTokens, r.TotalTokens, r.CachedTokens, r.CacheWriteTokens, r.Credits})
+		}
+		if _, err := c.tx.CopyFrom(c.ctx, pgx.Identifier{"gw_usage_rollups"}, rollupColumns, pgx.CopyFromRows(rows)); err != nil {
+			return err
+		}
+		c.n.Rollups += len(rows)
+	}
 	return c.exec(`INSERT INTO gw_usage_totals (user_id, kind, period, requests, tokens)
-		SELECT user_id, 'd', to_char(time AT TIME ZONE 'UTC', 'YYYYMMDD')::integer, count(*), sum((doc->>'total_tokens')::bigint)
-		FROM gw_usage GROUP BY 1, 3
+		SELECT user_id, 'd', to_char(start AT TIME ZONE 'UTC', 'YYYYMMDD')::integer, sum(requests), sum(total_tokens)
+		FROM gw_usage_rollups WHERE period = 'd' GROUP BY 1, 3
 		UNION ALL
-		SELECT user_id, 'm', to_char(time AT TIME ZONE 'UTC', 'YYYYMM')::integer, count(*), sum((doc->>'total_tokens')::bigint)
-		FROM gw_usage GROUP BY 1, 3`)
+		SELECT user_id, 'm', to_char(start AT TIME ZONE 'UTC', 'YYYYMM')::integer, sum(requests), sum(total_tokens)
+		FROM gw_usage_rollups WHERE period = 'd' GROUP BY 1, 3`)
 }
 
 func (c *copier) audit() error {

@@ -37,12 +37,17 @@ func fillBolt(t *testing.T, s *storage.BoltStore) (kept *storage.User, keptKey *
 	if err := s.CreateWebhook(ctx, &storage.Webhook{UserID: u.ID, URL: "https://hooks.example.com/a", Events: []string{"balance.low"}, Secret: "enc", IsActive: true}, 5); err != nil {
 		t.Fatal(err)
 	}
+	hour := time.Now().Truncate(time.Hour) // one hourly rollup per user
 	for i, who := range []*storage.User{u, u, gone} {
 		r, err := s.Reserve(ctx, storage.ReserveRequest{UserID: who.ID, Credits: 50})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := s.Settle(ctx, r, int64(10+i), storage.UsageRecord{Model: "m", TotalTokens: int64(10 + i), RequestID: "r"}); err != nil {
+		if _, _, err := s.Settle(ctx, r, int64(10+i), storage.UsageRecord{Model: "m", TotalTokens: int64(10 + i), RequestID: "r", Time: hour}); err != nil {
+			t.Fatal(err)
+		}
+		// One charge entry each: settlements committed together share one.
+		if err := s.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -85,7 +90,7 @@ func TestCopyFromBolt(t *testing.T) {
 		t.Fatalf("copy after a failed one: %v", err)
 	}
 	want := postgres.CopyCounts{Users: 1, Keys: 1, Plans: 1, Subscriptions: 1, Limits: 1, Accounts: 2,
-		LedgerEntries: 6, UsageRecords: 3, AuditEntries: 3, Webhooks: 1}
+		LedgerEntries: 6, UsageRecords: 3, Rollups: 4, AuditEntries: 3, Webhooks: 1}
 	if n != want {
 		t.Fatalf("copied %v\nwant   %v", n, want)
 	}
@@ -132,4 +137,9 @@ func TestCopyFromBolt(t *testing.T) {
 	if err := dst.VerifyLedger(ctx); err != nil {
 		t.Fatal(err)
 	}
+	recs, err := src.ListUsage(ctx, storage.UsageFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.CheckRollups(t, dst, "copied", storetest.RollupsOfAll(recs))
 }

@@ -352,7 +352,9 @@ func (s *Store) Ledger(ctx context.Context, userID int64) ([]storage.LedgerEntry
 }
 
 func collectLedger(ctx context.Context, q querier, where string, args ...any) ([]storage.LedgerEntry, error) {
-	rows, err := q.Query(ctx, `SELECT id, user_id, kind, amount, balance_after, key_id, request_id, coalesce(idempotency_key, ''), note, time
+	// Charge entries written before schema 3 have requests 0: one each.
+	rows, err := q.Query(ctx, `SELECT id, user_id, kind, amount, balance_after, key_id, request_id, coalesce(idempotency_key, ''), note, time,
+		CASE WHEN kind = 'charge' THEN GREATEST(requests, 1) ELSE requests END
 		FROM gw_ledger `+where, args...)
 	if err != nil {
 		return nil, err
@@ -360,7 +362,7 @@ func collectLedger(ctx context.Context, q querier, where string, args ...any) ([
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (storage.LedgerEntry, error) {
 		var e storage.LedgerEntry
 		var kind string
-		err := r.Scan(&e.ID, &e.UserID, &kind, &e.Amount, &e.BalanceAfter, &e.KeyID, &e.RequestID, &e.IdempotencyKey, &e.Note, &e.Time)
+		err := r.Scan(&e.ID, &e.UserID, &kind, &e.Amount, &e.BalanceAfter, &e.KeyID, &e.RequestID, &e.IdempotencyKey, &e.Note, &e.Time, &e.Requests)
 		e.Kind, e.Time = storage.LedgerKind(kind), e.Time.UTC()
 		return e, err
 	})

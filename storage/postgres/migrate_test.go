@@ -2,14 +2,18 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 	"github.com/gatewayz/caddy-gatewayz/storage/pgtest"
+	"github.com/gatewayz/caddy-gatewayz/storage/storetest"
 )
 
 // The database's share rule is storage.ReserveAmount, over every
@@ -55,36 +59,7 @@ func TestReserveAmountInDatabase(t *testing.T) {
 // version 1 call, counted too.
 func TestMigrateCountsOpenHolds(t *testing.T) {
 	ctx := context.Background()
-	dsn := pgtest.DatabaseURL(t)
-	admin, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
-	// The test database has the current schema: version 1 goes in a schema
-	// of its own.
-	if _, err := admin.Exec(ctx, `CREATE SCHEMA v1`); err != nil {
-		t.Fatal(err)
-	}
-	dsn = withSearchPath(t, dsn, "v1")
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	ms, err := migrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrateTo(ctx, pool, ms[:1]); err != nil {
-		t.Fatal(err)
-	}
-	exec := func(sql string, args ...any) {
-		t.Helper()
-		if _, err := pool.Exec(ctx, sql, args...); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	dsn, pool, exec, ms := oldSchema(t, 1)
 	exec(`INSERT INTO gw_accounts (user_id, credits) VALUES (1, 100), (2, 50)`)
 	exec(`INSERT INTO gw_ledger (user_id, kind, amount, balance_after, time) VALUES (1, 'grant', 100, 100, now()), (2, 'grant', 50, 50, now())`)
 	oldReserve := func(user, credits, node int64) {
@@ -130,6 +105,44 @@ func TestMigrateCountsOpenHolds(t *testing.T) {
 	mustVerify(t, s)
 }
 
+// oldSchema makes a database schema of the given version beside the test
+// database's current one (in a schema of its own), and returns its DSN, a
+// pool on it, a function running a statement on it, and the migrations.
+func oldSchema(t *testing.T, version int) (string, *pgxpool.Pool, func(string, ...any), []migration) {
+	t.Helper()
+	ctx := context.Background()
+	dsn := pgtest.DatabaseURL(t)
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	name := fmt.Sprintf("v%d", version)
+	if _, err := admin.Exec(ctx, `CREATE SCHEMA `+name); err != nil {
+		t.Fatal(err)
+	}
+	dsn = withSearchPath(t, dsn, name)
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	ms, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctx, pool, ms[:version]); err != nil {
+		t.Fatal(err)
+	}
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	return dsn, pool, exec, ms
+}
+
 // withSearchPath returns dsn (a URL or keyword/value string) with its
 // search_path set to schema.
 func withSearchPath(t *testing.T, dsn, schema string) string {
@@ -142,4 +155,76 @@ func withSearchPath(t *testing.T, dsn, schema string) string {
 	q.Set("search_path", schema)
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// A database of schema version 4 with usage records and charge entries
+// upgrades to the rollups (0005): the records read as before, the rollups are their
+// sums, and once every record is pruned the reports from the rollups are
+// unchanged and the grouped ledger still adds up to the balances.
+func TestMigrateBuildsRollups(t *testing.T) {
+	ctx := context.Background()
+	dsn, pool, exec, ms := oldSchema(t, 4)
+	exec(`INSERT INTO gw_accounts (user_id, credits) VALUES (1, 100000), (2, 100000)`)
+	exec(`INSERT INTO gw_ledger (user_id, kind, amount, balance_after, time) VALUES (1, 'grant', 100000, 100000, now()), (2, 'grant', 100000, 100000, now())`)
+	base := time.Date(2026, 11, 28, 21, 0, 0, 0, time.UTC)
+	models := []string{"gpt-4o-mini", "claude-sonnet-4-5", "gpt-4o"}
+	for i := 0; i < 40; i++ {
+		user := int64(1 + i%2)
+		var hold int64
+		var status string
+		if err := pool.QueryRow(ctx, `SELECT hold_id, status FROM gw_reserve($1, $2, 1000, 0, 0, 0, 7)`, user, user+10).Scan(&hold, &status); err != nil || status != "ok" {
+			t.Fatalf("version 4 reserve: %q, %v", status, err)
+		}
+		rec := storage.UsageRecord{Model: models[i%3], PromptTokens: int64(10 * i), CompletionTokens: int64(3 * i), TotalTokens: int64(13 * i),
+			CachedTokens: int64(i % 4), CacheWriteTokens: int64(i % 3), RequestID: fmt.Sprintf("req-%d", i),
+			Time: base.Add(time.Duration(i) * 71 * time.Minute), Status: 200, Estimated: i%5 == 0, Endpoint: "/v1/chat/completions"}
+		if i%7 == 0 {
+			rec.Status = 502
+		}
+		doc, _ := json.Marshal(&rec)
+		exec(settleSQL, hold, int64(13*i%50), time.Now(), rec.Time, dayNum(rec.Time), dayNum(rec.Time)/100, rec.TotalTokens, rec.RequestID, string(doc))
+	}
+	if err := migrateTo(ctx, pool, ms); err != nil {
+		t.Fatal(err)
+	}
+	s := openNode(t, dsn, "upgraded")
+	recs, err := s.ListUsage(ctx, storage.UsageFilter{})
+	if err != nil || len(recs) != 40 {
+		t.Fatalf("records after the upgrade: %d, %v", len(recs), err)
+	}
+	reports := storetest.RollupsOfAll(recs)
+	storetest.CheckRollups(t, s, "built by the upgrade", reports)
+	for _, uid := range []int64{1, 2} {
+		for _, e := range mustLedger(t, s, uid) {
+			if e.Kind == storage.LedgerCharge && e.Requests != 1 {
+				t.Fatalf("charge entry of before the upgrade: %+v", e)
+			}
+		}
+	}
+	if n, err := s.PruneUsage(ctx, time.Now().Add(time.Hour), time.Time{}); err != nil || n != 40 {
+		t.Fatalf("PruneUsage = %d, %v", n, err)
+	}
+	storetest.CheckRollups(t, s, "after pruning every record", reports)
+	charged := map[int64]int64{}
+	for _, r := range recs {
+		if r.Credits > 0 {
+			charged[r.UserID]++
+		}
+	}
+	for _, uid := range []int64{1, 2} {
+		l := mustLedger(t, s, uid)
+		if len(l) != 2 || l[1].Kind != storage.LedgerCharge || l[1].Requests != charged[uid] || l[1].BalanceAfter != l[0].Amount+l[1].Amount {
+			t.Fatalf("user %d ledger after grouping: %+v", uid, l)
+		}
+	}
+	mustVerify(t, s)
+}
+
+func mustLedger(t *testing.T, s *Store, uid int64) []storage.LedgerEntry {
+	t.Helper()
+	l, err := s.Ledger(context.Background(), uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

@@ -46,6 +46,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 		{"AddCredits", confAddCredits},
 		{"Usage", confUsage},
 		{"UsageTotals", confUsageTotals},
+		{"Rollups", confRollups},
 		{"Audit", confAudit},
 		{"Subscribe", confSubscribe},
 		{"Backup", confBackup},

@@ -683,7 +683,7 @@ func confUsage(t *testing.T, s storage.Store) {
 	if len(got) != 0 {
 		t.Fatalf("ListUsage(since after last) = %+v", got)
 	}
-	n, err := s.PruneUsage(ctx, days[2])
+	n, err := s.PruneUsage(ctx, days[2], time.Time{})
 	if err != nil || n != 4 {
 		t.Fatalf("PruneUsage = %d, %v", n, err)
 	}
@@ -788,8 +788,8 @@ func confUsageTotals(t *testing.T, s storage.Store) {
 	if a, b, c, d, err := s.UsageTotals(ctx, u.ID, empty, empty); err != nil || a != 0 || b != 0 || c != 0 || d != 0 {
 		t.Fatalf("empty period: %d %d %d %d %v", a, b, c, d, err)
 	}
-	// Pruning drops the totals of the pruned days with their records.
-	if _, err := s.PruneUsage(ctx, days[2]); err != nil {
+	// Pruning the rollups drops the totals of the pruned days with them.
+	if _, err := s.PruneUsage(ctx, days[2], days[2]); err != nil {
 		t.Fatal(err)
 	}
 	checkTotals(t, s, []int64{u.ID, u2.ID}, days)

@@ -325,3 +325,35 @@ func TestCheckAnswer(t *testing.T) {
 		}
 	}
 }
+
+// A short run with a short retention: the records kept take at most the
+// target per request, the file stops growing, and the report says so.
+func TestRetentionRun(t *testing.T) {
+	res, err := runRetention(t.Context(), t.TempDir(), retentionPlan{days: 5, perDay: 3000, detailDays: 2, users: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.days) != 5 || res.baseline <= 0 {
+		t.Fatalf("run: %+v", res)
+	}
+	if v := res.perKeptRequest(); v <= 0 || v > retentionMaxFill {
+		t.Errorf("%.0f B per record kept", v)
+	}
+	if _, file := res.steadyGrowth(); file != 0 {
+		t.Errorf("file grew by %d B once the retention was full", file)
+	}
+	rep := &report{retention: res}
+	byName := map[string]check{}
+	for _, c := range rep.checks() {
+		byName[c.what] = c
+	}
+	if c := byName["database file growth once the retention is full"]; c.pass != "yes" {
+		t.Errorf("growth check %+v", c)
+	}
+	if c := byName["bytes in use per usage record kept (2 days of records)"]; c.pass != "yes" {
+		t.Errorf("bytes check %+v", c)
+	}
+	if md := res.section(); !strings.Contains(md, "| 5 |") || !strings.Contains(md, "B in use per usage record kept") {
+		t.Errorf("section:\n%s", md)
+	}
+}

@@ -208,6 +208,14 @@ func run(ctx context.Context, c config) error {
 			size, alloc := d.perRequest()
 			log.Printf("database files after %d metered requests: %+.0f B/request apparent, %+.0f B/request allocated", d.requests, size, alloc)
 		}
+		if c.diskDuration > 0 {
+			if rep.retention, err = retentionRun(ctx, defaultRetentionPlan); err != nil {
+				return fmt.Errorf("long run with a short retention: %w", err)
+			}
+			inUse, file := rep.retention.steadyGrowth()
+			log.Printf("long run with a short retention: %.0f B in use per record kept; steady-state growth %d B in use, %d B file",
+				rep.retention.perKeptRequest(), inUse, file)
+		}
 		if rep.sustained, err = h.sustained(ctx, rn); err != nil {
 			return err
 		}

@@ -22,6 +22,7 @@ type report struct {
 	profiles  []profiled
 	meter     *meterCheck
 	disk      *diskResult
+	retention *retentionResult
 	sustained []sustainedResult
 	elapsed   time.Duration
 }
@@ -116,6 +117,13 @@ func (r *report) checks() []check {
 			fmt.Sprintf("%.0f B", alloc), "≤ 150 B", passFail(alloc <= 150)})
 	} else {
 		cs = append(cs, check{"database growth per metered request", "not measured", "≤ 150 B", "n/a"})
+	}
+	if rt := r.retention; rt != nil {
+		v := rt.perKeptRequest()
+		cs = append(cs, check{fmt.Sprintf("bytes in use per usage record kept (%d days of records)", rt.detailDays),
+			fmt.Sprintf("%.0f B", v), fmt.Sprintf("≤ %d B", retentionMaxFill), passFail(v <= retentionMaxFill)})
+		_, file := rt.steadyGrowth()
+		cs = append(cs, check{"database file growth once the retention is full", fmt.Sprintf("%d B", file), "0 B", passFail(file <= 0)})
 	}
 	if v, ok := r.sustainedRatio(); ok {
 		cs = append(cs, check{fmt.Sprintf("peak RSS at %d connections: gateway/plain", r.sustained[0].conns), fmtRatio(v), "≤ 1.50", passFail(v <= 1.5)})
@@ -304,6 +312,9 @@ func (r *report) markdown() string {
 		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|\n")
 		fmt.Fprintf(&b, "| %d | %s | %s | %.0f B | %s | %s | %.0f B |\n", d.requests, mib(d.before.size), mib(d.after.size), size,
 			mib(d.before.alloc), mib(d.after.alloc), alloc)
+	}
+	if r.retention != nil {
+		b.WriteString(r.retention.section())
 	}
 	if len(r.sustained) > 0 {
 		fmt.Fprintf(&b, "\n### Memory under sustained load (as shipped, short answer, JSON, %d connections for %s each)\n\n", r.sustained[0].conns, r.sustained[0].duration)
