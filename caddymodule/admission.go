@@ -68,6 +68,19 @@ type meteredRequest struct {
 	adm admission
 	ir  inferenceRequest
 	s   settlement
+	// limits, on a store that counts limits, is what its reservation
+	// checks and counts (nil: the limiter counted the request). Here
+	// rather than in the admission, which free routes allocate too.
+	limits *storage.LimitRequest
+}
+
+// countedLimits is what the reservation of a metered request counts on a
+// store that counts limits, else nil.
+func (a *admission) countedLimits() *storage.LimitRequest {
+	if a.alloc == nil {
+		return nil
+	}
+	return a.alloc.limits
 }
 
 // newRequest returns the (zero) inference request to parse the body into.
@@ -177,6 +190,9 @@ func (a *admission) checkModel() *gatewayError {
 func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Header) *gatewayError {
 	if a.route.metered() {
 		a.estTokens = a.req.PromptTokens + a.req.MaxTokens
+	}
+	if c := g.state.limits; c != nil {
+		return g.admitCounted(r.Context(), c, a, now, h)
 	}
 	in := a.input()
 	res := a.lim.admit(&in, now)
@@ -343,7 +359,7 @@ type reservation struct {
 // would pay but the user's requests in flight hold what it needs, it waits
 // for them, up to CreditWait, in arrival order (creditwait.go); a client
 // that leaves ends its wait at once, holding nothing.
-func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (reservation, *gatewayError) {
+func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering, h http.Header) (reservation, *gatewayError) {
 	prices := g.app.Pricing()
 	plan := cfg.planReservation(prices, adm.req)
 	req := storage.ReserveRequest{
@@ -353,10 +369,11 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 	if adm.key.MaxRequests != nil {
 		req.MaxRequests = *adm.key.MaxRequests
 	}
+	req.Limits = adm.countedLimits()
 	wait := time.Duration(*cfg.CreditWait)
 	queue := g.state.credits
 	if wait <= 0 || !queue.queued(req.UserID) {
-		res, short, gerr := g.tryReserve(ctx, req)
+		res, short, gerr := g.tryReserve(ctx, adm, req, h)
 		switch {
 		case res != nil:
 			return reservation{res: res, maxTokens: plan.capFor(prices, adm.req, res.Amount)}, nil
@@ -380,7 +397,7 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 			req.Waiting = behind
 			var res *storage.Reservation
 			var gerr *gatewayError
-			res, short, gerr = g.tryReserve(ctx, req)
+			res, short, gerr = g.tryReserve(ctx, adm, req, h)
 			switch {
 			case res != nil:
 				waited := time.Since(start)
@@ -412,15 +429,28 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 
 // tryReserve makes the one store call of a reservation. It returns the
 // reservation, or the shortage when credits are short, or the refusal
-// when anything else stops it.
-func (g *Gateway) tryReserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, *storage.CreditShortage, *gatewayError) {
+// when anything else stops it. On a store that counts limits, the call
+// counts them too (req.Limits), and the x-ratelimit-* headers are set in
+// h from what it counted.
+func (g *Gateway) tryReserve(ctx context.Context, adm *admission, req storage.ReserveRequest, h http.Header) (*storage.Reservation, *storage.CreditShortage, *gatewayError) {
 	res, err := g.state.store.Reserve(ctx, req)
 	if err == nil {
+		if res.Limits != nil {
+			adm.setCountedHeaders(req.Limits, res.Limits, h)
+		}
 		return res, nil, nil
 	}
 	var short *storage.CreditShortage
+	var ex *storage.LimitExceeded
 	switch {
+	case errors.As(err, &ex):
+		return nil, nil, adm.limitRefusal(req.Limits, ex, h)
 	case errors.As(err, &short):
+		if short.Limits != nil {
+			// Counted against the request rate once: a retry is not.
+			req.Limits.Counted = true
+			adm.setCountedHeaders(req.Limits, short.Limits, h)
+		}
 		return nil, short, nil
 	case errors.Is(err, storage.ErrRequestLimit):
 		return nil, nil, errKeyRequestLimit

@@ -260,16 +260,11 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		extra.Set(zap.Field{Key: "gatewayz", Type: zapcore.InlineMarshalerType, Interface: &s.log})
 	}
 
-	rsv, gerr := g.reserve(r.Context(), adm, cfg)
+	rsv, gerr := g.reserve(r.Context(), adm, cfg, w.Header())
 	s.log.setWait(rsv.waited)
 	if gerr != nil {
-		outcome := outcomeInsufficient
-		switch gerr {
-		case errKeyRequestLimit:
-			outcome = outcomeRequestLimit
-		case errCreditsUnavail:
-			outcome = outcomeStoreError
-		case errClientGone:
+		outcome := refusalOutcome(gerr)
+		if gerr == errClientGone {
 			outcome = outcomeClientClosed
 		}
 		s.series.requests[outcome].Inc()

@@ -37,11 +37,14 @@ type sharedState struct {
 	// (a storage.Flusher) and never waits on its context; on any other
 	// store a settlement is bounded by a timeout.
 	settleQueues bool
-	index        *keyIndex
-	plans        *planCache
-	limiter      *limiter
-	credits      *creditWaiters
-	audit        *auditor
+	// limits is the store when it counts rate limits and plan quotas
+	// itself (shared by several nodes); nil: the limiter counts them.
+	limits  storage.LimitCounter
+	index   *keyIndex
+	plans   *planCache
+	limiter *limiter
+	credits *creditWaiters
+	audit   *auditor
 
 	unsubscribe func()
 	cancel      context.CancelFunc
@@ -68,6 +71,7 @@ func (s *sharedState) open(openStore func() (storage.Store, error)) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.store = st
 	s.settleQueues = isFlusher(st)
+	s.limits, _ = st.(storage.LimitCounter)
 	s.index = newKeyIndex(st, s.cfg.negativeCacheSize)
 	s.plans = newPlanCache(st)
 	s.audit = newAuditor(st, s.cfg.auditPerMinute, s.logger)

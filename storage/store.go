@@ -85,6 +85,9 @@ type ReserveRequest struct {
 	// MaxRequests, when positive, is the key's request cap: the reservation
 	// fails with ErrRequestLimit when requests used plus in flight reach it.
 	MaxRequests int64
+	// Limits, for a LimitCounter, are the rate and plan limits to check
+	// and count in the same step (nil: none). Other stores ignore them.
+	Limits *LimitRequest
 }
 
 // ReserveAmount is the share rule of a reservation: what to hold of
@@ -114,6 +117,8 @@ type CreditShortage struct {
 	Credits  int64 // the user's balance
 	Reserved int64 // held by open reservations
 	Holds    int64 // open reservations
+	// Limits is what a LimitCounter counted (ReserveRequest.Limits; else nil).
+	Limits *LimitState
 }
 
 func (e *CreditShortage) Error() string {

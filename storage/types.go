@@ -145,6 +145,8 @@ type Reservation struct {
 	// the caller's credits-remaining header; it moves with every other
 	// request of the user).
 	Available int64
+	// Limits is what a LimitCounter counted (ReserveRequest.Limits; else nil).
+	Limits *LimitState
 }
 
 // Balance is a user's credit position.

@@ -15,7 +15,8 @@ import (
 // Reserve holds credit (and a max_requests slot) in one call of
 // gw_reserve: with the account row locked, it takes the share rule's amount
 // (storage.ReserveAmount) of the available balance when that covers it, and
-// adds a hold row of this node.
+// adds a hold row of this node. With req.Limits, the same call checks and
+// counts the rate limits and plan quotas first (storage.LimitCounter).
 func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, error) {
 	if s.closed.Load() {
 		return nil, storage.ErrClosed
@@ -25,15 +26,31 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	}
 	var id, held, credits, reserved, holds *int64
 	var status string
-	err := s.pool.QueryRow(ctx, reserveSQL, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
-		req.MaxRequests, s.node).Scan(&id, &held, &credits, &reserved, &holds, &status)
+	var counts []int64
+	var breach *int32
+	var err error
+	if lim := req.Limits; lim == nil {
+		err = s.pool.QueryRow(ctx, reserveSQL, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
+			req.MaxRequests, s.node).Scan(&id, &held, &credits, &reserved, &holds, &status)
+	} else {
+		now, day, limits := limitArgs(lim)
+		err = s.pool.QueryRow(ctx, reserveLimitedSQL, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
+			req.MaxRequests, s.node, now, day, limits, max(lim.Tokens, 0), lim.Counted).
+			Scan(&id, &held, &credits, &reserved, &holds, &status, &counts, &breach)
+	}
 	if err != nil {
 		return nil, mapErr(err)
+	}
+	var state *storage.LimitState
+	if req.Limits != nil {
+		state = unflatten(counts)
 	}
 	switch status {
 	case "ok":
 	case "insufficient":
-		return nil, &storage.CreditShortage{Needed: *held, Credits: *credits, Reserved: *reserved, Holds: *holds}
+		return nil, &storage.CreditShortage{Needed: *held, Credits: *credits, Reserved: *reserved, Holds: *holds, Limits: state}
+	case "limited":
+		return nil, exceeded(req.Limits, *breach, counts)
 	case "request_limit":
 		return nil, storage.ErrRequestLimit
 	case "not_found":
@@ -44,10 +61,14 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	s.openN.Add(1)
 	s.holds.Store(*id, struct{}{})
 	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: *held,
-		Available: *credits - *reserved}, nil
+		Available: *credits - *reserved, Limits: state}, nil
 }
 
-const reserveSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status FROM gw_reserve($1, $2, $3, $4, $5, $6, $7)`
+const (
+	reserveSQL        = `SELECT hold_id, held, balance, reserved_total, open_holds, status FROM gw_reserve($1, $2, $3, $4, $5, $6, $7)`
+	reserveLimitedSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status, counts, breach
+		FROM gw_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`
+)
 
 // OpenReservations counts the reservations made through this handle and
 // not yet settled or refunded.

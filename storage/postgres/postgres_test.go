@@ -47,3 +47,11 @@ func TestConformanceShared(t *testing.T) {
 		return open(t, dsn, named("a")), open(t, dsn, named("b"))
 	})
 }
+
+// Rate limits and plan quotas counted in the database, two nodes.
+func TestLimitsShared(t *testing.T) {
+	storetest.RunLimits(t, func(t *testing.T) (storage.LimitStore, storage.LimitStore) {
+		dsn := pgtest.DatabaseURL(t)
+		return open(t, dsn, named("a")), open(t, dsn, named("b"))
+	})
+}
