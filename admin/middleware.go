@@ -97,6 +97,11 @@ func (h *Handler) requireUser(scope need, next http.HandlerFunc) http.HandlerFun
 		case err == nil, errors.Is(err, caddymodule.ErrUnknownKey):
 			writeErr(w, newError(http.StatusUnauthorized, "invalid_api_key", "Invalid API key"))
 			return
+		case errors.Is(err, caddymodule.ErrFeedBehind):
+			h.logger.Warn("API key not confirmed: change feed behind and database unreachable", zap.Error(err))
+			writeErr(w, newError(http.StatusServiceUnavailable, "unavailable",
+				"This node cannot confirm the API key is still valid: it has lost track of changes made on other nodes and cannot reach its database; retry shortly"))
+			return
 		default:
 			h.logger.Error("authenticating API key", zap.Error(err))
 			writeErr(w, newError(http.StatusServiceUnavailable, "unavailable", "Service temporarily unavailable"))

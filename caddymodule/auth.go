@@ -52,6 +52,8 @@ var (
 	errExpiredKey  = errUnauthorized("expired_api_key", "API key has expired")
 	errUnavailable = errorf(http.StatusServiceUnavailable, "server_error", "service_unavailable",
 		"The gateway cannot verify API keys right now; retry shortly")
+	errFeedBehind = errorf(http.StatusServiceUnavailable, "server_error", "service_unavailable",
+		"The gateway cannot confirm this API key is still valid: it has lost track of changes made on other nodes and cannot reach its database; retry shortly")
 )
 
 // authenticate is the gateway's side of App.authenticate: a refusal in
@@ -79,6 +81,11 @@ func (g *Gateway) authenticate(r *http.Request, key, clientIP string, now time.T
 	case errors.Is(err, ErrExpiredKey):
 		recordSecurity(g.state.audit, auditKeyExpired, e, r, clientIP, now)
 		return nil, errExpiredKey
+	case errors.Is(err, ErrFeedBehind):
+		if c := g.logger.Check(zap.WarnLevel, "API key not confirmed: change feed behind and database unreachable"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		return nil, errFeedBehind
 	}
 	if c := g.logger.Check(zap.ErrorLevel, "looking up API key"); c != nil {
 		c.Write(zap.Error(err))

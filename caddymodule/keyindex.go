@@ -98,6 +98,10 @@ type hashRef struct {
 // so a flood of made-up keys reads the store once per distinct key at most.
 type keyIndex struct {
 	store storage.KeyLookup
+	// behind, when set, reports that the store's change feed is behind its
+	// bound (storage.SharedFeed): cached entries may be stale, so lookups
+	// read the store instead, caching nothing, until it has caught up.
+	behind func() bool
 
 	mu      sync.RWMutex
 	gen     uint64 // bumped by every invalidation; loads started before it are discarded
@@ -123,8 +127,16 @@ func newKeyIndex(st storage.KeyLookup, negMax int) *keyIndex {
 // errStoreUnavailable wraps store failures met while loading a key.
 var errStoreUnavailable = errors.New("key store unavailable")
 
+// ErrFeedBehind wraps the store failure of a lookup made while the change
+// feed was behind its bound: the cached entry could not be confirmed, and
+// is not trusted (fail closed).
+var ErrFeedBehind = errors.New("the change feed is behind its bound and the database cannot be read to confirm the key")
+
 // lookup returns the entry of a key hash at now, or ErrUnknownKey.
 func (ix *keyIndex) lookup(ctx context.Context, hash []byte, now time.Time) (*keyEntry, error) {
+	if ix.behind != nil && ix.behind() {
+		return ix.lookupBehind(ctx, hash, now)
+	}
 	ix.mu.RLock()
 	ref, ok := ix.byHash[string(hash)]
 	_, negative := ix.neg[string(hash)]
@@ -140,6 +152,23 @@ func (ix *keyIndex) lookup(ctx context.Context, hash []byte, now time.Time) (*ke
 	return ix.load(ctx, bytes.Clone(hash), gen, now)
 }
 
+// lookupBehind is lookup while the feed is behind: unknown hashes still
+// come from the negative cache (a stale one refuses, never admits), known
+// ones from the store, without caching.
+func (ix *keyIndex) lookupBehind(ctx context.Context, hash []byte, now time.Time) (*keyEntry, error) {
+	ix.mu.RLock()
+	_, negative := ix.neg[string(hash)]
+	ix.mu.RUnlock()
+	if negative {
+		return nil, ErrUnknownKey
+	}
+	e, err := ix.read(ctx, hash, now)
+	if errors.Is(err, errStoreUnavailable) {
+		return nil, fmt.Errorf("%w: %w", ErrFeedBehind, err)
+	}
+	return e, err
+}
+
 func (r hashRef) resolve(now time.Time) (*keyEntry, error) {
 	if r.prev && !now.Before(r.e.id.Key.PrevHashExpiresAt) {
 		return nil, ErrUnknownKey
@@ -151,7 +180,7 @@ func (r hashRef) resolve(now time.Time) (*keyEntry, error) {
 // invalidation happened meanwhile (then the result is still returned, but
 // not cached).
 func (ix *keyIndex) load(ctx context.Context, hash []byte, gen uint64, now time.Time) (*keyEntry, error) {
-	k, err := ix.store.KeyByHash(ctx, hash)
+	k, u, err := ix.fetch(ctx, hash)
 	if errors.Is(err, storage.ErrNotFound) {
 		ix.mu.Lock()
 		if gen == ix.gen {
@@ -167,14 +196,7 @@ func (ix *keyIndex) load(ctx context.Context, hash []byte, gen uint64, now time.
 		return nil, ErrUnknownKey
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errStoreUnavailable, err)
-	}
-	u, err := ix.store.GetUser(ctx, k.UserID)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, ErrUnknownKey
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errStoreUnavailable, err)
+		return nil, err
 	}
 	e := newKeyEntry(k, u)
 	ix.mu.Lock()
@@ -188,6 +210,39 @@ func (ix *keyIndex) load(ctx context.Context, hash []byte, gen uint64, now time.
 	}
 	ix.mu.Unlock()
 	return hashRef{e: e, prev: len(k.Hash) != len(hash) || string(k.Hash) != string(hash)}.resolve(now)
+}
+
+// read resolves a hash from the store alone, caching nothing.
+func (ix *keyIndex) read(ctx context.Context, hash []byte, now time.Time) (*keyEntry, error) {
+	k, u, err := ix.fetch(ctx, hash)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, ErrUnknownKey
+	}
+	if err != nil {
+		return nil, err
+	}
+	return hashRef{e: newKeyEntry(k, u), prev: !bytes.Equal(k.Hash, hash)}.resolve(now)
+}
+
+// fetch reads a key by hash and its user. A missing key gives
+// storage.ErrNotFound, a missing user ErrUnknownKey, a store failure
+// errStoreUnavailable.
+func (ix *keyIndex) fetch(ctx context.Context, hash []byte) (*storage.APIKey, *storage.User, error) {
+	k, err := ix.store.KeyByHash(ctx, hash)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil, err
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", errStoreUnavailable, err)
+	}
+	u, err := ix.store.GetUser(ctx, k.UserID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil, ErrUnknownKey
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", errStoreUnavailable, err)
+	}
+	return k, u, nil
 }
 
 // entryFor returns the index entry of an identity returned by lookup (and
@@ -219,17 +274,21 @@ func (ix *keyIndex) removeLocked(keyID int64) {
 }
 
 // invalidate applies a change from the store's feed: the entries of the
-// changed key (or of every key of the changed user) and the hashes that
+// changed key (or of every key of the changed user, or every entry for
+// ChangeAll) and the hashes that
 // must stop resolving are dropped, and the negative cache is cleared (a new
 // key may have been created). It never blocks on I/O.
 func (ix *keyIndex) invalidate(c storage.Change) {
-	if c.Kind != storage.ChangeKey && c.Kind != storage.ChangeUser {
+	if c.Kind != storage.ChangeKey && c.Kind != storage.ChangeUser && c.Kind != storage.ChangeAll {
 		return
 	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.gen++
 	switch c.Kind {
+	case storage.ChangeAll:
+		clear(ix.byKeyID)
+		clear(ix.byHash)
 	case storage.ChangeKey:
 		ix.removeLocked(c.KeyID)
 	case storage.ChangeUser:

@@ -119,3 +119,103 @@ func (ix *keyIndex) size() (keys, negative int) {
 	defer ix.mu.RUnlock()
 	return len(ix.byKeyID), len(ix.neg)
 }
+
+// unreachableStore is the real store with its database gone: key and
+// policy reads fail as a networked store's do.
+type unreachableStore struct{ storage.Store }
+
+func (unreachableStore) KeyByHash(context.Context, []byte) (*storage.APIKey, error) {
+	return nil, storage.ErrUnavailable
+}
+
+func (unreachableStore) ActiveUserPlan(context.Context, int64) (*storage.UserPlan, error) {
+	return nil, storage.ErrUnavailable
+}
+
+// TestKeyIndexFeedBehind: while the change feed is behind its bound, a
+// cached key is not trusted: every lookup reads the store (so a change the
+// feed missed applies at once), caching nothing; when the store cannot be
+// read the lookup fails closed with ErrFeedBehind; ChangeAll empties the
+// index.
+func TestKeyIndexFeedBehind(t *testing.T) {
+	e := newTestEnv(t, nil)
+	key, k := e.newKey(t, "", nil)
+	cs := &countingStore{Store: e.st}
+	ix := newKeyIndex(cs, 4) // not subscribed: every change is "missed"
+	var behind atomic.Bool
+	ix.behind = behind.Load
+	ctx := context.Background()
+	hash := e.app.Keyring().Hash(key)
+	if _, err := ix.lookup(ctx, hash, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.UpdateKey(ctx, k.ID, func(k *storage.APIKey) error { k.IsActive = false; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	en, err := ix.lookup(ctx, hash, time.Now())
+	if err != nil || !en.id.Key.IsActive {
+		t.Fatalf("the cached entry (the change was missed): %+v, %v", en, err)
+	}
+	behind.Store(true)
+	for range 3 {
+		en, err := ix.lookup(ctx, hash, time.Now())
+		if err != nil || en.usable(time.Now()) != ErrInactiveKey {
+			t.Fatalf("behind: %+v, %v; want the stored, inactive key", en, err)
+		}
+	}
+	if n := cs.keyReads.Load(); n != 4 {
+		t.Fatalf("%d store reads, want 4 (one per lookup while behind)", n)
+	}
+	down := newKeyIndex(unreachableStore{e.st}, 4)
+	down.behind = behind.Load
+	if _, err := down.lookup(ctx, hash, time.Now()); !errors.Is(err, ErrFeedBehind) {
+		t.Fatalf("behind with the store unreachable: %v, want ErrFeedBehind", err)
+	}
+	behind.Store(false)
+	ix.invalidate(storage.Change{Kind: storage.ChangeAll})
+	if keys, neg := ix.size(); keys != 0 || neg != 0 {
+		t.Fatalf("after ChangeAll: %d keys, %d negative entries", keys, neg)
+	}
+	if en, err := ix.lookup(ctx, hash, time.Now()); err != nil || en.usable(time.Now()) != ErrInactiveKey {
+		t.Fatalf("after ChangeAll: %+v, %v; want the stored, inactive key", en, err)
+	}
+}
+
+// TestPlanCacheFeedBehind: while the feed is behind, policies come from
+// the store (a missed plan assignment applies), and a store that cannot be
+// read is an error, never the cached policy.
+func TestPlanCacheFeedBehind(t *testing.T) {
+	e := newTestEnv(t, nil)
+	_, k := e.newKey(t, "", nil)
+	ctx := context.Background()
+	c := newPlanCache(e.st) // not subscribed
+	var behind atomic.Bool
+	c.behind = behind.Load
+	if p, err := c.get(ctx, k.UserID); err != nil || p.plan != nil {
+		t.Fatalf("no plan: %+v, %v", p, err)
+	}
+	plan := &storage.Plan{Name: "missed", IsActive: true}
+	if err := e.st.CreatePlan(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.AssignPlan(ctx, k.UserID, plan.ID, time.Now().Add(-time.Minute), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := c.get(ctx, k.UserID); p.plan != nil {
+		t.Fatal("the cache saw a change it was not told of")
+	}
+	behind.Store(true)
+	if p, err := c.get(ctx, k.UserID); err != nil || p.plan == nil || p.plan.ID != plan.ID {
+		t.Fatalf("behind: %+v, %v; want the assigned plan", p, err)
+	}
+	down := newPlanCache(unreachableStore{e.st})
+	down.behind = behind.Load
+	if _, err := down.get(ctx, k.UserID); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("behind with the store unreachable: %v", err)
+	}
+	c.invalidate(storage.Change{Kind: storage.ChangeAll})
+	behind.Store(false)
+	if p, _ := c.get(ctx, k.UserID); p.plan == nil {
+		t.Fatal("ChangeAll kept the stale policy")
+	}
+}

@@ -105,6 +105,9 @@ func validateGlob(g string) error {
 // Reads never write: an expired plan simply counts as none.
 type planCache struct {
 	store storage.Policy
+	// behind, when set, reports that the store's change feed is behind its
+	// bound: get reads the store, caching nothing, until it has caught up.
+	behind func() bool
 
 	mu    sync.RWMutex
 	gen   uint64
@@ -120,6 +123,9 @@ func newPlanCache(st storage.Policy) *planCache {
 
 // get returns a user's policy, reading the store only on a miss.
 func (c *planCache) get(ctx context.Context, userID int64) (*userPolicy, error) {
+	if c.behind != nil && c.behind() {
+		return c.load(ctx, userID)
+	}
 	c.mu.RLock()
 	p, ok := c.users[userID]
 	gen := c.gen
@@ -169,7 +175,7 @@ func (c *planCache) load(ctx context.Context, userID int64) (*userPolicy, error)
 // invalidate drops what a change affects.
 func (c *planCache) invalidate(ch storage.Change) {
 	switch ch.Kind {
-	case storage.ChangePlan:
+	case storage.ChangePlan, storage.ChangeAll:
 		c.mu.Lock()
 		c.gen++
 		clear(c.users)

@@ -75,6 +75,11 @@ func (s *sharedState) open(openStore func() (storage.Store, error)) error {
 	s.index = newKeyIndex(st, s.cfg.negativeCacheSize)
 	s.plans = newPlanCache(st)
 	s.audit = newAuditor(st, s.cfg.auditPerMinute, s.logger)
+	if feed, ok := st.(storage.SharedFeed); ok {
+		// Other nodes change the database too: past the feed bound the
+		// caches are not trusted (fail closed).
+		s.index.behind, s.plans.behind = feed.FeedBehind, feed.FeedBehind
+	}
 	s.cancel = cancel
 	s.unsubscribe = st.Subscribe(s.onChange)
 	s.wg.Add(2)

@@ -45,6 +45,16 @@ type PostgresStorage struct {
 	// release its holds (it heartbeats every third of it). Default 5s.
 	Lease caddy.Duration `json:"lease,omitempty"`
 
+	// FeedBound is the most a change made on another node (a key revoked,
+	// a plan or limit changed) may take to reach this node. Changes come
+	// through LISTEN/NOTIFY at once, and by polling the change log four
+	// times per bound when a notification is lost. Past the bound without
+	// a complete read of the log (the database unreachable), this node
+	// stops trusting what it cached: every request reads the key and its
+	// policy from the database, and is refused with 503 when that fails;
+	// GET /health answers 503 so a load balancer drains the node. Default 1s.
+	FeedBound caddy.Duration `json:"feed_bound,omitempty"`
+
 	// Node names this node among those sharing the database; a node that
 	// starts under a name releases what its previous run under it held.
 	// Names must differ between nodes running at the same time. Default:
@@ -97,6 +107,7 @@ func (p *PostgresStorage) OpenStore(caddy.Context, *zap.Logger) (storage.Store, 
 		PoolSize:         p.PoolSize,
 		StatementTimeout: time.Duration(p.StatementTimeout),
 		Lease:            time.Duration(p.Lease),
+		FeedBound:        time.Duration(p.FeedBound),
 	})
 }
 
@@ -116,6 +127,7 @@ func defaultNodeName() string {
 //	    pool_size         <n>
 //	    statement_timeout <duration>
 //	    lease             <duration>
+//	    feed_bound        <duration>
 //	    node              <name>
 //	}
 func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -143,14 +155,17 @@ func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("pool_size must be a positive integer, got %q", s)
 			}
 			p.PoolSize = n
-		case "statement_timeout", "lease":
+		case "statement_timeout", "lease", "feed_bound":
 			dur, err := caddy.ParseDuration(s)
 			if err != nil || dur <= 0 {
 				return d.Errf("bad %s %q", name, s)
 			}
-			if name == "lease" {
+			switch name {
+			case "lease":
 				p.Lease = caddy.Duration(dur)
-			} else {
+			case "feed_bound":
+				p.FeedBound = caddy.Duration(dur)
+			default:
 				p.StatementTimeout = caddy.Duration(dur)
 			}
 		default:

@@ -23,15 +23,20 @@ func TestPostgresStorageUnmarshalCaddyfile(t *testing.T) {
 			pool_size 32
 			statement_timeout 3s
 			lease 10s
+			feed_bound 2s
 			node edge-1
 		}`, want: PostgresStorage{DSN: "{env.GATEWAYZ_DATABASE_URL}", PoolSize: 32,
-			StatementTimeout: caddy.Duration(3 * time.Second), Lease: caddy.Duration(10 * time.Second), Node: "edge-1"}},
+			StatementTimeout: caddy.Duration(3 * time.Second), Lease: caddy.Duration(10 * time.Second),
+			FeedBound: caddy.Duration(2 * time.Second), Node: "edge-1"}},
 		{name: "bad pool size", input: `postgres {
 			pool_size 0
 		}`, wantErr: "pool_size must be a positive integer"},
 		{name: "bad lease", input: `postgres {
 			lease never
 		}`, wantErr: "bad lease"},
+		{name: "bad feed bound", input: `postgres {
+			feed_bound 0s
+		}`, wantErr: "bad feed_bound"},
 		{name: "two arguments", input: `postgres a b`, wantErr: "wrong argument count"},
 		{name: "unknown option", input: `postgres {
 			password x
@@ -77,7 +82,7 @@ func TestPostgresNeedsSecret(t *testing.T) {
 func FuzzPostgresStorage(f *testing.F) {
 	for _, s := range []string{
 		"postgres {env.GATEWAYZ_DATABASE_URL}",
-		"postgres {\n\tdsn postgres://u:p@h:5432/db?sslmode=require\n\tpool_size 8\n\tstatement_timeout 2s\n\tlease 3s\n\tnode n1\n}",
+		"postgres {\n\tdsn postgres://u:p@h:5432/db?sslmode=require\n\tpool_size 8\n\tstatement_timeout 2s\n\tlease 3s\n\tfeed_bound 1s\n\tnode n1\n}",
 		"postgres {\n\tpool_size -1\n}",
 		"postgres {\n\tlease 0s\n}",
 		"postgres a b",

@@ -47,6 +47,11 @@ const (
 	// nodes share, another node's settlement or refund. Requests waiting
 	// for credits retry on it.
 	ChangeCredits ChangeKind = "credits"
+	// ChangeAll: any record may have changed. A store whose feed comes
+	// from other processes sends it when the feed resumes after a break
+	// (a lost notification connection, a database outage): subscribers
+	// drop every cached record.
+	ChangeAll ChangeKind = "all"
 )
 
 // Change tells subscribers (the gateway's in-memory key index) that a record
@@ -206,6 +211,46 @@ type ChangeFeed interface {
 	// returned function unregisters it. Delivery may come after the
 	// mutating call returns. fn must not block.
 	Subscribe(fn func(Change)) (unsubscribe func())
+}
+
+// FeedStatus is how current a store's change feed is in this process: how
+// long ago it last had every change of the other processes sharing the
+// database.
+type FeedStatus struct {
+	// Node is this process's node id in the database; its feed
+	// connection's application_name names it.
+	Node int64
+	// Listening reports whether the notification connection is up.
+	// Without it the feed polls, which is slower but misses nothing.
+	Listening bool
+	// LastID is the id of the last change read (0: none since start).
+	LastID int64
+	// LastEventAt is when the last change read was made (zero: none since
+	// start).
+	LastEventAt time.Time
+	// CaughtUpAt is when the last complete read of the change log
+	// started: every change committed before it has been delivered.
+	CaughtUpAt time.Time
+	// Lag is how long ago CaughtUpAt was.
+	Lag time.Duration
+	// Bound is the feed bound: a feed whose Lag exceeds it is Behind.
+	Bound time.Duration
+	// Behind reports Lag > Bound: records cached from this store may be
+	// stale beyond the bound and must be read again (fail closed).
+	Behind bool
+	// Reconnects counts how often the notification connection was lost.
+	Reconnects int64
+}
+
+// SharedFeed is implemented by a store that other processes change too (a
+// database server several gateway nodes share): its change feed brings
+// their changes within a bound, unless the database cannot be read. A
+// store that is not one is changed only through itself, so its feed is
+// always current.
+type SharedFeed interface {
+	FeedStatus() FeedStatus
+	// FeedBehind is FeedStatus().Behind, cheap enough for every request.
+	FeedBehind() bool
 }
 
 // Maintenance is the store's life cycle and upkeep.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -93,10 +95,54 @@ func (s *Store) notify(changes ...storage.Change) {
 	}
 }
 
-// follow delivers the other nodes' changes: it LISTENs on its own
-// connection and reads the change log past the last id seen on every
-// notification and every PollInterval, so a notification lost with a
-// broken connection is caught up. It reconnects until ctx ends.
+// feedState is how current this node's feed is. Times are nanoseconds
+// on the monotonic clock since the store opened (Store.since), so a wall
+// clock step cannot make a stale feed look current.
+type feedState struct {
+	listening   atomic.Bool
+	lastID      atomic.Int64
+	lastEventAt atomic.Int64 // unix nanoseconds of the last change's time (0: none)
+	caughtUp    atomic.Int64 // since-start of the last complete read
+	reconnects  atomic.Int64
+}
+
+// since is the time elapsed on the monotonic clock since the store opened.
+func (s *Store) since() time.Duration { return time.Since(s.opened) }
+
+// FeedStatus reports how current the change feed is.
+func (s *Store) FeedStatus() storage.FeedStatus {
+	now := s.since()
+	caughtUp := time.Duration(s.feed.caughtUp.Load())
+	st := storage.FeedStatus{
+		Node:       s.node,
+		Listening:  s.feed.listening.Load(),
+		LastID:     s.feed.lastID.Load(),
+		CaughtUpAt: time.Now().Add(caughtUp - now).UTC(),
+		Lag:        now - caughtUp,
+		Bound:      s.opts.FeedBound,
+		Reconnects: s.feed.reconnects.Load(),
+	}
+	if ns := s.feed.lastEventAt.Load(); ns != 0 {
+		st.LastEventAt = time.Unix(0, ns).UTC()
+	}
+	st.Behind = st.Lag > st.Bound
+	return st
+}
+
+// FeedBehind reports whether the feed last caught up longer than the feed
+// bound ago.
+func (s *Store) FeedBehind() bool {
+	return s.since()-time.Duration(s.feed.caughtUp.Load()) > s.opts.FeedBound
+}
+
+// follow delivers the other nodes' changes. It LISTENs on a connection of
+// its own and reads the change log past the last id seen on every
+// notification and at least every PollInterval, through the pool, so a
+// notification lost with a broken connection is caught up by the next
+// read. A lost connection is opened again after FeedBound (reads go on
+// meanwhile). When the feed resumes after a break (a lost connection, or
+// reads failing past the bound) subscribers get ChangeAll and drop their
+// caches. It runs until ctx ends.
 func (s *Store) follow(ctx context.Context, cfg *pgx.ConnConfig, last int64) {
 	var conn *pgx.Conn
 	defer func() {
@@ -104,25 +150,28 @@ func (s *Store) follow(ctx context.Context, cfg *pgx.ConnConfig, last int64) {
 			conn.Close(context.Background())
 		}
 	}()
+	var retryListen time.Duration // since-start time of the next LISTEN attempt
+	broken := false               // the feed had a break: drop caches once it reads again
 	for ctx.Err() == nil {
-		if conn == nil {
-			c, err := pgx.ConnectConfig(ctx, cfg)
-			if err == nil {
-				if _, err = c.Exec(ctx, "LISTEN "+feedChannel); err != nil {
-					c.Close(ctx)
-				}
-			}
-			if err == nil {
+		if conn == nil && s.since() >= retryListen {
+			if c, err := s.listen(ctx, cfg); err == nil {
 				conn = c
+				s.feed.listening.Store(true)
+			} else {
+				retryListen = s.since() + s.opts.FeedBound
 			}
 		}
 		if conn != nil {
 			wait, cancel := context.WithTimeout(ctx, s.opts.PollInterval)
 			_, err := conn.WaitForNotification(wait)
 			cancel()
-			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 				conn.Close(context.Background())
 				conn = nil
+				s.feed.listening.Store(false)
+				s.feed.reconnects.Add(1)
+				retryListen = s.since() + s.opts.FeedBound
+				broken = true
 			}
 		} else {
 			select {
@@ -130,28 +179,88 @@ func (s *Store) follow(ctx context.Context, cfg *pgx.ConnConfig, last int64) {
 			case <-time.After(s.opts.PollInterval):
 			}
 		}
-		// Read through the pool: the listening connection may be gone.
-		if n, err := s.readChanges(ctx, last); err == nil {
-			last = n
+		if ctx.Err() != nil {
+			return
+		}
+		behind := s.FeedBehind()
+		n, err := s.readChanges(ctx, last)
+		last = n
+		if err != nil {
+			continue
+		}
+		if broken || behind {
+			// What was cached may have changed unseen; the changes read
+			// by id say which, unless the log was pruned meanwhile.
+			// Cheaper to re-read every record than to be wrong.
+			s.notify(storage.Change{Kind: storage.ChangeAll})
+			broken = false
 		}
 	}
 }
 
-// readChanges delivers the other nodes' changes after id last and returns
-// the last id read.
-func (s *Store) readChanges(ctx context.Context, last int64) (int64, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, node_id, doc::text FROM gw_changes WHERE id > $1 ORDER BY id LIMIT 10000`, last)
+// listen opens the feed's connection, named so that an operator (or a
+// test) can tell it in pg_stat_activity, and LISTENs on it.
+func (s *Store) listen(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return last, err
+		return nil, err
+	}
+	if _, err := c.Exec(ctx, "LISTEN "+feedChannel); err != nil {
+		c.Close(context.Background())
+		return nil, err
+	}
+	return c, nil
+}
+
+// FeedApplicationName is the application_name of a node's feed connection
+// in pg_stat_activity (the pool's connections are "gatewayz").
+func FeedApplicationName(node int64) string {
+	return fmt.Sprintf("gatewayz feed %d", node)
+}
+
+// feedPage bounds one read of the change log.
+const feedPage = 10000
+
+// readChanges delivers the other nodes' changes after id last, page by
+// page until the log is exhausted, and returns the last id read. A read
+// that reaches the end marks the feed caught up as of its start.
+func (s *Store) readChanges(ctx context.Context, last int64) (int64, error) {
+	for {
+		start := s.since()
+		ctx, cancel := context.WithTimeout(ctx, s.opts.StatementTimeout)
+		n, rows, err := s.readPage(ctx, last)
+		cancel()
+		if err != nil {
+			return last, err
+		}
+		last = n
+		s.feed.lastID.Store(last)
+		if rows < feedPage {
+			s.feed.caughtUp.Store(int64(start))
+			return last, nil
+		}
+	}
+}
+
+// readPage delivers one page of the change log after id last and returns
+// the last id and the number of rows read.
+// On error nothing is delivered and last is returned unchanged.
+func (s *Store) readPage(ctx context.Context, from int64) (int64, int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, node_id, time, doc::text FROM gw_changes WHERE id > $1 ORDER BY id LIMIT $2`, from, feedPage)
+	if err != nil {
+		return from, 0, err
 	}
 	defer rows.Close()
 	var changes []storage.Change
+	var at time.Time
+	last, n := from, 0
 	for rows.Next() {
 		var node int64
 		var doc string
-		if err := rows.Scan(&last, &node, &doc); err != nil {
-			return last, err
+		if err := rows.Scan(&last, &node, &at, &doc); err != nil {
+			return from, 0, err
 		}
+		n++
 		if node == s.node {
 			continue // delivered at commit
 		}
@@ -161,8 +270,11 @@ func (s *Store) readChanges(ctx context.Context, last int64) (int64, error) {
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return last, err
+		return from, 0, err
+	}
+	if n > 0 {
+		s.feed.lastEventAt.Store(at.UnixNano())
 	}
 	s.notify(changes...)
-	return last, nil
+	return last, n, nil
 }

@@ -86,3 +86,42 @@ func TestOpenErrors(t *testing.T) {
 
 // containsSecret reports whether err quotes the test DSNs' password.
 func containsSecret(err error) bool { return strings.Contains(err.Error(), "secret-pw") }
+
+// TestCloseAppliesKeptSettlements: a settlement kept because the database
+// was down is applied when the node closes (before its holds are
+// released), not forgotten with them.
+func TestCloseAppliesKeptSettlements(t *testing.T) {
+	srv, err := pgtest.Start()
+	if err != nil {
+		pgtest.Unavailable(t, err)
+	}
+	defer srv.Close()
+	ctx := context.Background()
+	dsn := srv.URL("postgres")
+	s := openNode(t, dsn, "closing")
+	u, k := storetest.Register(t, s, "closing@example.com", 100)
+	res, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cancel() // no heartbeat: only Close may apply the kept settlement
+	s.wg.Wait()
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, _, err := s.Settle(short, res, 7, storage.UsageRecord{Model: "m", RequestID: "kept"}); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Settle with the server down: %v", err)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other := openNode(t, dsn, "reader")
+	if bal := storetest.MustBalance(t, other, u.ID); bal.Credits != 93 || bal.Reserved != 0 {
+		t.Fatalf("after close: %+v, want 93 credits and nothing reserved", bal)
+	}
+}

@@ -56,8 +56,13 @@ type Options struct {
 	// Lease is how long a node may stay silent before other nodes release
 	// its holds. Nodes heartbeat every third of it. Default 5s.
 	Lease time.Duration
+	// FeedBound is how far behind the change feed may fall before the
+	// node stops trusting what it cached (FeedBehind): the longest a change
+	// made on another node can go unseen here. Default 1s.
+	FeedBound time.Duration
 	// PollInterval is how often the change feed is read when no
-	// notification arrives (the fallback for missed ones). Default 1s.
+	// notification arrives (the fallback for missed ones). Default a
+	// quarter of FeedBound; at most half of it.
 	PollInterval time.Duration
 }
 
@@ -77,8 +82,11 @@ func (o *Options) setDefaults() {
 	if o.Lease <= 0 {
 		o.Lease = 5 * time.Second
 	}
-	if o.PollInterval <= 0 {
-		o.PollInterval = time.Second
+	if o.FeedBound <= 0 {
+		o.FeedBound = time.Second
+	}
+	if o.PollInterval <= 0 || o.PollInterval > o.FeedBound/2 {
+		o.PollInterval = o.FeedBound / 4
 	}
 }
 
@@ -97,6 +105,9 @@ type Store struct {
 	subMu  sync.Mutex
 	subs   map[int]func(storage.Change)
 	subSeq int
+
+	opened time.Time // the monotonic origin of feed times
+	feed   feedState
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -122,12 +133,16 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	cfg.ConnConfig.ConnectTimeout = opts.ConnectTimeout
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.StatementTimeout.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["application_name"] = "gatewayz"
+	// A node stopped in the middle of a transaction (a frozen process)
+	// must not hold the rows it locked past the lease: the server ends
+	// the session, and the other nodes carry on.
+	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(opts.Lease.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("storage: connecting to PostgreSQL: %w", mapErr(err))
 	}
-	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now}
+	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now, opened: time.Now()}
 	if err := s.start(ctx, cfg.ConnConfig); err != nil {
 		pool.Close()
 		return nil, err
@@ -154,11 +169,18 @@ func (s *Store) start(ctx context.Context, connCfg *pgx.ConnConfig) error {
 	if err := s.pool.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM gw_changes`).Scan(&last); err != nil {
 		return mapErr(err)
 	}
+	// Nothing is cached yet: the feed is current as of now.
+	s.opened = time.Now()
+	s.feed.lastID.Store(last)
+	feedCfg := connCfg.Copy()
+	feedCfg.RuntimeParams["application_name"] = FeedApplicationName(s.node)
+	// No statement runs long on it; waiting for a notification is no statement.
+	delete(feedCfg.RuntimeParams, "statement_timeout")
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.keepAlive(bg) }()
-	go func() { defer s.wg.Done(); s.follow(bg, connCfg, last) }()
+	go func() { defer s.wg.Done(); s.follow(bg, feedCfg, last) }()
 	return nil
 }
 
@@ -181,8 +203,9 @@ func where(c *pgx.ConnConfig) string {
 // Node returns this handle's node id.
 func (s *Store) Node() int64 { return s.node }
 
-// Close stops the background work, releases this node's open holds (their
-// requests can no longer settle through it) and closes the pool.
+// Close stops the background work, applies the settlements and refunds
+// kept while the database was unreachable, releases this node's open holds
+// (their requests can no longer settle through it) and closes the pool.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
@@ -190,6 +213,9 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.StatementTimeout)
 		defer cancel()
+		// Settlements kept while the database was unreachable go first:
+		// releasing their holds would forget what they charge.
+		s.retryHeld(ctx)
 		_, err := s.pool.Exec(ctx, `SELECT gw_release(ARRAY[$1::bigint])`, s.node)
 		if err == nil {
 			_, err = s.pool.Exec(ctx, `UPDATE gw_nodes SET heartbeat_at = '-infinity' WHERE id = $1`, s.node)
@@ -248,4 +274,7 @@ func mapErr(err error) error {
 // Interface guard. A PostgreSQL database is backed up with pg_dump, not
 // through the gateway: Store is no storage.HotBackuper, and with every
 // settlement committed before Settle returns, no storage.Flusher.
-var _ storage.Store = (*Store)(nil)
+var (
+	_ storage.Store      = (*Store)(nil)
+	_ storage.SharedFeed = (*Store)(nil)
+)

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
@@ -25,6 +27,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b storage.Store)) {
 		{"NoOverspend", sharedOverspend},
 		{"IdempotentTopUps", sharedTopUps},
 		{"ChangeFeed", sharedChangeFeed},
+		{"EveryChange", sharedEveryChange},
 		{"AuditChain", sharedAuditChain},
 		{"LedgerOrder", sharedLedgerOrder},
 	}
@@ -193,6 +196,82 @@ func sharedChangeFeed(t *testing.T, a, b storage.Store) {
 	logA.waitFor(t, "credits from the other handle", func(c storage.Change) bool {
 		return c.Kind == storage.ChangeCredits && c.UserID == kc.user.ID
 	})
+}
+
+// sharedEveryChange: every change the gateway caches something about, made
+// through one handle, reaches the other handle's subscribers naming what
+// changed: a key deactivated, its expiry and scopes changed, its secret
+// rotated (naming the old hash), the key deleted (naming its hash); a plan
+// assigned, a plan's definition changed, admin limits set; an account
+// deleted (naming its keys' hashes).
+func sharedEveryChange(t *testing.T, a, b storage.Store) {
+	ctx := context.Background()
+	logB, _ := subscribe(t, b)
+	u, k := Register(t, a, "every@example.com", 0)
+	gone, gk := Register(t, a, "every-gone@example.com", 0)
+	plan := &storage.Plan{Name: "every"}
+	if err := a.CreatePlan(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	_, plainNew := NewKey(t, "")
+	newHash := Keyring.Hash(plainNew)
+	updateKey := func(fn func(*storage.APIKey)) func() error {
+		return func() error {
+			_, err := a.UpdateKey(ctx, k.ID, func(x *storage.APIKey) error { fn(x); return nil })
+			return err
+		}
+	}
+	isKey := func(c storage.Change) bool { return c.Kind == storage.ChangeKey && c.KeyID == k.ID }
+	names := func(h []byte) func(storage.Change) bool {
+		return func(c storage.Change) bool {
+			for _, o := range c.OldHashes {
+				if bytes.Equal(o, h) {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	steps := []struct {
+		name string
+		do   func() error
+		want func(storage.Change) bool
+	}{
+		{"key deactivation", updateKey(func(x *storage.APIKey) { x.IsActive = false }), isKey},
+		{"key expiry change", updateKey(func(x *storage.APIKey) {
+			exp := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+			x.ExpirationDate = &exp
+		}), isKey},
+		{"key scope change", updateKey(func(x *storage.APIKey) { x.Scopes = storage.Scopes{"read": {"models"}} }), isKey},
+		{"key rotation", updateKey(func(x *storage.APIKey) {
+			x.PrevHash, x.PrevHashExpiresAt, x.Hash = x.Hash, time.Time{}, newHash
+		}), func(c storage.Change) bool { return isKey(c) && names(k.Hash)(c) }},
+		{"plan assignment", func() error {
+			_, err := a.AssignPlan(ctx, u.ID, plan.ID, time.Now(), time.Now().Add(time.Hour))
+			return err
+		}, func(c storage.Change) bool {
+			return c.Kind == storage.ChangeLimits && c.UserID == u.ID && c.PlanID == plan.ID
+		}},
+		{"plan change", func() error {
+			_, err := a.UpdatePlan(ctx, plan.ID, func(p *storage.Plan) error { p.DailyRequestLimit = 7; return nil })
+			return err
+		}, func(c storage.Change) bool { return c.Kind == storage.ChangePlan && c.PlanID == plan.ID }},
+		{"admin limits", func() error { return a.SetUserLimits(ctx, u.ID, storage.RateLimits{RequestsPerMinute: 3}) },
+			func(c storage.Change) bool { return c.Kind == storage.ChangeLimits && c.UserID == u.ID }},
+		{"key deletion", func() error { return a.DeleteKey(ctx, k.ID) },
+			func(c storage.Change) bool { return isKey(c) && names(newHash)(c) }},
+		{"account deletion", func() error { return a.DeleteUser(ctx, gone.ID) },
+			func(c storage.Change) bool {
+				return c.Kind == storage.ChangeUser && c.UserID == gone.ID && names(gk.Hash)(c)
+			}},
+	}
+	for _, st := range steps {
+		from := len(logB.snapshot())
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		logB.waitForAfter(t, st.name, from, st.want)
+	}
 }
 
 // sharedAuditChain: appends through both handles at once make one chain

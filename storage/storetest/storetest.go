@@ -180,8 +180,8 @@ func (l *changeLog) snapshot() []storage.Change {
 	return append([]storage.Change(nil), l.changes...)
 }
 
-func (l *changeLog) has(pred func(storage.Change) bool) bool {
-	for _, c := range l.snapshot() {
+func (l *changeLog) hasAfter(from int, pred func(storage.Change) bool) bool {
+	for _, c := range l.snapshot()[from:] {
 		if pred(c) {
 			return true
 		}
@@ -193,9 +193,15 @@ func (l *changeLog) has(pred func(storage.Change) bool) bool {
 // (with what) when none has within feedBound.
 func (l *changeLog) waitFor(t testing.TB, what string, pred func(storage.Change) bool) {
 	t.Helper()
+	l.waitForAfter(t, what, 0, pred)
+}
+
+// waitForAfter is waitFor for the changes recorded after the first from.
+func (l *changeLog) waitForAfter(t testing.TB, what string, from int, pred func(storage.Change) bool) {
+	t.Helper()
 	deadline := time.NewTimer(feedBound)
 	defer deadline.Stop()
-	for !l.has(pred) {
+	for !l.hasAfter(from, pred) {
 		select {
 		case <-l.arrived:
 		case <-deadline.C:
