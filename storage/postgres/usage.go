@@ -84,8 +84,8 @@ func (s *Store) UsageTotals(ctx context.Context, userID int64, dayStart, monthSt
 }
 
 // PruneUsage deletes the usage records before the UTC day of before, in
-// batches of pruneBatch rows, the totals of the days (and of the months)
-// wholly before it, and the rate counters of users and keys idle since. One node prunes at a time: while another
+// batches of pruneBatch rows, and the totals of the days (and of the
+// months) wholly before it. One node prunes at a time: while another
 // holds the lock, it returns 0 at once.
 func (s *Store) PruneUsage(ctx context.Context, before time.Time) (int, error) {
 	if s.closed.Load() {
@@ -120,10 +120,6 @@ func (s *Store) PruneUsage(ctx context.Context, before time.Time) (int, error) {
 	day := dayNum(cut)
 	if _, err := conn.Exec(ctx, `DELETE FROM gw_usage_totals WHERE (kind = 'd' AND period < $1) OR (kind = 'm' AND period < $2)`,
 		day, day/100); err != nil {
-		return n, mapErr(err)
-	}
-	// Rate counters whose day window ended before the cut count nothing.
-	if _, err := conn.Exec(ctx, `DELETE FROM gw_rate WHERE win[3] < $1`, cut.Unix()); err != nil {
 		return n, mapErr(err)
 	}
 	return n, nil
