@@ -33,12 +33,18 @@ func windowCounts(pl *periodLimits) storage.WindowCounts {
 	return storage.WindowCounts{Requests: pl.requests, Tokens: pl.tokens}
 }
 
-// limitRequest is what the store checks and counts for the admission.
+// limitRequest is what the store checks and counts for the admission. A
+// key whose limits are its user's (no limits of its own) is not counted
+// apart: the user's windows count every request of the key and more, so
+// the user's limit is always reached first; the store then does not lock
+// the key's row for them.
 func (a *admission) limitRequest(now time.Time) *storage.LimitRequest {
 	lr := &storage.LimitRequest{Now: now, Tokens: a.estTokens}
 	lr.Limits[storage.LevelPlan] = windowCounts(&a.planLimits)
 	lr.Limits[storage.LevelUser] = windowCounts(&a.rl.user)
-	lr.Limits[storage.LevelKey] = windowCounts(&a.rl.key)
+	if a.rl.key != a.rl.user {
+		lr.Limits[storage.LevelKey] = windowCounts(&a.rl.key)
+	}
 	return lr
 }
 

@@ -38,32 +38,31 @@ $$;
 -- gw_limited reports whether level p_level (0 plan, 1 user, 2 key) of
 -- p_limits has a limit.
 CREATE FUNCTION gw_limited(p_limits bigint[], p_level integer) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
-	SELECT EXISTS (SELECT 1 FROM unnest(p_limits[p_level * 8 + 1 : p_level * 8 + 8]) v WHERE v > 0)
+	SELECT coalesce(0 < ANY (p_limits[p_level * 8 + 1 : p_level * 8 + 8]), false)
 $$;
 
--- gw_rate_roll rolls a row's windows to p_now: a window that ended starts
--- again from zero; a newer one (a node whose clock is ahead) is kept.
-CREATE FUNCTION gw_rate_roll(INOUT win bigint[], INOUT req bigint[], INOUT tok bigint[], p_now bigint)
-	LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-	w bigint[] := gw_rate_windows(p_now);
-BEGIN
-	FOR i IN 1..3 LOOP
-		IF win[i] < w[i] THEN
-			win[i] := w[i];
-			req[i] := 0;
-			tok[i] := 0;
-		END IF;
-	END LOOP;
-END $$;
+-- gw_rate_rolled is a row's windows rolled to p_now: a window that ended
+-- starts again (the newer start), a newer one (a node whose clock is
+-- ahead) is kept. gw_rate_kept is a count array rolled alike: zero for
+-- the windows that ended.
+CREATE FUNCTION gw_rate_rolled(win bigint[], p_now bigint) RETURNS bigint[] LANGUAGE sql IMMUTABLE AS $$
+	SELECT ARRAY[GREATEST(win[1], p_now / 60 * 60), GREATEST(win[2], p_now / 3600 * 3600), GREATEST(win[3], p_now / 86400 * 86400)]
+$$;
+
+CREATE FUNCTION gw_rate_kept(win bigint[], counts bigint[], p_now bigint, n bigint) RETURNS bigint[] LANGUAGE sql IMMUTABLE AS $$
+	SELECT ARRAY[CASE WHEN win[1] < p_now / 60 * 60 THEN 0 ELSE counts[1] END + n,
+		CASE WHEN win[2] < p_now / 3600 * 3600 THEN 0 ELSE counts[2] END + n,
+		CASE WHEN win[3] < p_now / 86400 * 86400 THEN 0 ELSE counts[3] END + n]
+$$;
 
 -- gw_rate_shifted is tok with p_delta tokens added to the windows of win
 -- that are still those of p_at (null: none), never below zero.
 CREATE FUNCTION gw_rate_shifted(win bigint[], tok bigint[], p_at bigint, p_delta bigint) RETURNS bigint[]
 	LANGUAGE sql IMMUTABLE AS $$
-	SELECT CASE WHEN p_at IS NULL OR p_delta = 0 THEN tok ELSE ARRAY(
-		SELECT CASE WHEN win[i] = (gw_rate_windows(p_at))[i] THEN GREATEST(tok[i] + p_delta, 0) ELSE tok[i] END
-		FROM generate_series(1, 3) i ORDER BY i) END
+	SELECT CASE WHEN p_at IS NULL OR p_delta = 0 THEN tok ELSE ARRAY[
+		CASE WHEN win[1] = p_at / 60 * 60 THEN GREATEST(tok[1] + p_delta, 0) ELSE tok[1] END,
+		CASE WHEN win[2] = p_at / 3600 * 3600 THEN GREATEST(tok[2] + p_delta, 0) ELSE tok[2] END,
+		CASE WHEN win[3] = p_at / 86400 * 86400 THEN GREATEST(tok[3] + p_delta, 0) ELSE tok[3] END] END
 $$;
 
 -- gw_limits_check returns the counts (the layout of p_limits) and the
@@ -122,13 +121,6 @@ BEGIN
 	END LOOP;
 END $$;
 
--- gw_rate_add is req and tok with n requests and p_tokens tokens counted
--- in every window.
-CREATE FUNCTION gw_rate_add(INOUT req bigint[], INOUT tok bigint[], n bigint, p_tokens bigint)
-	LANGUAGE sql IMMUTABLE AS $$
-	SELECT ARRAY[req[1] + n, req[2] + n, req[3] + n], ARRAY[tok[1] + p_tokens, tok[2] + p_tokens, tok[3] + p_tokens]
-$$;
-
 -- gw_reserve as in version 2, with the limits (p_limits null: none, as
 -- version 2) checked and counted in the same step. The key row (for its
 -- max_requests slot or its rate limits) is locked before the account row,
@@ -182,12 +174,16 @@ BEGIN
 		u_req := NULL;
 	ELSE
 		IF v_key_row AND gw_limited(p_limits, 2) THEN
-			SELECT r.win, r.req, r.tok INTO k_win, k_req, k_tok FROM gw_rate_roll(k_win, k_req, k_tok, p_now) r;
+			k_req := gw_rate_kept(k_win, k_req, p_now, 0);
+			k_tok := gw_rate_kept(k_win, k_tok, p_now, 0);
+			k_win := gw_rate_rolled(k_win, p_now);
 		ELSE
 			k_req := NULL;
 		END IF;
 		IF gw_limited(p_limits, 1) THEN
-			SELECT r.win, r.req, r.tok INTO u_win, u_req, u_tok FROM gw_rate_roll(u_win, u_req, u_tok, p_now) r;
+			u_req := gw_rate_kept(u_win, u_req, p_now, 0);
+			u_tok := gw_rate_kept(u_win, u_tok, p_now, 0);
+			u_win := gw_rate_rolled(u_win, p_now);
 		ELSE
 			u_req := NULL;
 		END IF;
@@ -216,7 +212,8 @@ BEGIN
 		p_tokens := 0;
 	END IF;
 	IF k_req IS NOT NULL THEN
-		SELECT r.req, r.tok INTO k_req, k_tok FROM gw_rate_add(k_req, k_tok, n, p_tokens) r;
+		k_req := gw_rate_kept(k_win, k_req, p_now, n);
+		k_tok := gw_rate_kept(k_win, k_tok, p_now, p_tokens);
 		counts[17:19] := k_req;
 		counts[21:23] := k_tok;
 	END IF;
@@ -226,7 +223,8 @@ BEGIN
 			WHERE id = p_key;
 	END IF;
 	IF u_req IS NOT NULL THEN
-		SELECT r.req, r.tok INTO u_req, u_tok FROM gw_rate_add(u_req, u_tok, n, p_tokens) r;
+		u_req := gw_rate_kept(u_win, u_req, p_now, n);
+		u_tok := gw_rate_kept(u_win, u_tok, p_now, p_tokens);
 		counts[9:11] := u_req;
 		counts[13:15] := u_tok;
 	END IF;
@@ -268,19 +266,21 @@ DECLARE
 	u_req bigint[];
 	u_tok bigint[];
 BEGIN
-	-- Lock, then roll: a locked row is the latest version only in what
-	-- the locking statement itself selects.
 	IF p_key <> 0 AND gw_limited(p_limits, 2) THEN
 		SELECT k.rate_win, k.rate_req, k.rate_tok INTO k_win, k_req, k_tok FROM gw_keys k WHERE k.id = p_key FOR UPDATE;
 		IF FOUND THEN
-			SELECT r.win, r.req, r.tok INTO k_win, k_req, k_tok FROM gw_rate_roll(k_win, k_req, k_tok, p_now) r;
+			k_req := gw_rate_kept(k_win, k_req, p_now, 0);
+			k_tok := gw_rate_kept(k_win, k_tok, p_now, 0);
+			k_win := gw_rate_rolled(k_win, p_now);
 		END IF;
 	END IF;
 	IF gw_limited(p_limits, 1) THEN
 		SELECT a.holds, a.held_tokens, a.rate_win, a.rate_req, a.rate_tok INTO v_holds, v_held_tokens, u_win, u_req, u_tok
 			FROM gw_accounts a WHERE a.user_id = p_user FOR UPDATE;
 		IF FOUND THEN
-			SELECT r.win, r.req, r.tok INTO u_win, u_req, u_tok FROM gw_rate_roll(u_win, u_req, u_tok, p_now) r;
+			u_req := gw_rate_kept(u_win, u_req, p_now, 0);
+			u_tok := gw_rate_kept(u_win, u_tok, p_now, 0);
+			u_win := gw_rate_rolled(u_win, p_now);
 		END IF;
 	ELSE
 		SELECT a.holds, a.held_tokens INTO v_holds, v_held_tokens FROM gw_accounts a WHERE a.user_id = p_user;
@@ -292,12 +292,12 @@ BEGIN
 		RETURN;
 	END IF;
 	IF k_req IS NOT NULL THEN
-		SELECT r.req, r.tok INTO k_req, k_tok FROM gw_rate_add(k_req, k_tok, 1, 0) r;
+		k_req := gw_rate_kept(k_win, k_req, p_now, 1);
 		counts[17:19] := k_req;
 		UPDATE gw_keys SET rate_win = k_win, rate_req = k_req, rate_tok = k_tok WHERE id = p_key;
 	END IF;
 	IF u_req IS NOT NULL THEN
-		SELECT r.req, r.tok INTO u_req, u_tok FROM gw_rate_add(u_req, u_tok, 1, 0) r;
+		u_req := gw_rate_kept(u_win, u_req, p_now, 1);
 		counts[9:11] := u_req;
 		UPDATE gw_accounts SET rate_win = u_win, rate_req = u_req, rate_tok = u_tok WHERE user_id = p_user;
 	END IF;
