@@ -57,6 +57,16 @@ var (
 		}
 		return 0
 	})
+	metricFeedLag = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "gatewayz",
+		Name:      "feed_lag_seconds",
+		Help:      "Time since this node last read the change feed of a database several nodes share to its end (0 on an embedded database); past the feed bound it trusts no cached key.",
+	}, func() float64 {
+		if s, ok := metricsState.Load().(*sharedState); ok {
+			return s.feedLag().Seconds()
+		}
+		return 0
+	})
 	metricOpenReservations = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "gatewayz",
 		Name:      "open_reservations",
@@ -248,7 +258,7 @@ func registerMetrics(ctx caddy.Context, state *sharedState) error {
 // registerCollectors registers the collectors into reg, tolerating ones
 // already there.
 func registerCollectors(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricCreditWait, metricCreditWaits, metricCreditWaiting, metricOpenReservations, metricPriceRefreshFailures} {
+	for _, c := range []prometheus.Collector{metricRequests, metricTokens, metricCredits, metricUpstreamLatency, metricCreditWait, metricCreditWaits, metricCreditWaiting, metricOpenReservations, metricFeedLag, metricPriceRefreshFailures} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

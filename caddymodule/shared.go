@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -116,6 +117,18 @@ func (s *sharedState) openReservations() int64 {
 		return 0
 	}
 	return st.OpenReservations()
+}
+
+// feedLag is how far behind the open store's change feed is (0 for a
+// store only this process changes, or before it opens).
+func (s *sharedState) feedLag() time.Duration {
+	s.mu.Lock()
+	st := s.store
+	s.mu.Unlock()
+	if feed, ok := st.(storage.SharedFeed); ok {
+		return feed.FeedStatus().Lag
+	}
+	return 0
 }
 
 // Destruct stops the goroutines, writes pending audit events and closes the

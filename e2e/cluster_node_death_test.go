@@ -105,8 +105,9 @@ func bigPlanUser(t *testing.T, c *Cluster, name string, credits int64) *User {
 }
 
 // serveDuring sends JSON completions to the nodes idx, one after the
-// other per node, until stop is closed; any answer but 200 fails the test.
-// It returns how many were served.
+// other per node with a short pause (steady traffic, not a flood that
+// would spend the user's credits in seconds), until stop is closed; any
+// answer but 200 fails the test. It returns how many were served.
 func serveDuring(t *testing.T, c *Cluster, key string, idx []int, stop <-chan struct{}) func() int64 {
 	var served atomic.Int64
 	var wg sync.WaitGroup
@@ -127,6 +128,7 @@ func serveDuring(t *testing.T, c *Cluster, key string, idx []int, stop <-chan st
 					return
 				}
 				served.Add(1)
+				time.Sleep(10 * time.Millisecond)
 			}
 		}()
 	}

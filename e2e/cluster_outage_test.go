@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,10 +54,19 @@ func TestClusterDatabaseOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	down := time.Now()
-	time.Sleep(outage / 2)
+	time.Sleep(outage / 2) // past the feed bound
 	for i, api := range c.APIs {
-		if h := health(t, api); h.status != http.StatusServiceUnavailable || h.Database != "unavailable" {
+		if h := health(t, api); h.status != http.StatusServiceUnavailable || h.Database != "unavailable" || !h.Feed.Behind {
 			t.Errorf("node %d's health with the database down: %d %+v", i, h.status, h)
+		}
+		if lag := feedLagMetric(t, c.Nodes[i]); lag <= clusterFeedBound.Seconds() {
+			t.Errorf("node %d: gatewayz_feed_lag_seconds %v with the database down past the bound", i, lag)
+		}
+		// Fail closed: the key is cached and the model list needs no
+		// credits, but past the bound the cached key is not trusted.
+		resp, err := api.Do("GET", "/v1/models", u.APIKey, nil)
+		if err != nil || resp.Status != http.StatusServiceUnavailable || !strings.Contains(string(resp.Body), "cannot confirm this API key") {
+			t.Errorf("node %d: a cached key past the feed bound with the database down: %v %v", i, err, resp)
 		}
 	}
 	time.Sleep(outage - time.Since(down))
@@ -138,4 +148,26 @@ func (l *outageLoad) send(t *testing.T, c *Cluster, i int, key string, stream bo
 		t.Errorf("node %d: status %d during the outage: %s", i, resp.Status, resp.Body)
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// feedLagMetric reads gatewayz_feed_lag_seconds from the node's /metrics
+// (Caddy's admin endpoint).
+func feedLagMetric(t *testing.T, g *Gateway) float64 {
+	t.Helper()
+	api := NewAPI("http://"+g.AdminAddr, "")
+	resp, err := api.Do("GET", "/metrics", "", nil)
+	if err != nil || resp.Status != http.StatusOK {
+		t.Fatalf("/metrics: %v %v", err, resp)
+	}
+	for _, line := range strings.Split(string(resp.Body), "\n") {
+		if v, ok := strings.CutPrefix(line, "gatewayz_feed_lag_seconds "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%q: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatal("no gatewayz_feed_lag_seconds in /metrics")
+	return 0
 }

@@ -33,5 +33,13 @@ func TestClusterBasics(t *testing.T) {
 	if got, _ := c.Balance(t, u.ID); got != want {
 		t.Fatalf("database balance %d, want %d", got, want)
 	}
+	for i, g := range c.Nodes {
+		if h := health(t, c.APIs[i]); h.status != 200 || h.Feed.Behind || h.Feed.BoundMS != clusterFeedBound.Milliseconds() {
+			t.Errorf("node %d's health: %+v", i, h)
+		}
+		if lag := feedLagMetric(t, g); lag > clusterFeedBound.Seconds() {
+			t.Errorf("node %d: feed lag %vs at rest", i, lag)
+		}
+	}
 	c.Stop(t)
 }

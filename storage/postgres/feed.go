@@ -183,7 +183,7 @@ func (s *Store) follow(ctx context.Context, cfg *pgx.ConnConfig, last int64) {
 			return
 		}
 		behind := s.FeedBehind()
-		n, err := s.readChanges(ctx, last)
+		n, start, err := s.readChanges(ctx, last)
 		last = n
 		if err != nil {
 			continue
@@ -191,10 +191,12 @@ func (s *Store) follow(ctx context.Context, cfg *pgx.ConnConfig, last int64) {
 		if broken || behind {
 			// What was cached may have changed unseen; the changes read
 			// by id say which, unless the log was pruned meanwhile.
-			// Cheaper to re-read every record than to be wrong.
+			// Cheaper to re-read every record than to be wrong; and
+			// before the caches are trusted again.
 			s.notify(storage.Change{Kind: storage.ChangeAll})
 			broken = false
 		}
+		s.feed.caughtUp.Store(int64(start))
 	}
 }
 
@@ -222,22 +224,22 @@ func FeedApplicationName(node int64) string {
 const feedPage = 10000
 
 // readChanges delivers the other nodes' changes after id last, page by
-// page until the log is exhausted, and returns the last id read. A read
-// that reaches the end marks the feed caught up as of its start.
-func (s *Store) readChanges(ctx context.Context, last int64) (int64, error) {
+// page until the log is exhausted, and returns the last id read and when
+// the last page's read started: every change committed before then has
+// been delivered.
+func (s *Store) readChanges(ctx context.Context, last int64) (int64, time.Duration, error) {
 	for {
 		start := s.since()
 		ctx, cancel := context.WithTimeout(ctx, s.opts.StatementTimeout)
 		n, rows, err := s.readPage(ctx, last)
 		cancel()
 		if err != nil {
-			return last, err
+			return last, 0, err
 		}
 		last = n
 		s.feed.lastID.Store(last)
 		if rows < feedPage {
-			s.feed.caughtUp.Store(int64(start))
-			return last, nil
+			return last, start, nil
 		}
 	}
 }

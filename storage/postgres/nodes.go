@@ -3,6 +3,10 @@ package postgres
 import (
 	"context"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
 )
 
 // releasedRetention is how long a hold released by its node's death waits
@@ -40,14 +44,35 @@ func (s *Store) keepAlive(ctx context.Context) {
 }
 
 // releaseDead releases the open holds of nodes whose heartbeat is older
-// than the lease, and returns how many.
+// than the lease, and returns how many. The credits come back to their
+// users as a ChangeCredits change each, so that requests of theirs waiting
+// for credits on any node retry.
 func (s *Store) releaseDead(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.pool.QueryRow(ctx, `SELECT gw_release(ARRAY(
-		SELECT id FROM gw_nodes WHERE heartbeat_at < now() - $1 * interval '1 microsecond' AND id <> $2
-		AND EXISTS (SELECT 1 FROM gw_holds WHERE node_id = gw_nodes.id AND state = 'open')))`,
-		s.opts.Lease.Microseconds(), s.node).Scan(&n)
-	return n, mapErr(err)
+	err := s.update(ctx, func(tx pgx.Tx) ([]storage.Change, error) {
+		n = 0
+		rows, err := tx.Query(ctx, `SELECT DISTINCT user_id FROM gw_holds WHERE state = 'open' AND node_id IN (
+			SELECT id FROM gw_nodes WHERE heartbeat_at < now() - $1 * interval '1 microsecond' AND id <> $2)`,
+			s.opts.Lease.Microseconds(), s.node)
+		if err != nil {
+			return nil, err
+		}
+		users, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil || len(users) == 0 {
+			return nil, err
+		}
+		if err := tx.QueryRow(ctx, `SELECT gw_release(ARRAY(
+			SELECT id FROM gw_nodes WHERE heartbeat_at < now() - $1 * interval '1 microsecond' AND id <> $2))`,
+			s.opts.Lease.Microseconds(), s.node).Scan(&n); err != nil || n == 0 {
+			return nil, err
+		}
+		changes := make([]storage.Change, len(users))
+		for i, u := range users {
+			changes[i] = storage.Change{Kind: storage.ChangeCredits, UserID: u}
+		}
+		return changes, nil
+	})
+	return n, err
 }
 
 func (s *Store) tidy(ctx context.Context) {

@@ -58,10 +58,16 @@ func TestDeadNodeHoldsReleased(t *testing.T) {
 	if n, err := b.releaseDead(ctx); err != nil || n != 0 {
 		t.Fatalf("released %d holds of a live node: %v", n, err)
 	}
+	// Only the call below reaps: b's own heartbeat would race it.
+	b.cancel()
+	b.wg.Wait()
 	freeze(t, a)
+	log := record(t, b)
 	if n, err := b.releaseDead(ctx); err != nil || n != 2 {
 		t.Fatalf("releaseDead = %d, %v; want the dead node's 2 holds", n, err)
 	}
+	// Requests of the user waiting for credits on any node retry.
+	log.wait(t, "credits released", 0, func(c storage.Change) bool { return c.Kind == storage.ChangeCredits && c.UserID == u.ID })
 	if bal := storetest.MustBalance(t, b, u.ID); bal.Credits != 100 || bal.Reserved != 0 {
 		t.Fatalf("after release: %+v", bal)
 	}
@@ -169,4 +175,31 @@ func TestOrphanedHoldRefunded(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustVerify(t, s)
+}
+
+// TestFrozenTransactionEnds: a node frozen inside a transaction (its
+// process stopped) holds the rows it locked only until the lease: the
+// server then ends its connection, and another node's statement on the
+// same row goes through.
+func TestFrozenTransactionEnds(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DatabaseURL(t)
+	frozen, other := openNode(t, dsn, "frozen"), openNode(t, dsn, "other")
+	u, _ := storetest.Register(t, frozen, "frozen@example.com", 10)
+	tx, err := frozen.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM gw_accounts WHERE user_id = $1 FOR UPDATE`, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	waited, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := other.Reserve(waited, storage.ReserveRequest{UserID: u.ID, Credits: 1}); err != nil {
+		t.Fatalf("reserving on the other node while a frozen node held the row: %v", err)
+	}
+	if err := tx.Commit(ctx); err == nil {
+		t.Fatal("the frozen transaction committed after the lease")
+	}
 }

@@ -135,7 +135,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	cfg.ConnConfig.RuntimeParams["application_name"] = "gatewayz"
 	// A node stopped in the middle of a transaction (a frozen process)
 	// must not hold the rows it locked past the lease: the server ends
-	// the session, and the other nodes carry on.
+	// the connection, and the other nodes carry on.
 	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(opts.Lease.Milliseconds())
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
