@@ -23,6 +23,7 @@ type report struct {
 	meter     *meterCheck
 	disk      *diskResult
 	sustained []sustainedResult
+	cluster   *clusterResult
 	elapsed   time.Duration
 }
 
@@ -316,6 +317,10 @@ func (r *report) markdown() string {
 		if v, ok := r.sustainedRatio(); ok {
 			fmt.Fprintf(&b, "\nGateway/plain peak RSS: %.2f.\n", v)
 		}
+	}
+
+	if r.cluster != nil {
+		b.WriteString(r.cluster.markdown())
 	}
 
 	if len(r.streams) > 0 {
