@@ -68,6 +68,19 @@ type meteredRequest struct {
 	adm admission
 	ir  inferenceRequest
 	s   settlement
+	// limits, on a store that counts limits, is what its reservation
+	// checks and counts (nil: the limiter counted the request). Here
+	// rather than in the admission, which free routes allocate too.
+	limits *storage.LimitRequest
+}
+
+// countedLimits is what the reservation of a metered request counts on a
+// store that counts limits, else nil.
+func (a *admission) countedLimits() *storage.LimitRequest {
+	if a.alloc == nil {
+		return nil
+	}
+	return a.alloc.limits
 }
 
 // newRequest returns the (zero) inference request to parse the body into.
@@ -177,6 +190,9 @@ func (a *admission) checkModel() *gatewayError {
 func (g *Gateway) admit(r *http.Request, a *admission, now time.Time, h http.Header) *gatewayError {
 	if a.route.metered() {
 		a.estTokens = a.req.PromptTokens + a.req.MaxTokens
+	}
+	if c := g.state.limits; c != nil {
+		return g.admitCounted(r.Context(), c, a, now, h)
 	}
 	in := a.input()
 	res := a.lim.admit(&in, now)
@@ -343,7 +359,7 @@ type reservation struct {
 // would pay but the user's requests in flight hold what it needs, it waits
 // for them, up to CreditWait, in arrival order (creditwait.go); a client
 // that leaves ends its wait at once, holding nothing.
-func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (reservation, *gatewayError) {
+func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering, h http.Header) (reservation, *gatewayError) {
 	prices := g.app.Pricing()
 	plan := cfg.planReservation(prices, adm.req)
 	req := storage.ReserveRequest{
@@ -355,6 +371,7 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 	}
 	now := clockNow()
 	req.KeyBudget, req.UserBudget = adm.budgetWindows(now)
+	req.Limits = adm.countedLimits()
 	wait := time.Duration(*cfg.CreditWait)
 	// A spent budget is refused at once: waiting for credits cannot help.
 	// A budget whose rest is held by requests in flight is waited for like
@@ -362,7 +379,7 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 	// concurrent requests are not refused while the budget has room.
 	var budgetHeld *storage.BudgetExceeded
 	try := func() (*storage.Reservation, *storage.CreditShortage, *gatewayError) {
-		res, short, be, gerr := g.tryReserve(ctx, req)
+		res, short, be, gerr := g.tryReserve(ctx, adm, req, h)
 		budgetHeld = nil
 		if be != nil {
 			if wait <= 0 || !plan.budgetHeld(be) {
@@ -434,18 +451,36 @@ func (g *Gateway) reserve(ctx context.Context, adm *admission, cfg *Metering) (r
 
 // tryReserve makes the one store call of a reservation. It returns the
 // reservation, or the shortage when credits are short, or the budget that
-// refused it, or the refusal when anything else stops it.
-func (g *Gateway) tryReserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, *storage.CreditShortage, *storage.BudgetExceeded, *gatewayError) {
+// refused it, or the refusal when anything else stops it. On a store that
+// counts limits, the call counts them too (req.Limits), and the
+// x-ratelimit-* headers are set in h from what it counted.
+func (g *Gateway) tryReserve(ctx context.Context, adm *admission, req storage.ReserveRequest, h http.Header) (*storage.Reservation, *storage.CreditShortage, *storage.BudgetExceeded, *gatewayError) {
 	res, err := g.state.store.Reserve(ctx, req)
 	if err == nil {
+		if res.Limits != nil {
+			adm.setCountedHeaders(req.Limits, res.Limits, h)
+		}
 		return res, nil, nil, nil
 	}
 	var short *storage.CreditShortage
+	var ex *storage.LimitExceeded
 	switch {
+	case errors.As(err, &ex):
+		return nil, nil, nil, adm.limitRefusal(req.Limits, ex, h)
 	case errors.As(err, &short):
+		if short.Limits != nil {
+			// Counted against the request rate once: a retry is not.
+			req.Limits.Counted = true
+			adm.setCountedHeaders(req.Limits, short.Limits, h)
+		}
 		return nil, short, nil, nil
 	case asBudgetExceeded(err) != nil:
-		return nil, nil, asBudgetExceeded(err), nil
+		be := asBudgetExceeded(err)
+		if be.Limits != nil {
+			req.Limits.Counted = true
+			adm.setCountedHeaders(req.Limits, be.Limits, h)
+		}
+		return nil, nil, be, nil
 	case errors.Is(err, storage.ErrRequestLimit):
 		return nil, nil, nil, errKeyRequestLimit
 	case errors.Is(err, storage.ErrInsufficientCredits):

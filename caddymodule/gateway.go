@@ -177,7 +177,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // known, and counts it by outcome. It returns nil: the response is written.
 func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, adm *admission, rt route, routed bool, gerr *gatewayError, now time.Time) error {
 	h := w.Header()
-	if adm != nil && h[hdrLimitRequests] == nil {
+	// Limits counted by the store are only known from its answer: a
+	// refusal before the count carries no x-ratelimit-* headers there.
+	if adm != nil && h[hdrLimitRequests] == nil && g.state.limits == nil {
 		g.state.limiter.peek(adm, now, h)
 	}
 	rc := newRequestCtx(r)

@@ -43,7 +43,13 @@ func testBolt(path string) json.RawMessage {
 
 func newTestEnv(t testing.TB, setup func(*App, *Gateway)) *testEnv {
 	t.Helper()
-	app := &App{StorageRaw: testBolt(filepath.Join(t.TempDir(), "gw.db")), Secret: "test-secret-0123456789abcdef"}
+	return newTestEnvOn(t, testBolt(filepath.Join(t.TempDir(), "gw.db")), setup)
+}
+
+// newTestEnvOn is newTestEnv on the storage config raw.
+func newTestEnvOn(t testing.TB, raw json.RawMessage, setup func(*App, *Gateway)) *testEnv {
+	t.Helper()
+	app := &App{StorageRaw: raw, Secret: "test-secret-0123456789abcdef"}
 	g := &Gateway{}
 	if setup != nil {
 		setup(app, g)

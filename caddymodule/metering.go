@@ -258,7 +258,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	s.log.reqID = s.reqID
 	s.addLogFields(rc)
 
-	rsv, gerr := g.reserve(r.Context(), adm, cfg)
+	rsv, gerr := g.reserve(r.Context(), adm, cfg, w.Header())
 	s.log.setWait(rsv.waited)
 	if gerr != nil {
 		outcome := refusalOutcome(gerr)

@@ -39,11 +39,14 @@ type sharedState struct {
 	// (a storage.Flusher) and never waits on its context; on any other
 	// store a settlement is bounded by a timeout.
 	settleQueues bool
-	index        *keyIndex
-	plans        *planCache
-	limiter      *limiter
-	credits      *creditWaiters
-	audit        *auditor
+	// limits is the store when it counts rate limits and plan quotas
+	// itself (shared by several nodes); nil: the limiter counts them.
+	limits  storage.LimitCounter
+	index   *keyIndex
+	plans   *planCache
+	limiter *limiter
+	credits *creditWaiters
+	audit   *auditor
 	// spent, when set, is told what each settlement did to the spend
 	// budgets of its key and user (see observeSpend): where budget
 	// notices (a warning at 80 %, budget reached) are decided. It runs on
@@ -81,6 +84,7 @@ func (s *sharedState) open(openStore func() (storage.Store, error), alertsCfg al
 	ctx, cancel := context.WithCancel(context.Background())
 	s.store = st
 	s.settleQueues = isFlusher(st)
+	s.limits, _ = st.(storage.LimitCounter)
 	s.index = newKeyIndex(st, s.cfg.negativeCacheSize)
 	s.plans = newPlanCache(st)
 	s.audit = newAuditor(st, s.cfg.auditPerMinute, s.logger)

@@ -199,10 +199,19 @@ func (a *API) Chat(bearer string, stream bool, maxTokens int, headers ...string)
 // BigPlan creates a plan with limits far above any test load and returns
 // its id, so load tests are not cut by the trial plan's daily limits.
 func (a *API) BigPlan(name string) (int64, error) {
-	const big = 1_000_000_000
+	return a.PlanWithDailyRequests(name, bigLimit)
+}
+
+// bigLimit is a plan limit far above any test load.
+const bigLimit = 1_000_000_000
+
+// PlanWithDailyRequests creates a plan allowing dailyRequests requests a
+// day (every other limit far above any test load) and returns its id.
+func (a *API) PlanWithDailyRequests(name string, dailyRequests int64) (int64, error) {
+	const big = bigLimit
 	resp, err := a.Do("POST", "/admin/plans", a.AdminKey, map[string]any{
 		"name": name, "description": "load tests",
-		"daily_request_limit": big, "monthly_request_limit": big,
+		"daily_request_limit": dailyRequests, "monthly_request_limit": big,
 		"daily_token_limit": big, "monthly_token_limit": big,
 		"price_per_month": 0, "features": []string{"basic_models"},
 	})

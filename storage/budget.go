@@ -132,6 +132,8 @@ type BudgetExceeded struct {
 	Used     int64 // charged in the window
 	Reserved int64 // held in the window by requests in flight
 	Needed   int64 // the least the request could have held
+	// Limits is what a LimitCounter counted (ReserveRequest.Limits; else nil).
+	Limits *LimitState
 }
 
 func (e *BudgetExceeded) Error() string {

@@ -101,6 +101,9 @@ type ReserveRequest struct {
 	// window without a limit.
 	KeyBudget  BudgetWindow
 	UserBudget BudgetWindow
+	// Limits, for a LimitCounter, are the rate and plan limits to check
+	// and count in the same step (nil: none). Other stores ignore them.
+	Limits *LimitRequest
 }
 
 // ReserveAmount is the share rule of a reservation: what to hold of
@@ -130,6 +133,8 @@ type CreditShortage struct {
 	Credits  int64 // the user's balance
 	Reserved int64 // held by open reservations
 	Holds    int64 // open reservations
+	// Limits is what a LimitCounter counted (ReserveRequest.Limits; else nil).
+	Limits *LimitState
 }
 
 func (e *CreditShortage) Error() string {

@@ -164,6 +164,8 @@ type Reservation struct {
 	// the user's spend budgets (nil before; allocated by the settlement,
 	// so that a reservation stays small).
 	Spent *SettleSpend
+	// Limits is what a LimitCounter counted (ReserveRequest.Limits; else nil).
+	Limits *LimitState
 }
 
 // Balance is a user's credit position.

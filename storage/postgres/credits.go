@@ -15,7 +15,8 @@ import (
 // Reserve holds credit (and a max_requests slot) in one call of
 // gw_reserve: with the account row locked, it takes the share rule's amount
 // (storage.ReserveAmount) of the available balance when that covers it, and
-// adds a hold row of this node.
+// adds a hold row of this node. With req.Limits, the same call checks and
+// counts the rate limits and plan quotas first (storage.LimitCounter).
 func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, error) {
 	if s.closed.Load() {
 		return nil, storage.ErrClosed
@@ -28,22 +29,41 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	}
 	var id, held, credits, reserved, holds, used, inWindow *int64
 	var status string
+	var counts []int64
+	var breach *int32
+	var now *int64
+	var day *int32
+	var limits []int64
+	tokens, counted := int64(0), false
+	if lim := req.Limits; lim != nil {
+		n, d, l := limitArgs(lim)
+		now, day, limits = &n, &d, l
+		tokens, counted = max(lim.Tokens, 0), lim.Counted
+	}
 	err := s.pool.QueryRow(ctx, reserveSQL, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
-		req.MaxRequests, s.node, req.KeyBudget.Start, limitArg(req.KeyBudget), req.UserBudget.Start, limitArg(req.UserBudget)).
-		Scan(&id, &held, &credits, &reserved, &holds, &status, &used, &inWindow)
+		req.MaxRequests, s.node, req.KeyBudget.Start, limitArg(req.KeyBudget), req.UserBudget.Start, limitArg(req.UserBudget),
+		now, day, limits, tokens, counted).
+		Scan(&id, &held, &credits, &reserved, &holds, &status, &used, &inWindow, &counts, &breach)
 	if err != nil {
 		return nil, mapErr(err)
+	}
+	var state *storage.LimitState
+	if req.Limits != nil {
+		state = unflatten(counts)
 	}
 	switch status {
 	case "ok":
 	case "insufficient":
-		return nil, &storage.CreditShortage{Needed: *held, Credits: *credits, Reserved: *reserved, Holds: *holds}
+		return nil, &storage.CreditShortage{Needed: *held, Credits: *credits, Reserved: *reserved, Holds: *holds, Limits: state}
 	case "key_budget", "user_budget":
 		w := req.UserBudget
 		if status == "key_budget" {
 			w = req.KeyBudget
 		}
-		return nil, &storage.BudgetExceeded{Key: status == "key_budget", Limit: w.Limit, Used: *used, Reserved: *inWindow, Needed: *held}
+		return nil, &storage.BudgetExceeded{Key: status == "key_budget", Limit: w.Limit, Used: *used, Reserved: *inWindow,
+			Needed: *held, Limits: state}
+	case "limited":
+		return nil, exceeded(req.Limits, *breach, counts)
 	case "request_limit":
 		return nil, storage.ErrRequestLimit
 	case "not_found":
@@ -54,7 +74,7 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	s.openN.Add(1)
 	s.holds.Store(*id, struct{}{})
 	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: *held,
-		Available: *credits - *reserved}, nil
+		Available: *credits - *reserved, Limits: state}, nil
 }
 
 // limitArg is a budget window's limit as gw_reserve takes it: null for none.
@@ -65,8 +85,10 @@ func limitArg(w storage.BudgetWindow) *int64 {
 	return &w.Limit
 }
 
-const reserveSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status, budget_used, budget_reserved
-	FROM gw_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
+// reserveSQL is gw_reserve with the spend windows and the limits (null:
+// none) of migration 0006.
+const reserveSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status, budget_used, budget_reserved, counts, breach
+	FROM gw_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`
 
 // OpenReservations counts the reservations made through this handle and
 // not yet settled or refunded.

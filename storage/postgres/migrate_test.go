@@ -228,3 +228,70 @@ func mustLedger(t *testing.T, s *Store, uid int64) []storage.LedgerEntry {
 	}
 	return l
 }
+
+// Nodes of the builds before the shared limits keep working through the
+// upgrade: a hold made at version 5 settles at version 6, and the version 3
+// call (budgets) and version 2 call (neither) still reserve, refuse over a
+// budget holding nothing, and end in the spend window they counted in.
+func TestMigrateKeepsOlderReserveCalls(t *testing.T) {
+	ctx := context.Background()
+	dsn, pool, exec, ms := oldSchema(t, 5)
+	exec(`INSERT INTO gw_accounts (user_id, credits) VALUES (1, 100)`)
+	exec(`INSERT INTO gw_ledger (user_id, kind, amount, balance_after, time) VALUES (1, 'grant', 100, 100, now())`)
+	window := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	budgetReserve := func(credits, min, limit int64) (hold int64, status string) {
+		t.Helper()
+		var id *int64
+		if err := pool.QueryRow(ctx, `SELECT hold_id, status FROM gw_reserve($1, 0, $2, $3, 0, 0, 7, NULL, NULL, $4, $5)`,
+			1, credits, min, window, limit).Scan(&id, &status); err != nil {
+			t.Fatalf("version 3 reserve: %v", err)
+		}
+		if id != nil {
+			hold = *id
+		}
+		return hold, status
+	}
+	first, status := budgetReserve(30, 30, 50)
+	if status != "ok" {
+		t.Fatalf("version 3 reserve before the upgrade: %q", status)
+	}
+
+	if err := migrateTo(ctx, pool, ms); err != nil {
+		t.Fatal(err)
+	}
+	s := openNode(t, dsn, "upgraded")
+	mustVerify(t, s)
+
+	// 20 left in the budget's window: 30 is refused, holding nothing.
+	if _, status := budgetReserve(30, 30, 50); status != "user_budget" {
+		t.Fatalf("over the budget: %q, want user_budget", status)
+	}
+	second, status := budgetReserve(20, 20, 50)
+	if status != "ok" {
+		t.Fatalf("the budget's rest: %q", status)
+	}
+	var third int64
+	if err := pool.QueryRow(ctx, `SELECT hold_id FROM gw_reserve($1, 0, $2, $2, 0, 0, 7)`, 1, 10).Scan(&third); err != nil {
+		t.Fatalf("version 2 reserve: %v", err)
+	}
+	mustVerify(t, s)
+	// The version 2 hold counts in the window in force too: with it and
+	// the second, 20 is all the settlement could charge.
+	exec(`SELECT gw_refund($1)`, second)
+	exec(`SELECT gw_refund($1)`, third)
+	var charged int64
+	if err := pool.QueryRow(ctx, `SELECT charged FROM gw_settle($1, 25, now(), now(), 20261205, 202612, 40, 'r1', '{}')`,
+		first).Scan(&charged); err != nil || charged != 25 {
+		t.Fatalf("settling the hold made before the upgrade: %d, %v", charged, err)
+	}
+	mustVerify(t, s)
+	var credits, reserved, holds, heldTokens, spendUsed, spendReserved int64
+	if err := pool.QueryRow(ctx, `SELECT credits, reserved, holds, held_tokens, spend_used, spend_reserved FROM gw_accounts WHERE user_id = 1`).
+		Scan(&credits, &reserved, &holds, &heldTokens, &spendUsed, &spendReserved); err != nil {
+		t.Fatal(err)
+	}
+	if credits != 75 || reserved != 0 || holds != 0 || heldTokens != 0 || spendUsed != 25 || spendReserved != 0 {
+		t.Fatalf("account = credits %d reserved %d holds %d held_tokens %d spend %d+%d, want 75 0 0 0 25+0",
+			credits, reserved, holds, heldTokens, spendUsed, spendReserved)
+	}
+}

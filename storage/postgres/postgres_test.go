@@ -47,3 +47,16 @@ func TestConformanceShared(t *testing.T) {
 		return open(t, dsn, named("a")), open(t, dsn, named("b"))
 	})
 }
+
+// Rate limits and plan quotas counted in the database, two nodes. The
+// lease is long: a node whose heartbeat is late under the bursts of the
+// suite on a loaded machine would be taken for dead, and its holds (and
+// request slots) released, which is the one case the limits do not cover.
+func TestLimitsShared(t *testing.T) {
+	storetest.RunLimits(t, func(t *testing.T) (storage.LimitStore, storage.LimitStore) {
+		dsn := pgtest.DatabaseURL(t)
+		a, b := named("a"), named("b")
+		a.Lease, b.Lease = time.Minute, time.Minute
+		return open(t, dsn, a), open(t, dsn, b)
+	})
+}

@@ -33,11 +33,20 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b storage.Store)) {
 		{"NoBudgetOverspend", sharedBudget},
 		{"OutboxClaims", sharedOutboxClaims},
 	}
+	runPairs(t, tests, open)
+}
+
+// runPairs runs each test on two fresh handles from open, closing both
+// after.
+func runPairs[S storage.Store](t *testing.T, tests []struct {
+	name string
+	fn   func(t *testing.T, a, b S)
+}, open func(t *testing.T) (a, b S)) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := open(t)
 			defer a.Close()
-			if b != a {
+			if storage.Store(b) != storage.Store(a) {
 				defer b.Close()
 			}
 			tc.fn(t, a, b)

@@ -215,6 +215,12 @@ func (h *harness) dbPath(setup string) string { return filepath.Join(h.dir, setu
 
 // startCaddy starts the plain or gateway Caddy of a setup.
 func (h *harness) startCaddy(setup, kind string) (*target, error) {
+	return h.startCaddyWith(setup+"-"+kind, kind, h.configPath(setup, kind), []string{"GATEWAYZ_DB=" + h.dbPath(setup)})
+}
+
+// startCaddyWith starts a Caddy named name (its log file) on config, with
+// the benchmark's environment plus extra (which wins).
+func (h *harness) startCaddyWith(name, kind, config string, extra []string) (*target, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -237,11 +243,10 @@ func (h *harness) startCaddy(setup, kind string) (*target, error) {
 		"GATEWAYZ_API_KEY=upstream-" + randHex(8),
 		"GATEWAYZ_ADMIN_KEY=" + h.adminKey,
 		"GATEWAYZ_SECRET=" + h.secret,
-		"GATEWAYZ_DB=" + h.dbPath(setup),
 		"GATEWAYZ_SIGNUP_CREDITS=1000",
 	})
-	p, err := startProc(setup+"-"+kind, filepath.Join(h.dir, "caddy-"+setup+"-"+kind+".log"), env,
-		h.caddyBin, "run", "--config", h.configPath(setup, kind), "--adapter", "caddyfile")
+	p, err := startProc(name, filepath.Join(h.dir, "caddy-"+name+".log"), append(env, extra...),
+		h.caddyBin, "run", "--config", config, "--adapter", "caddyfile")
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ type report struct {
 	disk      *diskResult
 	retention *retentionResult
 	sustained []sustainedResult
+	cluster   *clusterResult
 	elapsed   time.Duration
 }
 
@@ -327,6 +328,10 @@ func (r *report) markdown() string {
 		if v, ok := r.sustainedRatio(); ok {
 			fmt.Fprintf(&b, "\nGateway/plain peak RSS: %.2f.\n", v)
 		}
+	}
+
+	if r.cluster != nil {
+		b.WriteString(r.cluster.markdown())
 	}
 
 	if len(r.streams) > 0 {
