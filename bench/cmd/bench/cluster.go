@@ -39,8 +39,9 @@ type clusterSample struct {
 
 // clusterResult is the multi-node run's report.
 type clusterResult struct {
-	load    string
-	samples map[int][]clusterSample // by node count
+	load       string
+	samples    map[int][]clusterSample // by node count
+	revocation *revocationResult
 }
 
 // clusterCaddyfile is bench/Caddyfile.gateway on PostgreSQL.
@@ -126,6 +127,14 @@ func (h *harness) cluster(ctx context.Context, rn runner) (*clusterResult, error
 			res.samples[n] = append(res.samples[n], s)
 		}
 	}
+	bases := make([]string, len(nodes))
+	for i, n := range nodes {
+		bases[i] = "http://" + n.addr
+	}
+	if res.revocation, err = measureRevocation(bases, key); err != nil {
+		return nil, fmt.Errorf("revocation latency: %w", err)
+	}
+	log.Printf("revocation latency: %s", strings.TrimSpace(res.revocation.markdown()))
 	return res, nil
 }
 
@@ -229,6 +238,7 @@ func (c *clusterResult) markdown() string {
 			fmtMicros(median(mapSamples(ss, func(s clusterSample) float64 { return s.cpuPerReq }))),
 			fmtMicros(median(mapSamples(ss, func(s clusterSample) float64 { return s.dbPerReq }))), bad)
 	}
+	b.WriteString(c.revocation.markdown())
 	return b.String()
 }
 
