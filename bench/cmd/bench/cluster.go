@@ -23,6 +23,13 @@ import (
 // On a machine with few cores the nodes share them, so what it shows is
 // the ratio and the CPU per request, not a speed-up.
 
+// postgresInstalled reports whether the multi-node run can start a
+// private PostgreSQL server here (its default).
+func postgresInstalled() bool {
+	_, err := pgtest.BinDir()
+	return err == nil
+}
+
 // clusterNodes is the number of nodes of the multi-node run.
 const clusterNodes = 3
 
