@@ -146,6 +146,12 @@ type requestCtx struct {
 	repl  *caddy.Replacer
 	vars  map[string]any
 	extra *caddyhttp.ExtraLogFields
+	// entry is the caller's key once authenticated (annotate), and
+	// logged the value of the gateway's access-log field once added
+	// (logCaller): each Add or Set of an extra field clears a sync.Map,
+	// which allocates, so a request adds its one field once.
+	entry  *keyEntry
+	logged zapcore.ObjectMarshaler
 }
 
 func newRequestCtx(r *http.Request) requestCtx {
@@ -178,9 +184,28 @@ func (rc *requestCtx) annotate(e *keyEntry) {
 	rc.setVar("gatewayz_user_id", e.userIDVal)
 	rc.setVar("gatewayz_key_id", e.keyIDVal)
 	rc.setVar("gatewayz_env", e.envVal)
-	if rc.extra != nil {
-		rc.extra.Add(zap.Field{Key: logFieldKey, Type: zapcore.InlineMarshalerType, Interface: e})
+	rc.entry = e
+}
+
+// logCaller adds the gateway's access-log field of an authenticated
+// request, once, as soon as it is known what the request logs: the
+// settlement of an admitted metered request (adm with its allocation:
+// the caller's ids, then the metering fields as it settles), else the
+// caller's ids alone (the key entry). It must run before the request is
+// answered: the entry is written after the handler returns, with the
+// fields added by then.
+func (rc *requestCtx) logCaller(adm *admission) {
+	if rc.extra == nil || rc.entry == nil || rc.logged != nil {
+		return
 	}
+	var m zapcore.ObjectMarshaler = rc.entry
+	if adm != nil && adm.alloc != nil {
+		s := &adm.alloc.s
+		s.adm = adm
+		m = s
+	}
+	rc.logged = m
+	rc.extra.Add(zap.Field{Key: logFieldKey, Type: zapcore.InlineMarshalerType, Interface: m})
 }
 
 // clientIP returns Caddy's client IP of the request (which honours the

@@ -148,17 +148,20 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// The refusal still carries the caller's current limits when the
 		// policy can be had.
 		adm, _ := g.newAdmission(r, e, rt, ip, now)
+		rc.logCaller(nil)
 		return g.refuse(w, r, adm, rt, true, gerr, now)
 	}
 	adm, gerr := g.newAdmission(r, e, rt, ip, now)
 	if gerr != nil {
+		rc.logCaller(nil)
 		return g.refuse(w, r, nil, rt, true, gerr, now)
 	}
+	rc.logCaller(adm)
 	if rt.metered() {
 		if adm.req, gerr = readInferenceInto(adm.newRequest(), w, r, rt.endpoint, g.MaxBodySize); gerr != nil {
 			return g.refuse(w, r, adm, rt, true, gerr, now)
 		}
-		setModelVars(r, adm.req.Model)
+		rc.setModelVars(adm.req.Model)
 		if gerr := adm.checkModel(); gerr != nil {
 			return g.refuse(w, r, adm, rt, true, gerr, now)
 		}

@@ -613,4 +613,5 @@ func BenchmarkAnnotate(b *testing.B) {
 func annotate(r *http.Request, e *keyEntry) {
 	rc := newRequestCtx(r)
 	rc.annotate(e)
+	rc.logCaller(nil)
 }

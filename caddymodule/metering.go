@@ -256,7 +256,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	s.g, s.adm, s.ir, s.reqID, s.r = g, adm, ir, rc.requestID(), r
 	s.series = seriesFor(ir.Endpoint)
 	s.log.reqID = s.reqID
-	s.addLogFields(rc)
+	if rc.logged != zapcore.ObjectMarshaler(s) {
+		s.addLogFields(rc) // not logged as the settlement yet (logCaller)
+	}
 
 	rsv, gerr := g.reserve(r.Context(), adm, cfg, w.Header())
 	s.log.setWait(rsv.waited)
@@ -325,10 +327,14 @@ func (s *settlement) addLogFields(rc *requestCtx) {
 	}
 }
 
-// MarshalLogObject writes the caller's ids, then the metering fields.
+// MarshalLogObject writes the caller's ids, then the metering fields of a
+// request that reached metering (a refusal before it logs the ids alone).
 func (s *settlement) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	if e := s.adm.entry; e != nil {
 		_ = e.MarshalLogObject(enc)
+	}
+	if s.log.reqID == "" {
+		return nil
 	}
 	return s.log.MarshalLogObject(enc)
 }

@@ -1,11 +1,6 @@
 package caddymodule
 
-import (
-	"net/http"
-	"strings"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-)
+import "strings"
 
 // Request variables set once the body is parsed, so that Caddy's own
 // matchers can route by model after the gateway, for example
@@ -20,10 +15,12 @@ const (
 	varProvider = "gatewayz_provider" // the model's prefix before "/", "" without one
 )
 
-// setModelVars sets the model variables of a metered request.
-func setModelVars(r *http.Request, model string) {
-	caddyhttp.SetVar(r.Context(), varModel, model)
-	caddyhttp.SetVar(r.Context(), varProvider, modelProvider(model))
+// setModelVars sets the model variables of a metered request, in the
+// vars map already looked up (caddyhttp.SetVar would walk the context
+// chain for it twice).
+func (rc *requestCtx) setModelVars(model string) {
+	rc.setVar(varModel, model)
+	rc.setVar(varProvider, modelProvider(model))
 }
 
 // modelProvider returns the provider prefix of a model name

@@ -366,14 +366,16 @@ func BenchmarkStageRewrite(b *testing.B) {
 func BenchmarkStageLogFields(b *testing.B) {
 	enc := shippedLogEncoder(b)
 	e := &keyEntry{userID: "1", keyID: "1", env: "live"}
-	s := &settlement{adm: &admission{entry: e}} // part of the request's one allocation
+	mr := new(meteredRequest) // the request's one allocation
+	mr.adm = admission{entry: e, alloc: mr}
+	s := &mr.s
 	b.ReportAllocs()
 	cpu := startCPU()
 	for b.Loop() {
 		rc := requestCtx{extra: new(caddyhttp.ExtraLogFields)}
 		rc.annotate(e)
+		rc.logCaller(&mr.adm)
 		s.log = meteringLog{reqID: "f11078df-0a43-47bf-9b35-10759028666b", state: logCharged, prompt: 12, completed: 7, credits: 19}
-		s.addLogFields(&rc)
 		buf, err := enc.EncodeEntry(zapcore.Entry{Message: "handled request"}, extraFields(rc.extra))
 		if err != nil {
 			b.Fatal(err)
