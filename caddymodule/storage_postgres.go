@@ -55,6 +55,14 @@ type PostgresStorage struct {
 	// GET /health answers 503 so a load balancer drains the node. Default 1s.
 	FeedBound caddy.Duration `json:"feed_bound,omitempty"`
 
+	// CommitWindow is how long a settlement waits for others of this node
+	// to share its transaction. Settlements that arrive while one commits
+	// always share the next commit (one round trip, one WAL flush for all);
+	// a window adds that much latency to each for fewer, larger commits.
+	// Each settlement is durable when the request's Settle returns, either
+	// way. Default 0: no added wait.
+	CommitWindow caddy.Duration `json:"commit_window,omitempty"`
+
 	// Node names this node among those sharing the database; a node that
 	// starts under a name releases what its previous run under it held.
 	// Names must differ between nodes running at the same time. Default:
@@ -108,6 +116,7 @@ func (p *PostgresStorage) OpenStore(caddy.Context, *zap.Logger) (storage.Store, 
 		StatementTimeout: time.Duration(p.StatementTimeout),
 		Lease:            time.Duration(p.Lease),
 		FeedBound:        time.Duration(p.FeedBound),
+		CommitWindow:     time.Duration(p.CommitWindow),
 	})
 }
 
@@ -128,6 +137,7 @@ func defaultNodeName() string {
 //	    statement_timeout <duration>
 //	    lease             <duration>
 //	    feed_bound        <duration>
+//	    commit_window     <duration>
 //	    node              <name>
 //	}
 func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -155,6 +165,12 @@ func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("pool_size must be a positive integer, got %q", s)
 			}
 			p.PoolSize = n
+		case "commit_window":
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur < 0 {
+				return d.Errf("bad %s %q", name, s)
+			}
+			p.CommitWindow = caddy.Duration(dur)
 		case "statement_timeout", "lease", "feed_bound":
 			dur, err := caddy.ParseDuration(s)
 			if err != nil || dur <= 0 {

@@ -96,7 +96,8 @@ func (s *Store) OpenReservations() int64 { return s.openN.Load() }
 
 // Settle charges min(cost, what the user has beyond other holds) exactly
 // once, with the ledger entry, the usage record and the totals, in one call
-// of gw_settle (one transaction).
+// of gw_settle_spend. Concurrent settlements of this node are committed
+// together (settleBatcher); Settle returns once its own is committed.
 func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64, rec storage.UsageRecord) (charged, balanceAfter int64, err error) {
 	if s.closed.Load() {
 		return 0, 0, storage.ErrClosed
@@ -107,8 +108,29 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 	if cost < 0 {
 		return 0, 0, fmt.Errorf("storage: negative cost: %w", storage.ErrInvalid)
 	}
+	call, err := s.settleCall(int64(res.ID), cost, rec)
+	if err != nil {
+		return 0, 0, err
+	}
+	// Concurrent settlements share a transaction (batch.go); this returns
+	// once the one holding this settlement has committed. It does not end
+	// with ctx: a settlement asked for is applied, or kept for a retry.
+	it := s.batcher.settle(res.UserID, call)
+	if it.err != nil {
+		return 0, 0, s.retryLater(call, it.err)
+	}
+	if it.status == "ok" {
+		spent := it.spend.settleSpend()
+		res.Spent = &spent
+	}
+	return s.settled(int64(res.ID), it.status, it.charged, it.balance)
+}
+
+// settleCall is the call of gw_settle (gw_settle_spend, the first time)
+// that settles hold at cost with rec.
+func (s *Store) settleCall(hold, cost int64, rec storage.UsageRecord) (heldCall, error) {
 	if y := rec.Time.UTC().Year(); !rec.Time.IsZero() && (y < 1 || y > 9999) {
-		return 0, 0, fmt.Errorf("storage: usage record time %v out of range: %w", rec.Time, storage.ErrInvalid)
+		return heldCall{}, fmt.Errorf("storage: usage record time %v out of range: %w", rec.Time, storage.ErrInvalid)
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	if rec.Time.IsZero() {
@@ -119,23 +141,10 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 	}
 	doc, err := json.Marshal(&rec)
 	if err != nil {
-		return 0, 0, err
+		return heldCall{}, err
 	}
-	var status string
-	call := heldCall{settleSQL, []any{int64(res.ID), cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
-		rec.TotalTokens, rec.RequestID, string(doc)}}
-	var sp spendRow
-	err = s.pool.QueryRow(ctx, settleSpendSQL, call.args...).Scan(&charged, &balanceAfter, &status,
-		&sp.keyTracked, &sp.keyWindow, &sp.keyBefore, &sp.keyAfter, &sp.keyLimit,
-		&sp.userTracked, &sp.userWindow, &sp.userBefore, &sp.userAfter, &sp.userLimit)
-	if err != nil {
-		return 0, 0, s.retryLater(call, mapErr(err))
-	}
-	if status == "ok" {
-		spent := sp.settleSpend()
-		res.Spent = &spent
-	}
-	return s.settled(int64(res.ID), status, charged, balanceAfter)
+	return heldCall{settleSQL, []any{hold, cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
+		rec.TotalTokens, rec.RequestID, string(doc)}}, nil
 }
 
 // spendRow is what gw_settle_spend answers about the spend windows.

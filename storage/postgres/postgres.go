@@ -60,6 +60,12 @@ type Options struct {
 	// node stops trusting what it cached (FeedBehind): the longest a change
 	// made on another node can go unseen here. Default 1s.
 	FeedBound time.Duration
+	// CommitWindow is how long a settlement waits for others to share its
+	// transaction (one commit, one WAL flush for all). Settlements that
+	// arrive while a commit runs always share the next one; a window adds
+	// a wait before each commit, trading latency for fewer commits.
+	// Default 0: no added wait.
+	CommitWindow time.Duration
 	// PollInterval is how often the change feed is read when no
 	// notification arrives (the fallback for missed ones). Default a
 	// quarter of FeedBound; at most half of it.
@@ -85,6 +91,9 @@ func (o *Options) setDefaults() {
 	if o.FeedBound <= 0 {
 		o.FeedBound = time.Second
 	}
+	if o.CommitWindow < 0 {
+		o.CommitWindow = 0
+	}
 	if o.PollInterval <= 0 || o.PollInterval > o.FeedBound/2 {
 		o.PollInterval = o.FeedBound / 4
 	}
@@ -98,6 +107,8 @@ type Store struct {
 
 	openN atomic.Int64 // holds this handle made and has not settled or refunded
 	holds sync.Map     // their ids (int64)
+
+	batcher *settleBatcher // concurrent settlements, committed together
 
 	retryMu sync.Mutex
 	retries []heldCall // settlements and refunds to apply once the database is back
@@ -143,6 +154,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("storage: connecting to PostgreSQL: %w", mapErr(err))
 	}
 	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now, opened: time.Now()}
+	s.batcher = newSettleBatcher(s, opts.CommitWindow)
 	if err := s.start(ctx, cfg.ConnConfig); err != nil {
 		pool.Close()
 		return nil, err
@@ -211,6 +223,7 @@ func (s *Store) Close() error {
 		s.closed.Store(true)
 		s.cancel()
 		s.wg.Wait()
+		s.batcher.close() // settlements on their way commit before the holds go
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.StatementTimeout)
 		defer cancel()
 		// Settlements kept while the database was unreachable go first:

@@ -1,0 +1,176 @@
+package postgres
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/gatewayz/caddy-gatewayz/storage"
+)
+
+// settleBatcher is the group commit of durable settlements: the
+// settlements of concurrent requests of this node share one transaction
+// (one round trip, one commit, one WAL flush) instead of one each.
+//
+// A settlement that arrives while no flush runs starts one at once (after
+// the commit window, if one is set); those that arrive while a flush runs
+// join the next one. Each caller waits until the transaction holding its
+// settlement committed, so Settle stays durable. Exactly once is still the
+// database's: the settlement deletes its hold row, and a second one finds
+// nothing; the batcher adds no state of its own.
+type settleBatcher struct {
+	s      *Store
+	window time.Duration // extra wait before a flush, to gather more (0: none)
+
+	mu       sync.Mutex
+	idle     sync.Cond // signalled when a flush loop ends
+	queue    []*settleItem
+	flushing bool
+	closed   bool
+}
+
+// settleItem is one settlement waiting for its batch.
+type settleItem struct {
+	userID int64 // the lock order within a batch
+	call   heldCall
+	done   chan struct{} // closed once the fields below are set
+
+	charged, balance int64
+	status           string
+	spend            spendRow
+	err              error // mapped (mapErr)
+}
+
+func newSettleBatcher(s *Store, window time.Duration) *settleBatcher {
+	b := &settleBatcher{s: s, window: window}
+	b.idle.L = &b.mu
+	return b
+}
+
+// settle queues a call of gw_settle_spend and waits until the transaction
+// that carries it has committed or failed.
+func (b *settleBatcher) settle(userID int64, call heldCall) *settleItem {
+	it := &settleItem{userID: userID, call: call, done: make(chan struct{})}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		it.err = storage.ErrClosed
+		return it
+	}
+	b.queue = append(b.queue, it)
+	if !b.flushing {
+		b.flushing = true
+		go b.loop()
+	}
+	b.mu.Unlock()
+	<-it.done
+	return it
+}
+
+// loop flushes the queue until it is empty.
+func (b *settleBatcher) loop() {
+	for {
+		if b.window > 0 {
+			time.Sleep(b.window)
+		}
+		b.mu.Lock()
+		items := b.queue
+		b.queue = nil
+		if len(items) == 0 {
+			b.flushing = false
+			b.idle.Broadcast()
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		b.flush(items)
+	}
+}
+
+// close refuses new settlements and waits for the running flush, so that
+// Close releases no hold whose settlement is on its way.
+func (b *settleBatcher) close() {
+	b.mu.Lock()
+	b.closed = true
+	for b.flushing {
+		b.idle.Wait()
+	}
+	b.mu.Unlock()
+}
+
+// flush applies items in one transaction: one pgx.Batch, which the server
+// runs as one implicit transaction committed at its end. The results are
+// handed out only after that commit. When a statement fails for a reason
+// other than an unreachable database, the transaction is rolled back and
+// each settlement is tried alone, so that one bad item does not fail the
+// others. When the database cannot be reached, whether the batch committed
+// is unknown: every item reports ErrUnavailable and is kept for a retry
+// (retryLater), which finds its hold gone if the batch did commit.
+func (b *settleBatcher) flush(items []*settleItem) {
+	defer func() {
+		for _, it := range items {
+			close(it.done)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), b.s.opts.StatementTimeout)
+	defer cancel()
+	if len(items) == 1 {
+		items[0].apply(ctx, b.s.pool)
+		return
+	}
+	// One lock order for every batch (user, then hold), so that batches of
+	// two nodes touching the same users cannot deadlock.
+	slices.SortFunc(items, func(x, y *settleItem) int {
+		if x.userID != y.userID {
+			return cmp.Compare(x.userID, y.userID)
+		}
+		return cmp.Compare(x.call.args[0].(int64), y.call.args[0].(int64))
+	})
+	err := b.send(ctx, items)
+	if err == nil {
+		return
+	}
+	err = mapErr(err)
+	for _, it := range items {
+		if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, storage.ErrClosed) {
+			it.err = err
+			continue
+		}
+		it.apply(ctx, b.s.pool)
+	}
+}
+
+// send runs items as one pgx.Batch and reads every answer before the batch
+// is closed, which waits for the commit.
+func (b *settleBatcher) send(ctx context.Context, items []*settleItem) error {
+	batch := &pgx.Batch{}
+	for _, it := range items {
+		batch.Queue(settleSpendSQL, it.call.args...)
+	}
+	br := b.s.pool.SendBatch(ctx, batch)
+	for _, it := range items {
+		if err := it.scan(br.QueryRow()); err != nil {
+			br.Close()
+			return err
+		}
+	}
+	return br.Close()
+}
+
+// apply runs the item's settlement alone, in a transaction of its own.
+func (it *settleItem) apply(ctx context.Context, q querier) {
+	it.err = mapErr(it.scan(q.QueryRow(ctx, settleSpendSQL, it.call.args...)))
+}
+
+// scan reads gw_settle_spend's answer into the item.
+func (it *settleItem) scan(row pgx.Row) error {
+	sp := &it.spend
+	return row.Scan(&it.charged, &it.balance, &it.status,
+		&sp.keyTracked, &sp.keyWindow, &sp.keyBefore, &sp.keyAfter, &sp.keyLimit,
+		&sp.userTracked, &sp.userWindow, &sp.userBefore, &sp.userAfter, &sp.userLimit)
+}
