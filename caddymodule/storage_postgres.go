@@ -63,6 +63,14 @@ type PostgresStorage struct {
 	// way. Default 0: no added wait.
 	CommitWindow caddy.Duration `json:"commit_window,omitempty"`
 
+	// AsyncReserve commits reservations without waiting for the WAL flush
+	// (synchronous_commit off for that one transaction; settlements stay
+	// durable). A database crash can then lose the reservations of about
+	// the last 3 x wal_writer_delay: their requests, if served, go unbilled,
+	// and the rate counts they made are lost. Nothing is charged twice or
+	// beyond a balance. Default false: every reservation is durable.
+	AsyncReserve bool `json:"async_reserve,omitempty"`
+
 	// Node names this node among those sharing the database; a node that
 	// starts under a name releases what its previous run under it held.
 	// Names must differ between nodes running at the same time. Default:
@@ -117,6 +125,7 @@ func (p *PostgresStorage) OpenStore(caddy.Context, *zap.Logger) (storage.Store, 
 		Lease:            time.Duration(p.Lease),
 		FeedBound:        time.Duration(p.FeedBound),
 		CommitWindow:     time.Duration(p.CommitWindow),
+		AsyncReserve:     p.AsyncReserve,
 	})
 }
 
@@ -138,6 +147,7 @@ func defaultNodeName() string {
 //	    lease             <duration>
 //	    feed_bound        <duration>
 //	    commit_window     <duration>
+//	    async_reserve
 //	    node              <name>
 //	}
 func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -150,6 +160,13 @@ func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		name := d.Val()
+		if name == "async_reserve" {
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.AsyncReserve = true
+			continue
+		}
 		var s string
 		if !d.AllArgs(&s) {
 			return d.ArgErr()

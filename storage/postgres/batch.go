@@ -1,10 +1,8 @@
 package postgres
 
 import (
-	"cmp"
 	"context"
 	"errors"
-	"slices"
 	"sync"
 	"time"
 
@@ -36,7 +34,8 @@ type settleBatcher struct {
 
 // settleItem is one settlement waiting for its batch.
 type settleItem struct {
-	userID int64 // the lock order within a batch
+	userID int64 // the hold's user and key: locked first, in order
+	keyID  int64
 	call   heldCall
 	done   chan struct{} // closed once the fields below are set
 
@@ -54,8 +53,8 @@ func newSettleBatcher(s *Store, window time.Duration) *settleBatcher {
 
 // settle queues a call of gw_settle_spend and waits until the transaction
 // that carries it has committed or failed.
-func (b *settleBatcher) settle(userID int64, call heldCall) *settleItem {
-	it := &settleItem{userID: userID, call: call, done: make(chan struct{})}
+func (b *settleBatcher) settle(userID, keyID int64, call heldCall) *settleItem {
+	it := &settleItem{userID: userID, keyID: keyID, call: call, done: make(chan struct{})}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -123,14 +122,6 @@ func (b *settleBatcher) flush(items []*settleItem) {
 		items[0].apply(ctx, b.s.pool)
 		return
 	}
-	// One lock order for every batch (user, then hold), so that batches of
-	// two nodes touching the same users cannot deadlock.
-	slices.SortFunc(items, func(x, y *settleItem) int {
-		if x.userID != y.userID {
-			return cmp.Compare(x.userID, y.userID)
-		}
-		return cmp.Compare(x.call.args[0].(int64), y.call.args[0].(int64))
-	})
 	err := b.send(ctx, items)
 	if err == nil {
 		return
@@ -147,12 +138,34 @@ func (b *settleBatcher) flush(items []*settleItem) {
 
 // send runs items as one pgx.Batch and reads every answer before the batch
 // is closed, which waits for the commit.
+//
+// The batch first locks the key rows, then the account rows of all its
+// settlements, each in id order: the order in which a reservation locks
+// its key and account, and every other batch locks its rows. Settled one
+// after another, two settlements of one user with different keys would
+// lock a key after the account, against that order, and could deadlock
+// with a reservation.
 func (b *settleBatcher) send(ctx context.Context, items []*settleItem) error {
+	var keys, users []int64
+	for _, it := range items {
+		if it.keyID != 0 {
+			keys = append(keys, it.keyID)
+		}
+		users = append(users, it.userID)
+	}
 	batch := &pgx.Batch{}
+	batch.Queue(`SELECT 1 FROM gw_keys WHERE id = ANY($1) ORDER BY id FOR UPDATE`, keys)
+	batch.Queue(`SELECT 1 FROM gw_accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
 	for _, it := range items {
 		batch.Queue(settleSpendSQL, it.call.args...)
 	}
 	br := b.s.pool.SendBatch(ctx, batch)
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+	}
 	for _, it := range items {
 		if err := it.scan(br.QueryRow()); err != nil {
 			br.Close()

@@ -16,11 +16,11 @@ import (
 // batchItem is the settlement of res at cost, as Settle queues it.
 func batchItem(t *testing.T, s *Store, res *storage.Reservation, cost int64) *settleItem {
 	t.Helper()
-	call, err := s.settleCall(int64(res.ID), cost, storage.UsageRecord{Model: "m", RequestID: fmt.Sprint("r", res.ID)})
+	call, err := s.settleCall(res, cost, storage.UsageRecord{Model: "m", RequestID: fmt.Sprint("r", res.ID)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &settleItem{userID: res.UserID, call: call, done: make(chan struct{})}
+	return &settleItem{userID: res.UserID, keyID: res.KeyID, call: call, done: make(chan struct{})}
 }
 
 func mustReserve(t *testing.T, s *Store, user, key, credits int64) *storage.Reservation {
@@ -143,4 +143,45 @@ func TestSettleConcurrent(t *testing.T) {
 		t.Fatalf("open reservations = %d", n)
 	}
 	mustVerify(t, other)
+}
+
+// A reservation committed asynchronously can be lost in a database crash,
+// and the hold id sequence can fall back with it, handing the same id to
+// another request. The lost reservation's settlement and refund must not
+// end that other request's hold: they name the hold's user and key.
+func TestSettleReusedHoldID(t *testing.T) {
+	ctx := context.Background()
+	opts := Options{Node: "async", Lease: time.Minute, AsyncReserve: true}
+	s := mustOpen(t, pgtest.DatabaseURL(t), opts)
+	u1, k1 := storetest.Register(t, s, "lost@example.com", 100)
+	u2, k2 := storetest.Register(t, s, "other@example.com", 100)
+	lost := mustReserve(t, s, u1.ID, k1.ID, 30)
+	// The crash, as the database sees it: the hold never was, and the
+	// sequence hands its id out again.
+	if _, err := s.pool.Exec(ctx, `SELECT gw_refund($1)`, int64(lost.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `SELECT setval(pg_get_serial_sequence('gw_holds', 'id'), $1, false)`, int64(lost.ID)); err != nil {
+		t.Fatal(err)
+	}
+	again := mustReserve(t, s, u2.ID, k2.ID, 40)
+	if again.ID != lost.ID {
+		t.Fatalf("the sequence gave %d, want the lost id %d", again.ID, lost.ID)
+	}
+	if _, _, err := s.Settle(ctx, lost, 25, storage.UsageRecord{Model: "m"}); !errors.Is(err, storage.ErrAlreadySettled) {
+		t.Fatalf("settling the lost reservation: %v, want ErrAlreadySettled", err)
+	}
+	if err := s.Refund(ctx, lost); !errors.Is(err, storage.ErrAlreadySettled) {
+		t.Fatalf("refunding the lost reservation: %v, want ErrAlreadySettled", err)
+	}
+	if b := storetest.MustBalance(t, s, u2.ID); b.Credits != 100 || b.Reserved != 40 {
+		t.Fatalf("the other user's hold was touched: %+v", b)
+	}
+	if charged, _, err := s.Settle(ctx, again, 25, storage.UsageRecord{Model: "m"}); err != nil || charged != 25 {
+		t.Fatalf("settling the hold that has the id now: %d, %v", charged, err)
+	}
+	if b := storetest.MustBalance(t, s, u1.ID); b.Credits != 100 || b.Reserved != 0 {
+		t.Fatalf("the lost reservation's user: %+v, want nothing charged, nothing reserved", b)
+	}
+	mustVerify(t, s)
 }

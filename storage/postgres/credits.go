@@ -40,7 +40,11 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 		now, day, limits = &n, &d, l
 		tokens, counted = max(lim.Tokens, 0), lim.Counted
 	}
-	err := s.pool.QueryRow(ctx, reserveSQL, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
+	sql := reserveSQL
+	if s.opts.AsyncReserve {
+		sql = reserveAsyncSQL
+	}
+	err := s.pool.QueryRow(ctx, sql, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
 		req.MaxRequests, s.node, req.KeyBudget.Start, limitArg(req.KeyBudget), req.UserBudget.Start, limitArg(req.UserBudget),
 		now, day, limits, tokens, counted).
 		Scan(&id, &held, &credits, &reserved, &holds, &status, &used, &inWindow, &counts, &breach)
@@ -90,6 +94,14 @@ func limitArg(w storage.BudgetWindow) *int64 {
 const reserveSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status, budget_used, budget_reserved, counts, breach
 	FROM gw_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`
 
+// reserveAsyncSQL is reserveSQL committed without waiting for the WAL
+// flush (Options.AsyncReserve): synchronous_commit off for this statement's
+// own transaction only, which commits right after it. (A SET clause on the
+// function would not do: it is undone when the function returns, before
+// the commit.)
+const reserveAsyncSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status, budget_used, budget_reserved, counts, breach
+	FROM set_config('synchronous_commit', 'off', true), gw_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`
+
 // OpenReservations counts the reservations made through this handle and
 // not yet settled or refunded.
 func (s *Store) OpenReservations() int64 { return s.openN.Load() }
@@ -108,14 +120,14 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 	if cost < 0 {
 		return 0, 0, fmt.Errorf("storage: negative cost: %w", storage.ErrInvalid)
 	}
-	call, err := s.settleCall(int64(res.ID), cost, rec)
+	call, err := s.settleCall(res, cost, rec)
 	if err != nil {
 		return 0, 0, err
 	}
 	// Concurrent settlements share a transaction (batch.go); this returns
 	// once the one holding this settlement has committed. It does not end
 	// with ctx: a settlement asked for is applied, or kept for a retry.
-	it := s.batcher.settle(res.UserID, call)
+	it := s.batcher.settle(res.UserID, res.KeyID, call)
 	if it.err != nil {
 		return 0, 0, s.retryLater(call, it.err)
 	}
@@ -128,7 +140,7 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 
 // settleCall is the call of gw_settle (gw_settle_spend, the first time)
 // that settles hold at cost with rec.
-func (s *Store) settleCall(hold, cost int64, rec storage.UsageRecord) (heldCall, error) {
+func (s *Store) settleCall(res *storage.Reservation, cost int64, rec storage.UsageRecord) (heldCall, error) {
 	if y := rec.Time.UTC().Year(); !rec.Time.IsZero() && (y < 1 || y > 9999) {
 		return heldCall{}, fmt.Errorf("storage: usage record time %v out of range: %w", rec.Time, storage.ErrInvalid)
 	}
@@ -143,8 +155,8 @@ func (s *Store) settleCall(hold, cost int64, rec storage.UsageRecord) (heldCall,
 	if err != nil {
 		return heldCall{}, err
 	}
-	return heldCall{settleSQL, []any{hold, cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
-		rec.TotalTokens, rec.RequestID, string(doc)}}, nil
+	return heldCall{settleSQL, []any{int64(res.ID), cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
+		rec.TotalTokens, rec.RequestID, string(doc), res.UserID, res.KeyID}}, nil
 }
 
 // spendRow is what gw_settle_spend answers about the spend windows.
@@ -183,14 +195,18 @@ func windowTime(t time.Time) time.Time {
 	return t.UTC()
 }
 
+// The settlement and refund calls name the hold's user and key besides its
+// id (migration 0007): an id handed out again after a database crash lost
+// the (asynchronously committed) reservation that had it is not this
+// request's hold.
 const (
-	settleSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)`
-	refundSQL = `SELECT 0::bigint, 0::bigint, gw_refund($1)`
+	settleSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
+	refundSQL = `SELECT 0::bigint, 0::bigint, gw_refund_held($1, $2, $3)`
 	// settleSpendSQL is the first attempt of a settlement, which reports
 	// what it did to the spend windows; a retry goes through settleSQL.
 	settleSpendSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status,
 		key_tracked, key_window, key_before, key_after, key_limit, user_tracked, user_window, user_before, user_after, user_limit
-		FROM gw_settle_spend($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+		FROM gw_settle_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
 )
 
 // done forgets a hold this handle made, now settled or refunded.
@@ -295,7 +311,7 @@ func (s *Store) Refund(ctx context.Context, res *storage.Reservation) error {
 	}
 	var charged, balance int64
 	var status string
-	call := heldCall{refundSQL, []any{int64(res.ID)}}
+	call := heldCall{refundSQL, []any{int64(res.ID), res.UserID, res.KeyID}}
 	if err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status); err != nil {
 		return s.retryLater(call, mapErr(err))
 	}

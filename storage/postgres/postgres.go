@@ -66,6 +66,15 @@ type Options struct {
 	// a wait before each commit, trading latency for fewer commits.
 	// Default 0: no added wait.
 	CommitWindow time.Duration
+	// AsyncReserve commits reservations without waiting for the WAL flush
+	// (synchronous_commit off for gw_reserve's transaction; settlements stay
+	// durable). A reservation is then cheaper, but a database crash can
+	// lose the last ones (those of about the last 3 x wal_writer_delay):
+	// their requests, if served, go unbilled (their settlement finds no
+	// hold, charges nothing and records no usage), and the rate counts they
+	// made are lost with them. Nothing is ever charged twice or beyond the
+	// balance. Default false: every reservation is durable.
+	AsyncReserve bool
 	// PollInterval is how often the change feed is read when no
 	// notification arrives (the fallback for missed ones). Default a
 	// quarter of FeedBound; at most half of it.

@@ -60,3 +60,13 @@ func TestLimitsShared(t *testing.T) {
 		return open(t, dsn, a), open(t, dsn, b)
 	})
 }
+
+// Reservations committed without waiting for the WAL flush, settlements
+// gathered in a commit window: the same suite.
+func TestConformanceAsyncReserve(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storage.Store {
+		o := testOptions
+		o.AsyncReserve, o.CommitWindow = true, time.Millisecond
+		return open(t, pgtest.DatabaseURL(t), o)
+	})
+}
