@@ -15,9 +15,9 @@ import (
 // settlements of concurrent requests of this node share one transaction
 // (one round trip, one commit, one WAL flush) instead of one each.
 //
-// A settlement that arrives while no flush runs starts one at once (after
-// the commit window, if one is set); those that arrive while a flush runs
-// join the next one. Each caller waits until the transaction holding its
+// A settlement that arrives while fewer than maxFlushes flushes run starts
+// one at once (after the commit window, if one is set); those that arrive
+// while flushes run join the next one. Each caller waits until the transaction holding its
 // settlement committed, so Settle stays durable. Exactly once is still the
 // database's: the settlement deletes its hold row, and a second one finds
 // nothing; the batcher adds no state of its own.
@@ -28,9 +28,14 @@ type settleBatcher struct {
 	mu       sync.Mutex
 	idle     sync.Cond // signalled when a flush loop ends
 	queue    []*settleItem
-	flushing bool
+	flushing int // flush loops running (at most maxFlushes)
 	closed   bool
 }
+
+// maxFlushes is how many batches may be on their way at once: while one
+// commits, the next is sent, so the database is not idle during the
+// round trips. Two batches of one node lock their rows in the same order.
+const maxFlushes = 2
 
 // settleItem is one settlement waiting for its batch.
 type settleItem struct {
@@ -62,8 +67,8 @@ func (b *settleBatcher) settle(userID, keyID int64, call heldCall) *settleItem {
 		return it
 	}
 	b.queue = append(b.queue, it)
-	if !b.flushing {
-		b.flushing = true
+	if b.flushing < maxFlushes {
+		b.flushing++
 		go b.loop()
 	}
 	b.mu.Unlock()
@@ -81,7 +86,7 @@ func (b *settleBatcher) loop() {
 		items := b.queue
 		b.queue = nil
 		if len(items) == 0 {
-			b.flushing = false
+			b.flushing--
 			b.idle.Broadcast()
 			b.mu.Unlock()
 			return
@@ -96,7 +101,7 @@ func (b *settleBatcher) loop() {
 func (b *settleBatcher) close() {
 	b.mu.Lock()
 	b.closed = true
-	for b.flushing {
+	for b.flushing > 0 {
 		b.idle.Wait()
 	}
 	b.mu.Unlock()
