@@ -25,6 +25,7 @@ type report struct {
 	retention *retentionResult
 	sustained []sustainedResult
 	cluster   *clusterResult
+	postgres  *pgResult
 	elapsed   time.Duration
 }
 
@@ -333,6 +334,9 @@ func (r *report) markdown() string {
 	if r.cluster != nil {
 		b.WriteString(r.cluster.markdown())
 	}
+	if r.postgres != nil {
+		b.WriteString(r.postgres.markdown())
+	}
 
 	if len(r.streams) > 0 {
 		b.WriteString("\n### Slow streams held open (one SSE chunk per second each, fresh Caddy process per target)\n\n")
@@ -362,7 +366,7 @@ func (r *report) markdown() string {
 	}
 
 	if len(r.micro) > 0 || r.microErr != nil {
-		b.WriteString("\n### Microbenchmarks (go test -bench -benchmem, ./caddymodule and ./storage)\n\n")
+		b.WriteString("\n### Microbenchmarks (go test -bench -benchmem, ./caddymodule, ./storage and ./storage/postgres)\n\n")
 		if r.microErr != nil {
 			fmt.Fprintf(&b, "Some did not run cleanly:\n\n```\n%s\n```\n\n", r.microErr)
 		}
