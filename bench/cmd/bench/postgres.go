@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -68,7 +67,9 @@ func (h *harness) postgres(ctx context.Context, rn runner) (*pgResult, error) {
 	}
 	defer pg.Close()
 	dsn := pg.URL("postgres")
-	config, err := h.postgresCaddyfile()
+	// The database_url shorthand: the store's defaults (durable
+	// reservations, no commit window).
+	config, err := h.clusterCaddyfile()
 	if err != nil {
 		return nil, err
 	}
@@ -118,22 +119,6 @@ func (h *harness) postgres(ctx context.Context, rn runner) (*pgResult, error) {
 	}
 	res.loadEnd = loadAvg()
 	return res, nil
-}
-
-// postgresCaddyfile is bench/Caddyfile.gateway on PostgreSQL with the
-// store's defaults (durable reservations, no commit window).
-func (h *harness) postgresCaddyfile() (string, error) {
-	b, err := os.ReadFile(h.configPath(setupBare, "gateway"))
-	if err != nil {
-		return "", err
-	}
-	const bolt = "db_path {env.GATEWAYZ_DB}"
-	if !strings.Contains(string(b), bolt) {
-		return "", fmt.Errorf("%s has no %q to replace", h.configPath(setupBare, "gateway"), bolt)
-	}
-	path := filepath.Join(h.dir, "Caddyfile.postgres")
-	out := strings.Replace(string(b), bolt, "storage postgres {\n\t\t\tdsn {env.GATEWAYZ_DATABASE_URL}\n\t\t}", 1)
-	return path, os.WriteFile(path, []byte(out), 0o644)
 }
 
 // pgUsers sets up the hot user and pgUsers others (on one plan, all limits
