@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"math"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -219,4 +220,38 @@ func (p *pgResult) markdown() string {
 			fmtMicros(med(gw, func(s pgSample) float64 { return s.dbPerReq })), bad)
 	}
 	return b.String()
+}
+
+// pgSettleBench names the microbenchmark of durable settlements through
+// the PostgreSQL store (storage/postgres, a server with fsync on, 1,000
+// users, durable reservations).
+const pgSettleBench = `ReserveSettleDurable/users=1000/async=false`
+
+// postgresChecks are the targets of the PostgreSQL backend: gateway ÷
+// plain at 32 connections from the -postgres run, and the durable
+// settlements/s of the microbenchmark.
+func (r *report) postgresChecks() []check {
+	var cs []check
+	if p := r.postgres; p != nil {
+		for _, l := range p.loads {
+			plain, gw := p.samples[l.name]["plain"], p.samples[l.name]["gateway"]
+			v := math.NaN()
+			if len(plain) > 0 && len(gw) > 0 {
+				rps := func(ss []pgSample) float64 {
+					xs := make([]float64, len(ss))
+					for i, s := range ss {
+						xs[i] = s.rps
+					}
+					return median(xs)
+				}
+				v = rps(gw) / rps(plain)
+			}
+			cs = append(cs, check{"PostgreSQL, " + l.name + ": gateway/plain req/s", fmtRatio(v), "≥ 0.75", nanPass(v, v >= 0.75)})
+		}
+	}
+	if m := r.findMicro(pgSettleBench); m != nil {
+		v := settlementsPerSec(m)
+		cs = append(cs, check{"durable settlements on PostgreSQL (" + m.pkg + "." + m.name + ")", fmt.Sprintf("%.0f/s", v), "≥ 10,000/s", passFail(v >= 10000)})
+	}
+	return cs
 }

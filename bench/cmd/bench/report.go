@@ -157,7 +157,7 @@ func (r *report) checks() []check {
 	} else {
 		cs = append(cs, check{"durable settlements microbenchmark", "not run or not found", "≥ 20,000/s", "n/a"})
 	}
-	return cs
+	return append(cs, r.postgresChecks()...)
 }
 
 // sustainedRatio is the gateway's peak RSS over plain's under the
