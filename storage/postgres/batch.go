@@ -17,10 +17,11 @@ import (
 //
 // A settlement that arrives while fewer than maxFlushes flushes run starts
 // one at once (after the commit window, if one is set); those that arrive
-// while flushes run join the next one. Each caller waits until the transaction holding its
-// settlement committed, so Settle stays durable. Exactly once is still the
-// database's: the settlement deletes its hold row, and a second one finds
-// nothing; the batcher adds no state of its own.
+// while flushes run join the next one. Each caller waits until the
+// transaction holding its settlement committed, so Settle stays durable.
+// Exactly once is still the database's: the settlement deletes its hold
+// row, and a second one finds nothing; the batcher adds no state of its
+// own.
 type settleBatcher struct {
 	s      *Store
 	window time.Duration // extra wait before a flush, to gather more (0: none)
@@ -56,7 +57,7 @@ func newSettleBatcher(s *Store, window time.Duration) *settleBatcher {
 	return b
 }
 
-// settle queues a call of gw_settle_spend and waits until the transaction
+// settle queues a call of gw_settle_held and waits until the transaction
 // that carries it has committed or failed.
 func (b *settleBatcher) settle(userID, keyID int64, call heldCall) *settleItem {
 	it := &settleItem{userID: userID, keyID: keyID, call: call, done: make(chan struct{})}
