@@ -181,6 +181,11 @@ func (h *harness) pgRound(ctx context.Context, rn runner, db *pgx.Conn, t *targe
 		out.cpuPerReq = float64(c1-c0) / float64(time.Microsecond) / float64(s.requests)
 		out.dbPerReq = float64(p1-p0) / float64(time.Microsecond) / float64(s.requests)
 	}
+	if !gateway || p1 < p0 {
+		// A server process that ended in the window took its CPU time
+		// with it: no figure rather than a wrong one.
+		out.dbPerReq = math.NaN()
+	}
 	return out, nil
 }
 
@@ -202,11 +207,19 @@ func (p *pgResult) markdown() string {
 			continue
 		}
 		med := func(ss []pgSample, f func(pgSample) float64) float64 {
-			xs := make([]float64, len(ss))
-			for i, s := range ss {
-				xs[i] = f(s)
+			var xs []float64
+			for _, s := range ss {
+				if v := f(s); !math.IsNaN(v) {
+					xs = append(xs, v)
+				}
 			}
 			return median(xs)
+		}
+		micros := func(v float64) string {
+			if math.IsNaN(v) {
+				return "n/a"
+			}
+			return fmtMicros(v)
 		}
 		rps := func(s pgSample) float64 { return s.rps }
 		var bad int64
@@ -216,8 +229,8 @@ func (p *pgResult) markdown() string {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %s | %s | %s | %s | %d |\n", l.name, med(plain, rps), med(gw, rps),
 			fmtRatio(med(gw, rps)/med(plain, rps)),
 			fmtDur(time.Duration(med(gw, func(s pgSample) float64 { return float64(s.p99) }))),
-			fmtMicros(med(gw, func(s pgSample) float64 { return s.cpuPerReq })),
-			fmtMicros(med(gw, func(s pgSample) float64 { return s.dbPerReq })), bad)
+			micros(med(gw, func(s pgSample) float64 { return s.cpuPerReq })),
+			micros(med(gw, func(s pgSample) float64 { return s.dbPerReq })), bad)
 	}
 	return b.String()
 }
