@@ -13,14 +13,23 @@ import (
 	"github.com/gatewayz/caddy-gatewayz/storage/storetest"
 )
 
-// batchItem is the settlement of res at cost, as Settle queues it.
-func batchItem(t *testing.T, s *Store, res *storage.Reservation, cost int64) *settleItem {
+// settleResult is what a settlement's call answers.
+type settleResult struct {
+	charged, balance int64
+	status           string
+	spend            spendRow
+}
+
+// settleBatchCall is the settlement of res at cost, as Settle queues it.
+func settleBatchCall(t *testing.T, s *Store, res *storage.Reservation, cost int64) (*batchCall, *settleResult) {
 	t.Helper()
 	call, err := s.settleCall(res, cost, storage.UsageRecord{Model: "m", RequestID: fmt.Sprint("r", res.ID)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &settleItem{userID: res.UserID, keyID: res.KeyID, call: call, done: make(chan struct{})}
+	r := &settleResult{}
+	return &batchCall{userID: res.UserID, keyID: res.KeyID, sql: settleSpendSQL, args: call.args,
+		dest: r.spend.dest(&r.charged, &r.balance, &r.status), done: make(chan struct{})}, r
 }
 
 func mustReserve(t *testing.T, s *Store, user, key, credits int64) *storage.Reservation {
@@ -41,14 +50,22 @@ func TestSettleBatch(t *testing.T) {
 	r1 := mustReserve(t, s, u1.ID, k1.ID, 20)
 	r2 := mustReserve(t, s, u2.ID, k2.ID, 20)
 	r3 := mustReserve(t, s, u1.ID, k1.ID, 20)
-	items := []*settleItem{batchItem(t, s, r2, 5), batchItem(t, s, r1, 7), batchItem(t, s, r3, 9), batchItem(t, s, r1, 7)}
-	s.batcher.flush(items)
+	var calls []*batchCall
+	var results []*settleResult
+	for _, x := range []struct {
+		res  *storage.Reservation
+		cost int64
+	}{{r2, 5}, {r1, 7}, {r3, 9}, {r1, 7}} {
+		c, r := settleBatchCall(t, s, x.res, x.cost)
+		calls, results = append(calls, c), append(results, r)
+	}
+	s.settles.flush(calls)
 	statuses := map[string]int{}
-	for _, it := range items {
-		if it.err != nil {
-			t.Fatalf("settlement of hold %v: %v", it.call.args[0], it.err)
+	for i, c := range calls {
+		if c.err != nil {
+			t.Fatalf("settlement of hold %v: %v", c.args[0], c.err)
 		}
-		statuses[it.status]++
+		statuses[results[i].status]++
 	}
 	if statuses["ok"] != 3 || statuses["settled"] != 1 {
 		t.Fatalf("statuses = %v, want 3 ok and 1 settled (the repeat)", statuses)
@@ -69,19 +86,27 @@ func TestSettleBatchBadItem(t *testing.T) {
 	s := openNode(t, pgtest.DatabaseURL(t), "batch")
 	u, k := storetest.Register(t, s, "bad@example.com", 100)
 	good1, bad, good2 := mustReserve(t, s, u.ID, k.ID, 10), mustReserve(t, s, u.ID, k.ID, 10), mustReserve(t, s, u.ID, k.ID, 10)
-	items := []*settleItem{batchItem(t, s, good1, 3), batchItem(t, s, bad, 4), batchItem(t, s, good2, 5)}
-	items[1].call.args[8] = "not json"
-	s.batcher.flush(items)
-	for _, it := range items {
+	var calls []*batchCall
+	var results []*settleResult
+	for _, x := range []struct {
+		res  *storage.Reservation
+		cost int64
+	}{{good1, 3}, {bad, 4}, {good2, 5}} {
+		c, r := settleBatchCall(t, s, x.res, x.cost)
+		calls, results = append(calls, c), append(results, r)
+	}
+	calls[1].args[8] = "not json"
+	s.settles.flush(calls)
+	for i, c := range calls {
 		switch {
-		case it == items[1] && it.err == nil:
+		case i == 1 && c.err == nil:
 			t.Fatal("the bad settlement reported no error")
-		case it != items[1] && (it.err != nil || it.status != "ok"):
-			t.Fatalf("a good settlement failed with the bad one: %q, %v", it.status, it.err)
+		case i != 1 && (c.err != nil || results[i].status != "ok"):
+			t.Fatalf("a good settlement failed with the bad one: %q, %v", results[i].status, c.err)
 		}
 	}
-	if errors.Is(items[1].err, storage.ErrUnavailable) {
-		t.Fatalf("a bad document is no outage: %v", items[1].err)
+	if errors.Is(calls[1].err, storage.ErrUnavailable) {
+		t.Fatalf("a bad document is no outage: %v", calls[1].err)
 	}
 	// The bad one's hold is still open: its reservation can be refunded.
 	if b := storetest.MustBalance(t, s, u.ID); b.Credits != 92 || b.Reserved != 10 {
@@ -182,6 +207,58 @@ func TestSettleReusedHoldID(t *testing.T) {
 	}
 	if b := storetest.MustBalance(t, s, u1.ID); b.Credits != 100 || b.Reserved != 0 {
 		t.Fatalf("the lost reservation's user: %+v, want nothing charged, nothing reserved", b)
+	}
+	mustVerify(t, s)
+}
+
+// One flush reserves for several users in one transaction, each call as it
+// would alone and in the batch's order: of three reservations of 40 against
+// 100 credits, the third finds 20 available and is refused, holding nothing.
+func TestReserveBatch(t *testing.T) {
+	s := openNode(t, pgtest.DatabaseURL(t), "batch")
+	u1, k1 := storetest.Register(t, s, "rb1@example.com", 100)
+	u2, k2 := storetest.Register(t, s, "rb2@example.com", 100)
+	type answer struct {
+		id, held, credits, reserved, holds, used, inWindow *int64
+		status                                             string
+		counts                                             []int64
+		breach                                             *int32
+	}
+	var calls []*batchCall
+	var answers []*answer
+	for _, req := range []storage.ReserveRequest{
+		{UserID: u1.ID, KeyID: k1.ID, Credits: 40}, {UserID: u2.ID, KeyID: k2.ID, Credits: 40},
+		{UserID: u1.ID, KeyID: k1.ID, Credits: 40}, {UserID: u1.ID, KeyID: k1.ID, Credits: 40},
+	} {
+		a := &answer{}
+		sql, args := s.reserveCall(req)
+		calls = append(calls, &batchCall{userID: req.UserID, keyID: req.KeyID, sql: sql, args: args, done: make(chan struct{}),
+			dest: []any{&a.id, &a.held, &a.credits, &a.reserved, &a.holds, &a.status, &a.used, &a.inWindow, &a.counts, &a.breach}})
+		answers = append(answers, a)
+	}
+	s.reserves.flush(calls)
+	var got []string
+	for i, c := range calls {
+		if c.err != nil {
+			t.Fatalf("reservation %d: %v", i, c.err)
+		}
+		got = append(got, answers[i].status)
+	}
+	if want := []string{"ok", "ok", "ok", "insufficient"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("statuses %v, want %v", got, want)
+	}
+	if b := storetest.MustBalance(t, s, u1.ID); b.Credits != 100 || b.Reserved != 80 {
+		t.Fatalf("user 1: %+v, want 80 of 100 reserved", b)
+	}
+	if b := storetest.MustBalance(t, s, u2.ID); b.Reserved != 40 {
+		t.Fatalf("user 2: %+v, want 40 reserved", b)
+	}
+	for _, i := range []int{0, 1, 2} {
+		res := &storage.Reservation{ID: uint64(*answers[i].id), UserID: []int64{u1.ID, u2.ID, u1.ID}[i],
+			KeyID: []int64{k1.ID, k2.ID, k1.ID}[i], Amount: *answers[i].held}
+		if err := s.Refund(context.Background(), res); err != nil {
+			t.Fatal(err)
+		}
 	}
 	mustVerify(t, s)
 }

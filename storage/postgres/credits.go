@@ -17,6 +17,8 @@ import (
 // (storage.ReserveAmount) of the available balance when that covers it, and
 // adds a hold row of this node. With req.Limits, the same call checks and
 // counts the rate limits and plan quotas first (storage.LimitCounter).
+// Concurrent reservations of this node are committed together
+// (batcher); each runs in the batch exactly as it would alone.
 func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, error) {
 	if s.closed.Load() {
 		return nil, storage.ErrClosed
@@ -27,29 +29,20 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	if (req.KeyBudget.Limited && req.KeyBudget.Limit < 0) || (req.UserBudget.Limited && req.UserBudget.Limit < 0) {
 		return nil, fmt.Errorf("storage: negative spend limit: %w", storage.ErrInvalid)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	var id, held, credits, reserved, holds, used, inWindow *int64
 	var status string
 	var counts []int64
 	var breach *int32
-	var now *int64
-	var day *int32
-	var limits []int64
-	tokens, counted := int64(0), false
-	if lim := req.Limits; lim != nil {
-		n, d, l := limitArgs(lim)
-		now, day, limits = &n, &d, l
-		tokens, counted = max(lim.Tokens, 0), lim.Counted
-	}
-	sql := reserveSQL
-	if s.opts.AsyncReserve {
-		sql = reserveAsyncSQL
-	}
-	err := s.pool.QueryRow(ctx, sql, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
-		req.MaxRequests, s.node, req.KeyBudget.Start, limitArg(req.KeyBudget), req.UserBudget.Start, limitArg(req.UserBudget),
-		now, day, limits, tokens, counted).
-		Scan(&id, &held, &credits, &reserved, &holds, &status, &used, &inWindow, &counts, &breach)
+	// Concurrent reservations share a transaction (batch.go): one turn on
+	// a hot user's rows and one commit for all of them.
+	sql, args := s.reserveCall(req)
+	err := s.reserves.do(req.UserID, req.KeyID, sql, args,
+		[]any{&id, &held, &credits, &reserved, &holds, &status, &used, &inWindow, &counts, &breach})
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, err
 	}
 	var state *storage.LimitState
 	if req.Limits != nil {
@@ -79,6 +72,26 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	s.holds.Store(*id, struct{}{})
 	return &storage.Reservation{ID: uint64(*id), UserID: req.UserID, KeyID: req.KeyID, Amount: *held,
 		Available: *credits - *reserved, Limits: state}, nil
+}
+
+// reserveCall is the call of gw_reserve for req.
+func (s *Store) reserveCall(req storage.ReserveRequest) (string, []any) {
+	var now *int64
+	var day *int32
+	var limits []int64
+	tokens, counted := int64(0), false
+	if lim := req.Limits; lim != nil {
+		n, d, l := limitArgs(lim)
+		now, day, limits = &n, &d, l
+		tokens, counted = max(lim.Tokens, 0), lim.Counted
+	}
+	sql := reserveSQL
+	if s.opts.AsyncReserve {
+		sql = reserveAsyncSQL
+	}
+	return sql, []any{req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
+		req.MaxRequests, s.node, req.KeyBudget.Start, limitArg(req.KeyBudget), req.UserBudget.Start, limitArg(req.UserBudget),
+		now, day, limits, tokens, counted}
 }
 
 // limitArg is a budget window's limit as gw_reserve takes it: null for none.
@@ -127,15 +140,25 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 	// Concurrent settlements share a transaction (batch.go); this returns
 	// once the one holding this settlement has committed. It does not end
 	// with ctx: a settlement asked for is applied, or kept for a retry.
-	it := s.batcher.settle(res.UserID, res.KeyID, call)
-	if it.err != nil {
-		return 0, 0, s.retryLater(call, it.err)
+	var status string
+	var sp spendRow
+	err = s.settles.do(res.UserID, res.KeyID, settleSpendSQL, call.args, sp.dest(&charged, &balanceAfter, &status))
+	if err != nil {
+		return 0, 0, s.retryLater(call, err)
 	}
-	if it.status == "ok" {
-		spent := it.spend.settleSpend()
+	if status == "ok" {
+		spent := sp.settleSpend()
 		res.Spent = &spent
 	}
-	return s.settled(int64(res.ID), it.status, it.charged, it.balance)
+	return s.settled(int64(res.ID), status, charged, balanceAfter)
+}
+
+// dest is where settleSpendSQL's row is scanned: the charge, the balance
+// and the status, then r.
+func (r *spendRow) dest(charged, balance *int64, status *string) []any {
+	return []any{charged, balance, status,
+		&r.keyTracked, &r.keyWindow, &r.keyBefore, &r.keyAfter, &r.keyLimit,
+		&r.userTracked, &r.userWindow, &r.userBefore, &r.userAfter, &r.userLimit}
 }
 
 // settleCall is the call of gw_settle (gw_settle_spend, the first time)

@@ -145,13 +145,14 @@ func TestBatchDuringOutage(t *testing.T) {
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	items := []*settleItem{batchItem(t, s, r1, 3), batchItem(t, s, r2, 4)}
-	s.batcher.flush(items)
-	for _, it := range items {
-		if !errors.Is(it.err, storage.ErrUnavailable) {
-			t.Fatalf("settlement with the server down: %v", it.err)
+	c1, _ := settleBatchCall(t, s, r1, 3)
+	c2, _ := settleBatchCall(t, s, r2, 4)
+	s.settles.flush([]*batchCall{c1, c2})
+	for _, c := range []*batchCall{c1, c2} {
+		if !errors.Is(c.err, storage.ErrUnavailable) {
+			t.Fatalf("settlement with the server down: %v", c.err)
 		}
-		s.retryLater(it.call, it.err)
+		s.retryLater(heldCall{settleSQL, c.args}, c.err)
 	}
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)

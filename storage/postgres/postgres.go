@@ -117,7 +117,9 @@ type Store struct {
 	openN atomic.Int64 // holds this handle made and has not settled or refunded
 	holds sync.Map     // their ids (int64)
 
-	batcher *settleBatcher // concurrent settlements, committed together
+	// Concurrent reservations, and concurrent settlements, of this node are
+	// each committed together (batch.go).
+	reserves, settles *batcher
 
 	retryMu sync.Mutex
 	retries []heldCall // settlements and refunds to apply once the database is back
@@ -163,7 +165,8 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("storage: connecting to PostgreSQL: %w", mapErr(err))
 	}
 	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now, opened: time.Now()}
-	s.batcher = newSettleBatcher(s, opts.CommitWindow)
+	s.reserves = newBatcher(pool, opts.StatementTimeout, 0)
+	s.settles = newBatcher(pool, opts.StatementTimeout, opts.CommitWindow)
 	if err := s.start(ctx, cfg.ConnConfig); err != nil {
 		pool.Close()
 		return nil, err
@@ -232,7 +235,9 @@ func (s *Store) Close() error {
 		s.closed.Store(true)
 		s.cancel()
 		s.wg.Wait()
-		s.batcher.close() // settlements on their way commit before the holds go
+		// Reservations and settlements on their way commit before the holds go.
+		s.reserves.close()
+		s.settles.close()
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.StatementTimeout)
 		defer cancel()
 		// Settlements kept while the database was unreachable go first:
