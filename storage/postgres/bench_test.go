@@ -46,6 +46,46 @@ func BenchmarkReserveSettleDurable(b *testing.B) {
 			})
 		}
 	}
+	// The settlements alone: b.N reservations made first (not timed),
+	// then settled from 32 goroutines.
+	for _, users := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("settle-only/users=%d", users), func(b *testing.B) {
+			s := open(b, srv.URL("postgres"), postgres.Options{Node: "bench", PoolSize: 32})
+			ids, keys := register(b, s, users)
+			ctx := context.Background()
+			res := make(chan *storage.Reservation, b.N)
+			for i := range b.N {
+				r, err := s.Reserve(ctx, storage.ReserveRequest{UserID: ids[i%users], KeyID: keys[i%users], Credits: 100})
+				if err != nil {
+					b.Fatal(err)
+				}
+				res <- r
+			}
+			close(res)
+			b.SetParallelism(max(1, 32/runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, _, err := s.Settle(ctx, <-res, 42, storage.UsageRecord{Model: "m", TotalTokens: 42, RequestID: "bench"}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "settlements/s")
+		})
+	}
+}
+
+// register adds users with a key each and a large balance (unique emails:
+// a benchmark function runs more than once on one database).
+func register(b *testing.B, s storage.Store, users int) (ids, keys []int64) {
+	ids, keys = make([]int64, users), make([]int64, users)
+	for i := range ids {
+		u, k := storetest.Register(b, s, fmt.Sprintf("b%d-%d@example.com", i, time.Now().UnixNano()), 1<<40)
+		ids[i], keys[i] = u.ID, k.ID
+	}
+	return ids, keys
 }
 
 func benchReserveSettle(b *testing.B, dsn string, opts postgres.Options, users int, limits bool, parallelism int) {
@@ -58,11 +98,7 @@ func benchReserveSettle(b *testing.B, dsn string, opts postgres.Options, users i
 		}
 	}
 	s := open(b, dsn, opts)
-	ids, keys := make([]int64, users), make([]int64, users)
-	for i := range ids {
-		u, k := storetest.Register(b, s, fmt.Sprintf("b%d-%d@example.com", i, time.Now().UnixNano()), 1<<40)
-		ids[i], keys[i] = u.ID, k.ID
-	}
+	ids, keys := register(b, s, users)
 	ctx := context.Background()
 	b.SetParallelism(parallelism)
 	b.ResetTimer()

@@ -237,8 +237,8 @@ func (p *pgResult) markdown() string {
 
 // pgSettleBench names the microbenchmark of durable settlements through
 // the PostgreSQL store (storage/postgres, a server with fsync on, 1,000
-// users, durable reservations).
-const pgSettleBench = `ReserveSettleDurable/users=1000/async=false`
+// users, 32 goroutines settling reservations made before).
+const pgSettleBench = `ReserveSettleDurable/settle-only/users=1000`
 
 // postgresChecks are the targets of the PostgreSQL backend: gateway ÷
 // plain at 32 connections from the -postgres run, and the durable
