@@ -23,6 +23,13 @@ import (
 // On a machine with few cores the nodes share them, so what it shows is
 // the ratio and the CPU per request, not a speed-up.
 
+// postgresInstalled reports whether the multi-node run can start a
+// private PostgreSQL server here (its default).
+func postgresInstalled() bool {
+	_, err := pgtest.BinDir()
+	return err == nil
+}
+
 // clusterNodes is the number of nodes of the multi-node run.
 const clusterNodes = 3
 
@@ -39,8 +46,9 @@ type clusterSample struct {
 
 // clusterResult is the multi-node run's report.
 type clusterResult struct {
-	load    string
-	samples map[int][]clusterSample // by node count
+	load       string
+	samples    map[int][]clusterSample // by node count
+	revocation *revocationResult
 }
 
 // clusterCaddyfile is bench/Caddyfile.gateway on PostgreSQL.
@@ -126,6 +134,14 @@ func (h *harness) cluster(ctx context.Context, rn runner) (*clusterResult, error
 			res.samples[n] = append(res.samples[n], s)
 		}
 	}
+	bases := make([]string, len(nodes))
+	for i, n := range nodes {
+		bases[i] = "http://" + n.addr
+	}
+	if res.revocation, err = measureRevocation(bases, key); err != nil {
+		return nil, fmt.Errorf("revocation latency: %w", err)
+	}
+	log.Printf("revocation latency: %s", strings.TrimSpace(res.revocation.markdown()))
 	return res, nil
 }
 
@@ -229,6 +245,7 @@ func (c *clusterResult) markdown() string {
 			fmtMicros(median(mapSamples(ss, func(s clusterSample) float64 { return s.cpuPerReq }))),
 			fmtMicros(median(mapSamples(ss, func(s clusterSample) float64 { return s.dbPerReq }))), bad)
 	}
+	b.WriteString(c.revocation.markdown())
 	return b.String()
 }
 

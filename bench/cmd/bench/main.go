@@ -88,7 +88,7 @@ func main() {
 	flag.DurationVar(&c.diskDuration, "disk-duration", 10*time.Second, "metered requests (as shipped, short JSON, 32 connections) for the bytes on disk per request (0: skip)")
 	flag.IntVar(&c.sustainConns, "sustain-conns", 1024, "connections of the sustained load for the RSS split")
 	flag.DurationVar(&c.sustainDuration, "sustain-duration", 20*time.Second, "length of the sustained load through each Caddy (0: skip)")
-	flag.BoolVar(&c.cluster, "cluster", false, "also measure the gateway on PostgreSQL: one node vs three nodes sharing the database (starts a private PostgreSQL server; adds a minute or so)")
+	flag.BoolVar(&c.cluster, "cluster", postgresInstalled(), "also measure the gateway on PostgreSQL: one node vs three nodes sharing the database, and the revocation latency (starts a private PostgreSQL server; adds a minute or so; on by default where PostgreSQL is installed)")
 	flag.BoolVar(&c.postgres, "postgres", false, "also measure one gateway node on a private PostgreSQL server (fsync on) against plain Caddy, JSON and SSE, one hot user and 1,000 users (adds about two minutes with the default rounds)")
 	flag.BoolVar(&c.hold, "hold", false, "set up the mock and both Caddys, print their addresses, PIDs and the API key, and wait for Ctrl-C (for profiling by hand)")
 	flag.Parse()
