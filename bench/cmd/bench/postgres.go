@@ -112,12 +112,12 @@ func (h *harness) postgres(ctx context.Context, rn runner) (*pgResult, error) {
 				if err != nil {
 					return nil, fmt.Errorf("%s %s: %w", l.name, t.name, err)
 				}
-				db := "-"
+				dbCPU := "-"
 				if !math.IsNaN(s.dbPerReq) {
-					db = fmtMicros(s.dbPerReq)
+					dbCPU = fmtMicros(s.dbPerReq)
 				}
 				log.Printf("round %d/%d postgres %-34s %-7s %8.0f req/s  p99 %-9s cpu %5.0f µs/req  database cpu %s/req  non-2xx %d errors %d",
-					r+1, h.cfg.rounds, l.name, t.name, s.rps, fmtDur(s.p99), s.cpuPerReq, db, s.non2xx, s.errors)
+					r+1, h.cfg.rounds, l.name, t.name, s.rps, fmtDur(s.p99), s.cpuPerReq, dbCPU, s.non2xx, s.errors)
 				res.samples[l.name][t.name] = append(res.samples[l.name][t.name], s)
 			}
 		}
