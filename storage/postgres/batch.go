@@ -30,6 +30,11 @@ type batcher struct {
 	timeout time.Duration // bounds a flush
 	window  time.Duration // extra wait before a flush, to gather more (0: none)
 
+	// set, when given, turns a batch's calls into one statement answering
+	// their rows in order, instead of one statement per call ("" when it
+	// cannot).
+	set func(calls []*batchCall) (string, []any)
+
 	mu       sync.Mutex
 	idle     sync.Cond // signalled when a flush loop ends
 	queue    []*batchCall
@@ -165,8 +170,17 @@ func (b *batcher) send(ctx context.Context, calls []*batchCall) error {
 	batch := &pgx.Batch{}
 	batch.Queue(`SELECT 1 FROM gw_keys WHERE id = ANY($1) ORDER BY id FOR UPDATE`, keys)
 	batch.Queue(`SELECT 1 FROM gw_accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
-	for _, c := range calls {
-		batch.Queue(c.sql, c.args...)
+	var setSQL string
+	var setArgs []any
+	if b.set != nil {
+		setSQL, setArgs = b.set(calls)
+	}
+	if setSQL != "" {
+		batch.Queue(setSQL, setArgs...)
+	} else {
+		for _, c := range calls {
+			batch.Queue(c.sql, c.args...)
+		}
 	}
 	br := b.pool.SendBatch(ctx, batch)
 	for range 2 {
@@ -174,6 +188,34 @@ func (b *batcher) send(ctx context.Context, calls []*batchCall) error {
 			br.Close()
 			return err
 		}
+	}
+	if setSQL != "" {
+		rows, err := br.Query()
+		if err != nil {
+			br.Close()
+			return err
+		}
+		i := 0
+		for rows.Next() {
+			if i < len(calls) {
+				if err := rows.Scan(calls[i].dest...); err != nil {
+					rows.Close()
+					br.Close()
+					return err
+				}
+			}
+			i++
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			br.Close()
+			return err
+		}
+		if i != len(calls) {
+			br.Close()
+			return errors.New("storage: a batch answered a different number of rows than it had calls")
+		}
+		return br.Close()
 	}
 	for _, c := range calls {
 		if err := br.QueryRow().Scan(c.dest...); err != nil {

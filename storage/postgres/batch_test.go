@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -59,7 +60,13 @@ func TestSettleBatch(t *testing.T) {
 		c, r := settleBatchCall(t, s, x.res, x.cost)
 		calls, results = append(calls, c), append(results, r)
 	}
-	s.settles.flush(calls)
+	// In one statement (settleSet): no fallback to one call at a time.
+	if sql, _ := settleSet(calls); sql == "" {
+		t.Fatal("the settlements do not fit one statement")
+	}
+	if err := s.settles.send(context.Background(), calls); err != nil {
+		t.Fatal(err)
+	}
 	statuses := map[string]int{}
 	for i, c := range calls {
 		if c.err != nil {
@@ -211,11 +218,18 @@ func TestSettleReusedHoldID(t *testing.T) {
 	mustVerify(t, s)
 }
 
-// One flush reserves for several users in one transaction, each call as it
-// would alone and in the batch's order: of three reservations of 40 against
-// 100 credits, the third finds 20 available and is refused, holding nothing.
+// One batch reserves for several users in one statement and transaction,
+// each call as it would alone and in the batch's order: of three
+// reservations of 40 against 100 credits, the third finds 20 available
+// and is refused, holding nothing; limits are counted per call.
 func TestReserveBatch(t *testing.T) {
-	s := openNode(t, pgtest.DatabaseURL(t), "batch")
+	for _, async := range []bool{false, true} {
+		t.Run(fmt.Sprint("async=", async), func(t *testing.T) { reserveBatch(t, async) })
+	}
+}
+
+func reserveBatch(t *testing.T, async bool) {
+	s := mustOpen(t, pgtest.DatabaseURL(t), Options{Node: "batch", Lease: time.Minute, AsyncReserve: async})
 	u1, k1 := storetest.Register(t, s, "rb1@example.com", 100)
 	u2, k2 := storetest.Register(t, s, "rb2@example.com", 100)
 	type answer struct {
@@ -226,9 +240,14 @@ func TestReserveBatch(t *testing.T) {
 	}
 	var calls []*batchCall
 	var answers []*answer
+	// User 2 may make 2 requests a minute: its second call is refused.
+	var l [storage.NumLevels]storage.WindowCounts
+	l[storage.LevelUser].Requests[storage.WindowMinute] = 2
+	lim := &storage.LimitRequest{Now: time.Now(), Limits: l, Tokens: 5}
 	for _, req := range []storage.ReserveRequest{
-		{UserID: u1.ID, KeyID: k1.ID, Credits: 40}, {UserID: u2.ID, KeyID: k2.ID, Credits: 40},
+		{UserID: u1.ID, KeyID: k1.ID, Credits: 40}, {UserID: u2.ID, KeyID: k2.ID, Credits: 40, Limits: lim},
 		{UserID: u1.ID, KeyID: k1.ID, Credits: 40}, {UserID: u1.ID, KeyID: k1.ID, Credits: 40},
+		{UserID: u2.ID, KeyID: k2.ID, Credits: 1, Limits: lim}, {UserID: u2.ID, KeyID: k2.ID, Credits: 1, Limits: lim},
 	} {
 		a := &answer{}
 		sql, args := s.reserveCall(req)
@@ -236,29 +255,81 @@ func TestReserveBatch(t *testing.T) {
 			dest: []any{&a.id, &a.held, &a.credits, &a.reserved, &a.holds, &a.status, &a.used, &a.inWindow, &a.counts, &a.breach}})
 		answers = append(answers, a)
 	}
-	s.reserves.flush(calls)
+	if sql, _ := reserveSet(calls); sql == "" {
+		t.Fatal("the reservations do not fit one statement")
+	}
+	if err := s.reserves.send(context.Background(), calls); err != nil {
+		t.Fatal(err)
+	}
 	var got []string
-	for i, c := range calls {
-		if c.err != nil {
-			t.Fatalf("reservation %d: %v", i, c.err)
-		}
+	for i := range calls {
 		got = append(got, answers[i].status)
 	}
-	if want := []string{"ok", "ok", "ok", "insufficient"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if want := []string{"ok", "ok", "ok", "insufficient", "ok", "limited"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("statuses %v, want %v", got, want)
+	}
+	if c := answers[4].counts; len(c) != 24 || c[9] != 2 {
+		t.Fatalf("user 2's second call counted %v, want 2 requests this minute", c)
+	}
+	if answers[0].counts != nil {
+		t.Fatalf("a call without limits answered counts %v", answers[0].counts)
 	}
 	if b := storetest.MustBalance(t, s, u1.ID); b.Credits != 100 || b.Reserved != 80 {
 		t.Fatalf("user 1: %+v, want 80 of 100 reserved", b)
 	}
-	if b := storetest.MustBalance(t, s, u2.ID); b.Reserved != 40 {
-		t.Fatalf("user 2: %+v, want 40 reserved", b)
+	if b := storetest.MustBalance(t, s, u2.ID); b.Reserved != 41 {
+		t.Fatalf("user 2: %+v, want 41 reserved", b)
 	}
-	for _, i := range []int{0, 1, 2} {
-		res := &storage.Reservation{ID: uint64(*answers[i].id), UserID: []int64{u1.ID, u2.ID, u1.ID}[i],
-			KeyID: []int64{k1.ID, k2.ID, k1.ID}[i], Amount: *answers[i].held}
+	for _, i := range []int{0, 1, 2, 4} {
+		res := &storage.Reservation{ID: uint64(*answers[i].id), UserID: []int64{u1.ID, u2.ID, u1.ID, 0, u2.ID}[i],
+			KeyID: []int64{k1.ID, k2.ID, k1.ID, 0, k2.ID}[i], Amount: *answers[i].held}
 		if err := s.Refund(context.Background(), res); err != nil {
 			t.Fatal(err)
 		}
 	}
 	mustVerify(t, s)
+}
+
+// Calls that do not fit one statement (arguments of other types, or a
+// reservation of another node or commit mode among them) are sent one
+// statement each: the set builders answer "".
+func TestSetStatementsRefuseMisfits(t *testing.T) {
+	reserve := func(sql string, node any) *batchCall {
+		return &batchCall{sql: sql, args: []any{int64(1), int64(2), int64(3), int64(0), int64(0), int64(0), node,
+			time.Time{}, (*int64)(nil), time.Time{}, (*int64)(nil), (*int64)(nil), (*int32)(nil), []int64(nil), int64(0), false}}
+	}
+	settle := func(hold any) *batchCall {
+		return &batchCall{sql: settleSpendSQL, args: []any{hold, int64(1), time.Time{}, time.Time{}, int32(20261205), int32(202612),
+			int64(0), "r", "{}", int64(1), int64(2)}}
+	}
+	tests := []struct {
+		name  string
+		set   func([]*batchCall) (string, []any)
+		calls []*batchCall
+		fits  bool
+	}{
+		{"reservations", reserveSet, []*batchCall{reserve(reserveSQL, int64(7)), reserve(reserveSQL, int64(7))}, true},
+		{"async reservations", reserveSet, []*batchCall{reserve(reserveAsyncSQL, int64(7)), reserve(reserveAsyncSQL, int64(7))}, true},
+		{"mixed commit modes", reserveSet, []*batchCall{reserve(reserveSQL, int64(7)), reserve(reserveAsyncSQL, int64(7))}, false},
+		{"two nodes", reserveSet, []*batchCall{reserve(reserveSQL, int64(7)), reserve(reserveSQL, int64(8))}, false},
+		{"node of another type", reserveSet, []*batchCall{reserve(reserveSQL, 7)}, false},
+		{"short limits", reserveSet, []*batchCall{func() *batchCall { c := reserve(reserveSQL, int64(7)); c.args[13] = []int64{1}; return c }()}, false},
+		{"settlements", settleSet, []*batchCall{settle(int64(1)), settle(int64(2))}, true},
+		{"hold of another type", settleSet, []*batchCall{settle(int64(1)), settle(uint64(2))}, false},
+		{"too few arguments", settleSet, []*batchCall{{sql: settleSpendSQL, args: []any{int64(1)}}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sql, args := tt.set(tt.calls)
+			if fits := sql != ""; fits != tt.fits {
+				t.Fatalf("fits = %v, want %v", fits, tt.fits)
+			}
+			if tt.fits && strings.Contains(sql, "set_config") != (tt.calls[0].sql == reserveAsyncSQL) {
+				t.Fatalf("synchronous_commit off in %q for %q", sql, tt.calls[0].sql)
+			}
+			if !tt.fits && args != nil {
+				t.Fatalf("arguments %v for a misfit", args)
+			}
+		})
+	}
 }

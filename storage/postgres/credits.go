@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -503,4 +504,105 @@ func (s *Store) VerifyLedger(ctx context.Context) error {
 func dayNum(t time.Time) int32 {
 	y, m, d := t.UTC().Date()
 	return int32(y*10000 + int(m)*100 + d)
+}
+
+// settleSetSQL is the settlements of a batch in one statement: the calls'
+// arguments as arrays, settled in their order (gw_settle_held once per
+// element, in the order of the ordinality), answering settleSpendSQL's row
+// for each.
+const settleSetSQL = `SELECT coalesce(r.charged, 0), coalesce(r.balance, 0), r.status,
+		r.key_tracked, r.key_window, r.key_before, r.key_after, r.key_limit,
+		r.user_tracked, r.user_window, r.user_before, r.user_after, r.user_limit
+	FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::int[], $6::int[], $7::bigint[],
+		$8::text[], $9::text[], $10::bigint[], $11::bigint[])
+		WITH ORDINALITY AS a(hold, cost, now, t, day, month, tokens, request_id, usage, uid, kid, n)
+	CROSS JOIN LATERAL gw_settle_held(a.hold, a.cost, a.now, a.t, a.day, a.month, a.tokens, a.request_id, a.usage::jsonb, a.uid, a.kid) r
+	ORDER BY a.n`
+
+// settleSet is settleSetSQL for calls (settleCall's arguments each), or ""
+// when they do not fit it.
+func settleSet(calls []*batchCall) (string, []any) {
+	n := len(calls)
+	holds, costs, days, months, tokens, users, keys := make([]int64, n), make([]int64, n), make([]int32, n), make([]int32, n),
+		make([]int64, n), make([]int64, n), make([]int64, n)
+	nows, times := make([]time.Time, n), make([]time.Time, n)
+	reqs, docs := make([]string, n), make([]string, n)
+	for i, c := range calls {
+		a := c.args
+		ok := len(a) == 11 && c.sql == settleSpendSQL
+		ok = ok && as(a[0], &holds[i]) && as(a[1], &costs[i]) && as(a[2], &nows[i]) && as(a[3], &times[i]) &&
+			as(a[4], &days[i]) && as(a[5], &months[i]) && as(a[6], &tokens[i]) && as(a[7], &reqs[i]) && as(a[8], &docs[i]) &&
+			as(a[9], &users[i]) && as(a[10], &keys[i])
+		if !ok {
+			return "", nil
+		}
+	}
+	return settleSetSQL, []any{holds, costs, nows, times, days, months, tokens, reqs, docs, users, keys}
+}
+
+// as sets *dst to v when v is a T, and reports whether it was.
+func as[T any](v any, dst *T) bool {
+	t, ok := v.(T)
+	if ok {
+		*dst = t
+	}
+	return ok
+}
+
+// reserveSetSQL is the reservations of a batch in one statement, as
+// settleSetSQL: gw_reserve once per element of the arrays, in their order.
+// The limits of all calls are one array, 24 values a call ($16), whose
+// call's slice is taken when it has limits ($15).
+const reserveSetSQL = `SELECT r.hold_id, r.held, r.balance, r.reserved_total, r.open_holds, r.status, r.budget_used, r.budget_reserved,
+		r.counts, r.breach
+	FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[],
+		$8::bigint[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::int[], $13::bigint[], $14::boolean[], $15::boolean[])
+		WITH ORDINALITY AS a(uid, kid, credits, min, waiting, maxreq, kw, kl, uw, ul, now, day, tokens, counted, limited, n)
+	CROSS JOIN LATERAL gw_reserve(a.uid, a.kid, a.credits, a.min, a.waiting, a.maxreq, $17, a.kw, a.kl, a.uw, a.ul, a.now, a.day,
+		CASE WHEN a.limited THEN ($16::bigint[])[(a.n - 1) * 24 + 1 : a.n * 24] END, a.tokens, a.counted) r
+	ORDER BY a.n`
+
+// reserveSet is reserveSetSQL for calls (reserveCall's arguments each), or
+// "" when they do not fit it.
+func reserveSet(calls []*batchCall) (string, []any) {
+	n := len(calls)
+	cols := make([][]int64, 6)
+	for i := range cols {
+		cols[i] = make([]int64, n)
+	}
+	kws, uws := make([]time.Time, n), make([]time.Time, n)
+	kls, uls, nows := make([]*int64, n), make([]*int64, n), make([]*int64, n)
+	days := make([]*int32, n)
+	tokens, limited, counted := make([]int64, n), make([]bool, n), make([]bool, n)
+	limits := make([]int64, 24*n)
+	var node int64
+	if len(calls[0].args) != 16 || !as(calls[0].args[6], &node) {
+		return "", nil
+	}
+	async := calls[0].sql == reserveAsyncSQL
+	for i, c := range calls {
+		a := c.args
+		var callNode int64
+		var lim []int64
+		ok := len(a) == 16 && (c.sql == reserveAsyncSQL) == async && (c.sql == reserveSQL || c.sql == reserveAsyncSQL)
+		for j := 0; ok && j < len(cols); j++ {
+			ok = as(a[j], &cols[j][i])
+		}
+		ok = ok && as(a[6], &callNode) && callNode == node && as(a[7], &kws[i]) && as(a[8], &kls[i]) && as(a[9], &uws[i]) &&
+			as(a[10], &uls[i]) && as(a[11], &nows[i]) && as(a[12], &days[i]) && as(a[13], &lim) && as(a[14], &tokens[i]) &&
+			as(a[15], &counted[i])
+		if !ok || (lim != nil && len(lim) != 24) {
+			return "", nil
+		}
+		if lim != nil {
+			limited[i] = true
+			copy(limits[24*i:], lim)
+		}
+	}
+	sql := reserveSetSQL
+	if async {
+		sql = strings.Replace(sql, "FROM unnest(", "FROM set_config('synchronous_commit', 'off', true), unnest(", 1)
+	}
+	return sql, []any{cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], kws, kls, uws, uls, nows, days, tokens, counted, limited,
+		limits, node}
 }

@@ -166,7 +166,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now, opened: time.Now()}
 	s.reserves = newBatcher(pool, opts.StatementTimeout, 0)
+	s.reserves.set = reserveSet
 	s.settles = newBatcher(pool, opts.StatementTimeout, opts.CommitWindow)
+	s.settles.set = settleSet
 	if err := s.start(ctx, cfg.ConnConfig); err != nil {
 		pool.Close()
 		return nil, err
