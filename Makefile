@@ -44,7 +44,8 @@ fuzz:
 ## access log), with tiny and OpenAI-shaped answers, bytes on disk per request and the RSS split; about ten
 ## minutes; writes docs/benchmarks.md (BENCHFLAGS=-quick for a two-minute smoke run that writes nothing;
 ## wrk is installed when possible, else bench/loadgen is used; where PostgreSQL is installed it adds one
-## node vs three on a private PostgreSQL server and the revocation latency, BENCHFLAGS=-cluster=false skips it)
+## node vs three on a private PostgreSQL server and the revocation latency, BENCHFLAGS=-cluster=false skips it;
+## BENCHFLAGS=-postgres adds one node on a private PostgreSQL, fsync on, vs plain)
 bench: build
 	@command -v wrk >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || apt-get install -y wrk >/dev/null 2>&1 || \
 		(apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1) || echo "wrk unavailable: using bench/loadgen"

@@ -55,6 +55,22 @@ type PostgresStorage struct {
 	// GET /health answers 503 so a load balancer drains the node. Default 1s.
 	FeedBound caddy.Duration `json:"feed_bound,omitempty"`
 
+	// CommitWindow is how long a settlement waits for others of this node
+	// to share its transaction. Settlements that arrive while one commits
+	// always share the next commit (one round trip, one WAL flush for all);
+	// a window adds that much latency to each for fewer, larger commits.
+	// Each settlement is durable when the request's Settle returns, either
+	// way. Default 0: no added wait.
+	CommitWindow caddy.Duration `json:"commit_window,omitempty"`
+
+	// AsyncReserve commits reservations without waiting for the WAL flush
+	// (synchronous_commit off for that one transaction; settlements stay
+	// durable). A database crash can then lose the reservations of about
+	// the last 3 x wal_writer_delay: their requests, if served, go unbilled,
+	// and the rate counts they made are lost. Nothing is charged twice or
+	// beyond a balance. Default false: every reservation is durable.
+	AsyncReserve bool `json:"async_reserve,omitempty"`
+
 	// Node names this node among those sharing the database; a node that
 	// starts under a name releases what its previous run under it held.
 	// Names must differ between nodes running at the same time. Default:
@@ -108,6 +124,8 @@ func (p *PostgresStorage) OpenStore(caddy.Context, *zap.Logger) (storage.Store, 
 		StatementTimeout: time.Duration(p.StatementTimeout),
 		Lease:            time.Duration(p.Lease),
 		FeedBound:        time.Duration(p.FeedBound),
+		CommitWindow:     time.Duration(p.CommitWindow),
+		AsyncReserve:     p.AsyncReserve,
 	})
 }
 
@@ -128,6 +146,8 @@ func defaultNodeName() string {
 //	    statement_timeout <duration>
 //	    lease             <duration>
 //	    feed_bound        <duration>
+//	    commit_window     <duration>
+//	    async_reserve
 //	    node              <name>
 //	}
 func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -140,6 +160,13 @@ func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		name := d.Val()
+		if name == "async_reserve" {
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.AsyncReserve = true
+			continue
+		}
 		var s string
 		if !d.AllArgs(&s) {
 			return d.ArgErr()
@@ -155,6 +182,12 @@ func (p *PostgresStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("pool_size must be a positive integer, got %q", s)
 			}
 			p.PoolSize = n
+		case "commit_window":
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur < 0 {
+				return d.Errf("bad %s %q", name, s)
+			}
+			p.CommitWindow = caddy.Duration(dur)
 		case "statement_timeout", "lease", "feed_bound":
 			dur, err := caddy.ParseDuration(s)
 			if err != nil || dur <= 0 {

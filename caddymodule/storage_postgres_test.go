@@ -24,10 +24,22 @@ func TestPostgresStorageUnmarshalCaddyfile(t *testing.T) {
 			statement_timeout 3s
 			lease 10s
 			feed_bound 2s
+			commit_window 1ms
+			async_reserve
 			node edge-1
 		}`, want: PostgresStorage{DSN: "{env.GATEWAYZ_DATABASE_URL}", PoolSize: 32,
 			StatementTimeout: caddy.Duration(3 * time.Second), Lease: caddy.Duration(10 * time.Second),
-			FeedBound: caddy.Duration(2 * time.Second), Node: "edge-1"}},
+			FeedBound: caddy.Duration(2 * time.Second), CommitWindow: caddy.Duration(time.Millisecond),
+			AsyncReserve: true, Node: "edge-1"}},
+		{name: "async_reserve takes no argument", input: `postgres {
+			async_reserve yes
+		}`, wantErr: "wrong argument count"},
+		{name: "zero commit window", input: `postgres {
+			commit_window 0s
+		}`, want: PostgresStorage{}},
+		{name: "bad commit window", input: `postgres {
+			commit_window -1ms
+		}`, wantErr: "bad commit_window"},
 		{name: "bad pool size", input: `postgres {
 			pool_size 0
 		}`, wantErr: "pool_size must be a positive integer"},
@@ -82,7 +94,7 @@ func TestPostgresNeedsSecret(t *testing.T) {
 func FuzzPostgresStorage(f *testing.F) {
 	for _, s := range []string{
 		"postgres {env.GATEWAYZ_DATABASE_URL}",
-		"postgres {\n\tdsn postgres://u:p@h:5432/db?sslmode=require\n\tpool_size 8\n\tstatement_timeout 2s\n\tlease 3s\n\tfeed_bound 1s\n\tnode n1\n}",
+		"postgres {\n\tdsn postgres://u:p@h:5432/db?sslmode=require\n\tpool_size 8\n\tstatement_timeout 2s\n\tlease 3s\n\tfeed_bound 1s\n\tcommit_window 2ms\n\tasync_reserve\n\tnode n1\n}",
 		"postgres {\n\tpool_size -1\n}",
 		"postgres {\n\tlease 0s\n}",
 		"postgres a b",
@@ -100,7 +112,7 @@ func FuzzPostgresStorage(f *testing.F) {
 			return
 		}
 		roundTrip(t, src, p)
-		if p.PoolSize < 0 || p.StatementTimeout < 0 || p.Lease < 0 {
+		if p.PoolSize < 0 || p.StatementTimeout < 0 || p.Lease < 0 || p.CommitWindow < 0 {
 			t.Fatalf("%q: negative setting accepted: %+v", src, p)
 		}
 	})

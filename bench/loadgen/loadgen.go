@@ -23,6 +23,10 @@ type Config struct {
 	Addr string
 	// Request is the raw request (see BuildRequest), sent for every request.
 	Request []byte
+	// Requests, when set, replaces Request: each connection sends them in
+	// turn, starting at its own offset (e.g. the same call with many API
+	// keys, so the load spreads over many users).
+	Requests [][]byte
 	// Conns is the number of concurrent keep-alive connections; each sends
 	// its next request when the previous response is complete.
 	Conns int
@@ -69,10 +73,14 @@ type worker struct {
 // Run applies the load and returns what it measured. It stops after
 // Warmup+Duration or when ctx is done.
 func Run(ctx context.Context, cfg Config) (*Result, error) {
-	if cfg.Conns <= 0 || cfg.Duration <= 0 || len(cfg.Request) == 0 {
+	if len(cfg.Requests) == 0 && len(cfg.Request) > 0 {
+		cfg.Requests = [][]byte{cfg.Request}
+	}
+	if cfg.Conns <= 0 || cfg.Duration <= 0 || len(cfg.Requests) == 0 || len(cfg.Requests[0]) == 0 {
 		return nil, errors.New("loadgen: need Conns, Duration and Request")
 	}
-	method := string(cfg.Request[:max(0, bytes.IndexByte(cfg.Request, ' '))])
+	first := cfg.Requests[0]
+	method := string(first[:max(0, bytes.IndexByte(first, ' '))])
 	start := time.Now()
 	wStart := start.Add(cfg.Warmup)
 	wEnd := wStart.Add(cfg.Duration)
@@ -86,6 +94,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	stopped := make(chan struct{})
 	for i := range workers {
 		w := &worker{status: make(map[int]int64)}
+		next := i % len(cfg.Requests)
 		workers[i] = w
 		wg.Add(1)
 		go func() {
@@ -137,7 +146,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 					}
 				}
 				t0 := time.Now()
-				_, err := c.Write(cfg.Request)
+				_, err := c.Write(cfg.Requests[next])
+				next = (next + 1) % len(cfg.Requests)
 				var h respHead
 				var n int64
 				if err == nil {

@@ -3,8 +3,10 @@ package loadgen
 import (
 	"bufio"
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -154,5 +156,37 @@ func TestHoldStreams(t *testing.T) {
 	hold.Close()
 	if hold.Ended() != 0 {
 		t.Fatalf("%d streams ended early", hold.Ended())
+	}
+}
+
+// With Requests, each connection sends them in turn: every one arrives.
+func TestRunRequestsInTurn(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.Header.Get("Authorization")]++
+		mu.Unlock()
+		w.Write([]byte("ok"))
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	var reqs [][]byte
+	for _, k := range []string{"a", "b", "c"} {
+		reqs = append(reqs, BuildRequest("GET", addr, "/", map[string]string{"Authorization": k}, nil))
+	}
+	for d := 200 * time.Millisecond; ; d *= 2 {
+		res, err := Run(context.Background(), Config{Addr: addr, Requests: reqs, Conns: 2, Duration: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Requests >= 6 || d > 10*time.Second {
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 || seen["a"] == 0 || seen["b"] == 0 || seen["c"] == 0 {
+		t.Fatalf("requests by key: %v", seen)
 	}
 }

@@ -184,8 +184,10 @@ type Server struct {
 }
 
 // Start initializes and starts a private server. Close stops it and
-// removes its files.
-func Start() (*Server, error) {
+// removes its files. It runs with fsync off unless settings (lines of
+// postgresql.conf, which override the defaults: "fsync = on") say
+// otherwise, e.g. for a benchmark of durable commits.
+func Start(settings ...string) (*Server, error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
@@ -218,6 +220,9 @@ func Start() (*Server, error) {
 	// The settings go to the configuration file, so Restart keeps them.
 	conf := fmt.Sprintf("\nlisten_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\n"+
 		"fsync = off\nfull_page_writes = off\nmax_connections = 200\n", s.port, s.dir)
+	for _, line := range settings {
+		conf += line + "\n"
+	}
 	f, err := os.OpenFile(filepath.Join(s.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err == nil {
 		_, err = f.WriteString(conf)

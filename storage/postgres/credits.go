@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,6 +18,8 @@ import (
 // (storage.ReserveAmount) of the available balance when that covers it, and
 // adds a hold row of this node. With req.Limits, the same call checks and
 // counts the rate limits and plan quotas first (storage.LimitCounter).
+// Concurrent reservations of this node are committed together
+// (batcher); each runs in the batch exactly as it would alone.
 func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*storage.Reservation, error) {
 	if s.closed.Load() {
 		return nil, storage.ErrClosed
@@ -27,25 +30,20 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 	if (req.KeyBudget.Limited && req.KeyBudget.Limit < 0) || (req.UserBudget.Limited && req.UserBudget.Limit < 0) {
 		return nil, fmt.Errorf("storage: negative spend limit: %w", storage.ErrInvalid)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	var id, held, credits, reserved, holds, used, inWindow *int64
 	var status string
 	var counts []int64
 	var breach *int32
-	var now *int64
-	var day *int32
-	var limits []int64
-	tokens, counted := int64(0), false
-	if lim := req.Limits; lim != nil {
-		n, d, l := limitArgs(lim)
-		now, day, limits = &n, &d, l
-		tokens, counted = max(lim.Tokens, 0), lim.Counted
-	}
-	err := s.pool.QueryRow(ctx, reserveSQL, req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
-		req.MaxRequests, s.node, req.KeyBudget.Start, limitArg(req.KeyBudget), req.UserBudget.Start, limitArg(req.UserBudget),
-		now, day, limits, tokens, counted).
-		Scan(&id, &held, &credits, &reserved, &holds, &status, &used, &inWindow, &counts, &breach)
+	// Concurrent reservations share a transaction (batch.go): one turn on
+	// a hot user's rows and one commit for all of them.
+	sql, args := s.reserveCall(req)
+	err := s.reserves.do(req.UserID, req.KeyID, sql, args,
+		[]any{&id, &held, &credits, &reserved, &holds, &status, &used, &inWindow, &counts, &breach})
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, err
 	}
 	var state *storage.LimitState
 	if req.Limits != nil {
@@ -77,6 +75,26 @@ func (s *Store) Reserve(ctx context.Context, req storage.ReserveRequest) (*stora
 		Available: *credits - *reserved, Limits: state}, nil
 }
 
+// reserveCall is the call of gw_reserve for req.
+func (s *Store) reserveCall(req storage.ReserveRequest) (string, []any) {
+	var now *int64
+	var day *int32
+	var limits []int64
+	tokens, counted := int64(0), false
+	if lim := req.Limits; lim != nil {
+		n, d, l := limitArgs(lim)
+		now, day, limits = &n, &d, l
+		tokens, counted = max(lim.Tokens, 0), lim.Counted
+	}
+	sql := reserveSQL
+	if s.opts.AsyncReserve {
+		sql = reserveAsyncSQL
+	}
+	return sql, []any{req.UserID, req.KeyID, req.Credits, req.MinCredits, req.Waiting,
+		req.MaxRequests, s.node, req.KeyBudget.Start, limitArg(req.KeyBudget), req.UserBudget.Start, limitArg(req.UserBudget),
+		now, day, limits, tokens, counted}
+}
+
 // limitArg is a budget window's limit as gw_reserve takes it: null for none.
 func limitArg(w storage.BudgetWindow) *int64 {
 	if !w.Limited {
@@ -90,13 +108,22 @@ func limitArg(w storage.BudgetWindow) *int64 {
 const reserveSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status, budget_used, budget_reserved, counts, breach
 	FROM gw_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`
 
+// reserveAsyncSQL is reserveSQL committed without waiting for the WAL
+// flush (Options.AsyncReserve): synchronous_commit off for this statement's
+// own transaction only, which commits right after it. (A SET clause on the
+// function would not do: it is undone when the function returns, before
+// the commit.)
+const reserveAsyncSQL = `SELECT hold_id, held, balance, reserved_total, open_holds, status, budget_used, budget_reserved, counts, breach
+	FROM set_config('synchronous_commit', 'off', true), gw_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`
+
 // OpenReservations counts the reservations made through this handle and
 // not yet settled or refunded.
 func (s *Store) OpenReservations() int64 { return s.openN.Load() }
 
 // Settle charges min(cost, what the user has beyond other holds) exactly
 // once, with the ledger entry, the usage record and the totals, in one call
-// of gw_settle (one transaction).
+// of gw_settle_spend. Concurrent settlements of this node are committed
+// together (settleBatcher); Settle returns once its own is committed.
 func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64, rec storage.UsageRecord) (charged, balanceAfter int64, err error) {
 	if s.closed.Load() {
 		return 0, 0, storage.ErrClosed
@@ -107,8 +134,39 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 	if cost < 0 {
 		return 0, 0, fmt.Errorf("storage: negative cost: %w", storage.ErrInvalid)
 	}
+	call, err := s.settleCall(res, cost, rec)
+	if err != nil {
+		return 0, 0, err
+	}
+	// Concurrent settlements share a transaction (batch.go); this returns
+	// once the one holding this settlement has committed. It does not end
+	// with ctx: a settlement asked for is applied, or kept for a retry.
+	var status string
+	var sp spendRow
+	err = s.settles.do(res.UserID, res.KeyID, settleSpendSQL, call.args, sp.dest(&charged, &balanceAfter, &status))
+	if err != nil {
+		return 0, 0, s.retryLater(call, err)
+	}
+	if status == "ok" {
+		spent := sp.settleSpend()
+		res.Spent = &spent
+	}
+	return s.settled(int64(res.ID), status, charged, balanceAfter)
+}
+
+// dest is where settleSpendSQL's row is scanned: the charge, the balance
+// and the status, then r.
+func (r *spendRow) dest(charged, balance *int64, status *string) []any {
+	return []any{charged, balance, status,
+		&r.keyTracked, &r.keyWindow, &r.keyBefore, &r.keyAfter, &r.keyLimit,
+		&r.userTracked, &r.userWindow, &r.userBefore, &r.userAfter, &r.userLimit}
+}
+
+// settleCall is the call of gw_settle (gw_settle_spend, the first time)
+// that settles hold at cost with rec.
+func (s *Store) settleCall(res *storage.Reservation, cost int64, rec storage.UsageRecord) (heldCall, error) {
 	if y := rec.Time.UTC().Year(); !rec.Time.IsZero() && (y < 1 || y > 9999) {
-		return 0, 0, fmt.Errorf("storage: usage record time %v out of range: %w", rec.Time, storage.ErrInvalid)
+		return heldCall{}, fmt.Errorf("storage: usage record time %v out of range: %w", rec.Time, storage.ErrInvalid)
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	if rec.Time.IsZero() {
@@ -119,23 +177,10 @@ func (s *Store) Settle(ctx context.Context, res *storage.Reservation, cost int64
 	}
 	doc, err := json.Marshal(&rec)
 	if err != nil {
-		return 0, 0, err
+		return heldCall{}, err
 	}
-	var status string
-	call := heldCall{settleSQL, []any{int64(res.ID), cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
-		rec.TotalTokens, rec.RequestID, string(doc)}}
-	var sp spendRow
-	err = s.pool.QueryRow(ctx, settleSpendSQL, call.args...).Scan(&charged, &balanceAfter, &status,
-		&sp.keyTracked, &sp.keyWindow, &sp.keyBefore, &sp.keyAfter, &sp.keyLimit,
-		&sp.userTracked, &sp.userWindow, &sp.userBefore, &sp.userAfter, &sp.userLimit)
-	if err != nil {
-		return 0, 0, s.retryLater(call, mapErr(err))
-	}
-	if status == "ok" {
-		spent := sp.settleSpend()
-		res.Spent = &spent
-	}
-	return s.settled(int64(res.ID), status, charged, balanceAfter)
+	return heldCall{settleSQL, []any{int64(res.ID), cost, now, rec.Time, dayNum(rec.Time), dayNum(rec.Time) / 100,
+		rec.TotalTokens, rec.RequestID, string(doc), res.UserID, res.KeyID}}, nil
 }
 
 // spendRow is what gw_settle_spend answers about the spend windows.
@@ -174,14 +219,18 @@ func windowTime(t time.Time) time.Time {
 	return t.UTC()
 }
 
+// The settlement and refund calls name the hold's user and key besides its
+// id (migration 0007): an id handed out again after a database crash lost
+// the (asynchronously committed) reservation that had it is not this
+// request's hold.
 const (
-	settleSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)`
-	refundSQL = `SELECT 0::bigint, 0::bigint, gw_refund($1)`
+	settleSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status FROM gw_settle_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
+	refundSQL = `SELECT 0::bigint, 0::bigint, gw_refund_held($1, $2, $3)`
 	// settleSpendSQL is the first attempt of a settlement, which reports
 	// what it did to the spend windows; a retry goes through settleSQL.
 	settleSpendSQL = `SELECT coalesce(charged, 0), coalesce(balance, 0), status,
 		key_tracked, key_window, key_before, key_after, key_limit, user_tracked, user_window, user_before, user_after, user_limit
-		FROM gw_settle_spend($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+		FROM gw_settle_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`
 )
 
 // done forgets a hold this handle made, now settled or refunded.
@@ -286,7 +335,7 @@ func (s *Store) Refund(ctx context.Context, res *storage.Reservation) error {
 	}
 	var charged, balance int64
 	var status string
-	call := heldCall{refundSQL, []any{int64(res.ID)}}
+	call := heldCall{refundSQL, []any{int64(res.ID), res.UserID, res.KeyID}}
 	if err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status); err != nil {
 		return s.retryLater(call, mapErr(err))
 	}
@@ -455,4 +504,105 @@ func (s *Store) VerifyLedger(ctx context.Context) error {
 func dayNum(t time.Time) int32 {
 	y, m, d := t.UTC().Date()
 	return int32(y*10000 + int(m)*100 + d)
+}
+
+// settleSetSQL is the settlements of a batch in one statement: the calls'
+// arguments as arrays, settled in their order (gw_settle_held once per
+// element, in the order of the ordinality), answering settleSpendSQL's row
+// for each.
+const settleSetSQL = `SELECT coalesce(r.charged, 0), coalesce(r.balance, 0), r.status,
+		r.key_tracked, r.key_window, r.key_before, r.key_after, r.key_limit,
+		r.user_tracked, r.user_window, r.user_before, r.user_after, r.user_limit
+	FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::int[], $6::int[], $7::bigint[],
+		$8::text[], $9::text[], $10::bigint[], $11::bigint[])
+		WITH ORDINALITY AS a(hold, cost, now, t, day, month, tokens, request_id, usage, uid, kid, n)
+	CROSS JOIN LATERAL gw_settle_held(a.hold, a.cost, a.now, a.t, a.day, a.month, a.tokens, a.request_id, a.usage::jsonb, a.uid, a.kid) r
+	ORDER BY a.n`
+
+// settleSet is settleSetSQL for calls (settleCall's arguments each), or ""
+// when they do not fit it.
+func settleSet(calls []*batchCall) (string, []any) {
+	n := len(calls)
+	holds, costs, days, months, tokens, users, keys := make([]int64, n), make([]int64, n), make([]int32, n), make([]int32, n),
+		make([]int64, n), make([]int64, n), make([]int64, n)
+	nows, times := make([]time.Time, n), make([]time.Time, n)
+	reqs, docs := make([]string, n), make([]string, n)
+	for i, c := range calls {
+		a := c.args
+		ok := len(a) == 11 && c.sql == settleSpendSQL
+		ok = ok && as(a[0], &holds[i]) && as(a[1], &costs[i]) && as(a[2], &nows[i]) && as(a[3], &times[i]) &&
+			as(a[4], &days[i]) && as(a[5], &months[i]) && as(a[6], &tokens[i]) && as(a[7], &reqs[i]) && as(a[8], &docs[i]) &&
+			as(a[9], &users[i]) && as(a[10], &keys[i])
+		if !ok {
+			return "", nil
+		}
+	}
+	return settleSetSQL, []any{holds, costs, nows, times, days, months, tokens, reqs, docs, users, keys}
+}
+
+// as sets *dst to v when v is a T, and reports whether it was.
+func as[T any](v any, dst *T) bool {
+	t, ok := v.(T)
+	if ok {
+		*dst = t
+	}
+	return ok
+}
+
+// reserveSetSQL is the reservations of a batch in one statement, as
+// settleSetSQL: gw_reserve once per element of the arrays, in their order.
+// The limits of all calls are one array, 24 values a call ($16), whose
+// call's slice is taken when it has limits ($15).
+const reserveSetSQL = `SELECT r.hold_id, r.held, r.balance, r.reserved_total, r.open_holds, r.status, r.budget_used, r.budget_reserved,
+		r.counts, r.breach
+	FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[],
+		$8::bigint[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::int[], $13::bigint[], $14::boolean[], $15::boolean[])
+		WITH ORDINALITY AS a(uid, kid, credits, min, waiting, maxreq, kw, kl, uw, ul, now, day, tokens, counted, limited, n)
+	CROSS JOIN LATERAL gw_reserve(a.uid, a.kid, a.credits, a.min, a.waiting, a.maxreq, $17, a.kw, a.kl, a.uw, a.ul, a.now, a.day,
+		CASE WHEN a.limited THEN ($16::bigint[])[(a.n - 1) * 24 + 1 : a.n * 24] END, a.tokens, a.counted) r
+	ORDER BY a.n`
+
+// reserveSet is reserveSetSQL for calls (reserveCall's arguments each), or
+// "" when they do not fit it.
+func reserveSet(calls []*batchCall) (string, []any) {
+	n := len(calls)
+	cols := make([][]int64, 6)
+	for i := range cols {
+		cols[i] = make([]int64, n)
+	}
+	kws, uws := make([]time.Time, n), make([]time.Time, n)
+	kls, uls, nows := make([]*int64, n), make([]*int64, n), make([]*int64, n)
+	days := make([]*int32, n)
+	tokens, limited, counted := make([]int64, n), make([]bool, n), make([]bool, n)
+	limits := make([]int64, 24*n)
+	var node int64
+	if len(calls[0].args) != 16 || !as(calls[0].args[6], &node) {
+		return "", nil
+	}
+	async := calls[0].sql == reserveAsyncSQL
+	for i, c := range calls {
+		a := c.args
+		var callNode int64
+		var lim []int64
+		ok := len(a) == 16 && (c.sql == reserveAsyncSQL) == async && (c.sql == reserveSQL || c.sql == reserveAsyncSQL)
+		for j := 0; ok && j < len(cols); j++ {
+			ok = as(a[j], &cols[j][i])
+		}
+		ok = ok && as(a[6], &callNode) && callNode == node && as(a[7], &kws[i]) && as(a[8], &kls[i]) && as(a[9], &uws[i]) &&
+			as(a[10], &uls[i]) && as(a[11], &nows[i]) && as(a[12], &days[i]) && as(a[13], &lim) && as(a[14], &tokens[i]) &&
+			as(a[15], &counted[i])
+		if !ok || (lim != nil && len(lim) != 24) {
+			return "", nil
+		}
+		if lim != nil {
+			limited[i] = true
+			copy(limits[24*i:], lim)
+		}
+	}
+	sql := reserveSetSQL
+	if async {
+		sql = strings.Replace(sql, "FROM unnest(", "FROM set_config('synchronous_commit', 'off', true), unnest(", 1)
+	}
+	return sql, []any{cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], kws, kls, uws, uls, nows, days, tokens, counted, limited,
+		limits, node}
 }

@@ -182,7 +182,7 @@ func TestMigrateBuildsRollups(t *testing.T) {
 			rec.Status = 502
 		}
 		doc, _ := json.Marshal(&rec)
-		exec(settleSQL, hold, int64(13*i%50), time.Now(), rec.Time, dayNum(rec.Time), dayNum(rec.Time)/100, rec.TotalTokens, rec.RequestID, string(doc))
+		exec(`SELECT gw_settle($1, $2, $3, $4, $5, $6, $7, $8, $9)`, hold, int64(13*i%50), time.Now(), rec.Time, dayNum(rec.Time), dayNum(rec.Time)/100, rec.TotalTokens, rec.RequestID, string(doc))
 	}
 	if err := migrateTo(ctx, pool, ms); err != nil {
 		t.Fatal(err)

@@ -125,3 +125,48 @@ func TestCloseAppliesKeptSettlements(t *testing.T) {
 		t.Fatalf("after close: %+v, want 93 credits and nothing reserved", bal)
 	}
 }
+
+// A batch of settlements sent while the server is down: each reports
+// ErrUnavailable and is kept; once the server is back each is applied
+// once, however often the kept settlements are retried.
+func TestBatchDuringOutage(t *testing.T) {
+	srv, err := pgtest.Start()
+	if err != nil {
+		pgtest.Unavailable(t, err)
+	}
+	defer srv.Close()
+	ctx := context.Background()
+	s := openNode(t, srv.URL("postgres"), "batch-outage")
+	u1, k1 := storetest.Register(t, s, "o1@example.com", 100)
+	u2, k2 := storetest.Register(t, s, "o2@example.com", 100)
+	r1, r2 := mustReserve(t, s, u1.ID, k1.ID, 10), mustReserve(t, s, u2.ID, k2.ID, 10)
+	s.cancel() // the kept settlements are applied below, by hand
+	s.wg.Wait()
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c1, _ := settleBatchCall(t, s, r1, 3)
+	c2, _ := settleBatchCall(t, s, r2, 4)
+	s.settles.flush([]*batchCall{c1, c2})
+	for _, c := range []*batchCall{c1, c2} {
+		if !errors.Is(c.err, storage.ErrUnavailable) {
+			t.Fatalf("settlement with the server down: %v", c.err)
+		}
+		s.retryLater(heldCall{settleSQL, c.args}, c.err)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	s.retryHeld(ctx)
+	s.retryHeld(ctx)
+	if b := storetest.MustBalance(t, s, u1.ID); b.Credits != 97 || b.Reserved != 0 {
+		t.Fatalf("user 1 after recovery: %+v, want 97 credits and nothing reserved", b)
+	}
+	if b := storetest.MustBalance(t, s, u2.ID); b.Credits != 96 || b.Reserved != 0 {
+		t.Fatalf("user 2 after recovery: %+v, want 96 credits and nothing reserved", b)
+	}
+	if n := s.OpenReservations(); n != 0 {
+		t.Fatalf("open reservations = %d", n)
+	}
+	mustVerify(t, s)
+}

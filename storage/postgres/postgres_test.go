@@ -60,3 +60,24 @@ func TestLimitsShared(t *testing.T) {
 		return open(t, dsn, a), open(t, dsn, b)
 	})
 }
+
+// asyncNamed is named(name) with reservations committed without waiting
+// for the WAL flush and settlements gathered in a commit window.
+func asyncNamed(name string) postgres.Options {
+	o := named(name)
+	o.AsyncReserve, o.CommitWindow = true, time.Millisecond
+	return o
+}
+
+// The same suites with asynchronous reservations and a commit window: one
+// handle, and two nodes whose settlement batches touch the same rows.
+func TestConformanceAsyncReserve(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storage.Store { return open(t, pgtest.DatabaseURL(t), asyncNamed("test")) })
+}
+
+func TestConformanceSharedAsyncReserve(t *testing.T) {
+	storetest.RunShared(t, func(t *testing.T) (storage.Store, storage.Store) {
+		dsn := pgtest.DatabaseURL(t)
+		return open(t, dsn, asyncNamed("a")), open(t, dsn, asyncNamed("b"))
+	})
+}

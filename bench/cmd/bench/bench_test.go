@@ -357,3 +357,44 @@ func TestRetentionRun(t *testing.T) {
 		t.Errorf("section:\n%s", md)
 	}
 }
+
+// The PostgreSQL run's checks: gateway ÷ plain per load (medians) against
+// 0.75, and the durable settlements of the PostgreSQL microbenchmark (not
+// bbolt's) against 10,000/s.
+func TestPostgresChecks(t *testing.T) {
+	p := &pgResult{loads: pgLoads([]string{"k1", "k2"}), samples: map[string]map[string][]pgSample{}}
+	for i, l := range p.loads {
+		p.samples[l.name] = map[string][]pgSample{}
+		for _, rps := range []float64{1000, 1100, 900} {
+			p.samples[l.name]["plain"] = append(p.samples[l.name]["plain"], pgSample{sample: sample{rps: rps}})
+			p.samples[l.name]["gateway"] = append(p.samples[l.name]["gateway"], pgSample{sample: sample{rps: rps * float64(5+i) / 10}})
+		}
+	}
+	rep := &report{postgres: p, micro: parseBench("pkg: github.com/gatewayz/caddy-gatewayz/storage\n" +
+		"BenchmarkSettleDurable-2   	 100	 40000 ns/op	 25000 settlements/s\n" +
+		"pkg: github.com/gatewayz/caddy-gatewayz/storage/postgres\n" +
+		"BenchmarkReserveSettleDurable/users=1000/async=false-2   	 100	 500000 ns/op	 2000 settlements/s\n" +
+		"BenchmarkReserveSettleDurable/settle-only/users=1000-2   	 100	 200000 ns/op	 5000 settlements/s\n")}
+	got := map[string]check{}
+	for _, c := range rep.postgresChecks() {
+		got[c.what] = c
+	}
+	want := map[string][2]string{
+		"PostgreSQL, bare tiny JSON 32 conns, 1 user: gateway/plain req/s":                                  {"0.50", "NO"},
+		"PostgreSQL, bare tiny JSON 32 conns, 2 users: gateway/plain req/s":                                 {"0.60", "NO"},
+		"PostgreSQL, bare tiny SSE 32 conns, 1 user: gateway/plain req/s":                                   {"0.70", "NO"},
+		"PostgreSQL, bare tiny SSE 32 conns, 2 users: gateway/plain req/s":                                  {"0.80", "yes"},
+		"durable settlements on PostgreSQL (postgres.BenchmarkReserveSettleDurable/settle-only/users=1000)": {"5000/s", "NO"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("checks %+v", got)
+	}
+	for what, w := range want {
+		if c := got[what]; c.measured != w[0] || c.pass != w[1] {
+			t.Errorf("%s: %+v, want %v", what, c, w)
+		}
+	}
+	if !strings.Contains(p.markdown(), "| bare tiny SSE 32 conns, 2 users | 1000 | 800 | 0.80 |") {
+		t.Errorf("table:\n%s", p.markdown())
+	}
+}

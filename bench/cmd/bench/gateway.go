@@ -45,11 +45,41 @@ func postJSON(url, bearer string, in, out any) error {
 // setupGateway registers a benchmark user, tops up its credits and raises
 // (but keeps) its rate limits, and returns its API key.
 func setupGateway(base, adminKey string) (string, error) {
+	plan, err := benchPlan(base, adminKey)
+	if err != nil {
+		return "", err
+	}
+	return benchUser(base, adminKey, plan)
+}
+
+// benchLimit is every limit of the benchmark users: on, but out of reach.
+const benchLimit = 1_000_000_000
+
+// benchPlan creates a plan whose limits are on but out of reach, and
+// returns its id. Without a plan a user has trial entitlements (100
+// requests a day).
+func benchPlan(base, adminKey string) (int64, error) {
+	var plan struct {
+		Plan struct {
+			ID int64 `json:"id"`
+		} `json:"plan"`
+	}
+	err := postJSON(base+"/admin/plans", adminKey, map[string]any{
+		"name": fmt.Sprintf("Benchmark %d", time.Now().UnixNano()), "description": "make bench",
+		"daily_request_limit": benchLimit, "monthly_request_limit": benchLimit,
+		"daily_token_limit": benchLimit * 100, "monthly_token_limit": benchLimit * 100,
+	}, &plan)
+	return plan.Plan.ID, err
+}
+
+// benchUser registers a user on plan, tops up its credits and raises (but
+// keeps) its rate limits, and returns its API key.
+func benchUser(base, adminKey string, plan int64) (string, error) {
 	var reg struct {
 		APIKey string `json:"api_key"`
 		UserID int64  `json:"user_id"`
 	}
-	email := fmt.Sprintf("bench-%d@example.com", time.Now().UnixNano())
+	email := fmt.Sprintf("bench-%d-%s@example.com", time.Now().UnixNano(), randHex(4))
 	if err := postJSON(base+"/auth/register", "", map[string]any{"username": "bench", "email": email}, &reg); err != nil {
 		return "", err
 	}
@@ -67,30 +97,15 @@ func setupGateway(base, adminKey string) (string, error) {
 	if lastErr != nil {
 		return "", lastErr
 	}
-	const high = 1_000_000_000
 	limits := map[string]any{
-		"requests_per_minute": high, "requests_per_hour": high, "requests_per_day": high,
-		"tokens_per_minute": high * 100, "tokens_per_hour": high * 100, "tokens_per_day": high * 100,
+		"requests_per_minute": benchLimit, "requests_per_hour": benchLimit, "requests_per_day": benchLimit,
+		"tokens_per_minute": benchLimit * 100, "tokens_per_hour": benchLimit * 100, "tokens_per_day": benchLimit * 100,
 	}
 	if err := postJSON(base+"/admin/limit", adminKey, map[string]any{"api_key": reg.APIKey, "rate_limits": limits}, nil); err != nil {
 		return "", err
 	}
-	// Without a plan the user has trial entitlements (100 requests a day):
-	// subscribe it to a plan whose limits are on but out of reach.
-	var plan struct {
-		Plan struct {
-			ID int64 `json:"id"`
-		} `json:"plan"`
-	}
-	if err := postJSON(base+"/admin/plans", adminKey, map[string]any{
-		"name": fmt.Sprintf("Benchmark %d", time.Now().UnixNano()), "description": "make bench",
-		"daily_request_limit": high, "monthly_request_limit": high,
-		"daily_token_limit": high * 100, "monthly_token_limit": high * 100,
-	}, &plan); err != nil {
-		return "", err
-	}
 	if err := postJSON(base+"/admin/assign-plan", adminKey, map[string]any{
-		"user_id": reg.UserID, "plan_id": plan.Plan.ID, "duration_months": 12,
+		"user_id": reg.UserID, "plan_id": plan, "duration_months": 12,
 	}, nil); err != nil {
 		return "", err
 	}

@@ -57,6 +57,7 @@ type config struct {
 	profLoads  string
 	hold       bool
 	cluster    bool
+	postgres   bool
 
 	diskDuration    time.Duration
 	sustainConns    int
@@ -88,6 +89,7 @@ func main() {
 	flag.IntVar(&c.sustainConns, "sustain-conns", 1024, "connections of the sustained load for the RSS split")
 	flag.DurationVar(&c.sustainDuration, "sustain-duration", 20*time.Second, "length of the sustained load through each Caddy (0: skip)")
 	flag.BoolVar(&c.cluster, "cluster", postgresInstalled(), "also measure the gateway on PostgreSQL: one node vs three nodes sharing the database, and the revocation latency (starts a private PostgreSQL server; adds a minute or so; on by default where PostgreSQL is installed)")
+	flag.BoolVar(&c.postgres, "postgres", false, "also measure one gateway node on a private PostgreSQL server (fsync on) against plain Caddy, JSON and SSE, one hot user and 1,000 users (adds about two minutes with the default rounds)")
 	flag.BoolVar(&c.hold, "hold", false, "set up the mock and both Caddys, print their addresses, PIDs and the API key, and wait for Ctrl-C (for profiling by hand)")
 	flag.Parse()
 
@@ -241,6 +243,11 @@ func run(ctx context.Context, c config) error {
 	if c.cluster {
 		if rep.cluster, err = h.cluster(ctx, rn); err != nil {
 			return fmt.Errorf("several nodes: %w", err)
+		}
+	}
+	if c.postgres && h.gateway != nil {
+		if rep.postgres, err = h.postgres(ctx, rn); err != nil {
+			return fmt.Errorf("PostgreSQL: %w", err)
 		}
 	}
 	h.close()

@@ -25,9 +25,10 @@ type microResult struct {
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+(.+)$`)
 
 // runMicro runs the Go microbenchmarks of the hot paths (written beside the
-// code in caddymodule and storage).
+// code in caddymodule, storage and storage/postgres: the last includes the
+// durable settlements/s on a server with fsync on).
 func runMicro(ctx context.Context, pattern string) ([]microResult, error) {
-	args := []string{"test", "-run", "^$", "-bench", pattern, "-benchmem", "-benchtime", "1s", "-timeout", "8m", "./caddymodule/", "./storage/"}
+	args := []string{"test", "-run", "^$", "-bench", pattern, "-benchmem", "-benchtime", "1s", "-timeout", "8m", "./caddymodule/", "./storage/", "./storage/postgres/"}
 	log.Printf("go %s", strings.Join(args, " "))
 	out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput()
 	res := parseBench(string(out))

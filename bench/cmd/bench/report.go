@@ -25,6 +25,7 @@ type report struct {
 	retention *retentionResult
 	sustained []sustainedResult
 	cluster   *clusterResult
+	postgres  *pgResult
 	elapsed   time.Duration
 }
 
@@ -156,7 +157,7 @@ func (r *report) checks() []check {
 	} else {
 		cs = append(cs, check{"durable settlements microbenchmark", "not run or not found", "≥ 20,000/s", "n/a"})
 	}
-	return cs
+	return append(cs, r.postgresChecks()...)
 }
 
 // sustainedRatio is the gateway's peak RSS over plain's under the
@@ -333,6 +334,9 @@ func (r *report) markdown() string {
 	if r.cluster != nil {
 		b.WriteString(r.cluster.markdown())
 	}
+	if r.postgres != nil {
+		b.WriteString(r.postgres.markdown())
+	}
 
 	if len(r.streams) > 0 {
 		b.WriteString("\n### Slow streams held open (one SSE chunk per second each, fresh Caddy process per target)\n\n")
@@ -362,7 +366,7 @@ func (r *report) markdown() string {
 	}
 
 	if len(r.micro) > 0 || r.microErr != nil {
-		b.WriteString("\n### Microbenchmarks (go test -bench -benchmem, ./caddymodule and ./storage)\n\n")
+		b.WriteString("\n### Microbenchmarks (go test -bench -benchmem, ./caddymodule, ./storage and ./storage/postgres)\n\n")
 		if r.microErr != nil {
 			fmt.Fprintf(&b, "Some did not run cleanly:\n\n```\n%s\n```\n\n", r.microErr)
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,9 @@ type load struct {
 	answer mock.Answer
 	conns  int
 	stream bool
+	// keys, when set, are API keys the requests take in turn (one user
+	// each), instead of the one key of the headers.
+	keys []string
 }
 
 // The two comparisons: bench/Caddyfile.{plain,gateway} without access
@@ -129,10 +133,16 @@ type goRunner struct{}
 func (goRunner) name() string { return "bench/loadgen (Go, raw HTTP/1.1 keep-alive)" }
 
 func (goRunner) run(ctx context.Context, addr string, hdr map[string]string, l load, warmup, d time.Duration) (sample, error) {
-	res, err := loadgen.Run(ctx, loadgen.Config{
+	cfg := loadgen.Config{
 		Addr: addr, Request: loadgen.BuildRequest("POST", addr, apiPath, hdr, []byte(l.body())),
 		Conns: l.conns, Warmup: warmup, Duration: d,
-	})
+	}
+	for _, k := range l.keys {
+		h := maps.Clone(hdr)
+		h["Authorization"] = "Bearer " + k
+		cfg.Requests = append(cfg.Requests, loadgen.BuildRequest("POST", addr, apiPath, h, []byte(l.body())))
+	}
+	res, err := loadgen.Run(ctx, cfg)
 	if err != nil {
 		return sample{}, err
 	}
@@ -151,12 +161,21 @@ type wrkRunner struct {
 
 func (w wrkRunner) name() string { return "wrk (" + w.bin + ", 1 thread)" }
 
-func (w wrkRunner) script(hdr map[string]string, body string) (string, error) {
+func (w wrkRunner) script(hdr map[string]string, body string, keys []string) (string, error) {
 	var b strings.Builder
 	b.WriteString("wrk.method = \"POST\"\n")
 	fmt.Fprintf(&b, "wrk.body = [==[%s]==]\n", body)
 	for k, v := range hdr {
 		fmt.Fprintf(&b, "wrk.headers[%q] = %q\n", k, v)
+	}
+	if len(keys) > 0 {
+		// The requests take the keys in turn.
+		b.WriteString("local keys = {")
+		for _, k := range keys {
+			fmt.Fprintf(&b, "%q,", "Bearer "+k)
+		}
+		b.WriteString("}\nlocal i = 0\nrequest = function()\n\ti = i % #keys + 1\n" +
+			"\twrk.headers[\"Authorization\"] = keys[i]\n\treturn wrk.format()\nend\n")
 	}
 	f, err := os.CreateTemp(w.dir, "wrk-*.lua")
 	if err != nil {
@@ -168,7 +187,7 @@ func (w wrkRunner) script(hdr map[string]string, body string) (string, error) {
 }
 
 func (w wrkRunner) run(ctx context.Context, addr string, hdr map[string]string, l load, warmup, d time.Duration) (sample, error) {
-	script, err := w.script(hdr, l.body())
+	script, err := w.script(hdr, l.body(), l.keys)
 	if err != nil {
 		return sample{}, err
 	}
