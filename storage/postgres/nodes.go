@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,13 +14,57 @@ import (
 // for a late settlement before it is forgotten.
 const releasedRetention = 24 * time.Hour
 
-// keepAlive heartbeats every third of the lease and, on the same beat,
-// releases the holds of nodes silent for longer than the lease (any node
-// may; the rows are locked with SKIP LOCKED, so two nodes reaping at once
-// split the work) and applies the settlements and refunds that failed
-// while the database was unreachable. Once a minute it refunds its own
-// orphaned holds and drops old change log rows, forgotten released holds
-// and long-dead nodes.
+// heartbeat marks this node alive every third of the lease on a
+// connection of its own. Not on the pool: with every pooled connection
+// busy (a burst of requests on one hot row, a slow batch) the beat would
+// wait its turn, and a live node could be taken for dead and lose its
+// holds. Nor on keepAlive's beat, which also reaps and applies kept
+// settlements and can take longer than a lease while the database is
+// slow. A failed beat drops the connection; the next one reconnects.
+func (s *Store) heartbeat(ctx context.Context, cfg *pgx.ConnConfig) {
+	beat := time.NewTicker(s.opts.Lease / 3)
+	defer beat.Stop()
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-beat.C:
+		}
+		tick, cancel := context.WithTimeout(ctx, s.opts.Lease/3)
+		if conn == nil {
+			if c, err := pgx.ConnectConfig(tick, cfg); err == nil {
+				conn = c
+			}
+		}
+		if conn != nil {
+			if _, err := conn.Exec(tick, `UPDATE gw_nodes SET heartbeat_at = now() WHERE id = $1`, s.node); err != nil {
+				conn.Close(context.Background())
+				conn = nil
+			}
+		}
+		cancel()
+	}
+}
+
+// HeartbeatApplicationName is the application_name of a node's heartbeat
+// connection (as FeedApplicationName is its feed's).
+func HeartbeatApplicationName(node int64) string {
+	return fmt.Sprintf("gatewayz heartbeat %d", node)
+}
+
+// keepAlive, every third of the lease, releases the holds of nodes silent
+// for longer than the lease (any node may; the rows are locked with SKIP
+// LOCKED, so two nodes reaping at once split the work) and applies the
+// settlements and refunds that failed while the database was unreachable.
+// Once a minute it refunds its own orphaned holds and drops old change log
+// rows, forgotten released holds and long-dead nodes. (The heartbeat itself
+// has its own connection: heartbeat.)
 func (s *Store) keepAlive(ctx context.Context) {
 	beat := time.NewTicker(s.opts.Lease / 3)
 	defer beat.Stop()
@@ -31,7 +76,6 @@ func (s *Store) keepAlive(ctx context.Context) {
 		case <-beat.C:
 		}
 		tick, cancel := context.WithTimeout(ctx, s.opts.Lease)
-		s.pool.Exec(tick, `UPDATE gw_nodes SET heartbeat_at = now() WHERE id = $1`, s.node)
 		s.releaseDead(tick)
 		s.retryHeld(tick)
 		if time.Since(lastTidy) > time.Minute {

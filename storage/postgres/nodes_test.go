@@ -203,3 +203,59 @@ func TestFrozenTransactionEnds(t *testing.T) {
 		t.Fatal("the frozen transaction committed after the lease")
 	}
 }
+
+// A node whose every pooled connection is busy for several leases is
+// still alive: its heartbeat has a connection of its own, so another
+// node's reaper leaves its holds alone.
+func TestHeartbeatWhilePoolBusy(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DatabaseURL(t)
+	// A lease of 2 s (beats every 667 ms): a loaded test machine may delay
+	// a beat, not three in a row.
+	const lease = 2 * time.Second
+	open := func(name string, pool int) *Store {
+		s, err := Open(ctx, dsn, Options{Node: name, Lease: lease, PollInterval: 100 * time.Millisecond, PoolSize: pool})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := open("busy", 2), open("reaper", 0)
+	u, k := storetest.Register(t, a, "busy@example.com", 100)
+	r, err := a.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every pooled connection of a taken for two and a half leases.
+	var held []interface{ Release() }
+	for range 2 {
+		c, err := a.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	time.Sleep(lease * 5 / 2)
+	// b's reaper has run about seven times meanwhile; one more call now.
+	if _, err := b.releaseDead(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range held {
+		c.Release()
+	}
+	var stillOpen int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM gw_holds WHERE id = $1 AND state = 'open'`, int64(r.ID)).Scan(&stillOpen); err != nil {
+		t.Fatal(err)
+	}
+	if stillOpen != 1 {
+		t.Fatal("the busy node was taken for dead: its hold was released")
+	}
+	if bal := storetest.MustBalance(t, b, u.ID); bal.Reserved != 60 {
+		t.Fatalf("balance while the hold is open: %+v", bal)
+	}
+	if _, _, err := a.Settle(ctx, r, 40, storage.UsageRecord{Model: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, b)
+}

@@ -204,7 +204,10 @@ func (s *Store) start(ctx context.Context, connCfg *pgx.ConnConfig) error {
 	delete(feedCfg.RuntimeParams, "statement_timeout")
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.wg.Add(2)
+	beatCfg := connCfg.Copy()
+	beatCfg.RuntimeParams["application_name"] = HeartbeatApplicationName(s.node)
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.heartbeat(bg, beatCfg) }()
 	go func() { defer s.wg.Done(); s.keepAlive(bg) }()
 	go func() { defer s.wg.Done(); s.follow(bg, feedCfg, last) }()
 	return nil
