@@ -289,8 +289,9 @@ func (s *Store) retryLater(call heldCall, err error) error {
 }
 
 // retryHeld applies the kept settlements and refunds, keeping those that
-// fail again because the database is still unreachable.
-func (s *Store) retryHeld(ctx context.Context) {
+// fail again because the database is still unreachable, and reports
+// whether any is still kept.
+func (s *Store) retryHeld(ctx context.Context) (kept bool) {
 	s.retryMu.Lock()
 	calls := s.retries
 	s.retries = nil
@@ -303,7 +304,7 @@ func (s *Store) retryHeld(ctx context.Context) {
 			s.retryMu.Lock()
 			s.retries = append(s.retries, calls[i:]...)
 			s.retryMu.Unlock()
-			return
+			return true
 		}
 		if err == nil {
 			// Applied now, or by the first attempt (status "settled"):
@@ -311,6 +312,9 @@ func (s *Store) retryHeld(ctx context.Context) {
 			s.done(call.args[0].(int64))
 		}
 	}
+	s.retryMu.Lock()
+	defer s.retryMu.Unlock()
+	return len(s.retries) > 0
 }
 
 // settled turns gw_settle's and gw_refund's status into Settle's results.

@@ -246,9 +246,14 @@ func (s *Store) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.StatementTimeout)
 		defer cancel()
 		// Settlements kept while the database was unreachable go first:
-		// releasing their holds would forget what they charge.
-		s.retryHeld(ctx)
-		_, err := s.pool.Exec(ctx, `SELECT gw_release(ARRAY[$1::bigint])`, s.node)
+		// releasing their holds would forget what they charge. Connections
+		// left idle across an outage fail their first use, so the pool's
+		// idle ones are dropped and the kept calls retried until they are
+		// applied or the close's time is up.
+		err := s.applyKept(ctx)
+		if err == nil {
+			_, err = s.pool.Exec(ctx, `SELECT gw_release(ARRAY[$1::bigint])`, s.node)
+		}
 		if err == nil {
 			_, err = s.pool.Exec(ctx, `UPDATE gw_nodes SET heartbeat_at = '-infinity' WHERE id = $1`, s.node)
 		}
@@ -258,6 +263,23 @@ func (s *Store) Close() error {
 		}
 	})
 	return s.closeErr
+}
+
+// applyKept applies the settlements and refunds kept during an outage,
+// retrying while the database is unreachable until ctx is done. What is
+// still kept then is lost with the process: its holds go as a dead node's
+// (released at the lease expiry or this node's next start), and Close
+// reports it.
+func (s *Store) applyKept(ctx context.Context) error {
+	for s.retryHeld(ctx) {
+		s.pool.Reset()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("settlements kept during an outage not applied: %w", storage.ErrUnavailable)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // Ping reports whether the database answers.
