@@ -40,6 +40,14 @@
 -- lengths, a user without an account row, rate arrays not of three
 -- windows) settle through gw_settle_held one by one in batch order: that
 -- is decided before anything is written.
+-- gw_rate_shifted_at is gw_rate_shifted for one window (p_len seconds
+-- long) of one row: tok with p_delta added when win is still the window
+-- of p_at (null: none), never below zero.
+CREATE FUNCTION gw_rate_shifted_at(win bigint, tok bigint, p_at bigint, p_len bigint, p_delta bigint) RETURNS bigint
+	LANGUAGE sql IMMUTABLE AS $$
+	SELECT CASE WHEN p_at IS NOT NULL AND p_delta <> 0 AND win = p_at / p_len * p_len THEN GREATEST(tok + p_delta, 0) ELSE tok END
+$$;
+
 CREATE FUNCTION gw_settle_batch(p_holds bigint[], p_costs bigint[], p_nows timestamptz[], p_times timestamptz[],
 	p_days integer[], p_months integer[], p_tokens bigint[], p_request_ids text[], p_usages jsonb[],
 	p_users bigint[], p_keys bigint[])
@@ -202,18 +210,9 @@ BEGIN
 				k_slots[v_k] := k_slots[v_k] + 1;
 			END IF;
 			k_last[v_k] := GREATEST(k_last[v_k], p_nows[v_i]);
-			-- gw_rate_shifted, window by window
-			IF v_at IS NOT NULL AND v_delta <> 0 THEN
-				IF k_rw1[v_k] = v_at / 60 * 60 THEN
-					k_rt1[v_k] := GREATEST(k_rt1[v_k] + v_delta, 0);
-				END IF;
-				IF k_rw2[v_k] = v_at / 3600 * 3600 THEN
-					k_rt2[v_k] := GREATEST(k_rt2[v_k] + v_delta, 0);
-				END IF;
-				IF k_rw3[v_k] = v_at / 86400 * 86400 THEN
-					k_rt3[v_k] := GREATEST(k_rt3[v_k] + v_delta, 0);
-				END IF;
-			END IF;
+			k_rt1[v_k] := gw_rate_shifted_at(k_rw1[v_k], k_rt1[v_k], v_at, 60, v_delta);
+			k_rt2[v_k] := gw_rate_shifted_at(k_rw2[v_k], k_rt2[v_k], v_at, 3600, v_delta);
+			k_rt3[v_k] := gw_rate_shifted_at(k_rw3[v_k], k_rt3[v_k], v_at, 86400, v_delta);
 		END IF;
 		a_credits[v_a] := a_credits[v_a] - v_c;
 		r_balance[v_i] := a_credits[v_a];
@@ -229,17 +228,9 @@ BEGIN
 			a_ended[v_a] := a_ended[v_a] + 1;
 			a_tokens[v_a] := a_tokens[v_a] + h_tokens[v_i];
 		END IF;
-		IF v_at IS NOT NULL AND v_delta <> 0 THEN
-			IF a_rw1[v_a] = v_at / 60 * 60 THEN
-				a_rt1[v_a] := GREATEST(a_rt1[v_a] + v_delta, 0);
-			END IF;
-			IF a_rw2[v_a] = v_at / 3600 * 3600 THEN
-				a_rt2[v_a] := GREATEST(a_rt2[v_a] + v_delta, 0);
-			END IF;
-			IF a_rw3[v_a] = v_at / 86400 * 86400 THEN
-				a_rt3[v_a] := GREATEST(a_rt3[v_a] + v_delta, 0);
-			END IF;
-		END IF;
+		a_rt1[v_a] := gw_rate_shifted_at(a_rw1[v_a], a_rt1[v_a], v_at, 60, v_delta);
+		a_rt2[v_a] := gw_rate_shifted_at(a_rw2[v_a], a_rt2[v_a], v_at, 3600, v_delta);
+		a_rt3[v_a] := gw_rate_shifted_at(a_rw3[v_a], a_rt3[v_a], v_at, 86400, v_delta);
 	END LOOP;
 
 	-- 4. Each touched row once, each table once.
