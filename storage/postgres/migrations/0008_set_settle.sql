@@ -54,7 +54,7 @@ CREATE FUNCTION gw_settle_batch(p_holds bigint[], p_costs bigint[], p_nows times
 	RETURNS TABLE (charged bigint, balance bigint, status text,
 		key_tracked boolean, key_window timestamptz, key_before bigint, key_after bigint, key_limit bigint,
 		user_tracked boolean, user_window timestamptz, user_before bigint, user_after bigint, user_limit bigint)
-	LANGUAGE plpgsql AS $$
+	LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
 	n integer := coalesce(cardinality(p_holds), 0);
@@ -88,6 +88,7 @@ DECLARE
 	v_ut boolean;
 	v_at bigint;
 	v_delta bigint;
+	v_shift boolean;
 BEGIN
 	IF n = 0 THEN
 		RETURN;
@@ -178,6 +179,7 @@ BEGIN
 		v_open := h_open[v_i];
 		v_at := h_at[v_i];
 		v_delta := p_tokens[v_i] - h_tokens[v_i];
+		v_shift := v_at IS NOT NULL AND v_delta <> 0; -- a hold counted in the rate windows
 		IF v_open THEN
 			a_reserved[v_a] := a_reserved[v_a] - h_amount[v_i];
 		END IF;
@@ -210,9 +212,11 @@ BEGIN
 				k_slots[v_k] := k_slots[v_k] + 1;
 			END IF;
 			k_last[v_k] := GREATEST(k_last[v_k], p_nows[v_i]);
-			k_rt1[v_k] := gw_rate_shifted_at(k_rw1[v_k], k_rt1[v_k], v_at, 60, v_delta);
-			k_rt2[v_k] := gw_rate_shifted_at(k_rw2[v_k], k_rt2[v_k], v_at, 3600, v_delta);
-			k_rt3[v_k] := gw_rate_shifted_at(k_rw3[v_k], k_rt3[v_k], v_at, 86400, v_delta);
+			IF v_shift THEN
+				k_rt1[v_k] := gw_rate_shifted_at(k_rw1[v_k], k_rt1[v_k], v_at, 60, v_delta);
+				k_rt2[v_k] := gw_rate_shifted_at(k_rw2[v_k], k_rt2[v_k], v_at, 3600, v_delta);
+				k_rt3[v_k] := gw_rate_shifted_at(k_rw3[v_k], k_rt3[v_k], v_at, 86400, v_delta);
+			END IF;
 		END IF;
 		a_credits[v_a] := a_credits[v_a] - v_c;
 		r_balance[v_i] := a_credits[v_a];
@@ -228,49 +232,63 @@ BEGIN
 			a_ended[v_a] := a_ended[v_a] + 1;
 			a_tokens[v_a] := a_tokens[v_a] + h_tokens[v_i];
 		END IF;
-		a_rt1[v_a] := gw_rate_shifted_at(a_rw1[v_a], a_rt1[v_a], v_at, 60, v_delta);
-		a_rt2[v_a] := gw_rate_shifted_at(a_rw2[v_a], a_rt2[v_a], v_at, 3600, v_delta);
-		a_rt3[v_a] := gw_rate_shifted_at(a_rw3[v_a], a_rt3[v_a], v_at, 86400, v_delta);
+		IF v_shift THEN
+			a_rt1[v_a] := gw_rate_shifted_at(a_rw1[v_a], a_rt1[v_a], v_at, 60, v_delta);
+			a_rt2[v_a] := gw_rate_shifted_at(a_rw2[v_a], a_rt2[v_a], v_at, 3600, v_delta);
+			a_rt3[v_a] := gw_rate_shifted_at(a_rw3[v_a], a_rt3[v_a], v_at, 86400, v_delta);
+		END IF;
 	END LOOP;
 
-	-- 4. Each touched row once, each table once.
-	UPDATE gw_keys g SET requests_used = g.requests_used + x.n, inflight = g.inflight - x.slots, last_used_at = x.last,
-		spend_used = x.used, spend_reserved = x.res, rate_tok = ARRAY[x.t1, x.t2, x.t3]
+	-- 4. Each touched row once, each table once, in one statement (each
+	-- statement has its own start-up cost): the writes are its CTEs, on
+	-- tables none of the others reads; it answers the calls' rows in batch
+	-- order ('settled' with nothing else for a call that found no hold, as
+	-- gw_settle_held).
+	RETURN QUERY WITH
+	keys AS (
+		UPDATE gw_keys g SET requests_used = g.requests_used + x.n, inflight = g.inflight - x.slots, last_used_at = x.last,
+			spend_used = x.used, spend_reserved = x.res, rate_tok = ARRAY[x.t1, x.t2, x.t3]
 		FROM unnest(k_id, k_n, k_slots, k_last, k_used, k_res, k_rt1, k_rt2, k_rt3) x(id, n, slots, last, used, res, t1, t2, t3)
-		WHERE g.id = x.id AND x.n > 0;
-	UPDATE gw_accounts g SET credits = x.credits, reserved = x.reserved, holds = g.holds - x.ended,
-		held_tokens = g.held_tokens - x.tokens, spend_used = x.used, spend_reserved = x.res, rate_tok = ARRAY[x.t1, x.t2, x.t3]
+		WHERE g.id = x.id AND x.n > 0),
+	accounts AS (
+		UPDATE gw_accounts g SET credits = x.credits, reserved = x.reserved, holds = g.holds - x.ended,
+			held_tokens = g.held_tokens - x.tokens, spend_used = x.used, spend_reserved = x.res, rate_tok = ARRAY[x.t1, x.t2, x.t3]
 		FROM unnest(a_id, a_n, a_credits, a_reserved, a_ended, a_tokens, a_used, a_res, a_rt1, a_rt2, a_rt3)
 			x(id, n, credits, reserved, ended, tokens, used, res, t1, t2, t3)
-		WHERE g.user_id = x.id AND x.n > 0;
-	INSERT INTO gw_ledger (user_id, kind, amount, balance_after, key_id, request_id, requests, time)
-		SELECT x.uid, 'charge', -x.charged, x.balance, x.kid, x.request_id, 1, x.now
-		FROM unnest(h_found, p_users, p_keys, r_charged, r_balance, p_request_ids, p_nows)
-			WITH ORDINALITY x(found, uid, kid, charged, balance, request_id, now, i)
-		WHERE x.found AND x.charged > 0
-		ORDER BY x.i;
-	INSERT INTO gw_usage (user_id, key_id, time, doc)
-		SELECT x.uid, x.kid, x.t, x.usage || jsonb_build_object('user_id', x.uid, 'key_id', x.kid, 'credits', x.charged)
-		FROM unnest(h_found, p_users, p_keys, p_times, p_usages, r_charged) WITH ORDINALITY x(found, uid, kid, t, usage, charged, i)
-		WHERE x.found
-		ORDER BY x.i;
-	INSERT INTO gw_usage_totals AS t (user_id, kind, period, requests, tokens)
-		SELECT x.uid, p.kind, CASE p.kind WHEN 'd' THEN x.day ELSE x.month END, count(*), sum(x.tokens)
-		FROM unnest(h_found, p_users, p_days, p_months, p_tokens) x(found, uid, day, month, tokens)
-		CROSS JOIN (VALUES ('d'::"char"), ('m'::"char")) p(kind)
-		WHERE x.found
+		WHERE g.user_id = x.id AND x.n > 0),
+	calls AS (
+		SELECT x.*, p_users[x.i] AS uid, p_keys[x.i] AS kid, p_usages[x.i] AS usage
+		FROM unnest(h_found, r_charged, r_balance, r_kt, r_kw, r_kb, r_ka, h_kl, r_ut, r_uw, r_ub, r_ua, h_ul,
+			p_request_ids, p_nows, p_times, p_days, p_months, p_tokens)
+			WITH ORDINALITY x(found, charged, balance, kt, kw, kb, ka, kl, ut, uw, ub, ua, ul,
+				request_id, now, t, day, month, tokens, i)),
+	ledger AS (
+		INSERT INTO gw_ledger (user_id, kind, amount, balance_after, key_id, request_id, requests, time)
+		SELECT c.uid, 'charge', -c.charged, c.balance, c.kid, c.request_id, 1, c.now
+		FROM calls c WHERE c.found AND c.charged > 0
+		ORDER BY c.i),
+	records AS (
+		INSERT INTO gw_usage (user_id, key_id, time, doc)
+		SELECT c.uid, c.kid, c.t, c.usage || jsonb_build_object('user_id', c.uid, 'key_id', c.kid, 'credits', c.charged)
+		FROM calls c WHERE c.found
+		ORDER BY c.i),
+	totals AS (
+		INSERT INTO gw_usage_totals AS t (user_id, kind, period, requests, tokens)
+		SELECT c.uid, p.kind, CASE p.kind WHEN 'd' THEN c.day ELSE c.month END, count(*), sum(c.tokens)
+		FROM calls c CROSS JOIN (VALUES ('d'::"char"), ('m'::"char")) p(kind)
+		WHERE c.found
 		GROUP BY 1, 2, 3
 		ON CONFLICT (user_id, kind, period) DO UPDATE
-		SET requests = t.requests + EXCLUDED.requests, tokens = t.tokens + EXCLUDED.tokens;
-	INSERT INTO gw_usage_rollups AS r
-		SELECT p.period, date_trunc(p.unit, x.t, 'UTC'), x.uid, x.kid, coalesce(x.usage->>'model', ''),
-			gw_usage_outcome(x.usage), count(*),
-			sum(coalesce((x.usage->>'prompt_tokens')::bigint, 0)), sum(coalesce((x.usage->>'completion_tokens')::bigint, 0)),
-			sum(coalesce((x.usage->>'total_tokens')::bigint, 0)), sum(coalesce((x.usage->>'cached_tokens')::bigint, 0)),
-			sum(coalesce((x.usage->>'cache_write_tokens')::bigint, 0)), sum(x.charged)
-		FROM unnest(h_found, p_users, p_keys, p_times, p_usages, r_charged) x(found, uid, kid, t, usage, charged)
-		CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d'::"char", 'day')) p(period, unit)
-		WHERE x.found
+		SET requests = t.requests + EXCLUDED.requests, tokens = t.tokens + EXCLUDED.tokens),
+	rollups AS (
+		INSERT INTO gw_usage_rollups AS r
+		SELECT p.period, date_trunc(p.unit, c.t, 'UTC'), c.uid, c.kid, coalesce(c.usage->>'model', ''),
+			gw_usage_outcome(c.usage), count(*),
+			sum(coalesce((c.usage->>'prompt_tokens')::bigint, 0)), sum(coalesce((c.usage->>'completion_tokens')::bigint, 0)),
+			sum(coalesce((c.usage->>'total_tokens')::bigint, 0)), sum(coalesce((c.usage->>'cached_tokens')::bigint, 0)),
+			sum(coalesce((c.usage->>'cache_write_tokens')::bigint, 0)), sum(c.charged)
+		FROM calls c CROSS JOIN (VALUES ('h'::"char", 'hour'), ('d'::"char", 'day')) p(period, unit)
+		WHERE c.found
 		GROUP BY 1, 2, 3, 4, 5, 6
 		ON CONFLICT (period, start, user_id, key_id, model, outcome) DO UPDATE SET
 			requests = r.requests + EXCLUDED.requests,
@@ -279,13 +297,9 @@ BEGIN
 			total_tokens = r.total_tokens + EXCLUDED.total_tokens,
 			cached_tokens = r.cached_tokens + EXCLUDED.cached_tokens,
 			cache_write_tokens = r.cache_write_tokens + EXCLUDED.cache_write_tokens,
-			credits = r.credits + EXCLUDED.credits;
-
-	-- The answers, in batch order ('settled' with nothing else for a call
-	-- that found no hold, as gw_settle_held).
-	RETURN QUERY SELECT x.charged, x.balance, CASE WHEN x.found THEN 'ok' ELSE 'settled' END,
-		x.kt, x.kw, x.kb, x.ka, x.kl, x.ut, x.uw, x.ub, x.ua, x.ul
-		FROM unnest(h_found, r_charged, r_balance, r_kt, r_kw, r_kb, r_ka, h_kl, r_ut, r_uw, r_ub, r_ua, h_ul)
-			WITH ORDINALITY x(found, charged, balance, kt, kw, kb, ka, kl, ut, uw, ub, ua, ul, i)
-		ORDER BY x.i;
+			credits = r.credits + EXCLUDED.credits)
+	SELECT c.charged, c.balance, CASE WHEN c.found THEN 'ok' ELSE 'settled' END,
+		c.kt, c.kw, c.kb, c.ka, c.kl, c.ut, c.uw, c.ub, c.ua, c.ul
+	FROM calls c
+	ORDER BY c.i;
 END $$;
