@@ -104,31 +104,27 @@ BEGIN
 		AND array_position(p_usages, NULL) IS NULL AND array_position(p_users, NULL) IS NULL
 		AND array_position(p_keys, NULL) IS NULL;
 	v_plain := coalesce(v_plain, false); -- a null array
-	IF v_plain THEN
-		-- 1. The key rows, then the account rows, locked in id order.
-		SELECT coalesce(array_agg(k.id ORDER BY k.id), '{}'), array_agg(k.spend_window ORDER BY k.id),
-			array_agg(k.spend_used ORDER BY k.id), array_agg(k.spend_reserved ORDER BY k.id),
-			array_agg(k.last_used_at ORDER BY k.id),
-			array_agg(k.rate_win[1] ORDER BY k.id), array_agg(k.rate_win[2] ORDER BY k.id), array_agg(k.rate_win[3] ORDER BY k.id),
-			array_agg(k.rate_tok[1] ORDER BY k.id), array_agg(k.rate_tok[2] ORDER BY k.id), array_agg(k.rate_tok[3] ORDER BY k.id),
-			coalesce(bool_and(array_dims(k.rate_win) = '[1:3]' AND array_dims(k.rate_tok) = '[1:3]'), true)
-			INTO k_id, k_win, k_used, k_res, k_last, k_rw1, k_rw2, k_rw3, k_rt1, k_rt2, k_rt3, v_rate_ok
-			FROM (SELECT g.id, g.spend_window, g.spend_used, g.spend_reserved, g.last_used_at, g.rate_win, g.rate_tok
-				FROM gw_keys g WHERE g.id = ANY (p_keys) AND g.id <> 0 ORDER BY g.id FOR UPDATE) k;
-		v_plain := v_rate_ok;
-		SELECT coalesce(array_agg(c.user_id ORDER BY c.user_id), '{}'), array_agg(c.credits ORDER BY c.user_id),
-			array_agg(c.reserved ORDER BY c.user_id), array_agg(c.spend_window ORDER BY c.user_id),
-			array_agg(c.spend_used ORDER BY c.user_id), array_agg(c.spend_reserved ORDER BY c.user_id),
-			array_agg(c.rate_win[1] ORDER BY c.user_id), array_agg(c.rate_win[2] ORDER BY c.user_id),
-			array_agg(c.rate_win[3] ORDER BY c.user_id), array_agg(c.rate_tok[1] ORDER BY c.user_id),
-			array_agg(c.rate_tok[2] ORDER BY c.user_id), array_agg(c.rate_tok[3] ORDER BY c.user_id),
-			coalesce(bool_and(array_dims(c.rate_win) = '[1:3]' AND array_dims(c.rate_tok) = '[1:3]'), true),
-			(SELECT count(DISTINCT u) FROM unnest(p_users) u)
-			INTO a_id, a_credits, a_reserved, a_win, a_used, a_res, a_rw1, a_rw2, a_rw3, a_rt1, a_rt2, a_rt3, v_rate_ok, v_users
-			FROM (SELECT g.user_id, g.credits, g.reserved, g.spend_window, g.spend_used, g.spend_reserved, g.rate_win, g.rate_tok
-				FROM gw_accounts g WHERE g.user_id = ANY (p_users) ORDER BY g.user_id FOR UPDATE) c;
-		v_plain := v_plain AND v_rate_ok AND cardinality(a_id) = v_users;
-	END IF;
+	-- 1. The key rows, then the account rows, locked in id order (the
+	-- order of every reservation and batch: the caller need not lock them
+	-- first), whichever way the calls go below. The aggregates of one
+	-- statement read the rows in the same order, so the arrays line up.
+	SELECT coalesce(array_agg(k.id), '{}'), array_agg(k.spend_window), array_agg(k.spend_used), array_agg(k.spend_reserved),
+		array_agg(k.last_used_at), array_agg(k.rate_win[1]), array_agg(k.rate_win[2]), array_agg(k.rate_win[3]),
+		array_agg(k.rate_tok[1]), array_agg(k.rate_tok[2]), array_agg(k.rate_tok[3]),
+		coalesce(bool_and(array_dims(k.rate_win) = '[1:3]' AND array_dims(k.rate_tok) = '[1:3]'), true)
+		INTO k_id, k_win, k_used, k_res, k_last, k_rw1, k_rw2, k_rw3, k_rt1, k_rt2, k_rt3, v_rate_ok
+		FROM (SELECT g.id, g.spend_window, g.spend_used, g.spend_reserved, g.last_used_at, g.rate_win, g.rate_tok
+			FROM gw_keys g WHERE g.id = ANY (p_keys) AND g.id <> 0 ORDER BY g.id FOR UPDATE) k;
+	v_plain := v_plain AND v_rate_ok;
+	SELECT coalesce(array_agg(c.user_id), '{}'), array_agg(c.credits), array_agg(c.reserved), array_agg(c.spend_window),
+		array_agg(c.spend_used), array_agg(c.spend_reserved), array_agg(c.rate_win[1]), array_agg(c.rate_win[2]),
+		array_agg(c.rate_win[3]), array_agg(c.rate_tok[1]), array_agg(c.rate_tok[2]), array_agg(c.rate_tok[3]),
+		coalesce(bool_and(array_dims(c.rate_win) = '[1:3]' AND array_dims(c.rate_tok) = '[1:3]'), true),
+		(SELECT count(DISTINCT u) FROM unnest(p_users) u)
+		INTO a_id, a_credits, a_reserved, a_win, a_used, a_res, a_rw1, a_rw2, a_rw3, a_rt1, a_rt2, a_rt3, v_rate_ok, v_users
+		FROM (SELECT g.user_id, g.credits, g.reserved, g.spend_window, g.spend_used, g.spend_reserved, g.rate_win, g.rate_tok
+			FROM gw_accounts g WHERE g.user_id = ANY (p_users) ORDER BY g.user_id FOR UPDATE) c;
+	v_plain := v_plain AND v_rate_ok AND cardinality(a_id) = v_users;
 	IF NOT v_plain THEN
 		-- What the loop below does not model: the calls one by one.
 		FOR v_i IN 1..n LOOP
