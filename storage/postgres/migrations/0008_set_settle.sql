@@ -86,9 +86,9 @@ DECLARE
 	-- its key row (null: no key row) and of its account row.
 	h_found boolean[]; h_amount bigint[]; h_slot boolean[]; h_open boolean[]; h_kw timestamptz[]; h_kl bigint[];
 	h_uw timestamptz[]; h_ul bigint[]; h_tokens bigint[]; h_at bigint[]; h_k integer[]; h_a integer[];
-	-- Per call: the answer.
-	r_charged bigint[]; r_balance bigint[]; r_kt boolean[]; r_kw timestamptz[]; r_kb bigint[]; r_ka bigint[];
-	r_ut boolean[]; r_uw timestamptz[]; r_ub bigint[]; r_ua bigint[];
+	-- Per call: the charge, the balance after it, and the key's and the
+	-- user's spend before it (the rest of the answer follows from these).
+	r_charged bigint[]; r_balance bigint[]; r_kb bigint[]; r_ub bigint[];
 	v_i integer;
 	v_k integer;
 	v_a integer;
@@ -173,11 +173,7 @@ BEGIN
 	a_ended := a_n;
 	a_tokens := a_n;
 	r_charged := array_fill(NULL::bigint, ARRAY[n]);
-	r_balance := r_charged; r_kb := r_charged; r_ka := r_charged; r_ub := r_charged; r_ua := r_charged;
-	r_kt := array_fill(NULL::boolean, ARRAY[n]);
-	r_ut := r_kt;
-	r_kw := array_fill(NULL::timestamptz, ARRAY[n]);
-	r_uw := r_kw;
+	r_balance := r_charged; r_kb := r_charged; r_ub := r_charged;
 	FOR v_i IN 1..n LOOP
 		CONTINUE WHEN NOT h_found[v_i];
 		v_k := h_k[v_i];
@@ -205,14 +201,11 @@ BEGIN
 			v_c := LEAST(v_c, CASE WHEN v_ut THEN GREATEST(h_ul[v_i] - a_used[v_a] - a_res[v_a], 0) ELSE h_amount[v_i] END);
 		END IF;
 		r_charged[v_i] := v_c;
-		r_kt[v_i] := v_kt;
 		IF v_k IS NOT NULL THEN
-			r_kw[v_i] := k_win[v_k];
 			r_kb[v_i] := k_used[v_k];
 			IF v_kt THEN
 				k_used[v_k] := k_used[v_k] + v_c;
 			END IF;
-			r_ka[v_i] := k_used[v_k];
 			k_n[v_k] := k_n[v_k] + 1;
 			IF h_slot[v_i] AND v_open THEN
 				k_slots[v_k] := k_slots[v_k] + 1;
@@ -226,13 +219,10 @@ BEGIN
 		END IF;
 		a_credits[v_a] := a_credits[v_a] - v_c;
 		r_balance[v_i] := a_credits[v_a];
-		r_ut[v_i] := v_ut;
-		r_uw[v_i] := a_win[v_a];
 		r_ub[v_i] := a_used[v_a];
 		IF v_ut THEN
 			a_used[v_a] := a_used[v_a] + v_c;
 		END IF;
-		r_ua[v_i] := a_used[v_a];
 		a_n[v_a] := a_n[v_a] + 1;
 		IF v_open THEN
 			a_ended[v_a] := a_ended[v_a] + 1;
@@ -262,12 +252,22 @@ BEGIN
 		FROM unnest(a_id, a_n, a_credits, a_reserved, a_ended, a_tokens, a_used, a_res, a_rt1, a_rt2, a_rt3)
 			x(id, n, credits, reserved, ended, tokens, used, res, t1, t2, t3)
 		WHERE g.user_id = x.id AND x.n > 0),
-	calls AS (
-		SELECT x.*, p_users[x.i] AS uid, p_keys[x.i] AS kid, p_usages[x.i] AS usage
-		FROM unnest(h_found, r_charged, r_balance, r_kt, r_kw, r_kb, r_ka, h_kl, r_ut, r_uw, r_ub, r_ua, h_ul,
+	answers AS (
+		-- The spend windows do not move in a settlement: whether a hold
+		-- is tracked in its key's and user's window is what it was when
+		-- the loop charged it.
+		SELECT x.*, p_users[x.i] AS uid, p_keys[x.i] AS kid, p_usages[x.i] AS usage,
+			CASE WHEN x.found THEN k_win[x.k] END AS kw, CASE WHEN x.found THEN a_win[x.a] END AS uw,
+			CASE WHEN x.found THEN x.k IS NOT NULL AND x.hkw IS NOT NULL AND x.hkw = k_win[x.k] END AS kt,
+			CASE WHEN x.found THEN x.huw IS NOT NULL AND x.huw = a_win[x.a] END AS ut
+		FROM unnest(h_found, r_charged, r_balance, r_kb, h_kl, r_ub, h_ul, h_k, h_a, h_kw, h_uw,
 			p_request_ids, p_nows, p_times, p_days, p_months, p_tokens)
-			WITH ORDINALITY x(found, charged, balance, kt, kw, kb, ka, kl, ut, uw, ub, ua, ul,
+			WITH ORDINALITY x(found, charged, balance, kb, kl, ub, ul, k, a, hkw, huw,
 				request_id, now, t, day, month, tokens, i)),
+	calls AS (
+		SELECT y.*, y.kb + CASE WHEN y.kt THEN y.charged ELSE 0 END AS ka,
+			y.ub + CASE WHEN y.ut THEN y.charged ELSE 0 END AS ua
+		FROM answers y),
 	ledger AS (
 		INSERT INTO gw_ledger (user_id, kind, amount, balance_after, key_id, request_id, requests, time)
 		SELECT c.uid, 'charge', -c.charged, c.balance, c.kid, c.request_id, 1, c.now
