@@ -34,6 +34,10 @@ type batcher struct {
 	// their rows in order, instead of one statement per call ("" when it
 	// cannot).
 	set func(calls []*batchCall) (string, []any)
+	// setLocks: set's statement locks the batch's key rows, then its
+	// account rows, in id order itself (gw_settle_batch), so send does
+	// not lock them first in statements of their own.
+	setLocks bool
 
 	mu       sync.Mutex
 	idle     sync.Cond // signalled when a flush loop ends
@@ -154,7 +158,8 @@ func (b *batcher) flush(calls []*batchCall) {
 // is closed, which waits for the commit.
 //
 // The batch first locks the key rows, then the account rows of all its
-// calls, each in id order: the order in which a reservation locks its key
+// calls, each in id order (in statements of their own, or, with setLocks,
+// in the set statement): the order in which a reservation locks its key
 // and account, and every other batch locks its rows. Run one after
 // another, two calls of one user with different keys would lock a key
 // after the account, against that order, and could deadlock with a
@@ -167,13 +172,17 @@ func (b *batcher) send(ctx context.Context, calls []*batchCall) error {
 		}
 		users = append(users, c.userID)
 	}
-	batch := &pgx.Batch{}
-	batch.Queue(`SELECT 1 FROM gw_keys WHERE id = ANY($1) ORDER BY id FOR UPDATE`, keys)
-	batch.Queue(`SELECT 1 FROM gw_accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
 	var setSQL string
 	var setArgs []any
 	if b.set != nil {
 		setSQL, setArgs = b.set(calls)
+	}
+	batch := &pgx.Batch{}
+	locks := 0
+	if setSQL == "" || !b.setLocks {
+		batch.Queue(`SELECT 1 FROM gw_keys WHERE id = ANY($1) ORDER BY id FOR UPDATE`, keys)
+		batch.Queue(`SELECT 1 FROM gw_accounts WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE`, users)
+		locks = 2
 	}
 	if setSQL != "" {
 		batch.Queue(setSQL, setArgs...)
@@ -183,7 +192,7 @@ func (b *batcher) send(ctx context.Context, calls []*batchCall) error {
 		}
 	}
 	br := b.pool.SendBatch(ctx, batch)
-	for range 2 {
+	for range locks {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
 			return err

@@ -511,17 +511,16 @@ func dayNum(t time.Time) int32 {
 }
 
 // settleSetSQL is the settlements of a batch in one statement: the calls'
-// arguments as arrays, settled in their order (gw_settle_held once per
-// element, in the order of the ordinality), answering settleSpendSQL's row
-// for each.
+// arguments as arrays, settled in their order by gw_settle_batch
+// (migration 0008: one statement per table for the whole batch, each call
+// charged as gw_settle_held would one after another), answering
+// settleSpendSQL's row for each, in the calls' order.
 const settleSetSQL = `SELECT coalesce(r.charged, 0), coalesce(r.balance, 0), r.status,
 		r.key_tracked, r.key_window, r.key_before, r.key_after, r.key_limit,
 		r.user_tracked, r.user_window, r.user_before, r.user_after, r.user_limit
-	FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::int[], $6::int[], $7::bigint[],
-		$8::text[], $9::text[], $10::bigint[], $11::bigint[])
-		WITH ORDINALITY AS a(hold, cost, now, t, day, month, tokens, request_id, usage, uid, kid, n)
-	CROSS JOIN LATERAL gw_settle_held(a.hold, a.cost, a.now, a.t, a.day, a.month, a.tokens, a.request_id, a.usage::jsonb, a.uid, a.kid) r
-	ORDER BY a.n`
+	FROM gw_settle_batch($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::int[], $6::int[], $7::bigint[],
+		$8::text[], $9::text[]::jsonb[], $10::bigint[], $11::bigint[]) WITH ORDINALITY AS r
+	ORDER BY r.ordinality`
 
 // settleSet is settleSetSQL for calls (settleCall's arguments each), or ""
 // when they do not fit it.

@@ -168,7 +168,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	s.reserves = newBatcher(pool, opts.StatementTimeout, 0)
 	s.reserves.set = reserveSet
 	s.settles = newBatcher(pool, opts.StatementTimeout, opts.CommitWindow)
-	s.settles.set = settleSet
+	s.settles.set, s.settles.setLocks = settleSet, true
 	if err := s.start(ctx, cfg.ConnConfig); err != nil {
 		pool.Close()
 		return nil, err
