@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5/pgconn"
 	"strings"
 	"time"
 
@@ -300,7 +301,7 @@ func (s *Store) retryHeld(ctx context.Context) (kept bool) {
 		var charged, balance int64
 		var status string
 		err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status)
-		if errors.Is(mapErr(err), storage.ErrUnavailable) {
+		if err != nil && tryAgain(err) {
 			s.retryMu.Lock()
 			s.retries = append(s.retries, calls[i:]...)
 			s.retryMu.Unlock()
@@ -315,6 +316,19 @@ func (s *Store) retryHeld(ctx context.Context) (kept bool) {
 	s.retryMu.Lock()
 	defer s.retryMu.Unlock()
 	return len(s.retries) > 0
+}
+
+// tryAgain reports whether a kept call that failed with err must stay
+// kept: the database could not be reached, or the call was cut short (the
+// node closing cancels its background work; a statement timeout) before
+// the database answered it. Only an answer of the database ends it.
+func tryAgain(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "57014" { // query_canceled
+		return true
+	}
+	return errors.Is(mapErr(err), storage.ErrUnavailable) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // settled turns gw_settle's and gw_refund's status into Settle's results.

@@ -37,16 +37,22 @@ func (s *Store) heartbeat(ctx context.Context, cfg *pgx.ConnConfig) {
 		case <-beat.C:
 		}
 		tick, cancel := context.WithTimeout(ctx, s.opts.Lease/3)
-		if conn == nil {
-			if c, err := pgx.ConnectConfig(tick, cfg); err == nil {
+		// A connection from before an outage fails its first use: the beat
+		// is tried again at once on a new one, or the node would miss a
+		// whole beat after every outage and could be taken for dead.
+		for try := 0; try < 2; try++ {
+			if conn == nil {
+				c, err := pgx.ConnectConfig(tick, cfg)
+				if err != nil {
+					break
+				}
 				conn = c
 			}
-		}
-		if conn != nil {
-			if _, err := conn.Exec(tick, `UPDATE gw_nodes SET heartbeat_at = now() WHERE id = $1`, s.node); err != nil {
-				conn.Close(context.Background())
-				conn = nil
+			if _, err := conn.Exec(tick, `UPDATE gw_nodes SET heartbeat_at = now() WHERE id = $1`, s.node); err == nil {
+				break
 			}
+			conn.Close(context.Background())
+			conn = nil
 		}
 		cancel()
 	}
@@ -77,7 +83,12 @@ func (s *Store) keepAlive(ctx context.Context) {
 		}
 		tick, cancel := context.WithTimeout(ctx, s.opts.Lease)
 		s.releaseDead(tick)
-		s.retryHeld(tick)
+		if s.retryHeld(tick) {
+			// The pool's idle connections may all be from before an
+			// outage, each failing its first use: drop them, so the next
+			// beat applies the kept calls instead of using up one each.
+			s.pool.Reset()
+		}
 		if time.Since(lastTidy) > time.Minute {
 			lastTidy = time.Now()
 			s.releaseOrphans(tick)

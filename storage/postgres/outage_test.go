@@ -170,3 +170,50 @@ func TestBatchDuringOutage(t *testing.T) {
 	}
 	mustVerify(t, s)
 }
+
+// TestKeptSettlementSurvivesCanceledRetry: a retry of a kept settlement
+// cut short before the database answered (the node closing cancels its
+// background work mid-retry) keeps the settlement: it is applied by the
+// next retry, not dropped and its charge lost.
+func TestKeptSettlementSurvivesCanceledRetry(t *testing.T) {
+	srv, err := pgtest.Start()
+	if err != nil {
+		pgtest.Unavailable(t, err)
+	}
+	defer srv.Close()
+	ctx := context.Background()
+	s := openNode(t, srv.URL("postgres"), "canceled-retry")
+	u, k := storetest.Register(t, s, "canceled@example.com", 100)
+	res := mustReserve(t, s, u.ID, k.ID, 10)
+	s.cancel() // the kept settlement is retried below, by hand
+	s.wg.Wait()
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, _, err := s.Settle(short, res, 7, storage.UsageRecord{Model: "m", RequestID: "canceled"}); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Settle with the server down: %v", err)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	canceled, cancelNow := context.WithCancel(ctx)
+	cancelNow()
+	if kept := s.retryHeld(canceled); !kept {
+		t.Fatal("a retry canceled before the database answered dropped the kept settlement")
+	}
+	deadline, cancelDeadline := context.WithTimeout(ctx, time.Nanosecond)
+	defer cancelDeadline()
+	<-deadline.Done()
+	if kept := s.retryHeld(deadline); !kept {
+		t.Fatal("a retry past its deadline dropped the kept settlement")
+	}
+	if err := s.applyKept(short); err != nil {
+		t.Fatal(err)
+	}
+	if bal := storetest.MustBalance(t, s, u.ID); bal.Credits != 93 || bal.Reserved != 0 {
+		t.Fatalf("after the retries: %+v, want 93 credits and nothing reserved", bal)
+	}
+	mustVerify(t, s)
+}
