@@ -196,6 +196,23 @@ func (p consolePage) waitText(sel, want string) {
 	}
 }
 
+// clickWithin clicks the element inner of the first element sel whose
+// text contains want, waiting until there is one; the lookup and the click
+// run in the page together, so a re-render between them cannot lose it.
+func (p consolePage) clickWithin(sel, want, inner string) {
+	p.t.Helper()
+	expr := fmt.Sprintf(`new Promise((resolve) => { const t0 = Date.now(); (function check() {
+		for (const n of document.querySelectorAll(%q)) {
+			const target = n.textContent.includes(%q) && n.querySelector(%q);
+			if (target) { target.click(); return resolve("ok"); }
+		}
+		if (Date.now() - t0 > 30000) return resolve("missing");
+		setTimeout(check, 50); })(); })`, sel, want, inner)
+	if got := p.eval("clicking "+inner+" in "+sel, expr); got != "ok" {
+		p.t.Fatalf("no %s containing %q with a %s to click", sel, want, inner)
+	}
+}
+
 func (p consolePage) screenshot(name string) {
 	p.t.Helper()
 	b, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(100))
@@ -380,7 +397,11 @@ func TestConsoleBrowser(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS(`input[name=q]`), "ada@"),
 		chromedp.Click(chromedp.CSS(`form[aria-label="Search users"] button[type=submit]`)))
 	p.waitText(`table[data-table=users]`, "ada@example.com")
-	p.do("open the user", chromedp.Click(chromedp.CSS(`table[data-table=users] a`)), chromedp.WaitVisible(chromedp.CSS(`form[aria-label="Top up"]`)))
+	// The list may still be re-rendered by the search's answer: a node
+	// found by CDP can be gone by the time it is clicked, so the link of
+	// ada's row is looked up and clicked in the page, in one step.
+	p.clickWithin(`table[data-table=users] tr`, "ada@example.com", "a")
+	p.do("open the user", chromedp.WaitVisible(chromedp.CSS(`form[aria-label="Top up"]`)))
 	before := p.text(`[data-metric=balance] .card-value`)
 	p.do("top up with a double click",
 		chromedp.SendKeys(chromedp.CSS(`form[aria-label="Top up"] input[name=credits]`), "5000"),
