@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/jackc/pgx/v5/pgconn"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 )
@@ -281,7 +281,7 @@ type heldCall struct {
 // err. A repeat is harmless: if the first call did commit, the hold row is
 // gone and the repeat finds nothing to do.
 func (s *Store) retryLater(call heldCall, err error) error {
-	if errors.Is(err, storage.ErrUnavailable) {
+	if tryAgain(err) {
 		s.retryMu.Lock()
 		s.retries = append(s.retries, call)
 		s.retryMu.Unlock()
@@ -302,6 +302,7 @@ func (s *Store) retryHeld(ctx context.Context) (kept bool) {
 		var status string
 		err := s.pool.QueryRow(ctx, call.sql, call.args...).Scan(&charged, &balance, &status)
 		if err != nil && tryAgain(err) {
+			s.dropDeadConnections(err)
 			s.retryMu.Lock()
 			s.retries = append(s.retries, calls[i:]...)
 			s.retryMu.Unlock()
@@ -318,10 +319,11 @@ func (s *Store) retryHeld(ctx context.Context) (kept bool) {
 	return len(s.retries) > 0
 }
 
-// tryAgain reports whether a kept call that failed with err must stay
-// kept: the database could not be reached, or the call was cut short (the
-// node closing cancels its background work; a statement timeout) before
-// the database answered it. Only an answer of the database ends it.
+// tryAgain reports whether a settlement or refund that failed with err
+// must be kept for a retry: the database could not be reached, or the call
+// was cut short (the node closing cancels its background work; a statement
+// timeout) before the database answered it. Only an answer of the database
+// ends it.
 func tryAgain(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "57014" { // query_canceled
@@ -329,6 +331,21 @@ func tryAgain(err error) bool {
 	}
 	return errors.Is(mapErr(err), storage.ErrUnavailable) ||
 		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// dropDeadConnections empties the pool of its idle connections when err
+// says the connection to the database was lost: after an outage every idle
+// connection is dead and would fail its next use in turn, one retry or one
+// feed poll each. Not on a timeout or a full server: a slow or busy
+// database keeps its connections.
+func (s *Store) dropDeadConnections(err error) {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "53300" { // too many connections
+		return
+	}
+	if errors.Is(mapErr(err), storage.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) && !pgconn.Timeout(err) {
+		s.pool.Reset()
+	}
 }
 
 // settled turns gw_settle's and gw_refund's status into Settle's results.

@@ -186,13 +186,9 @@ func (s *Store) follow(ctx context.Context, cfg *pgx.ConnConfig, last int64) {
 		n, start, err := s.readChanges(ctx, last)
 		last = n
 		if err != nil {
-			if errors.Is(mapErr(err), storage.ErrUnavailable) {
-				// After an outage the pool's idle connections are all
-				// dead, each failing its first use: without dropping them
-				// the feed would catch up only after using each up, one
-				// poll at a time, and stay behind its bound meanwhile.
-				s.pool.Reset()
-			}
+			// After an outage the feed would otherwise catch up only once
+			// it had used up each dead idle connection, one poll each.
+			s.dropDeadConnections(err)
 			continue
 		}
 		if broken || behind {

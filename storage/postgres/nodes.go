@@ -83,12 +83,7 @@ func (s *Store) keepAlive(ctx context.Context) {
 		}
 		tick, cancel := context.WithTimeout(ctx, s.opts.Lease)
 		s.releaseDead(tick)
-		if s.retryHeld(tick) {
-			// The pool's idle connections may all be from before an
-			// outage, each failing its first use: drop them, so the next
-			// beat applies the kept calls instead of using up one each.
-			s.pool.Reset()
-		}
+		s.retryHeld(tick)
 		if time.Since(lastTidy) > time.Minute {
 			lastTidy = time.Now()
 			s.releaseOrphans(tick)

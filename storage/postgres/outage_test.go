@@ -3,9 +3,13 @@ package postgres
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
 	"github.com/gatewayz/caddy-gatewayz/storage/pgtest"
@@ -91,39 +95,44 @@ func containsSecret(err error) bool { return strings.Contains(err.Error(), "secr
 // was down is applied when the node closes (before its holds are
 // released), not forgotten with them.
 func TestCloseAppliesKeptSettlements(t *testing.T) {
+	srv, s, userID := keptSettlement(t, "closing")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other := openNode(t, srv.URL("postgres"), "reader")
+	if bal := storetest.MustBalance(t, other, userID); bal.Credits != 93 || bal.Reserved != 0 {
+		t.Fatalf("after close: %+v, want 93 credits and nothing reserved", bal)
+	}
+}
+
+// keptSettlement is a node named name on a private server, with a user of
+// 100 credits whose reservation of 10 was settled at 7 while the server
+// was down (so the settlement is kept), and the server back up. The node's
+// background work is stopped: only the test applies the kept settlement.
+func keptSettlement(t *testing.T, name string) (*pgtest.Server, *Store, int64) {
+	t.Helper()
 	srv, err := pgtest.Start()
 	if err != nil {
 		pgtest.Unavailable(t, err)
 	}
-	defer srv.Close()
-	ctx := context.Background()
-	dsn := srv.URL("postgres")
-	s := openNode(t, dsn, "closing")
-	u, k := storetest.Register(t, s, "closing@example.com", 100)
-	res, err := s.Reserve(ctx, storage.ReserveRequest{UserID: u.ID, KeyID: k.ID, Credits: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.cancel() // no heartbeat: only Close may apply the kept settlement
+	t.Cleanup(func() { srv.Close() })
+	s := openNode(t, srv.URL("postgres"), name)
+	u, k := storetest.Register(t, s, name+"@example.com", 100)
+	res := mustReserve(t, s, u.ID, k.ID, 10)
+	s.cancel()
 	s.wg.Wait()
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	short, cancel := context.WithTimeout(ctx, 10*time.Second)
+	short, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, _, err := s.Settle(short, res, 7, storage.UsageRecord{Model: "m", RequestID: "kept"}); !errors.Is(err, storage.ErrUnavailable) {
+	if _, _, err := s.Settle(short, res, 7, storage.UsageRecord{Model: "m", RequestID: name}); !errors.Is(err, storage.ErrUnavailable) {
 		t.Fatalf("Settle with the server down: %v", err)
 	}
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	other := openNode(t, dsn, "reader")
-	if bal := storetest.MustBalance(t, other, u.ID); bal.Credits != 93 || bal.Reserved != 0 {
-		t.Fatalf("after close: %+v, want 93 credits and nothing reserved", bal)
-	}
+	return srv, s, u.ID
 }
 
 // A batch of settlements sent while the server is down: each reports
@@ -176,28 +185,8 @@ func TestBatchDuringOutage(t *testing.T) {
 // background work mid-retry) keeps the settlement: it is applied by the
 // next retry, not dropped and its charge lost.
 func TestKeptSettlementSurvivesCanceledRetry(t *testing.T) {
-	srv, err := pgtest.Start()
-	if err != nil {
-		pgtest.Unavailable(t, err)
-	}
-	defer srv.Close()
+	_, s, userID := keptSettlement(t, "canceled-retry")
 	ctx := context.Background()
-	s := openNode(t, srv.URL("postgres"), "canceled-retry")
-	u, k := storetest.Register(t, s, "canceled@example.com", 100)
-	res := mustReserve(t, s, u.ID, k.ID, 10)
-	s.cancel() // the kept settlement is retried below, by hand
-	s.wg.Wait()
-	if err := srv.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	short, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, _, err := s.Settle(short, res, 7, storage.UsageRecord{Model: "m", RequestID: "canceled"}); !errors.Is(err, storage.ErrUnavailable) {
-		t.Fatalf("Settle with the server down: %v", err)
-	}
-	if err := srv.Restart(); err != nil {
-		t.Fatal(err)
-	}
 	canceled, cancelNow := context.WithCancel(ctx)
 	cancelNow()
 	if kept := s.retryHeld(canceled); !kept {
@@ -209,11 +198,36 @@ func TestKeptSettlementSurvivesCanceledRetry(t *testing.T) {
 	if kept := s.retryHeld(deadline); !kept {
 		t.Fatal("a retry past its deadline dropped the kept settlement")
 	}
+	short, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	if err := s.applyKept(short); err != nil {
 		t.Fatal(err)
 	}
-	if bal := storetest.MustBalance(t, s, u.ID); bal.Credits != 93 || bal.Reserved != 0 {
+	if bal := storetest.MustBalance(t, s, userID); bal.Credits != 93 || bal.Reserved != 0 {
 		t.Fatalf("after the retries: %+v, want 93 credits and nothing reserved", bal)
 	}
 	mustVerify(t, s)
+}
+
+// TestTryAgain: which failures keep a settlement or refund for a retry
+// (nothing the database answered), and which end it.
+func TestTryAgain(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"connection lost", io.ErrUnexpectedEOF, true},
+		{"server shutting down", &pgconn.PgError{Code: "57P01"}, true},
+		{"statement timeout", &pgconn.PgError{Code: "57014"}, true},
+		{"canceled", context.Canceled, true},
+		{"deadline", fmt.Errorf("settling: %w", context.DeadlineExceeded), true},
+		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
+		{"check violation", &pgconn.PgError{Code: "23514"}, false},
+		{"other", errors.New("storage: unexpected settlement status"), false},
+	} {
+		if got := tryAgain(c.err); got != c.want {
+			t.Errorf("%s: tryAgain = %v, want %v", c.name, got, c.want)
+		}
+	}
 }

@@ -246,10 +246,9 @@ func (s *Store) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opts.StatementTimeout)
 		defer cancel()
 		// Settlements kept while the database was unreachable go first:
-		// releasing their holds would forget what they charge. Connections
-		// left idle across an outage fail their first use, so the pool's
-		// idle ones are dropped and the kept calls retried until they are
-		// applied or the close's time is up.
+		// releasing their holds would forget what they charge. They are
+		// retried (on fresh connections once one is found dead) until they
+		// are applied or the close's time is up.
 		err := s.applyKept(ctx)
 		if err == nil {
 			_, err = s.pool.Exec(ctx, `SELECT gw_release(ARRAY[$1::bigint])`, s.node)
@@ -272,7 +271,6 @@ func (s *Store) Close() error {
 // reports it.
 func (s *Store) applyKept(ctx context.Context) error {
 	for s.retryHeld(ctx) {
-		s.pool.Reset()
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("settlements kept during an outage not applied: %w", storage.ErrUnavailable)
