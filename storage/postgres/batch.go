@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/gatewayz/caddy-gatewayz/storage"
@@ -120,11 +121,11 @@ func (b *batcher) close() {
 
 // flush applies calls in one transaction: one pgx.Batch, which the server
 // runs as one implicit transaction committed at its end. The answers are
-// handed out only after that commit. When a statement fails for a reason
-// other than an unreachable database, the transaction is rolled back (so
-// nothing of it happened) and each call is tried alone, so that one bad
-// call does not fail the others. When the database cannot be reached,
-// whether the batch committed is unknown: every call reports
+// handed out only after that commit. When the server answers a statement
+// with an error (a bad call, a deadlock, a full disk), the transaction is
+// rolled back (so nothing of it happened) and each call is tried alone, so
+// that one bad call does not fail the others. When the database cannot be
+// reached, whether the batch committed is unknown: every call reports
 // ErrUnavailable, as a call alone would (a settlement is then kept for a
 // retry, which finds its hold gone if the batch did commit; a reservation
 // that did commit is an orphan, refunded by releaseOrphans).
@@ -144,9 +145,11 @@ func (b *batcher) flush(calls []*batchCall) {
 	if err == nil {
 		return
 	}
+	var answered *pgconn.PgError
+	rolledBack := errors.As(err, &answered) && !connectionLost(err)
 	err = mapErr(err)
 	for _, c := range calls {
-		if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, storage.ErrClosed) {
+		if !rolledBack && (errors.Is(err, storage.ErrUnavailable) || errors.Is(err, storage.ErrClosed)) {
 			c.err = err
 			continue
 		}

@@ -320,10 +320,12 @@ func (s *Store) retryHeld(ctx context.Context) (kept bool) {
 }
 
 // tryAgain reports whether a settlement or refund that failed with err
-// must be kept for a retry: the database could not be reached, or the call
-// was cut short (the node closing cancels its background work; a statement
-// timeout) before the database answered it. Only an answer of the database
-// ends it.
+// must be kept for a retry: the database could not be reached or could not
+// do it right now (passing: a deadlock, a full disk, a standby after a
+// failover), or the call was cut short (the node closing cancels its
+// background work; a statement timeout) before the database answered it.
+// Only a final answer of the database ends it; a kept call applied twice
+// charges once (its hold is gone the second time).
 func tryAgain(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "57014" { // query_canceled
@@ -339,13 +341,26 @@ func tryAgain(err error) bool {
 // feed poll each. Not on a timeout or a full server: a slow or busy
 // database keeps its connections.
 func (s *Store) dropDeadConnections(err error) {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "53300" { // too many connections
-		return
-	}
-	if errors.Is(mapErr(err), storage.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) && !pgconn.Timeout(err) {
+	if connectionLost(err) {
 		s.pool.Reset()
 	}
+}
+
+// connectionLost reports whether err says the connection to the database
+// was lost (or the server is going down), rather than that the database
+// answered: a server that answers with a conflict, a full disk or "too
+// many connections" is alive, and so are its connections; a timeout says
+// nothing about them either.
+func connectionLost(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57P01", "57P02", "57P03", "57P05": // shutdown, crash, starting up, idle session timeout
+			return true
+		}
+		return strings.HasPrefix(pgErr.Code, "08")
+	}
+	return errors.Is(mapErr(err), storage.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) && !pgconn.Timeout(err)
 }
 
 // settled turns gw_settle's and gw_refund's status into Settle's results.

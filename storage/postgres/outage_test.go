@@ -168,11 +168,17 @@ func TestBatchDuringOutage(t *testing.T) {
 	}
 	s.retryHeld(ctx)
 	s.retryHeld(ctx)
-	if b := storetest.MustBalance(t, s, u1.ID); b.Credits != 97 || b.Reserved != 0 {
-		t.Fatalf("user 1 after recovery: %+v, want 97 credits and nothing reserved", b)
-	}
-	if b := storetest.MustBalance(t, s, u2.ID); b.Credits != 96 || b.Reserved != 0 {
-		t.Fatalf("user 2 after recovery: %+v, want 96 credits and nothing reserved", b)
+	mustBeSettled(t, s, map[int64]int64{u1.ID: 97, u2.ID: 96})
+}
+
+// mustBeSettled checks that each user holds the credits given, nothing
+// reserved, no reservation of s is open, and the ledger verifies.
+func mustBeSettled(t *testing.T, s *Store, credits map[int64]int64) {
+	t.Helper()
+	for user, want := range credits {
+		if b := storetest.MustBalance(t, s, user); b.Credits != want || b.Reserved != 0 {
+			t.Fatalf("user %d: %+v, want %d credits and nothing reserved", user, b, want)
+		}
 	}
 	if n := s.OpenReservations(); n != 0 {
 		t.Fatalf("open reservations = %d", n)
@@ -209,25 +215,116 @@ func TestKeptSettlementSurvivesCanceledRetry(t *testing.T) {
 	mustVerify(t, s)
 }
 
-// TestTryAgain: which failures keep a settlement or refund for a retry
-// (nothing the database answered), and which end it.
-func TestTryAgain(t *testing.T) {
+// TestFailureKinds: which failures keep a settlement or refund for a retry
+// (tryAgain: nothing the database answered for good), and which of those
+// empty the pool of its idle connections (connectionLost: the connection
+// is gone, not the server answering or a timeout passing).
+func TestFailureKinds(t *testing.T) {
 	for _, c := range []struct {
-		name string
-		err  error
-		want bool
+		name           string
+		err            error
+		tryAgain, lost bool
 	}{
-		{"connection lost", io.ErrUnexpectedEOF, true},
-		{"server shutting down", &pgconn.PgError{Code: "57P01"}, true},
-		{"statement timeout", &pgconn.PgError{Code: "57014"}, true},
-		{"canceled", context.Canceled, true},
-		{"deadline", fmt.Errorf("settling: %w", context.DeadlineExceeded), true},
-		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
-		{"check violation", &pgconn.PgError{Code: "23514"}, false},
-		{"other", errors.New("storage: unexpected settlement status"), false},
+		{"connection lost", io.ErrUnexpectedEOF, true, true},
+		{"server shutting down", &pgconn.PgError{Code: "57P01"}, true, true},
+		{"server crashed", &pgconn.PgError{Code: "57P02"}, true, true},
+		{"connection failure", &pgconn.PgError{Code: "08006"}, true, true},
+		{"statement timeout", &pgconn.PgError{Code: "57014"}, true, false},
+		{"canceled", context.Canceled, true, false},
+		{"deadline", fmt.Errorf("settling: %w", context.DeadlineExceeded), true, false},
+		{"deadlock", &pgconn.PgError{Code: "40P01"}, true, false},
+		{"serialization failure", &pgconn.PgError{Code: "40001"}, true, false},
+		{"disk full", &pgconn.PgError{Code: "53100"}, true, false},
+		{"out of memory", &pgconn.PgError{Code: "53200"}, true, false},
+		{"too many connections", &pgconn.PgError{Code: "53300"}, true, false},
+		{"lock not available", &pgconn.PgError{Code: "55P03"}, true, false},
+		{"I/O error", &pgconn.PgError{Code: "58030"}, true, false},
+		{"a standby", &pgconn.PgError{Code: "25006"}, true, false},
+		{"unique violation", &pgconn.PgError{Code: "23505"}, false, false},
+		{"check violation", &pgconn.PgError{Code: "23514"}, false, false},
+		{"numeric overflow", &pgconn.PgError{Code: "22003"}, false, false},
+		{"raised by a function", &pgconn.PgError{Code: "P0001"}, false, false},
+		{"empty code", &pgconn.PgError{}, false, false},
+		{"other", errors.New("storage: unexpected settlement status"), false, false},
 	} {
-		if got := tryAgain(c.err); got != c.want {
-			t.Errorf("%s: tryAgain = %v, want %v", c.name, got, c.want)
+		if got := tryAgain(c.err); got != c.tryAgain {
+			t.Errorf("%s: tryAgain = %v, want %v", c.name, got, c.tryAgain)
 		}
+		if got := connectionLost(c.err); got != c.lost {
+			t.Errorf("%s: connectionLost = %v, want %v", c.name, got, c.lost)
+		}
+	}
+}
+
+// failNext makes the next n statements that write the ledger fail with
+// SQLSTATE code, as a deadlock, a full disk or a failover would fail a
+// settlement: the database answers, and the transaction is rolled back.
+func failNext(t *testing.T, s *Store, n int, code string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, q := range []string{
+		`DROP TRIGGER IF EXISTS test_fault ON gw_ledger`,
+		`DROP SEQUENCE IF EXISTS test_fault_n`,
+		`CREATE SEQUENCE test_fault_n`,
+		fmt.Sprintf(`CREATE OR REPLACE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF nextval('test_fault_n') <= %d THEN
+				RAISE EXCEPTION 'injected failure' USING ERRCODE = '%s';
+			END IF;
+			RETURN NULL;
+		END $$`, n, code),
+		`CREATE TRIGGER test_fault BEFORE INSERT ON gw_ledger FOR EACH STATEMENT EXECUTE FUNCTION test_fault()`,
+	} {
+		if _, err := s.pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
+
+// TestSettlementSurvivesPassingFailure: a settlement the database refuses
+// for now (a deadlock, a full disk, a standby after a failover: it answers,
+// and rolls back) is kept and applied once the database can, exactly once:
+// not dropped with its charge. Alone and in a batch, whose calls are then
+// tried alone at once.
+func TestSettlementSurvivesPassingFailure(t *testing.T) {
+	for _, code := range []string{"40P01", "53100", "25006"} {
+		t.Run(code, func(t *testing.T) {
+			ctx := context.Background()
+			s := openNode(t, pgtest.DatabaseURL(t), "passing")
+			s.cancel() // the kept settlements are applied below, by hand
+			s.wg.Wait()
+			u, k := storetest.Register(t, s, "alone@example.com", 100)
+			res := mustReserve(t, s, u.ID, k.ID, 10)
+			failNext(t, s, 1, code)
+			if _, _, err := s.Settle(ctx, res, 7, storage.UsageRecord{Model: "m", RequestID: "alone"}); !errors.Is(err, storage.ErrUnavailable) {
+				t.Fatalf("Settle refused with %s: %v, want ErrUnavailable", code, err)
+			}
+			if kept := s.retryHeld(ctx); kept {
+				t.Fatal("the kept settlement was not applied once the database could")
+			}
+			s.retryHeld(ctx)
+			mustBeSettled(t, s, map[int64]int64{u.ID: 93})
+
+			// A batch: refused as a whole, then each call alone, and once
+			// more the first of them: that one is kept, the other applied.
+			u1, k1 := storetest.Register(t, s, "b1@example.com", 100)
+			u2, k2 := storetest.Register(t, s, "b2@example.com", 100)
+			r1, r2 := mustReserve(t, s, u1.ID, k1.ID, 10), mustReserve(t, s, u2.ID, k2.ID, 10)
+			c1, _ := settleBatchCall(t, s, r1, 3)
+			c2, res2 := settleBatchCall(t, s, r2, 4)
+			failNext(t, s, 2, code)
+			s.settles.flush([]*batchCall{c1, c2})
+			if !errors.Is(c1.err, storage.ErrUnavailable) {
+				t.Fatalf("first call, refused twice: %v, want ErrUnavailable", c1.err)
+			}
+			if c2.err != nil || res2.status != "ok" || res2.charged != 4 {
+				t.Fatalf("second call, alone after the batch was refused: %v %+v", c2.err, res2)
+			}
+			s.done(int64(r2.ID)) // as Settle does with an applied call
+			s.retryLater(heldCall{settleSQL, c1.args}, c1.err)
+			s.retryHeld(ctx)
+			s.retryHeld(ctx)
+			mustBeSettled(t, s, map[int64]int64{u.ID: 93, u1.ID: 97, u2.ID: 96})
+		})
 	}
 }

@@ -300,9 +300,7 @@ func mapErr(err error) error {
 		switch {
 		case pgErr.Code == "23505": // unique_violation
 			return fmt.Errorf("%s: %w", pgErr.Message, storage.ErrDuplicate)
-		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
-			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, crash, cannot connect now
-			pgErr.Code == "53300": // too many connections
+		case passing(pgErr.Code):
 			return fmt.Errorf("storage: %s: %w", pgErr.Message, storage.ErrUnavailable)
 		}
 		return err
@@ -321,6 +319,31 @@ func mapErr(err error) error {
 		return fmt.Errorf("storage: %v: %w", err, storage.ErrUnavailable)
 	}
 	return err
+}
+
+// passing reports whether an error the server answered with says the
+// database cannot do the work right now, though the same statement may
+// succeed later: it lost or refuses the connection, the transaction was
+// rolled back for a conflict (a deadlock, a serialization failure), it is
+// out of disk, memory or connections, a lock could not be had, an I/O
+// error, or it is a standby (after a failover, until the connection finds
+// the new primary). Such a failure is a 503 to a client and keeps a
+// settlement for a retry (tryAgain); any other error is an answer.
+func passing(code string) bool {
+	switch code[:min(2, len(code))] {
+	case "08", // connection exception
+		"40", // transaction rollback: serialization failure, deadlock
+		"53", // insufficient resources: disk full, out of memory, too many connections
+		"58": // system error: I/O error
+		return true
+	}
+	switch code {
+	case "57P01", "57P02", "57P03", "57P05", // shutdown, crash, cannot connect now, idle session timeout
+		"55P03", // lock not available
+		"25006": // read-only transaction: a standby
+		return true
+	}
+	return false
 }
 
 // Interface guard. A PostgreSQL database is backed up with pg_dump, not
