@@ -236,7 +236,7 @@ func (s *settlement) settleBuffered() {
 			TokensCharged:    u.PromptTokens + u.CompletionTokens,
 			CreditsCharged:   charged,
 			UserBalanceAfter: balance,
-			UserAPIKey:       s.adm.key.Masked(),
+			UserAPIKey:       s.adm.maskedKey(),
 			Estimated:        !ok,
 			CachedTokens:     u.CacheReadTokens,
 			CacheWriteTokens: u.CacheWriteTokens,
