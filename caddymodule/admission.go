@@ -83,6 +83,14 @@ func (a *admission) countedLimits() *storage.LimitRequest {
 	return a.alloc.limits
 }
 
+// maskedKey is a.key.Masked(), computed once per key entry.
+func (a *admission) maskedKey() string {
+	if e := a.entry; e != nil && e.id.Key == a.key {
+		return e.masked
+	}
+	return a.key.Masked()
+}
+
 // newRequest returns the (zero) inference request to parse the body into.
 func (a *admission) newRequest() *inferenceRequest {
 	if a.alloc != nil {

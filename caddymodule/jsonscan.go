@@ -16,18 +16,25 @@ const maxJSONDepth = 10000
 // validJSON reports whether b is exactly one JSON value surrounded by
 // optional whitespace, with the same answer as json.Valid.
 func validJSON(b []byte) bool {
+	e := validValue(b, skipSpace(b, 0), 0)
+	return e >= 0 && skipSpace(b, e) == len(b)
+}
+
+// validValue returns the offset just past the valid JSON value starting
+// at i, or -1; depth is the number of containers open around it (counted
+// toward maxJSONDepth).
+func validValue(b []byte, i, depth int) int {
 	var stackBuf [64]byte
 	stack := stackBuf[:0] // '{' or '[' per open container
-	i := skipSpace(b, 0)
 	for {
 		// A value starts at i.
 		if i >= len(b) {
-			return false
+			return -1
 		}
 		switch c := b[i]; {
 		case c == '{' || c == '[':
-			if len(stack) >= maxJSONDepth {
-				return false
+			if depth+len(stack) >= maxJSONDepth {
+				return -1
 			}
 			closer := byte('}')
 			if c == '[' {
@@ -41,51 +48,51 @@ func validJSON(b []byte) bool {
 			stack = append(stack, c)
 			if c == '{' {
 				if i = objectKey(b, i); i < 0 {
-					return false
+					return -1
 				}
 			}
 			continue
 		case c == '"':
 			if i = scanString(b, i); i < 0 {
-				return false
+				return -1
 			}
 		case c == '-' || (c >= '0' && c <= '9'):
 			if i = scanNumber(b, i); i < 0 {
-				return false
+				return -1
 			}
 		case c == 't':
 			if !bytes.HasPrefix(b[i:], []byte("true")) {
-				return false
+				return -1
 			}
 			i += 4
 		case c == 'f':
 			if !bytes.HasPrefix(b[i:], []byte("false")) {
-				return false
+				return -1
 			}
 			i += 5
 		case c == 'n':
 			if !bytes.HasPrefix(b[i:], []byte("null")) {
-				return false
+				return -1
 			}
 			i += 4
 		default:
-			return false
+			return -1
 		}
 		// A value ended at i: close containers, or go on to the next value.
 		for {
-			i = skipSpace(b, i)
 			if len(stack) == 0 {
-				return i == len(b)
+				return i
 			}
+			i = skipSpace(b, i)
 			if i >= len(b) {
-				return false
+				return -1
 			}
 			top := stack[len(stack)-1]
 			if b[i] == ',' {
 				i = skipSpace(b, i+1)
 				if top == '{' {
 					if i = objectKey(b, i); i < 0 {
-						return false
+						return -1
 					}
 				}
 				break
@@ -95,7 +102,7 @@ func validJSON(b []byte) bool {
 				i++
 				continue
 			}
-			return false
+			return -1
 		}
 	}
 }

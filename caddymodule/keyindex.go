@@ -33,6 +33,9 @@ type keyEntry struct {
 	keyID  string
 	userID string
 	env    string
+	// masked is the key's display form (storage.APIKey.Masked), which
+	// every buffered answer's gateway_usage shows.
+	masked string
 	// admitted counts metered requests admitted with this snapshot, so the
 	// max_requests check does not wait for settlements to reach the store
 	// (the exact check is store.Reserve's MaxRequests).
@@ -54,6 +57,7 @@ func newKeyEntry(k *storage.APIKey, u *storage.User) *keyEntry {
 		keyID:  strconv.FormatInt(k.ID, 10),
 		userID: strconv.FormatInt(k.UserID, 10),
 		env:    k.EnvironmentTag,
+		masked: k.Masked(),
 	}
 	if e.env == "" {
 		e.env = "live"
@@ -162,7 +166,8 @@ func (ix *keyIndex) lookupBehind(ctx context.Context, hash []byte, now time.Time
 	if negative {
 		return nil, ErrUnknownKey
 	}
-	e, err := ix.read(ctx, hash, now)
+	// A copy, as in lookup: hash stays the caller's (on its stack).
+	e, err := ix.read(ctx, bytes.Clone(hash), now)
 	if errors.Is(err, errStoreUnavailable) {
 		return nil, fmt.Errorf("%w: %w", ErrFeedBehind, err)
 	}

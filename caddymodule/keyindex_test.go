@@ -219,3 +219,24 @@ func TestPlanCacheFeedBehind(t *testing.T) {
 		t.Fatal("ChangeAll kept the stale policy")
 	}
 }
+
+// TestMaskedKeyCached checks that the display form kept in a key entry is
+// the key's own, and that an admission whose key is not its entry's asks
+// the key.
+func TestMaskedKeyCached(t *testing.T) {
+	k := &storage.APIKey{ID: 1, UserID: 2, Prefix: "gw_live_AbCd"}
+	e := newKeyEntry(k, &storage.User{ID: 2})
+	if e.masked != k.Masked() || e.masked != "gw_live_AbCd…" {
+		t.Fatalf("masked %q, key %q", e.masked, k.Masked())
+	}
+	if got := (&admission{key: k, entry: e}).maskedKey(); got != k.Masked() {
+		t.Fatalf("maskedKey %q", got)
+	}
+	other := &storage.APIKey{Prefix: "gw_test_XyZw"}
+	if got := (&admission{key: other, entry: e}).maskedKey(); got != other.Masked() {
+		t.Fatalf("maskedKey of another key %q", got)
+	}
+	if got := (&admission{}).maskedKey(); got != "" {
+		t.Fatalf("maskedKey without a key %q", got)
+	}
+}

@@ -220,7 +220,7 @@ func (s *settlement) settleOverflow() {
 func (s *settlement) settleBuffered() {
 	m := &s.m
 	body := m.buf.Bytes()
-	u, ok := usageFromJSON(body)
+	u, ok, end := answerUsage(body)
 	if !ok {
 		var tc textCounter
 		countGeneratedText(body, &tc)
@@ -232,11 +232,11 @@ func (s *settlement) settleBuffered() {
 	if settled {
 		s.setHeader(h, 1, hdrCreditsRemaining, strconv.FormatInt(balance, 10))
 		// Built in the buffer's spare capacity, after the body.
-		if out, ok := appendGatewayUsage(m.buf.AvailableBuffer(), body, gatewayUsage{
+		if out, ok := appendGatewayUsageEnd(m.buf.AvailableBuffer(), body, end, gatewayUsage{
 			TokensCharged:    u.PromptTokens + u.CompletionTokens,
 			CreditsCharged:   charged,
 			UserBalanceAfter: balance,
-			UserAPIKey:       s.adm.key.Masked(),
+			UserAPIKey:       s.adm.maskedKey(),
 			Estimated:        !ok,
 			CachedTokens:     u.CacheReadTokens,
 			CacheWriteTokens: u.CacheWriteTokens,

@@ -342,11 +342,11 @@ func BenchmarkStageRewrite(b *testing.B) {
 			b.ReportAllocs()
 			cpu := startCPU()
 			for b.Loop() {
-				u, ok := usageFromJSON(body)
+				u, ok, end := answerUsage(body)
 				if !ok {
 					b.Fatal("no usage")
 				}
-				out, ok := appendGatewayUsage(dst, body, gatewayUsage{
+				out, ok := appendGatewayUsageEnd(dst, body, end, gatewayUsage{
 					TokensCharged: u.PromptTokens + u.CompletionTokens, CreditsCharged: 19,
 					UserBalanceAfter: 999999168960, UserAPIKey: "gw_live_CJp7...IVesc",
 				})

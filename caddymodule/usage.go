@@ -146,40 +146,88 @@ func parseCount(n []byte) (int64, bool) {
 // neither a number nor a string holding one is an error.
 func decodeUsageObject(obj []byte, u *usageFields) bool {
 	for it := (objIter{b: obj}); it.next(); {
-		var dst *[]byte
-		switch k := newFoldKey(it.key); {
-		case k.is("prompt_tokens"):
-			dst = &u.prompt
-		case k.is("completion_tokens"):
-			dst = &u.completion
-		case k.is("total_tokens"):
-			dst = &u.total
-		case k.is("input_tokens"):
-			dst = &u.input
-		case k.is("output_tokens"):
-			dst = &u.output
-		case k.is("cache_read_input_tokens"):
-			dst = &u.cacheReadExtra
-		case k.is("cache_creation_input_tokens"):
-			dst = &u.cacheWriteExtra
-		case k.is("prompt_tokens_details"):
-			if !decodeCacheDetails(it.val, &u.details[0]) {
-				return false
-			}
-			continue
-		case k.is("input_tokens_details"):
-			if !decodeCacheDetails(it.val, &u.details[1]) {
-				return false
-			}
-			continue
-		default:
-			continue
-		}
-		if !decodeCount(it.val, dst) {
+		if !decodeUsageMember(it.key, it.val, u) {
 			return false
 		}
 	}
 	return true
+}
+
+// decodeUsageMember decodes one member of a usage object (its raw key and
+// its valid value) into u, as decodeUsageObject does.
+func decodeUsageMember(key, val []byte, u *usageFields) bool {
+	var dst *[]byte
+	switch k := newFoldKey(key); {
+	case k.is("prompt_tokens"):
+		dst = &u.prompt
+	case k.is("completion_tokens"):
+		dst = &u.completion
+	case k.is("total_tokens"):
+		dst = &u.total
+	case k.is("input_tokens"):
+		dst = &u.input
+	case k.is("output_tokens"):
+		dst = &u.output
+	case k.is("cache_read_input_tokens"):
+		dst = &u.cacheReadExtra
+	case k.is("cache_creation_input_tokens"):
+		dst = &u.cacheWriteExtra
+	case k.is("prompt_tokens_details"):
+		return decodeCacheDetails(val, &u.details[0])
+	case k.is("input_tokens_details"):
+		return decodeCacheDetails(val, &u.details[1])
+	default:
+		return true
+	}
+	return decodeCount(val, dst)
+}
+
+// decodeValidUsageObject is decodeUsageObject on an object not yet
+// validated: it validates obj as validJSON does in the same pass over its
+// members and reports false when obj is not valid JSON, not an object
+// starting at obj[0], or not decodable. It never reports true where
+// validJSON(obj) && decodeUsageObject(obj, u) would not, and decodes the
+// same members in the same order (every false is the same refusal to the
+// caller, whatever the member that caused it).
+func decodeValidUsageObject(obj []byte, u *usageFields) bool {
+	if len(obj) == 0 || obj[0] != '{' {
+		return false
+	}
+	i := skipSpace(obj, 1)
+	if i < len(obj) && obj[i] == '}' {
+		return skipSpace(obj, i+1) == len(obj)
+	}
+	for {
+		if i >= len(obj) || obj[i] != '"' {
+			return false
+		}
+		ke := scanString(obj, i) // just past the closing quote
+		if ke < 0 {
+			return false
+		}
+		key := obj[i+1 : ke-1]
+		j := skipSpace(obj, ke)
+		if j >= len(obj) || obj[j] != ':' {
+			return false
+		}
+		vs := skipSpace(obj, j+1)
+		ve := validValue(obj, vs, 1)
+		if ve < 0 || !decodeUsageMember(key, obj[vs:ve], u) {
+			return false
+		}
+		i = skipSpace(obj, ve)
+		if i >= len(obj) {
+			return false
+		}
+		switch obj[i] {
+		case ',':
+			i = skipSpace(obj, i+1)
+		case '}':
+			return skipSpace(obj, i+1) == len(obj)
+		default:
+			return false
+		}
+	}
 }
 
 // decodeCount reads a count as encoding/json decodes a json.Number: null
@@ -239,7 +287,7 @@ func decodeCacheDetails(v []byte, u *cacheDetails) bool {
 // decodeUsage decodes a usage object span (not yet validated).
 func decodeUsage(obj []byte) (usage, bool) {
 	var u usageFields
-	if !validJSON(obj) || obj[skipSpace(obj, 0)] != '{' || !decodeUsageObject(obj, &u) {
+	if !decodeValidUsageObject(obj, &u) {
 		return usage{}, false
 	}
 	return u.normalize()
@@ -252,27 +300,36 @@ func decodeUsage(obj []byte) (usage, bool) {
 // The key must be spelled exactly "usage" (encoding/json would also accept
 // other cases and escaped spellings; no upstream sends those).
 func usageFromJSON(body []byte) (usage, bool) {
-	if !hasUsageObject(body) { // cheap rejection of bodies without usage
-		return usage{}, false
-	}
-	start, end := topLevelUsage(body)
+	u, ok, _ := answerUsage(body)
+	return u, ok
+}
+
+// answerUsage is usageFromJSON that also returns valueEnd(body, 0), the
+// end of the body's first top-level value, found by the same pass: what
+// appendGatewayUsageEnd needs to know, so that a buffered answer is walked
+// once to be both read and rewritten.
+func answerUsage(body []byte) (u usage, ok bool, end int) {
+	start, uEnd, end := topLevelUsage(body)
 	if start < 0 {
-		return usage{}, false
+		return usage{}, false, end
 	}
-	return decodeUsage(body[start:end])
+	u, ok = decodeUsage(body[start:uEnd])
+	return u, ok, end
 }
 
 // topLevelUsage returns the bounds of the object value of the last
-// top-level "usage" key of the JSON object b, or -1, -1.
-func topLevelUsage(b []byte) (start, end int) {
-	start, end = -1, -1
+// top-level "usage" key of the JSON object b, or -1, -1; and first, which
+// is valueEnd(b, 0) (the walk is the same: the usage object it skips is
+// balanced, and valueEnd fails where the walk stops early).
+func topLevelUsage(b []byte) (start, end, first int) {
+	start, end, first = -1, -1, -1
 	depth := 0
 	for i := 0; i < len(b); i++ {
 		switch b[i] {
 		case '"':
 			e := stringEnd(b, i+1)
 			if e < 0 {
-				return -1, -1
+				return -1, -1, first
 			}
 			if depth == 1 && e-i-1 == len("usage") && string(b[i+1:e]) == "usage" {
 				j := skipSpace(b, e+1)
@@ -281,7 +338,7 @@ func topLevelUsage(b []byte) (start, end int) {
 					if j < len(b) && b[j] == '{' {
 						k := valueEnd(b, j)
 						if k < 0 {
-							return -1, -1
+							return -1, -1, first
 						}
 						start, end = j, k
 						i = k - 1
@@ -295,9 +352,12 @@ func topLevelUsage(b []byte) (start, end int) {
 			depth++
 		case '}', ']':
 			depth--
+			if depth == 0 && first < 0 {
+				first = i + 1
+			}
 		}
 	}
-	return start, end
+	return start, end, first
 }
 
 // valueEnd returns the index just past the object or array starting at i,
@@ -411,10 +471,17 @@ type gatewayUsage struct {
 // spare capacity (allocating when it is too small or nil); dst must not
 // overlap body.
 func appendGatewayUsage(dst, body []byte, gu gatewayUsage) ([]byte, bool) {
+	return appendGatewayUsageEnd(dst, body, valueEnd(body, 0), gu)
+}
+
+// appendGatewayUsageEnd is appendGatewayUsage given end, valueEnd(body, 0)
+// (as answerUsage returns it). The body is rewritten when it is one object
+// with optional whitespace around it: the object then ends at end.
+func appendGatewayUsageEnd(dst, body []byte, end int, gu gatewayUsage) ([]byte, bool) {
 	trimmed := bytes.TrimRight(body, " \t\r\n")
 	start := skipSpace(trimmed, 0)
 	if len(trimmed)-start < 2 || trimmed[start] != '{' || trimmed[len(trimmed)-1] != '}' ||
-		valueEnd(trimmed, start) != len(trimmed) {
+		end != len(trimmed) {
 		return body, false
 	}
 	empty := skipSpace(trimmed, start+1) == len(trimmed)-1

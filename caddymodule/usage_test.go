@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -429,4 +430,102 @@ func estimateText(s string) int64 {
 // stays valid, and an invalid one is not made any worse.
 func addGatewayUsage(body []byte, gu gatewayUsage) ([]byte, bool) {
 	return appendGatewayUsage(nil, body, gu)
+}
+
+// usageFromJSONRef is usageFromJSON as it was before answerUsage: a raw
+// search for a usage object first, then the top-level walk, then the
+// usage object validated and decoded in two passes.
+func usageFromJSONRef(body []byte) (usage, bool) {
+	if !hasUsageObject(body) {
+		return usage{}, false
+	}
+	start, end, _ := topLevelUsage(body)
+	if start < 0 {
+		return usage{}, false
+	}
+	obj := body[start:end]
+	var u usageFields
+	if !validJSON(obj) || obj[skipSpace(obj, 0)] != '{' || !decodeUsageObject(obj, &u) {
+		return usage{}, false
+	}
+	return u.normalize()
+}
+
+// appendGatewayUsageRef is appendGatewayUsage as it was before
+// appendGatewayUsageEnd: the body's object matched on its own.
+func appendGatewayUsageRef(body []byte, gu gatewayUsage) ([]byte, bool) {
+	trimmed := bytes.TrimRight(body, " \t\r\n")
+	start := skipSpace(trimmed, 0)
+	if len(trimmed)-start < 2 || trimmed[start] != '{' || trimmed[len(trimmed)-1] != '}' ||
+		valueEnd(trimmed, start) != len(trimmed) {
+		return body, false
+	}
+	return appendGatewayUsageEnd(nil, body, len(trimmed), gu)
+}
+
+// checkAnswerUsage holds the one-pass read and rewrite of a buffered
+// answer to the passes it replaced.
+func checkAnswerUsage(t *testing.T, b []byte) {
+	t.Helper()
+	u, ok, end := answerUsage(b)
+	if wu, wok := usageFromJSONRef(b); u != wu || ok != wok {
+		t.Fatalf("answerUsage(%q) = %+v %v, reference %+v %v", b, u, ok, wu, wok)
+	}
+	if w := valueEnd(b, 0); end != w {
+		t.Fatalf("answerUsage(%q) end %d, valueEnd %d", b, end, w)
+	}
+	gu := gatewayUsage{TokensCharged: 3, CreditsCharged: 2, UserBalanceAfter: 1, UserAPIKey: "gw_live_ab…"}
+	got, gotOK := appendGatewayUsageEnd(nil, b, end, gu)
+	want, wantOK := appendGatewayUsageRef(b, gu)
+	if gotOK != wantOK || !bytes.Equal(got, want) {
+		t.Fatalf("appendGatewayUsageEnd(%q) = %q %v, reference %q %v", b, got, gotOK, want, wantOK)
+	}
+	var gf, wf usageFields
+	gOK := decodeValidUsageObject(b, &gf)
+	wOK := validJSON(b) && b[skipSpace(b, 0)] == '{' && decodeUsageObject(b, &wf)
+	if len(b) > 0 && b[0] != '{' {
+		// Not an object at b[0]: the reference decodes no member, and
+		// normalize refuses the empty object.
+		wOK = false
+	}
+	if gOK != wOK || (gOK && !reflect.DeepEqual(gf, wf)) {
+		t.Fatalf("decodeValidUsageObject(%q) = %+v %v, reference %+v %v", b, gf, gOK, wf, wOK)
+	}
+}
+
+var answerUsageCases = []string{
+	``, ` `, `{}`, ` {} `, `[]`, `{"usage":{"prompt_tokens":1}}`, " {\"usage\" : {\"total_tokens\":2} }\n",
+	`{"usage":{"prompt_tokens":1}} {}`, `{} {"usage":{"prompt_tokens":1}}`, `{"usage":{"prompt_tokens":1}`,
+	`{"a":"}","usage":{"prompt_tokens":1,"x":[1,{"y":"]"}]}}`, `{"usage":{"prompt_tokens":1},"usage":null}`,
+	`{"usage":null,"usage":{"completion_tokens":4}}`, `{"a":{"usage":{"prompt_tokens":1}}}`,
+	`["usage",{"usage":{"prompt_tokens":1}}]`, `{"usage":{"prompt_tokens":1 "x":2}}`, `{"usage":{"prompt_tokens":1,}}`,
+	`{"usage":{"prompt_tokens":"1","prompt_tokens_details":{"cached_tokens":1}},"x":"\"usage\""}`,
+	`{"usage":{"prompt_tokens":01}}`, `{"usage":{"prompt_tokens":true}}`, `{"usage":{"a":tru}}`,
+	`{"usage":{"prompt_tokens":1},"b":"unterminated}`, `}{"usage":{"prompt_tokens":1}}`,
+	`{"usage":{ }}`, `{"usage":{"prompt_tokens":1}  }  `, "{\"usage\":{\"prompt_tokens\":1,\"c\":\"\x01\"}}",
+}
+
+func TestAnswerUsageMatchesReference(t *testing.T) {
+	for _, s := range answerUsageCases {
+		checkAnswerUsage(t, []byte(s))
+	}
+	for _, a := range stageAnswers {
+		_, pieces := upstreamAnswer(t, a, stageRequest(a, false), false)
+		body := bytes.Join(pieces, nil)
+		checkAnswerUsage(t, body)
+		if _, ok, _ := answerUsage(body); !ok {
+			t.Fatalf("%s: no usage", a)
+		}
+	}
+}
+
+// FuzzAnswerUsageReference holds answerUsage, appendGatewayUsageEnd and
+// decodeValidUsageObject to the passes they replaced.
+func FuzzAnswerUsageReference(f *testing.F) {
+	for _, s := range answerUsageCases {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		checkAnswerUsage(t, b)
+	})
 }
