@@ -598,18 +598,20 @@ func as[T any](v any, dst *T) bool {
 	return ok
 }
 
-// reserveSetSQL is the reservations of a batch in one statement, as
-// settleSetSQL: gw_reserve once per element of the arrays, in their order.
-// The limits of all calls are one array, 24 values a call ($16), whose
-// call's slice is taken when it has limits ($15).
+// reserveSetSQL is the reservations of a batch in one statement: the
+// calls' arguments as arrays, reserved in their order by gw_reserve_batch
+// (migration 0010: one statement per table for the whole batch, each call
+// decided as gw_reserve would one after another), answering reserveSQL's
+// row for each, in the calls' order. The limits of all calls are one
+// array, 24 values a call ($16), whose call's slice is taken when it has
+// limits ($15). It locks the batch's key rows, then its account rows, in
+// id order itself (setLocks).
 const reserveSetSQL = `SELECT r.hold_id, r.held, r.balance, r.reserved_total, r.open_holds, r.status, r.budget_used, r.budget_reserved,
 		r.counts, r.breach
-	FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[],
-		$8::bigint[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::int[], $13::bigint[], $14::boolean[], $15::boolean[])
-		WITH ORDINALITY AS a(uid, kid, credits, min, waiting, maxreq, kw, kl, uw, ul, now, day, tokens, counted, limited, n)
-	CROSS JOIN LATERAL gw_reserve(a.uid, a.kid, a.credits, a.min, a.waiting, a.maxreq, $17, a.kw, a.kl, a.uw, a.ul, a.now, a.day,
-		CASE WHEN a.limited THEN ($16::bigint[])[(a.n - 1) * 24 + 1 : a.n * 24] END, a.tokens, a.counted) r
-	ORDER BY a.n`
+	FROM gw_reserve_batch($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[],
+		$8::bigint[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::int[], $13::bigint[], $14::boolean[], $15::boolean[],
+		$16::bigint[], $17::bigint) WITH ORDINALITY AS r
+	ORDER BY r.ordinality`
 
 // reserveSet is reserveSetSQL for calls (reserveCall's arguments each), or
 // "" when they do not fit it.
@@ -650,7 +652,7 @@ func reserveSet(calls []*batchCall) (string, []any) {
 	}
 	sql := reserveSetSQL
 	if async {
-		sql = strings.Replace(sql, "FROM unnest(", "FROM set_config('synchronous_commit', 'off', true), unnest(", 1)
+		sql = strings.Replace(sql, "FROM gw_reserve_batch(", "FROM set_config('synchronous_commit', 'off', true), gw_reserve_batch(", 1)
 	}
 	return sql, []any{cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], kws, kls, uws, uls, nows, days, tokens, counted, limited,
 		limits, node}

@@ -166,7 +166,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	s := &Store{pool: pool, opts: opts, subs: map[int]func(storage.Change){}, now: time.Now, opened: time.Now()}
 	s.reserves = newBatcher(pool, opts.StatementTimeout, 0)
-	s.reserves.set = reserveSet
+	s.reserves.set, s.reserves.setLocks = reserveSet, true
 	s.settles = newBatcher(pool, opts.StatementTimeout, opts.CommitWindow)
 	s.settles.set, s.settles.setLocks = settleSet, true
 	if err := s.start(ctx, cfg.ConnConfig); err != nil {
