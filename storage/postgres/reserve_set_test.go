@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/gatewayz/caddy-gatewayz/storage/pgtest"
 )
 
 // The set-based batch reservation (gw_reserve_batch, migration 0010) must
@@ -611,4 +613,64 @@ func randomReserveScenario(f *setFixture, rng *rand.Rand) [][]resCall {
 		batches = append(batches, batch)
 	}
 	return batches
+}
+
+// reservePerCallSQL is the batch statement of schema version 8 and
+// before: gw_reserve once per element of the arrays (reserveSetSQL's
+// arguments), to compare gw_reserve_batch with.
+const reservePerCallSQL = `SELECT r.hold_id, r.held, r.balance, r.reserved_total, r.open_holds, r.status, r.budget_used, r.budget_reserved,
+		r.counts, r.breach
+	FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[],
+		$8::bigint[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::int[], $13::bigint[], $14::boolean[], $15::boolean[])
+		WITH ORDINALITY AS a(uid, kid, credits, min, waiting, maxreq, kw, kl, uw, ul, now, day, tokens, counted, limited, n)
+	CROSS JOIN LATERAL gw_reserve(a.uid, a.kid, a.credits, a.min, a.waiting, a.maxreq, $17, a.kw, a.kl, a.uw, a.ul, a.now, a.day,
+		CASE WHEN a.limited THEN ($16::bigint[])[(a.n - 1) * 24 + 1 : a.n * 24] END, a.tokens, a.counted) r
+	ORDER BY a.n`
+
+// BenchmarkReserveBatchStatement times one batch statement of 16
+// reservations with limits and spend caps (each in a transaction rolled
+// back, so every batch finds the same rows): gw_reserve_batch against
+// gw_reserve once per call, for one hot user and for 16 users.
+func BenchmarkReserveBatchStatement(b *testing.B) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.DatabaseURL(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	t := &testing.T{}
+	f := &setFixture{t: t, ctx: ctx, pool: pool}
+	for u := int64(1); u <= 16; u++ {
+		f.user(u, 1_000_000)
+	}
+	lim := lims(limUser+winMin, 1000, limUser+limTok+winHour, 1<<40, limKey+winMin, 1000, limPlan+winDay, 100_000)
+	for _, users := range []int64{1, 16} {
+		calls := make([]*batchCall, 16)
+		for i := range calls {
+			u := int64(i)%users + 1
+			c := resCall{user: u, key: setKey(u), credits: 100, min: 10, waiting: 2, max: 1_000_000, userWindow: setBase.Truncate(time.Hour),
+				userLimit: i64(1 << 40), limits: lim, tokens: 50}
+			calls[i] = &batchCall{userID: u, keyID: setKey(u), sql: reserveSQL, args: c.args()}
+		}
+		_, args := reserveSet(calls)
+		for _, v := range []struct{ name, sql string }{{"per-call", reservePerCallSQL}, {"set-based", reserveSetSQL}} {
+			b.Run(fmt.Sprintf("users=%d/%s", users, v.name), func(b *testing.B) {
+				for range b.N {
+					tx, err := pool.Begin(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					rows, err := tx.Query(ctx, v.sql, args...)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := collectRows(rows); err != nil {
+						b.Fatal(err)
+					}
+					tx.Rollback(ctx)
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/16, "µs/reservation")
+			})
+		}
+	}
 }
