@@ -56,16 +56,14 @@ DECLARE
 	v_plain boolean;
 	v_rate_ok boolean;
 	-- The batch's key rows (k_*) and account rows (a_*), in id order, as
-	-- the reservations so far left them; rw*, rq*, rt*: the rate windows'
-	-- starts, request and token counts, one array per window; *_touch: a
-	-- row some call changed.
+	-- the reservations so far left them; *_rate: nine values a row, the
+	-- rate windows' starts, request counts and token counts (rate_win,
+	-- rate_req, rate_tok); *_touch: a row some call changed.
 	k_id bigint[]; k_used bigint[]; k_infl bigint[]; k_sw timestamptz[]; k_su bigint[]; k_sr bigint[];
-	k_rw1 bigint[]; k_rw2 bigint[]; k_rw3 bigint[]; k_rq1 bigint[]; k_rq2 bigint[]; k_rq3 bigint[];
-	k_rt1 bigint[]; k_rt2 bigint[]; k_rt3 bigint[]; k_touch boolean[];
+	k_rate bigint[]; k_touch boolean[];
 	a_id bigint[]; a_credits bigint[]; a_res bigint[]; a_holds bigint[]; a_ht bigint[];
 	a_sw timestamptz[]; a_su bigint[]; a_sr bigint[];
-	a_rw1 bigint[]; a_rw2 bigint[]; a_rw3 bigint[]; a_rq1 bigint[]; a_rq2 bigint[]; a_rq3 bigint[];
-	a_rt1 bigint[]; a_rt2 bigint[]; a_rt3 bigint[]; a_touch boolean[];
+	a_rate bigint[]; a_touch boolean[];
 	-- Per call: the index of its key row and of its account row (null:
 	-- none), and the plan's usage totals of its day and month.
 	c_k integer[]; c_a integer[];
@@ -106,13 +104,11 @@ DECLARE
 	u_tok bigint[];
 	v_counts bigint[];
 	v_breach integer;
+	v_plan boolean;
+	v_ko integer; -- the key's and the account's offsets in k_rate and a_rate
+	v_ao integer;
 	v_tokens bigint;
 	v_n bigint;
-	-- gw_limits_check's loop.
-	o integer;
-	ws integer[];
-	w integer;
-	lvl integer;
 BEGIN
 	IF n = 0 THEN
 		RETURN;
@@ -137,29 +133,30 @@ BEGIN
 	-- statement read the rows in the same order, so the arrays line up.
 	SELECT coalesce(array_agg(k.id), '{}'), array_agg(k.requests_used), array_agg(k.inflight), array_agg(k.spend_window),
 		array_agg(k.spend_used), array_agg(k.spend_reserved),
-		array_agg(k.rate_win[1]), array_agg(k.rate_win[2]), array_agg(k.rate_win[3]),
-		array_agg(k.rate_req[1]), array_agg(k.rate_req[2]), array_agg(k.rate_req[3]),
-		array_agg(k.rate_tok[1]), array_agg(k.rate_tok[2]), array_agg(k.rate_tok[3]),
-		coalesce(bool_and(array_dims(k.rate_win) = '[1:3]' AND array_dims(k.rate_req) = '[1:3]'
-			AND array_dims(k.rate_tok) = '[1:3]'), true)
-		INTO k_id, k_used, k_infl, k_sw, k_su, k_sr, k_rw1, k_rw2, k_rw3, k_rq1, k_rq2, k_rq3, k_rt1, k_rt2, k_rt3, v_rate_ok
+		array_agg(CASE WHEN k.ok THEN k.rate_win || k.rate_req || k.rate_tok ELSE array_fill(0::bigint, ARRAY[9]) END),
+		coalesce(bool_and(k.ok), true)
+		INTO k_id, k_used, k_infl, k_sw, k_su, k_sr, k_rate, v_rate_ok
 		FROM (SELECT g.id, g.requests_used, g.inflight, g.spend_window, g.spend_used, g.spend_reserved,
-				g.rate_win, g.rate_req, g.rate_tok
+				g.rate_win, g.rate_req, g.rate_tok,
+				coalesce(array_dims(g.rate_win) = '[1:3]' AND array_dims(g.rate_req) = '[1:3]'
+					AND array_dims(g.rate_tok) = '[1:3]', false) AS ok
 			FROM gw_keys g WHERE g.id = ANY (p_keys) AND g.id <> 0 ORDER BY g.id FOR UPDATE) k;
 	v_plain := v_plain AND v_rate_ok;
 	SELECT coalesce(array_agg(c.user_id), '{}'), array_agg(c.credits), array_agg(c.reserved), array_agg(c.holds),
 		array_agg(c.held_tokens), array_agg(c.spend_window), array_agg(c.spend_used), array_agg(c.spend_reserved),
-		array_agg(c.rate_win[1]), array_agg(c.rate_win[2]), array_agg(c.rate_win[3]),
-		array_agg(c.rate_req[1]), array_agg(c.rate_req[2]), array_agg(c.rate_req[3]),
-		array_agg(c.rate_tok[1]), array_agg(c.rate_tok[2]), array_agg(c.rate_tok[3]),
-		coalesce(bool_and(array_dims(c.rate_win) = '[1:3]' AND array_dims(c.rate_req) = '[1:3]'
-			AND array_dims(c.rate_tok) = '[1:3]'), true)
-		INTO a_id, a_credits, a_res, a_holds, a_ht, a_sw, a_su, a_sr, a_rw1, a_rw2, a_rw3, a_rq1, a_rq2, a_rq3,
-			a_rt1, a_rt2, a_rt3, v_rate_ok
+		array_agg(CASE WHEN c.ok THEN c.rate_win || c.rate_req || c.rate_tok ELSE array_fill(0::bigint, ARRAY[9]) END),
+		coalesce(bool_and(c.ok), true)
+		INTO a_id, a_credits, a_res, a_holds, a_ht, a_sw, a_su, a_sr, a_rate, v_rate_ok
 		FROM (SELECT g.user_id, g.credits, g.reserved, g.holds, g.held_tokens, g.spend_window, g.spend_used, g.spend_reserved,
-				g.rate_win, g.rate_req, g.rate_tok
+				g.rate_win, g.rate_req, g.rate_tok,
+				coalesce(array_dims(g.rate_win) = '[1:3]' AND array_dims(g.rate_req) = '[1:3]'
+					AND array_dims(g.rate_tok) = '[1:3]', false) AS ok
 			FROM gw_accounts g WHERE g.user_id = ANY (p_users) ORDER BY g.user_id FOR UPDATE) c;
 	v_plain := v_plain AND v_rate_ok;
+	-- The rate values as one flat array (array_agg made one row of nine per
+	-- row).
+	k_rate := ARRAY(SELECT unnest(k_rate));
+	a_rate := ARRAY(SELECT unnest(a_rate));
 	IF NOT v_plain THEN
 		-- What the loop below does not model: the calls one by one.
 		FOR v_i IN 1..n LOOP
@@ -252,49 +249,49 @@ BEGIN
 		END IF;
 		IF v_limited THEN
 			IF v_key AND gw_limited(v_limits, 2) THEN
-				k_win := ARRAY[k_rw1[v_k], k_rw2[v_k], k_rw3[v_k]];
-				k_req := gw_rate_kept(k_win, ARRAY[k_rq1[v_k], k_rq2[v_k], k_rq3[v_k]], p_nows[v_i], 0);
-				k_tok := gw_rate_kept(k_win, ARRAY[k_rt1[v_k], k_rt2[v_k], k_rt3[v_k]], p_nows[v_i], 0);
+				v_ko := (v_k - 1) * 9;
+				k_win := k_rate[v_ko + 1 : v_ko + 3];
+				k_req := gw_rate_kept(k_win, k_rate[v_ko + 4 : v_ko + 6], p_nows[v_i], 0);
+				k_tok := gw_rate_kept(k_win, k_rate[v_ko + 7 : v_ko + 9], p_nows[v_i], 0);
 				k_win := gw_rate_rolled(k_win, p_nows[v_i]);
 			END IF;
 			IF gw_limited(v_limits, 1) THEN
-				u_win := ARRAY[a_rw1[v_a], a_rw2[v_a], a_rw3[v_a]];
-				u_req := gw_rate_kept(u_win, ARRAY[a_rq1[v_a], a_rq2[v_a], a_rq3[v_a]], p_nows[v_i], 0);
-				u_tok := gw_rate_kept(u_win, ARRAY[a_rt1[v_a], a_rt2[v_a], a_rt3[v_a]], p_nows[v_i], 0);
+				v_ao := (v_a - 1) * 9;
+				u_win := a_rate[v_ao + 1 : v_ao + 3];
+				u_req := gw_rate_kept(u_win, a_rate[v_ao + 4 : v_ao + 6], p_nows[v_i], 0);
+				u_tok := gw_rate_kept(u_win, a_rate[v_ao + 7 : v_ao + 9], p_nows[v_i], 0);
 				u_win := gw_rate_rolled(u_win, p_nows[v_i]);
 			END IF;
-			-- gw_limits_check(p_user, p_day, v_limits, p_tokens, p_counted, true, open holds, held tokens, ...).
-			v_counts := array_fill(0::bigint, ARRAY[24]);
-			v_breach := 0;
-			IF gw_limited(v_limits, 0) THEN
-				v_counts[3] := t_dreq[v_i] + v_open;
-				v_counts[4] := t_mreq[v_i] + v_open;
-				v_counts[7] := t_dtok[v_i] + a_ht[v_a];
-				v_counts[8] := t_mtok[v_i] + a_ht[v_a];
-			END IF;
-			FOR w IN 1..3 LOOP
-				v_counts[8 + w] := coalesce(u_req[w], 0);
-				v_counts[12 + w] := coalesce(u_tok[w], 0);
-				v_counts[16 + w] := coalesce(k_req[w], 0);
-				v_counts[20 + w] := coalesce(k_tok[w], 0);
-			END LOOP;
-			<<levels>>
-			FOR lvl IN 0..2 LOOP
-				CONTINUE WHEN lvl = 1 AND u_req IS NULL;
-				CONTINUE WHEN lvl = 2 AND k_req IS NULL;
-				o := lvl * 8;
-				ws := CASE WHEN lvl = 0 THEN ARRAY[3, 4] ELSE ARRAY[1, 2, 3] END;
-				FOREACH w IN ARRAY ws LOOP
-					IF v_limits[o + w] > 0 AND (lvl = 0 OR NOT p_counted[v_i]) AND v_counts[o + w] + 1 > v_limits[o + w] THEN
-						v_breach := o + w;
-						EXIT levels;
-					END IF;
-					IF v_limits[o + 4 + w] > 0 AND v_counts[o + 4 + w] + p_tokens[v_i] > v_limits[o + 4 + w] THEN
-						v_breach := o + 4 + w;
-						EXIT levels;
-					END IF;
-				END LOOP;
-			END LOOP;
+			-- gw_limits_check(p_user, p_day, v_limits, p_tokens, p_counted, true, the open holds and their
+			-- tokens, u_req, u_tok, k_req, k_tok): the counts, each one expression.
+			v_plan := gw_limited(v_limits, 0);
+			v_counts := ARRAY[0, 0,
+				CASE WHEN v_plan THEN t_dreq[v_i] + v_open ELSE 0 END, CASE WHEN v_plan THEN t_mreq[v_i] + v_open ELSE 0 END, 0, 0,
+				CASE WHEN v_plan THEN t_dtok[v_i] + a_ht[v_a] ELSE 0 END, CASE WHEN v_plan THEN t_mtok[v_i] + a_ht[v_a] ELSE 0 END,
+				coalesce(u_req[1], 0), coalesce(u_req[2], 0), coalesce(u_req[3], 0), 0,
+				coalesce(u_tok[1], 0), coalesce(u_tok[2], 0), coalesce(u_tok[3], 0), 0,
+				coalesce(k_req[1], 0), coalesce(k_req[2], 0), coalesce(k_req[3], 0), 0,
+				coalesce(k_tok[1], 0), coalesce(k_tok[2], 0), coalesce(k_tok[3], 0), 0]::bigint[];
+			-- The first limit crossed: plan (day, month), user, then key (minute, hour,
+			-- day), requests then tokens in each window, as gw_limits_check's loop.
+			v_breach := CASE
+				WHEN v_limits[3] > 0 AND v_counts[3] + 1 > v_limits[3] THEN 3
+				WHEN v_limits[7] > 0 AND v_counts[7] + p_tokens[v_i] > v_limits[7] THEN 7
+				WHEN v_limits[4] > 0 AND v_counts[4] + 1 > v_limits[4] THEN 4
+				WHEN v_limits[8] > 0 AND v_counts[8] + p_tokens[v_i] > v_limits[8] THEN 8
+				WHEN u_req IS NOT NULL AND NOT p_counted[v_i] AND v_limits[9] > 0 AND v_counts[9] + 1 > v_limits[9] THEN 9
+				WHEN u_req IS NOT NULL AND v_limits[13] > 0 AND v_counts[13] + p_tokens[v_i] > v_limits[13] THEN 13
+				WHEN u_req IS NOT NULL AND NOT p_counted[v_i] AND v_limits[10] > 0 AND v_counts[10] + 1 > v_limits[10] THEN 10
+				WHEN u_req IS NOT NULL AND v_limits[14] > 0 AND v_counts[14] + p_tokens[v_i] > v_limits[14] THEN 14
+				WHEN u_req IS NOT NULL AND NOT p_counted[v_i] AND v_limits[11] > 0 AND v_counts[11] + 1 > v_limits[11] THEN 11
+				WHEN u_req IS NOT NULL AND v_limits[15] > 0 AND v_counts[15] + p_tokens[v_i] > v_limits[15] THEN 15
+				WHEN k_req IS NOT NULL AND NOT p_counted[v_i] AND v_limits[17] > 0 AND v_counts[17] + 1 > v_limits[17] THEN 17
+				WHEN k_req IS NOT NULL AND v_limits[21] > 0 AND v_counts[21] + p_tokens[v_i] > v_limits[21] THEN 21
+				WHEN k_req IS NOT NULL AND NOT p_counted[v_i] AND v_limits[18] > 0 AND v_counts[18] + 1 > v_limits[18] THEN 18
+				WHEN k_req IS NOT NULL AND v_limits[22] > 0 AND v_counts[22] + p_tokens[v_i] > v_limits[22] THEN 22
+				WHEN k_req IS NOT NULL AND NOT p_counted[v_i] AND v_limits[19] > 0 AND v_counts[19] + 1 > v_limits[19] THEN 19
+				WHEN k_req IS NOT NULL AND v_limits[23] > 0 AND v_counts[23] + p_tokens[v_i] > v_limits[23] THEN 23
+				ELSE 0 END;
 			IF v_breach > 0 THEN
 				v_status := 'limited';
 			END IF;
@@ -324,9 +321,7 @@ BEGIN
 				k_tok := gw_rate_kept(k_win, k_tok, p_nows[v_i], v_tokens);
 				v_counts[17:19] := k_req;
 				v_counts[21:23] := k_tok;
-				k_rw1[v_k] := k_win[1]; k_rw2[v_k] := k_win[2]; k_rw3[v_k] := k_win[3];
-				k_rq1[v_k] := k_req[1]; k_rq2[v_k] := k_req[2]; k_rq3[v_k] := k_req[3];
-				k_rt1[v_k] := k_tok[1]; k_rt2[v_k] := k_tok[2]; k_rt3[v_k] := k_tok[3];
+				k_rate[v_ko + 1 : v_ko + 9] := k_win || k_req || k_tok;
 				k_touch[v_k] := true;
 			END IF;
 			IF u_req IS NOT NULL THEN
@@ -334,9 +329,7 @@ BEGIN
 				u_tok := gw_rate_kept(u_win, u_tok, p_nows[v_i], v_tokens);
 				v_counts[9:11] := u_req;
 				v_counts[13:15] := u_tok;
-				a_rw1[v_a] := u_win[1]; a_rw2[v_a] := u_win[2]; a_rw3[v_a] := u_win[3];
-				a_rq1[v_a] := u_req[1]; a_rq2[v_a] := u_req[2]; a_rq3[v_a] := u_req[3];
-				a_rt1[v_a] := u_tok[1]; a_rt2[v_a] := u_tok[2]; a_rt3[v_a] := u_tok[3];
+				a_rate[v_ao + 1 : v_ao + 9] := u_win || u_req || u_tok;
 				a_touch[v_a] := true;
 			END IF;
 			IF v_status IS NULL THEN
@@ -389,17 +382,16 @@ BEGIN
 	RETURN QUERY WITH
 	keys AS (
 		UPDATE gw_keys g SET inflight = x.infl, spend_window = x.sw, spend_used = x.su, spend_reserved = x.sr,
-			rate_win = ARRAY[x.w1, x.w2, x.w3], rate_req = ARRAY[x.q1, x.q2, x.q3], rate_tok = ARRAY[x.t1, x.t2, x.t3]
-		FROM unnest(k_id, k_touch, k_infl, k_sw, k_su, k_sr, k_rw1, k_rw2, k_rw3, k_rq1, k_rq2, k_rq3, k_rt1, k_rt2, k_rt3)
-			x(id, touch, infl, sw, su, sr, w1, w2, w3, q1, q2, q3, t1, t2, t3)
+			rate_win = k_rate[x.i * 9 - 8 : x.i * 9 - 6], rate_req = k_rate[x.i * 9 - 5 : x.i * 9 - 3],
+			rate_tok = k_rate[x.i * 9 - 2 : x.i * 9]
+		FROM unnest(k_id, k_touch, k_infl, k_sw, k_su, k_sr) WITH ORDINALITY x(id, touch, infl, sw, su, sr, i)
 		WHERE g.id = x.id AND x.touch),
 	accounts AS (
 		UPDATE gw_accounts g SET reserved = x.res, holds = x.holds, held_tokens = x.ht,
 			spend_window = x.sw, spend_used = x.su, spend_reserved = x.sr,
-			rate_win = ARRAY[x.w1, x.w2, x.w3], rate_req = ARRAY[x.q1, x.q2, x.q3], rate_tok = ARRAY[x.t1, x.t2, x.t3]
-		FROM unnest(a_id, a_touch, a_res, a_holds, a_ht, a_sw, a_su, a_sr, a_rw1, a_rw2, a_rw3, a_rq1, a_rq2, a_rq3,
-				a_rt1, a_rt2, a_rt3)
-			x(id, touch, res, holds, ht, sw, su, sr, w1, w2, w3, q1, q2, q3, t1, t2, t3)
+			rate_win = a_rate[x.i * 9 - 8 : x.i * 9 - 6], rate_req = a_rate[x.i * 9 - 5 : x.i * 9 - 3],
+			rate_tok = a_rate[x.i * 9 - 2 : x.i * 9]
+		FROM unnest(a_id, a_touch, a_res, a_holds, a_ht, a_sw, a_su, a_sr) WITH ORDINALITY x(id, touch, res, holds, ht, sw, su, sr, i)
 		WHERE g.user_id = x.id AND x.touch),
 	calls AS (
 		SELECT x.*, CASE WHEN x.status = 'ok' THEN count(*) FILTER (WHERE x.status = 'ok') OVER (ORDER BY x.i) END AS rn
