@@ -372,7 +372,7 @@ func TestReserveSetRateLimits(t *testing.T) {
 		keyReq := lims(limKey+winMin, 3, limUser+winHour, 100)
 		userTok := lims(limUser+limTok+winMin, 250, limKey+limTok+winDay, 10_000)
 		userReq := lims(limUser+winMin, 4)
-		keyTok := lims(limKey+limTok+winHour, 120)
+		keyTok := lims(limKey+limTok+winMin, 150, limKey+limTok+winHour, 1000) // reached exactly by the third call of 50
 		var batch []resCall
 		for i := range 12 {
 			now := setBase.Add(time.Duration(50+i) * time.Second) // the minute ends after the tenth
