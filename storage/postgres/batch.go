@@ -36,8 +36,9 @@ type batcher struct {
 	// cannot).
 	set func(calls []*batchCall) (string, []any)
 	// setLocks: set's statement locks the batch's key rows, then its
-	// account rows, in id order itself (gw_settle_batch), so send does
-	// not lock them first in statements of their own.
+	// account rows, in id order itself (gw_settle_batch and
+	// gw_reserve_batch), so send does not lock them first in statements
+	// of their own.
 	setLocks bool
 
 	mu       sync.Mutex
