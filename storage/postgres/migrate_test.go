@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -294,4 +295,91 @@ func TestMigrateKeepsOlderReserveCalls(t *testing.T) {
 		t.Fatalf("account = credits %d reserved %d holds %d held_tokens %d spend %d+%d, want 75 0 0 0 25+0",
 			credits, reserved, holds, heldTokens, spendUsed, spendReserved)
 	}
+}
+
+// A database of schema version 8 with top-ups (idempotency keys), charges
+// (none) and usage records upgrades to version 9: the ledger's unique key
+// covers only the entries with an idempotency key, and still refuses a
+// second entry with the same key; a repeated top-up is still a replay;
+// the usage records have no primary key and are pruned as before.
+func TestMigrateFewerIndexes(t *testing.T) {
+	ctx := context.Background()
+	dsn, pool, exec, ms := oldSchema(t, 8)
+	exec(`INSERT INTO gw_accounts (user_id, credits) VALUES (1, 0), (2, 0)`)
+	for _, uid := range []int64{1, 2} {
+		var balance int64
+		var status string
+		if err := pool.QueryRow(ctx, `SELECT balance, status FROM gw_add_credits($1, 100, 'topup', 'idem-1', '', now())`, uid).Scan(&balance, &status); err != nil || status != "ok" || balance != 100 {
+			t.Fatalf("version 8 top-up: %d %q, %v", balance, status, err)
+		}
+	}
+	old := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	for i := range 6 {
+		var hold int64
+		var status string
+		if err := pool.QueryRow(ctx, `SELECT hold_id, status FROM gw_reserve($1, 0, 10, 0, 7)`, int64(1+i%2)).Scan(&hold, &status); err != nil || status != "ok" {
+			t.Fatalf("reserve: %q, %v", status, err)
+		}
+		doc, _ := json.Marshal(&storage.UsageRecord{Model: "m", TotalTokens: 5, Time: old})
+		exec(`SELECT gw_settle_held($1, 3, now(), $2, $3, $4, 5, 'r', $5, $6, 0)`, hold, old, dayNum(old), dayNum(old)/100, string(doc), int64(1+i%2))
+	}
+
+	if err := migrateTo(ctx, pool, ms); err != nil {
+		t.Fatal(err)
+	}
+	var indexes []string
+	rows, err := pool.Query(ctx, `SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename IN ('gw_ledger', 'gw_usage') ORDER BY indexname`)
+	if err == nil {
+		indexes, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"gw_ledger_idempotency", "gw_ledger_pkey", "gw_ledger_user", "gw_usage_key", "gw_usage_time", "gw_usage_user"}
+	if len(indexes) != len(want) {
+		t.Fatalf("indexes after the upgrade: %q", indexes)
+	}
+	for i, name := range want {
+		if !strings.Contains(indexes[i], "INDEX "+name+" ON") {
+			t.Fatalf("index %d after the upgrade: %q, want %s", i, indexes[i], name)
+		}
+	}
+	if !strings.Contains(indexes[0], "UNIQUE") || !strings.HasSuffix(indexes[0], "WHERE (idempotency_key IS NOT NULL)") {
+		t.Fatalf("idempotency index: %q", indexes[0])
+	}
+	var nulls int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM gw_ledger WHERE idempotency_key IS NULL`).Scan(&nulls); err != nil || nulls != 6 {
+		t.Fatalf("charge entries without a key: %d, %v", nulls, err)
+	}
+
+	// The key is still unique per user, whoever writes the entry.
+	_, err = pool.Exec(ctx, `INSERT INTO gw_ledger (user_id, kind, amount, balance_after, idempotency_key, time) VALUES (1, 'topup', 1, 101, 'idem-1', now())`)
+	if !isDuplicate(err) {
+		t.Fatalf("a second ledger entry with key idem-1: %v, want a duplicate", err)
+	}
+	s := openNode(t, dsn, "upgraded")
+	for _, uid := range []int64{1, 2} {
+		before, err := s.Balance(ctx, uid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bal, replayed, err := s.AddCredits(ctx, uid, 100, storage.LedgerTopUp, "idem-1", "")
+		if err != nil || !replayed || bal != 100 {
+			t.Fatalf("user %d: top-up repeated after the upgrade = %d %v %v, want the first one's 100, replayed", uid, bal, replayed, err)
+		}
+		if after, err := s.Balance(ctx, uid); err != nil || after != before {
+			t.Fatalf("user %d: balance %+v after a replay, was %+v (%v)", uid, after, before, err)
+		}
+		bal, replayed, err = s.AddCredits(ctx, uid, 5, storage.LedgerTopUp, "idem-2", "")
+		if err != nil || replayed || bal != before.Credits+5 {
+			t.Fatalf("user %d: a new key after the upgrade = %d %v %v", uid, bal, replayed, err)
+		}
+		if bal2, replayed, err := s.AddCredits(ctx, uid, 5, storage.LedgerTopUp, "idem-2", ""); err != nil || !replayed || bal2 != bal {
+			t.Fatalf("user %d: the new key repeated = %d %v %v", uid, bal2, replayed, err)
+		}
+	}
+	if n, err := s.PruneUsage(ctx, old.AddDate(0, 0, 2), time.Time{}); err != nil || n != 6 {
+		t.Fatalf("PruneUsage = %d, %v", n, err)
+	}
+	mustVerify(t, s)
 }

@@ -93,7 +93,11 @@ func (s *Store) PruneUsage(ctx context.Context, detailBefore, rollupsBefore time
 		return 0, nil
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(pruneLock))
-	n, err := deleteBatches(ctx, conn, `DELETE FROM gw_usage WHERE id IN (SELECT id FROM gw_usage WHERE time < $1 LIMIT $2)`,
+	// By ctid (the records have no index on id since schema 9), the
+	// oldest first: each batch is a range of gw_usage_time, wherever its
+	// rows lie in the table.
+	n, err := deleteBatches(ctx, conn, `DELETE FROM gw_usage WHERE ctid IN
+		(SELECT ctid FROM gw_usage WHERE time < $1 ORDER BY time LIMIT $2)`,
 		storage.RollupDay.Truncate(detailBefore))
 	if err != nil {
 		return n, err
