@@ -235,6 +235,13 @@ func run(ctx context.Context, c config) error {
 		}
 		rep.profiles = ps
 	}
+	// Before the slow streams, which restart each Caddy and stop it: the
+	// PostgreSQL comparison needs the running plain Caddy.
+	if c.postgres && h.gateway != nil {
+		if rep.postgres, err = h.postgres(ctx, rn); err != nil {
+			return fmt.Errorf("PostgreSQL: %w", err)
+		}
+	}
 	if c.streams > 0 {
 		if err := h.slowStreams(ctx, rep); err != nil {
 			return fmt.Errorf("slow streams: %w", err)
@@ -243,11 +250,6 @@ func run(ctx context.Context, c config) error {
 	if c.cluster {
 		if rep.cluster, err = h.cluster(ctx, rn); err != nil {
 			return fmt.Errorf("several nodes: %w", err)
-		}
-	}
-	if c.postgres && h.gateway != nil {
-		if rep.postgres, err = h.postgres(ctx, rn); err != nil {
-			return fmt.Errorf("PostgreSQL: %w", err)
 		}
 	}
 	h.close()
