@@ -288,11 +288,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 func (a *App) Start() error {
 	err := a.start()
 	a.startErr = err
+	if err == nil {
+		// Before handlers may serve: the start-up line comes first in the log.
+		a.logStartup()
+	}
 	close(a.started)
 	if err != nil {
 		return err
 	}
-	a.logStartup()
 	go a.pruneUsage(a.ctx, a.detailRetention(), time.Duration(a.UsageRetention))
 	if a.UpstreamPrices != nil && a.prices != nil {
 		a.startUpstreamPrices(a.ctx)

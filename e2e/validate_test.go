@@ -82,13 +82,20 @@ func TestStartupWarnsWithoutUpstreamKey(t *testing.T) {
 }
 
 // startupLine returns the gateway's "gatewayz started" log line (there is
-// one: the process is healthy, so its app has started).
+// one: the process is healthy, so its app has started; the line is read
+// from the process's stderr a moment after it is written).
 func startupLine(t *testing.T, g *Gateway) string {
 	t.Helper()
 	var found []string
-	for _, l := range strings.Split(g.Logs().String(), "\n") {
-		if strings.Contains(l, `"msg":"gatewayz started"`) {
-			found = append(found, l)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		found = found[:0]
+		for _, l := range strings.Split(g.Logs().String(), "\n") {
+			if strings.Contains(l, `"msg":"gatewayz started"`) {
+				found = append(found, l)
+			}
+		}
+		if len(found) > 0 || time.Now().After(deadline) {
+			break
 		}
 	}
 	if len(found) != 1 {
