@@ -327,10 +327,6 @@ func (s *Store) retryHeld(ctx context.Context) (kept bool) {
 // Only a final answer of the database ends it; a kept call applied twice
 // charges once (its hold is gone the second time).
 func tryAgain(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "57014" { // query_canceled
-		return true
-	}
 	return errors.Is(mapErr(err), storage.ErrUnavailable) ||
 		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }

@@ -253,6 +253,12 @@ func TestFailureKinds(t *testing.T) {
 		if got := connectionLost(c.err); got != c.lost {
 			t.Errorf("%s: connectionLost = %v, want %v", c.name, got, c.lost)
 		}
+		// What the database answered and a retry may clear is a 503 to a
+		// client (ErrUnavailable), never a 500.
+		var pgErr *pgconn.PgError
+		if errors.As(c.err, &pgErr) && c.tryAgain && !errors.Is(mapErr(c.err), storage.ErrUnavailable) {
+			t.Errorf("%s: mapErr = %v, want ErrUnavailable", c.name, mapErr(c.err))
+		}
 	}
 }
 

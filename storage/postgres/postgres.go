@@ -325,8 +325,8 @@ func mapErr(err error) error {
 // database cannot do the work right now, though the same statement may
 // succeed later: it lost or refuses the connection, the transaction was
 // rolled back for a conflict (a deadlock, a serialization failure), it is
-// out of disk, memory or connections, a lock could not be had, an I/O
-// error, or it is a standby (after a failover, until the connection finds
+// out of disk, memory or connections, a lock could not be had, a
+// statement ran past statement_timeout, an I/O error, or it is a standby (after a failover, until the connection finds
 // the new primary). Such a failure is a 503 to a client and keeps a
 // settlement for a retry (tryAgain); any other error is an answer.
 func passing(code string) bool {
@@ -339,6 +339,7 @@ func passing(code string) bool {
 	}
 	switch code {
 	case "57P01", "57P02", "57P03", "57P05", // shutdown, crash, cannot connect now, idle session timeout
+		"57014", // query canceled: statement_timeout under load
 		"55P03", // lock not available
 		"25006": // read-only transaction: a standby
 		return true
