@@ -181,26 +181,11 @@ func reserveSetBatch(t *testing.T, pool *pgxpool.Pool, calls []resCall) ([]strin
 // one transaction.
 func reserveOneByOne(t *testing.T, pool *pgxpool.Pool, calls []resCall) []string {
 	t.Helper()
-	ctx := context.Background()
-	var out []string
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		for _, c := range calls {
-			rows, err := tx.Query(ctx, reserveSQL, c.args()...)
-			if err != nil {
-				return err
-			}
-			a, err := collectRows(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, a...)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	args := make([][]any, len(calls))
+	for i, c := range calls {
+		args[i] = c.args()
 	}
-	return out
+	return oneByOne(t, pool, reserveSQL, args, collectRows)
 }
 
 // collectRows prints each row's values (hold id, held, balance, reserved,

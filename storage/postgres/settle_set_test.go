@@ -253,19 +253,31 @@ func settleSetBatch(t *testing.T, pool *pgxpool.Pool, calls []setCall) ([]setAns
 // one transaction.
 func settleOneByOne(t *testing.T, pool *pgxpool.Pool, calls []setCall) []setAnswer {
 	t.Helper()
+	args := make([][]any, len(calls))
+	for i, c := range calls {
+		args[i] = c.args()
+	}
+	return oneByOne(t, pool, settleSpendSQL, args, collectAnswers)
+}
+
+// oneByOne runs sql once per argument list, in order, in one transaction,
+// and returns the rows of all the calls as collect reads them: the
+// reference the set-based statements are held to.
+func oneByOne[T any](t *testing.T, pool *pgxpool.Pool, sql string, args [][]any, collect func(pgx.Rows) ([]T, error)) []T {
+	t.Helper()
 	ctx := context.Background()
-	var out []setAnswer
+	var out []T
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		for _, c := range calls {
-			rows, err := tx.Query(ctx, settleSpendSQL, c.args()...)
+		for _, a := range args {
+			rows, err := tx.Query(ctx, sql, a...)
 			if err != nil {
 				return err
 			}
-			a, err := collectAnswers(rows)
+			got, err := collect(rows)
 			if err != nil {
 				return err
 			}
-			out = append(out, a...)
+			out = append(out, got...)
 		}
 		return nil
 	})
