@@ -226,7 +226,7 @@ func (m *meter) writeThrough(p []byte) (int, error) {
 }
 
 // respBufPool recycles the buffers of buffered response bodies. A
-// buffered body's gateway_usage copy is built in the same buffer's spare
+// buffered body's gateway_usage block is built in the same buffer's spare
 // capacity, so a typical JSON answer allocates neither.
 var respBufPool = sync.Pool{New: func() any {
 	b := make([]byte, 0, 4096)
@@ -469,15 +469,19 @@ func (m *meter) release() {
 	m.releaseBuf()
 }
 
-// writeBuffered sends a buffered response with body (which may differ from
-// what was buffered) and a Content-Length matching it.
-func (m *meter) writeBuffered(body []byte) {
+// writeBuffered sends a buffered response whose body is head then tail
+// (which may differ from what was buffered), with a Content-Length
+// matching it. The parts reach the connection's buffer, not one write
+// each.
+func (m *meter) writeBuffered(head, tail []byte) {
 	h := m.Header()
 	delete(h, "Transfer-Encoding")
-	m.clValue[0] = strconv.Itoa(len(body))
+	m.clValue[0] = strconv.Itoa(len(head) + len(tail))
 	h["Content-Length"] = m.clValue[:] // as Set stores it, without the allocation
 	m.sendHeader()
-	_, _ = m.writeThrough(body)
+	if _, err := m.writeThrough(head); err == nil && len(tail) > 0 {
+		_, _ = m.writeThrough(tail)
+	}
 }
 
 // headerValue is h.Get(key) for a key already in canonical form (no

@@ -103,11 +103,19 @@ func TestMeterBuffersJSON(t *testing.T) {
 	if rec.Flushed || rec.Body.Len() != 0 {
 		t.Fatal("buffered response leaked before settlement")
 	}
-	body, ok := addGatewayUsage(m.buf.Bytes(), gatewayUsage{TokensCharged: 3})
+	gu := gatewayUsage{TokensCharged: 3}
+	body, ok := addGatewayUsage(m.buf.Bytes(), gu)
 	if !ok {
 		t.Fatal("not a JSON object")
 	}
-	m.writeBuffered(body)
+	// Sent as the settlement sends it: the buffered body's kept part, then
+	// the gateway_usage block built in the buffer's spare capacity.
+	buffered := m.buf.Bytes()
+	keep, ok := gatewayUsageCut(buffered, len(buffered))
+	if !ok {
+		t.Fatal("no place for the gateway_usage block")
+	}
+	m.writeBuffered(buffered[:keep], appendGatewayUsageTail(m.buf.AvailableBuffer(), buffered, keep, gu))
 	if rec.Code != 200 || rec.Body.String() != string(body) || rec.Header().Get("Content-Length") != fmt.Sprint(len(body)) {
 		t.Fatalf("got %d %q CL=%s", rec.Code, rec.Body.String(), rec.Header().Get("Content-Length"))
 	}
@@ -341,7 +349,7 @@ func TestBufferedAnswersReusePooledBuffers(t *testing.T) {
 		if !ok {
 			t.Fatalf("answer %d not an object", i)
 		}
-		m.writeBuffered(body)
+		m.writeBuffered(body, nil)
 		m.release()
 		wantOut := want[:len(want)-1] + `,"gateway_usage":{"tokens_charged":` + strconv.Itoa(n) + `,"credits_charged":0,"user_balance_after":0,"user_api_key":""}}`
 		if rec.Body.String() != wantOut || m.bufPtr != nil || m.buf.Cap() != 0 {

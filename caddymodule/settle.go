@@ -229,24 +229,29 @@ func (s *settlement) settleBuffered() {
 	charged, balance, settled := s.charge(u, !ok)
 	h := m.Header()
 	s.setHeader(h, 0, hdrRequestID, s.reqID)
-	if settled {
-		s.setHeader(h, 1, hdrCreditsRemaining, strconv.FormatInt(balance, 10))
-		// Built in the buffer's spare capacity, after the body.
-		if out, ok := appendGatewayUsageEnd(m.buf.AvailableBuffer(), body, end, gatewayUsage{
-			TokensCharged:    u.PromptTokens + u.CompletionTokens,
-			CreditsCharged:   charged,
-			UserBalanceAfter: balance,
-			UserAPIKey:       s.adm.maskedKey(),
-			Estimated:        !ok,
-			CachedTokens:     u.CacheReadTokens,
-			CacheWriteTokens: u.CacheWriteTokens,
-		}); ok {
-			body = out
-		}
-	} else {
+	if !settled {
 		delete(h, hdrCreditsRemaining)
+		m.writeBuffered(body, nil)
+		return
 	}
-	m.writeBuffered(body)
+	s.setHeader(h, 1, hdrCreditsRemaining, strconv.FormatInt(balance, 10))
+	keep, rewrite := gatewayUsageCut(body, end)
+	if !rewrite {
+		m.writeBuffered(body, nil)
+		return
+	}
+	// The block is built in the buffer's spare capacity, after the body,
+	// and sent after the body's kept part: the body is not copied.
+	tail := appendGatewayUsageTail(m.buf.AvailableBuffer(), body, keep, gatewayUsage{
+		TokensCharged:    u.PromptTokens + u.CompletionTokens,
+		CreditsCharged:   charged,
+		UserBalanceAfter: balance,
+		UserAPIKey:       s.adm.maskedKey(),
+		Estimated:        !ok,
+		CachedTokens:     u.CacheReadTokens,
+		CacheWriteTokens: u.CacheWriteTokens,
+	})
+	m.writeBuffered(body[:keep], tail)
 }
 
 // writeUpstreamError passes an upstream error on with its status. A body
@@ -270,7 +275,7 @@ func (s *settlement) writeUpstreamError() {
 	body := m.buf.Bytes()
 	if s.upstreamErrorShaped(body) && h.Get("Content-Encoding") == "" {
 		h.Set("Content-Type", "application/json")
-		m.writeBuffered(body)
+		m.writeBuffered(body, nil)
 		return
 	}
 	s.writeWrapped(status, errorf(status, "upstream_error", "upstream_"+strconv.Itoa(status), upstreamErrorMessage))
@@ -291,7 +296,7 @@ func (s *settlement) writeWrapped(status int, gerr *gatewayError) {
 		}})
 	}
 	s.m.status = status
-	s.m.writeBuffered(body)
+	s.m.writeBuffered(body, nil)
 }
 
 // upstreamErrorShaped reports whether an upstream error body is in the

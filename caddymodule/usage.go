@@ -478,19 +478,39 @@ func appendGatewayUsage(dst, body []byte, gu gatewayUsage) ([]byte, bool) {
 // (as answerUsage returns it). The body is rewritten when it is one object
 // with optional whitespace around it: the object then ends at end.
 func appendGatewayUsageEnd(dst, body []byte, end int, gu gatewayUsage) ([]byte, bool) {
-	trimmed := bytes.TrimRight(body, " \t\r\n")
-	start := skipSpace(trimmed, 0)
-	if len(trimmed)-start < 2 || trimmed[start] != '{' || trimmed[len(trimmed)-1] != '}' ||
-		end != len(trimmed) {
+	keep, ok := gatewayUsageCut(body, end)
+	if !ok {
 		return body, false
 	}
-	empty := skipSpace(trimmed, start+1) == len(trimmed)-1
 	out := dst[:0]
 	if need := len(body) + 160 + len(gu.UserAPIKey); cap(out) < need {
 		out = make([]byte, 0, need)
 	}
-	out = append(out, trimmed[:len(trimmed)-1]...)
-	if !empty {
+	out = append(out, body[:keep]...)
+	return appendGatewayUsageTail(out, body, keep, gu), true
+}
+
+// gatewayUsageCut is where the gateway_usage block goes into body: the
+// new body is body[:keep] followed by appendGatewayUsageTail's bytes. It
+// fails (false) unless body is one object, ending at end, with optional
+// whitespace around it.
+func gatewayUsageCut(body []byte, end int) (keep int, ok bool) {
+	trimmed := bytes.TrimRight(body, " \t\r\n")
+	start := skipSpace(trimmed, 0)
+	if len(trimmed)-start < 2 || trimmed[start] != '{' || trimmed[len(trimmed)-1] != '}' ||
+		end != len(trimmed) {
+		return 0, false
+	}
+	return len(trimmed) - 1, true
+}
+
+// appendGatewayUsageTail appends to dst what follows body[:keep] (keep from
+// gatewayUsageCut) in the rewritten body: the gateway_usage member, the
+// object's closing brace and the body's trailing whitespace. A buffered
+// answer is then sent as its two parts, without a copy of the whole body.
+func appendGatewayUsageTail(dst, body []byte, keep int, gu gatewayUsage) []byte {
+	out := dst
+	if skipSpace(body, skipSpace(body, 0)+1) != keep {
 		out = append(out, ',')
 	}
 	out = append(out, `"gateway_usage":{"tokens_charged":`...)
@@ -513,8 +533,7 @@ func appendGatewayUsageEnd(dst, body []byte, end int, gu gatewayUsage) ([]byte, 
 		out = strconv.AppendInt(out, gu.CacheWriteTokens, 10)
 	}
 	out = append(out, "}}"...)
-	out = append(out, body[len(trimmed):]...)
-	return out, true
+	return append(out, body[keep+1:]...)
 }
 
 // appendJSONString appends s as a JSON string literal, escaped as
