@@ -467,29 +467,6 @@ type gatewayUsage struct {
 	CacheWriteTokens int64  `json:"cache_write_tokens,omitempty"`
 }
 
-// appendGatewayUsage is addGatewayUsage writing the new body to dst[:0]'s
-// spare capacity (allocating when it is too small or nil); dst must not
-// overlap body.
-func appendGatewayUsage(dst, body []byte, gu gatewayUsage) ([]byte, bool) {
-	return appendGatewayUsageEnd(dst, body, valueEnd(body, 0), gu)
-}
-
-// appendGatewayUsageEnd is appendGatewayUsage given end, valueEnd(body, 0)
-// (as answerUsage returns it). The body is rewritten when it is one object
-// with optional whitespace around it: the object then ends at end.
-func appendGatewayUsageEnd(dst, body []byte, end int, gu gatewayUsage) ([]byte, bool) {
-	keep, ok := gatewayUsageCut(body, end)
-	if !ok {
-		return body, false
-	}
-	out := dst[:0]
-	if need := len(body) + 160 + len(gu.UserAPIKey); cap(out) < need {
-		out = make([]byte, 0, need)
-	}
-	out = append(out, body[:keep]...)
-	return appendGatewayUsageTail(out, body, keep, gu), true
-}
-
 // gatewayUsageCut is where the gateway_usage block goes into body: the
 // new body is body[:keep] followed by appendGatewayUsageTail's bytes. It
 // fails (false) unless body is one object, ending at end, with optional

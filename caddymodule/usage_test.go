@@ -432,6 +432,32 @@ func addGatewayUsage(body []byte, gu gatewayUsage) ([]byte, bool) {
 	return appendGatewayUsage(nil, body, gu)
 }
 
+// appendGatewayUsage is addGatewayUsage writing the new body to dst[:0]'s
+// spare capacity (allocating when it is too small or nil); dst must not
+// overlap body.
+func appendGatewayUsage(dst, body []byte, gu gatewayUsage) ([]byte, bool) {
+	return appendGatewayUsageEnd(dst, body, valueEnd(body, 0), gu)
+}
+
+// appendGatewayUsageEnd is appendGatewayUsage given end, valueEnd(body, 0)
+// (as answerUsage returns it): the rewritten body in one slice, joined
+// from the two parts settleBuffered sends (gatewayUsageCut and
+// appendGatewayUsageTail), for the tests that hold them to the previous
+// rewrite. The body is rewritten when it is one object
+// with optional whitespace around it: the object then ends at end.
+func appendGatewayUsageEnd(dst, body []byte, end int, gu gatewayUsage) ([]byte, bool) {
+	keep, ok := gatewayUsageCut(body, end)
+	if !ok {
+		return body, false
+	}
+	out := dst[:0]
+	if need := len(body) + 160 + len(gu.UserAPIKey); cap(out) < need {
+		out = make([]byte, 0, need)
+	}
+	out = append(out, body[:keep]...)
+	return appendGatewayUsageTail(out, body, keep, gu), true
+}
+
 // usageFromJSONRef is usageFromJSON as it was before answerUsage: a raw
 // search for a usage object first, then the top-level walk, then the
 // usage object validated and decoded in two passes.

@@ -326,9 +326,10 @@ func mapErr(err error) error {
 // succeed later: it lost or refuses the connection, the transaction was
 // rolled back for a conflict (a deadlock, a serialization failure), it is
 // out of disk, memory or connections, a lock could not be had, a
-// statement ran past statement_timeout, an I/O error, or it is a standby (after a failover, until the connection finds
-// the new primary). Such a failure is a 503 to a client and keeps a
-// settlement for a retry (tryAgain); any other error is an answer.
+// statement ran past statement_timeout, an I/O error, or it is a standby
+// (after a failover, until the connection finds the new primary). Such a
+// failure is a 503 to a client and keeps a settlement for a retry
+// (tryAgain); any other error is an answer.
 func passing(code string) bool {
 	switch code[:min(2, len(code))] {
 	case "08", // connection exception
